@@ -1,0 +1,38 @@
+# `make demo` and `make test` do their own set-up from a fresh clone: a .venv with the project and its extras.
+# The install is stamped with a hash of pyproject.toml, so a second run skips it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+DEMO_DIR ?= runs/demo
+
+# CPU-only machines: DeepSpeed's CPU accelerator (gloo); its JIT-built ops are cached across clones.
+ifeq ($(shell command -v nvidia-smi 2>/dev/null),)
+export DS_ACCELERATOR ?= cpu
+endif
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/stground/torch_extensions
+export RAY_AUTH_MODE ?= token
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip setuptools wheel
+	# PyPI's torch (its CUDA build runs on CPU too) first: DeepSpeed's build imports it.
+	$(BIN)/pip install -q "torch>=2.4" torchvision
+	$(BIN)/pip install -q --no-build-isolation -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: install
+	$(BIN)/python -m cluster.demo --out $(DEMO_DIR)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
