@@ -25,8 +25,10 @@ def shared_path(*parts: str) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray for the whole session (starting Ray costs seconds)."""
+def ray_cluster(s3_server):
+    """One local Ray for the whole session (starting Ray costs seconds).
+
+    Depends on s3_server so Ray workers inherit the loopback S3 settings through the runtime env."""
     from cluster.runtime import init_ray
 
     ray = init_ray(num_cpus=4)

@@ -1,0 +1,153 @@
+"""Index benchmark: recall@10 against exact search and the query-speed ratio, on >= 200k clustered 512-d vectors
+(and on real embedding shards when given --embeddings). Prints one JSON object.
+
+  .venv/bin/python -m benchmarks.index                       # synthetic, 200k x 512
+  .venv/bin/python -m benchmarks.index --embeddings <shards>/embeddings/<tag>
+
+The index is built through the real pipeline (embedding shards -> sample training -> partial indices -> merge ->
+atomic save -> load); the baseline is exact inner-product search (IndexFlatIP) over the same vectors, same queries,
+same threads, in the same run. Target: recall@10 >= 0.95 at >= 10x the exact query speed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+
+if __package__ in (None, ""):  # run as a file: the project root, not benchmarks/, must come first
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+
+from index import build, embshards, store, synthetic  # noqa: E402
+from index.config import BuildSection  # noqa: E402
+from index.search import Searcher, set_nprobe  # noqa: E402
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _timed_search(index: faiss.Index, q: np.ndarray, k: int, repeats: int) -> tuple[np.ndarray, np.ndarray, float]:
+    index.search(q[:10], k)  # warm up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        d, i = index.search(q, k)
+        best = min(best, time.perf_counter() - t)
+    return d, i, best
+
+
+def synthetic_shards(emb_dir: str, x: np.ndarray, per_shard: int) -> None:
+    n = len(x)
+    data = {"keys": np.array([f"v{i // 20:07d}__s{i % 20:04d}" for i in range(n)]),
+            "video_ids": np.array([f"v{i // 20:07d}" for i in range(n)]),
+            "times": np.zeros((n, 2), np.float32), "video": x, "text": x}
+    synthetic.write_shards(emb_dir, data, per_shard)
+
+
+def load_all(emb_dir: str, which: str) -> np.ndarray:
+    complete, _ = embshards.list_shards(emb_dir)
+    parts = [embshards.read_shard(emb_dir, name).vectors(which) for name, st in complete if st["samples"]]
+    return embshards.l2_normalise(np.concatenate(parts))
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=200_000)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--clusters", type=int, default=1000)
+    p.add_argument("--spread", type=float, default=1.0, help="noise norm relative to the cluster centre")
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--nprobe", default="1,2,4,8,16,32,64")
+    p.add_argument("--factory", default="auto")
+    p.add_argument("--memory-budget-mb", type=float, default=4096)
+    p.add_argument("--flat-max", type=int, default=20000)
+    p.add_argument("--per-shard", type=int, default=20000)
+    p.add_argument("--embeddings", help="real embedding dir (contract 4) instead of synthetic vectors")
+    p.add_argument("--vectors", default="video")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+
+    work = tempfile.mkdtemp(prefix="stg-bench-index-")
+    try:
+        t0 = time.perf_counter()
+        if a.embeddings:
+            emb_dir = a.embeddings
+            x = load_all(emb_dir, a.vectors)
+            source = {"embeddings": emb_dir, "vectors": a.vectors}
+        else:
+            emb_dir = os.path.join(work, "emb")
+            pts, _ = synthetic.clustered(a.n + a.queries, a.dim, a.clusters, a.spread, a.seed)
+            x, held_out = pts[: a.n], pts[a.n:]  # queries: unseen points of the same clusters
+            synthetic_shards(emb_dir, x, a.per_shard)
+            source = {"synthetic": {"clusters": a.clusters, "spread": a.spread, "seed": a.seed}}
+        n, dim = x.shape
+        rng = np.random.default_rng(a.seed + 1)
+        if a.embeddings:  # real: queries are captions when indexing clips (text -> video search), else clips
+            qv = load_all(emb_dir, "text" if a.vectors == "video" else "video")
+            q = qv[rng.choice(n, size=min(a.queries, n), replace=False)]
+        else:
+            q = held_out
+        t_data = time.perf_counter() - t0
+
+        exact = faiss.IndexFlatIP(dim)
+        exact.add(x)
+        _, gt, t_exact = _timed_search(exact, q, a.k, a.repeats)
+        del exact
+
+        url = os.path.join(work, "index")
+        cfg = BuildSection(factory=a.factory, memory_budget_mb=a.memory_budget_mb, flat_max=a.flat_max,
+                           vectors=a.vectors, shards_per_task=1)
+        rss_before = _rss_mb()
+        t = time.perf_counter()
+        report = build.build(cfg, emb_dir, url, seed=a.seed)
+        t_build = time.perf_counter() - t
+        meta = store.read_meta(url)
+        index_bytes = sum(f["size"] for name, f in meta.files.items() if not name.startswith("trained-"))
+        rss_built = _rss_mb()
+        s = Searcher(url)
+        rss_loaded = _rss_mb()
+        runs = []
+        for nprobe in [int(v) for v in a.nprobe.split(",")] if report["factory"] != "Flat" else [1]:
+            set_nprobe(s.index, nprobe)
+            _, ids, t_ann = _timed_search(s.index, q, a.k, a.repeats)
+            recall = float(np.mean([len(set(ids[i]) & set(gt[i])) / a.k for i in range(len(q))]))
+            runs.append({"nprobe": nprobe, f"recall@{a.k}": round(recall, 4),
+                         "speedup_vs_exact": round(t_exact / t_ann, 2), "query_ms": round(1e3 * t_ann / len(q), 4)})
+        ok = [r for r in runs if r[f"recall@{a.k}"] >= 0.95]
+        best = max(ok, key=lambda r: r["speedup_vs_exact"]) if ok else max(runs, key=lambda r: r[f"recall@{a.k}"])
+        out = {
+            "vectors": n, "dim": dim, "queries": len(q), "k": a.k, "source": source,
+            "factory": report["factory"], "threads": faiss.omp_get_max_threads(),
+            "exact_query_ms": round(1e3 * t_exact / len(q), 4),
+            "best": best, "target_met": bool(best[f"recall@{a.k}"] >= 0.95 and best["speedup_vs_exact"] >= 10),
+            "runs": runs,
+            "build_seconds": round(t_build, 2), "build_phases": report["seconds"], "train_points": report["train_points"],
+            "index_mb": round(index_bytes / 2**20, 1), "flat_vectors_mb": round(n * dim * 4 / 2**20, 1),
+            "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_mb": {"before_build": round(rss_before, 1),
+                                                               "after_build": round(rss_built, 1),
+                                                               "after_load": round(rss_loaded, 1)},
+            "data_seconds": round(t_data, 2),
+        }
+        print(json.dumps(out, indent=1))
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

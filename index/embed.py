@@ -1,0 +1,161 @@
+"""Embedding a data shard (contract 2) with a pretrain export (contract 3) into an embedding shard (contract 4).
+
+Per clip: the video vector is the mean of the frame-level global embeddings over its valid frames, L2-normalised;
+the text vector is the caption's global embedding, L2-normalised. This module knows the model only through
+`pretrain.load_model` and its encoder API; cluster/index.py runs it inside Ray actors.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import json
+import posixpath
+import tarfile
+import time
+from typing import Iterator
+
+import numpy as np
+
+from common import fsio
+from index import embshards
+
+
+def read_samples(url: str) -> Iterator[tuple[str, dict, list[bytes] | None, str | None]]:
+    """(key, json, [jpeg bytes per frame] , error) for each sample of a WebDataset tar, streamed."""
+    fs, path = fsio.filesystem(url)
+    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        cur, members = None, {}
+
+        def emit():
+            return _sample(cur, members)
+
+        for m in tar:
+            if not m.isfile():
+                continue
+            base = posixpath.basename(m.name)
+            key, _, ext = base.partition(".")
+            if key != cur and cur is not None:
+                yield emit()
+                members = {}
+            cur = key
+            members[ext] = tar.extractfile(m).read()
+        if cur is not None:
+            yield emit()
+
+
+def _sample(key: str, members: dict) -> tuple[str, dict, list[bytes] | None, str | None]:
+    try:
+        meta = json.loads(members["json"])
+    except (KeyError, ValueError, UnicodeDecodeError) as e:
+        return key, {}, None, f"bad_json: {e}"
+    frames = [members.get(f"f{i:02d}.jpg") for i in range(len(meta.get("frame_times", [])))]
+    if not frames or any(f is None for f in frames):
+        return key, meta, None, "missing_frames"
+    return key, meta, frames, None
+
+
+def _decode(frames: list[bytes]) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in frames])
+
+
+def _to(x, device):
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(v, device) for v in x)
+    return x
+
+
+class ShardEmbedder:
+    def __init__(self, checkpoint: str, batch_size: int = 32, device: str = "cpu"):
+        import pretrain
+
+        self.checkpoint, self.batch_size, self.device = checkpoint, batch_size, device
+        self.model = pretrain.load_model(checkpoint).to(device).eval()
+
+    def encode_clips(self, frames: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """(B, U, H, W, 3) uint8 frames -> (B, d) normalised mean over each clip's valid frames."""
+        import torch
+
+        with torch.no_grad():
+            x = _to(self.model.preprocess_frames(frames), self.device)
+            g = self.model.encode_frames(x)[0].float().cpu().numpy()  # (B, U, d)
+        mask = (np.arange(g.shape[1])[None, :] < valid[:, None]).astype(np.float32)
+        mean = (g * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
+        return embshards.l2_normalise(mean)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            tokens = _to(self.model.tokenize(texts), self.device)
+            return embshards.l2_normalise(self.model.encode_text(tokens)[0].float().cpu().numpy())
+
+    def embed_shard(self, shards_url: str, shard: str, emb_dir: str, model_tag: str) -> dict:
+        t0 = time.time()
+        name = embshards.name_for(shard)
+        keys, vids, times, video, text = [], [], [], [], []
+        failures: collections.Counter = collections.Counter()
+        failed = []
+        batch: list[tuple[str, dict, np.ndarray]] = []
+
+        def flush():
+            if not batch:
+                return
+            frames = np.stack([b[2] for b in batch])
+            valid = np.array([int(b[1].get("valid_frames", frames.shape[1])) for b in batch])
+            video.append(self.encode_clips(frames, valid))
+            text.append(self.encode_texts([b[1]["caption"] for b in batch]))
+            for key, meta, _ in batch:
+                keys.append(key)
+                vids.append(meta["video_id"])
+                times.append([meta["window_start"], meta["window_end"]])
+            batch.clear()
+
+        for key, meta, frames, error in read_samples(fsio.join(shards_url, shard)):
+            if error is None:
+                try:
+                    arr = _decode(frames)
+                    if not isinstance(meta.get("caption"), str) or "video_id" not in meta:
+                        raise ValueError("json lacks caption or video_id")
+                except (OSError, ValueError) as e:
+                    error = f"bad_sample: {e}"
+            if error is not None:
+                reason = error.split(":")[0]
+                failures[reason] += 1
+                failed.append({"key": key, "reason": reason, "detail": error})
+                continue
+            if batch and arr.shape != batch[0][2].shape:
+                flush()  # frames of another size cannot share a batch
+            batch.append((key, meta, arr))
+            if len(batch) >= self.batch_size:
+                flush()
+        flush()
+        d = video[0].shape[1] if video else 0
+        out = embshards.EmbShard(
+            name, np.array(keys, dtype=str), np.array(vids, dtype=str), np.array(times, np.float32).reshape(-1, 2),
+            np.concatenate(video) if video else np.zeros((0, d), np.float32),
+            np.concatenate(text) if text else np.zeros((0, d), np.float32))
+        stats = {"shard": shard, "model_tag": model_tag, "checkpoint": self.checkpoint, "device": self.device,
+                 "failures": dict(failures), "failed": failed[:100], "wall_seconds": round(time.time() - t0, 3)}
+        embshards.write_shard(emb_dir, out, stats)
+        return {**stats, "samples": len(out), "dim": d}
+
+
+def encode_texts(checkpoint: str, texts: list[str]) -> np.ndarray:
+    return ShardEmbedder(checkpoint).encode_texts(texts)
+
+
+def recorded_checkpoint(emb_dir: str) -> str:
+    """The checkpoint an embedding dir was made with (from its first stats marker)."""
+    complete, _ = embshards.list_shards(emb_dir)
+    for _, stats in complete:
+        if stats.get("checkpoint"):
+            return stats["checkpoint"]
+    raise FileNotFoundError(f"{emb_dir}: no stats marker records a checkpoint; give embed.checkpoint=<export dir>")
