@@ -29,7 +29,8 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/python -m cluster.demo --out $(DEMO_DIR)
+	@if [ -f cluster/demo.py ]; then $(BIN)/python -m cluster.demo --out $(DEMO_DIR); \
+	else echo "make demo: the demo pipeline (sharding, pretraining) has not landed yet; see README Status" >&2; exit 1; fi
 
 test: install
 	$(BIN)/python -m pytest -q tests
