@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 DEMO_DIR ?= runs/demo
 
 # CPU-only machines: DeepSpeed's CPU accelerator (gloo); its JIT-built ops are cached across clones.
@@ -19,12 +19,12 @@ export PYTHONUNBUFFERED := 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip setuptools wheel
 	# PyPI's torch (its CUDA build runs on CPU too) first: DeepSpeed's build imports it.
 	$(BIN)/pip install -q "torch>=2.4" torchvision
-	$(BIN)/pip install -q --no-build-isolation -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt --no-build-isolation -e ".[dev]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -1,0 +1,74 @@
+"""Ray job entry for the sharder (docs/contracts.md section 1 -> 2).
+
+  ray job submit -- python cluster/shard.py manifest=<manifest.csv> output=<folder or s3://...> [key=value ...]
+  python -m cluster.shard --config shard.yaml distributor=sequential     # in-process, for debugging
+
+Without a cluster address (ray_address= or RAY_ADDRESS) a local Ray is started. Prints one JSON summary; exits 1
+when a shard task still failed after its retries (the others are committed and a re-run builds only what is missing).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Callable, Iterator
+
+if __package__ in (None, ""):  # run as a script (ray job submit -- python cluster/shard.py): import the project
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import config as C
+from shards.config import ShardConfig
+from shards.distribute import Outcome, SequentialDistributor
+from shards.pipeline import run
+
+
+class RayDistributor:
+    """One Ray task per shard, Ray's own retries (worker deaths and exceptions), a bounded number in flight."""
+
+    def __init__(self, ray, num_cpus: float = 1.0, max_in_flight: int = 0):
+        self.ray = ray
+        self.num_cpus = num_cpus
+        self.max_in_flight = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1) / num_cpus))
+
+    def run(self, fn: Callable, args: list[tuple], retries: int) -> Iterator[Outcome]:
+        from cluster.runtime import worker_env
+
+        ray = self.ray
+        # storage options and credentials as the driver sees them now (a shared Ray may predate them)
+        remote = ray.remote(fn).options(num_cpus=self.num_cpus, max_retries=retries, retry_exceptions=True,
+                                        runtime_env={"env_vars": worker_env()})
+        pending: dict = {}
+        nxt = 0
+        while nxt < len(args) or pending:
+            while nxt < len(args) and len(pending) < self.max_in_flight:
+                pending[remote.remote(*args[nxt])] = nxt
+                nxt += 1
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            pos = pending.pop(ready[0])
+            try:
+                yield Outcome(pos, ray.get(ready[0]))
+            except Exception as e:  # noqa: BLE001 - RayTaskError after retries, worker/node loss
+                yield Outcome(pos, error=f"{type(e).__name__}: {e}", attempts=retries + 1)
+
+
+def make_distributor(cfg: ShardConfig, ray=None):
+    if cfg.distributor == "sequential":
+        return SequentialDistributor()
+    if ray is None:
+        from cluster.runtime import init_ray
+
+        ray = init_ray(cfg.ray_address or None)
+    return RayDistributor(ray, cfg.num_cpus_per_task)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = C.parse(ShardConfig, argv, description=__doc__.splitlines()[0]).validate()
+    summary = run(cfg, make_distributor(cfg))
+    print(json.dumps(summary, indent=1), flush=True)
+    return 1 if summary["shards_failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

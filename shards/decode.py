@@ -1,0 +1,122 @@
+"""One ffmpeg call per video: `fps` filter, short-side scale + centre crop, raw rgb24 frames on a pipe.
+
+Frame times are not computed from the frame index: ffmpeg's `showinfo` filter reports the presentation time of
+every frame it passes, and we read those reports from stderr. The same stderr gives the container duration and the
+source size. Frames are handed to `transform` (e.g. a JPEG encoder) as they arrive, so a long video never sits in
+memory as raw pixels.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import ffmpeg
+import imageio_ffmpeg
+import numpy as np
+
+_SHOWINFO = re.compile(r"\[Parsed_showinfo_\d+ @ [^\]]+\] n:\s*(\d+) pts:\s*(-?\d+) pts_time:(-?[\d.eE+-]+)")
+_DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
+_VIDEO = re.compile(r"Stream #\d+:\d+\S*: Video: .*?(\d{2,5})x(\d{2,5})")
+# stderr lines that mean the file ended early or held damaged packets: the frames before them are still good
+_DAMAGE = ("partial file", "Invalid NAL", "Decoding error", "error while decoding", "Invalid data found",
+           "corrupt", "missing picture", "Error splitting")
+
+
+class DecodeError(Exception):
+    """The video could not be decoded at all; `reason` is a failure reason of docs/contracts.md section 2."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class DecodedVideo:
+    frames: list                    # transform(rgb (size, size, 3) uint8) per frame, in time order
+    times: list[float]              # presentation time (s) of each frame, from showinfo
+    duration: float                 # container duration (s); 0 when ffmpeg reports none
+    width: int                      # source frame size
+    height: int
+    damage: list[str] = field(default_factory=list)   # ffmpeg's complaints when the file is damaged or cut short
+
+
+def ffmpeg_exe() -> str:
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def build_command(path: str, fps: float, size: int, threads: int = 1) -> list[str]:
+    """The ffmpeg argv: decode the first video stream to size x size rgb24 frames at `fps` on stdout."""
+    inp = ffmpeg.input(path, threads=threads) if threads > 0 else ffmpeg.input(path)
+    v = (inp.video
+         .filter("fps", fps=fps)
+         .filter("scale", size, size, force_original_aspect_ratio="increase")
+         .filter("crop", size, size)
+         .filter("showinfo"))
+    out = ffmpeg.output(v, "pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", an=None, sn=None)
+    out = out.global_args("-hide_banner", "-nostats", "-nostdin", "-loglevel", "info")
+    return out.compile(cmd=ffmpeg_exe())
+
+
+def _probe_text(stderr: str) -> tuple[float, int, int]:
+    m = _DURATION.search(stderr)
+    duration = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3)) if m else 0.0
+    v = _VIDEO.search(stderr)
+    width, height = (int(v.group(1)), int(v.group(2))) if v else (0, 0)
+    return duration, width, height
+
+
+def _tail(stderr: str, n: int = 3) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and "showinfo" not in ln]
+    return " | ".join(lines[-n:])[:400]
+
+
+def decode_video(path: str, fps: float = 1.0, size: int = 224, threads: int = 1,
+                 transform: Callable[[np.ndarray], object] | None = None) -> DecodedVideo:
+    """Decode a local video file once. Raises DecodeError when nothing usable comes out."""
+    cmd = build_command(path, fps, size, threads)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err_chunks: list[bytes] = []
+    # stderr is drained on its own thread: with both pipes unread ffmpeg would block once one fills
+    reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    frame_bytes = size * size * 3
+    frames = []
+    try:
+        while True:
+            buf = proc.stdout.read(frame_bytes)
+            if len(buf) < frame_bytes:
+                break
+            arr = np.frombuffer(buf, np.uint8).reshape(size, size, 3)
+            frames.append(transform(arr) if transform else arr.copy())
+    finally:
+        proc.stdout.close()
+        rc = proc.wait()
+        reader.join()
+        proc.stderr.close()
+    stderr = b"".join(err_chunks).decode("utf-8", "replace")
+    duration, width, height = _probe_text(stderr)
+    if rc != 0 and not frames:
+        if width == 0:
+            raise DecodeError("corrupt_video", f"ffmpeg exit {rc}: {_tail(stderr)}")
+        raise DecodeError("decode_error", f"ffmpeg exit {rc}: {_tail(stderr)}")
+    if width == 0:
+        raise DecodeError("corrupt_video", f"no video stream: {_tail(stderr)}")
+    times = [float(m.group(3)) for m in _SHOWINFO.finditer(stderr)]
+    damage = [ln.strip()[:200] for ln in stderr.splitlines()
+              if ln.startswith(("[", "Error")) and "showinfo" not in ln and any(d in ln for d in _DAMAGE)]
+    if rc != 0:
+        damage.append(f"ffmpeg exit {rc}")
+    if len(times) != len(frames):
+        # the two reports disagree only when ffmpeg died mid-frame; keep the frames both agree on
+        damage.append(f"{len(frames)} frames on the pipe, {len(times)} reported by showinfo")
+        n = min(len(times), len(frames))
+        frames, times = frames[:n], times[:n]
+    if not frames:
+        if damage:
+            raise DecodeError("decode_error", f"no frame decoded: {_tail(stderr)}")
+        raise DecodeError("zero_length", f"no frame at {fps} fps (duration {duration:.3f}s)")
+    return DecodedVideo(frames, times, duration, width, height, damage)

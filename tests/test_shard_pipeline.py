@@ -1,0 +1,172 @@
+"""The sharding run end to end on real mp4 files: bad inputs, determinism, resume after a kill, Ray, read-back."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from cluster.shard import RayDistributor
+from common.config import ConfigError
+from shards.config import ShardConfig
+from shards.pipeline import ConfigMismatch, run
+from shards.reader import read_samples, shard_urls
+from shard_fixtures import bad_corpus, good_corpus, make_video, write_corpus, caps
+from conftest import ROOT
+
+
+def _cfg(manifest, out, **kw) -> ShardConfig:
+    kw = {"distributor": "sequential", "progress": False, "window_frames": 6, "size": 64, **kw}
+    return ShardConfig(manifest=str(manifest), output=str(out), **kw)
+
+
+def _tars(out) -> dict[str, bytes]:
+    return {n: open(os.path.join(out, n), "rb").read() for n in sorted(os.listdir(out)) if n.endswith(".tar")}
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    return bad_corpus(str(root / "corpus"))
+
+
+def test_bad_inputs_are_counted_and_good_samples_survive(bad, tmp_path):
+    manifest, expected = bad
+    summary = run(_cfg(manifest, tmp_path / "out", videos_per_shard=3))
+    assert summary["failures"] == expected
+    assert summary["shards_failed"] == [] and summary["shards_built"] == 3
+    stats = [json.load(open(tmp_path / "out" / f"shard-{i:06d}.stats.json")) for i in range(3)]
+    merged = Counter()
+    for st in stats:
+        merged.update(st["failures"])
+        assert len(st["failed"]) == sum(st["failures"].values())
+        assert set(st) >= {"shard", "videos", "samples", "bytes", "seconds_decoded", "wall_seconds", "failures",
+                           "failed", "config_hash"}
+    assert merged == expected
+    by_video = {f["video_id"]: f["reason"] for st in stats for f in st["failed"]}
+    assert by_video["missing"] == "missing_file" and by_video["zero"] == "zero_length"
+    assert by_video["corrupt"] == "corrupt_video" and by_video["truncated"] == "decode_error"
+    assert by_video["nocaps"] == "no_captions"
+    # every good segment is there: good_a's 0 and 2, good_b's 0, the part of the truncated file that decoded
+    counts = Counter()
+    samples = list(read_samples([u for u, _ in shard_urls(str(tmp_path / "out"))], counts))
+    assert not counts
+    assert [s["key"] for s in samples] == ["good_a__s0000", "good_a__s0002", "good_b__s0000", "truncated__s0000"]
+    for s in samples:
+        meta = s["json"]
+        assert s["frames"].shape == (6, 64, 64, 3)
+        assert len(meta["frame_times"]) == 6 and meta["window_start"] <= meta["asr_start"]
+        assert meta["frame_times"] == sorted(meta["frame_times"])
+    assert samples[0]["json"]["caption"] == "crack eggs" and samples[0]["json"]["video_duration"] == 8.0
+    manifest_json = json.load(open(tmp_path / "out" / "manifest.json"))
+    assert manifest_json["total_samples"] == 4 == sum(s["samples"] for s in manifest_json["shards"])
+    assert (tmp_path / "out" / "config.yaml").exists()
+
+
+def test_rerun_is_byte_identical_and_skips_finished(bad, tmp_path):
+    manifest, _ = bad
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(_cfg(manifest, a, videos_per_shard=2))
+    run(_cfg(manifest, b, videos_per_shard=2))
+    assert _tars(a) == _tars(b) and len(_tars(a)) == 4
+    again = run(_cfg(manifest, a, videos_per_shard=2))
+    assert again["shards_skipped"] == 4 and again["shards_built"] == 0 and again["total_samples"] == 4
+
+
+def test_unmarked_tar_is_rebuilt_and_other_settings_are_refused(bad, tmp_path):
+    manifest, _ = bad
+    out = tmp_path / "out"
+    run(_cfg(manifest, out, videos_per_shard=3))
+    clean = _tars(out)
+    # a tar without its stats file (a run killed between the two commits) is not finished
+    os.remove(out / "shard-000001.stats.json")
+    (out / "shard-000001.tar").write_bytes(b"half a tar")
+    summary = run(_cfg(manifest, out, videos_per_shard=3))
+    assert summary["shards_built"] == 1 and summary["shards_skipped"] == 2
+    assert _tars(out) == clean
+    with pytest.raises(ConfigMismatch):
+        run(_cfg(manifest, out, videos_per_shard=3, jpeg_quality=50))
+    with pytest.raises(ConfigError):
+        run(_cfg(manifest, out, distributor="spark"))
+
+
+def test_appending_videos_adds_shards(tmp_path):
+    vdir = tmp_path / "videos"
+    vdir.mkdir()
+    videos = {f"v{i}": make_video(str(vdir / f"v{i}.mp4"), 3, size="64x48") for i in range(5)}
+    captions = {v: caps((0.5, 1.5, f"caption {v}")) for v in videos}
+    first = dict(list(videos.items())[:3])
+    manifest = write_corpus(str(tmp_path / "c"), first, captions)
+    out = tmp_path / "out"
+    run(_cfg(manifest, out, videos_per_shard=2))
+    before = _tars(out)
+    write_corpus(str(tmp_path / "c"), videos, captions)
+    summary = run(_cfg(manifest, out, videos_per_shard=2))
+    # shard 0 is untouched; the short shard 1 is completed; shard 2 is new
+    assert summary["shards_skipped"] == 1 and summary["shards_built"] == 2 and summary["total_samples"] == 5
+    assert _tars(out)["shard-000000.tar"] == before["shard-000000.tar"]
+    assert json.load(open(out / "shard-000001.stats.json"))["videos"] == 2
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    root = tmp_path_factory.mktemp("good")
+    return good_corpus(str(root / "corpus"), n=6, seconds=20)
+
+
+def _ray_cfg(manifest, out):
+    return _cfg(manifest, out, videos_per_shard=1, distributor="ray")
+
+
+def test_ray_run_killed_after_first_commit_resumes_to_the_same_bytes(good, ray_cluster, tmp_path):
+    clean, resumed = tmp_path / "clean", tmp_path / "resumed"
+    summary = run(_ray_cfg(good, clean), RayDistributor(ray_cluster))
+    assert summary["shards_built"] == 6 and summary["total_samples"] == 18 and not summary["failures"]
+
+    # the job entry, as `ray job submit` runs it, on this cluster; killed once its first shard is committed
+    address = ray_cluster.get_runtime_context().gcs_address
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cluster" / "shard.py"), f"manifest={good}",
+                             f"output={resumed}", "videos_per_shard=1", "window_frames=6", "size=64",
+                             f"ray_address={address}", "progress=false", "num_cpus_per_task=2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if any(n.endswith(".stats.json") for n in os.listdir(resumed)) if resumed.exists() else False:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    committed = sorted(n for n in os.listdir(resumed) if n.endswith(".stats.json"))
+    assert 1 <= len(committed) < 6
+    summary = run(_ray_cfg(good, resumed), RayDistributor(ray_cluster))
+    assert summary["shards_skipped"] >= len(committed) and summary["shards_failed"] == []
+    assert summary["shards_skipped"] + summary["shards_built"] == 6
+    assert _tars(resumed) == _tars(clean)
+    assert json.load(open(resumed / "manifest.json"))["shards"] == json.load(open(clean / "manifest.json"))["shards"]
+    counts = Counter()
+    samples = list(read_samples([u for u, _ in shard_urls(str(resumed))], counts))
+    assert len(samples) == 18 and not counts
+    assert {s["json"]["video_id"] for s in samples} == {f"vid{i:03d}" for i in range(6)}
+
+
+def test_ray_task_that_keeps_failing_is_reported_not_fatal(ray_cluster):
+    def flaky(x):
+        if x == 2:
+            raise RuntimeError("storage down")
+        return x * 10
+
+    outcomes = sorted(RayDistributor(ray_cluster).run(flaky, [(i,) for i in range(4)], retries=1),
+                      key=lambda o: o.position)
+    assert [o.result for o in outcomes] == [0, 10, None, 30]
+    assert "storage down" in outcomes[2].error
