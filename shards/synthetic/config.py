@@ -1,0 +1,90 @@
+"""SyntheticConfig: every knob of the generator, echoed into DIR/corpus.json and DIR/config.yaml."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.config import ConfigError
+from shards.synthetic import sprites, vocab
+
+
+@dataclass
+class SyntheticConfig:
+    out: str = ""                      # output folder (local path or fsspec URL); `--out DIR` on the CLI
+    seed: int = 0
+    n_train: int = 120
+    n_test: int = 40
+    # video format
+    width: int = 128                   # even: yuv420p needs it
+    height: int = 96
+    fps: int = 5
+    min_seconds: int = 24              # video length, whole seconds, uniform in [min, max]
+    max_seconds: int = 40
+    crf: int = 20                      # x264 quality; low enough that the action cues survive compression
+    # scene
+    min_objects: int = 3
+    max_objects: int = 4
+    min_object_size: float = 0.22      # object scale as a fraction of the short side, uniform in [min, max]
+    max_object_size: float = 0.30
+    centre_objects: bool = True        # objects inside the centred square that short-side resize + crop keeps
+    verbs: int = 6                     # vocabulary sizes: prefixes of vocab.VERBS / NOUNS / COLOURS
+    nouns: int = 5
+    colours: int = 6
+    # timeline
+    min_actions: int = 3
+    max_actions: int = 5
+    min_action_seconds: int = 3
+    max_action_seconds: int = 8
+    min_gap_seconds: int = 2           # background stretch before, between and after actions (slack is added)
+    # difficulty
+    asr_shift: float = 2.0             # narration of an action is shifted by U(-asr_shift, +asr_shift) seconds
+    unrelated_fraction: float = 0.2    # fraction of ASR segments that talk about nothing visible
+    filler_prob: float = 0.3           # chance that a segment carries a filler word ("um", "so", ...)
+    min_asr_seconds: float = 2.0       # ASR segment length range
+    max_asr_seconds: float = 5.0
+    jitter: float = 0.5                # per-frame position jitter of every object (std, pixels)
+    camera_drift: int = 5              # pan amplitude during background stretches (pixels)
+    light_drift: float = 0.15          # brightness change during background stretches (fraction)
+    proposal_jitter: float = 0.08      # proposal box noise (std, fraction of the box size)
+    # execution
+    workers: int = 1                   # processes rendering videos (each video is independent)
+    threads: int = 1                   # x264 threads; 1 keeps the encoding bit-exact
+
+    def validate(self) -> "SyntheticConfig":
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"SyntheticConfig: {msg}")
+
+        need(bool(self.out), "out is required (--out DIR)")
+        need(self.n_train >= 0 and self.n_test >= 0, "n_train and n_test must be >= 0")
+        need(self.width % 2 == 0 and self.height % 2 == 0, "width and height must be even (yuv420p)")
+        need(self.width >= 48 and self.height >= 48, "width and height must be >= 48")
+        need(self.fps >= 1, "fps must be >= 1")
+        need(1 <= self.verbs <= len(vocab.VERBS), f"verbs must be in 1..{len(vocab.VERBS)}")
+        need(1 <= self.nouns <= len(vocab.NOUNS), f"nouns must be in 1..{len(vocab.NOUNS)}")
+        need(1 <= self.colours <= len(vocab.COLOURS), f"colours must be in 1..{len(vocab.COLOURS)}")
+        need(1 <= self.min_objects <= self.max_objects, "need 1 <= min_objects <= max_objects")
+        # each object in a scene gets its own colour and noun, so "the red cube" names one object
+        need(self.max_objects <= min(self.nouns, self.colours), "max_objects must be <= nouns and <= colours")
+        need(0.05 <= self.min_object_size <= self.max_object_size <= 0.4, "object sizes must lie in [0.05, 0.4]")
+        short = min(self.width, self.height)
+        side = max(max(sprites.footprint(n, round(self.max_object_size * short))) for n in vocab.NOUNS)
+        need(side + 2 * (self.camera_drift + 1) <= (short if self.centre_objects else max(self.width, self.height)),
+             f"objects up to {side} px plus camera_drift {self.camera_drift} do not fit the frame; "
+             "lower max_object_size or camera_drift")
+        need(1 <= self.min_actions <= self.max_actions, "need 1 <= min_actions <= max_actions")
+        need(1 <= self.min_action_seconds <= self.max_action_seconds, "need 1 <= min_action_seconds <= max")
+        need(self.min_gap_seconds >= 1, "min_gap_seconds must be >= 1")
+        need(self.min_seconds <= self.max_seconds, "need min_seconds <= max_seconds")
+        need(self.min_seconds >= self.min_action_seconds + 2 * self.min_gap_seconds,
+             "min_seconds too short for one action with a background stretch on each side")
+        need(self.asr_shift >= 0, "asr_shift must be >= 0")
+        need(0 <= self.unrelated_fraction < 1, "unrelated_fraction must be in [0, 1)")
+        need(0 <= self.filler_prob <= 1, "filler_prob must be in [0, 1]")
+        # a span longer than max_asr_seconds must split into pieces that are all >= min_asr_seconds
+        need(0.5 <= self.min_asr_seconds and 2 * self.min_asr_seconds <= self.max_asr_seconds,
+             "need 0.5 <= min_asr_seconds and 2 * min_asr_seconds <= max_asr_seconds")
+        need(self.jitter >= 0 and self.camera_drift >= 0 and self.proposal_jitter >= 0, "noise knobs must be >= 0")
+        need(0 <= self.light_drift < 0.5, "light_drift must be in [0, 0.5)")
+        need(0 <= self.crf <= 51, "crf must be in 0..51")
+        need(self.workers >= 1 and self.threads >= 1, "workers and threads must be >= 1")
+        return self
