@@ -1,0 +1,157 @@
+"""Pretraining as a Ray Train job: a TorchTrainer whose workers are DeepSpeed ranks (pretrain/train.py).
+
+    python -m cluster.pretrain --config configs/pretrain/tiny.yaml data.shards=DIR run=runs/tiny
+    python -m cluster.pretrain --config configs/pretrain/vitb32.yaml --address auto --workers 16 \
+        --gpus-per-worker 1 data.shards=s3://bucket/shards run=s3://bucket/runs/vitb32
+
+The run URL is Ray's storage_path/name, so Ray's own run state sits beside our checkpoints. A worker that dies
+makes Ray restart the whole worker group (FailureConfig.max_failures); the restarted workers resume from the
+newest complete checkpoint, as does a re-submitted job with the same `run`. With no --address (and no
+RAY_ADDRESS) a local Ray is started (cluster.runtime.init_ray); token authentication stays on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import posixpath
+import sys
+
+from common import config as cfglib
+from common import fsio
+from pretrain.config import PretrainConfig, from_dict, to_dict, validate
+
+log = logging.getLogger(__name__)
+
+
+def _split_run(run: str) -> tuple[str, str]:
+    """(storage_path, name) with storage_path/name == run; object-store paths without their scheme, as Ray
+    wants them next to an explicit storage_filesystem."""
+    if fsio.is_local(run):
+        path = fsio.filesystem(run)[1]
+    else:
+        path = run.split("://", 1)[1].rstrip("/")
+    return posixpath.dirname(path), posixpath.basename(path)
+
+
+def _absolute(url: str) -> str:
+    return fsio.filesystem(url)[1] if fsio.is_local(url) else url
+
+
+def storage_filesystem(run: str):
+    """A pyarrow filesystem for Ray's storage on object stores, built from the same fsspec options as fsio
+    (endpoint, credentials), so Ray and our checkpoints see the same bucket. None for local runs."""
+    if fsio.is_local(run):
+        return None
+    import pyarrow.fs
+
+    fs, _ = fsio.filesystem(run)
+    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def _worker(config: dict) -> None:
+    """Runs inside every Ray Train worker."""
+    import ray.train
+    import torch.distributed as dist
+    from ray.train import Checkpoint, CheckpointUploadMode
+
+    from pretrain import train
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    cfg = from_dict(config["config"])
+    ctx = ray.train.get_context()
+    storage = ctx.get_storage()
+    rank = ctx.get_world_rank()
+    node = ray.get_runtime_context().get_node_id()
+    nodes: list = []
+
+    def report(metrics: dict, ckpt_url: str | None) -> None:
+        if not nodes:  # first report: every rank is past process-group set-up
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, node)
+            nodes.extend(gathered)
+        metrics = {**metrics, "worker_nodes": list(nodes), "attempt_pid": os.getpid()}
+        if ckpt_url is None or rank != 0:
+            ray.train.report(metrics)
+            return
+        rel = ckpt_url[len(cfg.run.rstrip("/")):].lstrip("/")
+        ckpt = Checkpoint(path=posixpath.join(storage.experiment_fs_path, rel), filesystem=storage.storage_filesystem)
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+
+    train.run(cfg, report=report, ds_base=config["deepspeed"])
+
+
+def run_pretrain(cfg: PretrainConfig):
+    """Run (or resume) the job described by cfg; returns Ray Train's Result."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from cluster.runtime import init_ray
+    from pretrain.engine import ds_config, load_ds_file, prebuild_ops
+
+    validate(cfg)
+    # workers run elsewhere (another cwd, maybe another machine): send them absolute URLs and the DeepSpeed file
+    cfg = dataclasses.replace(cfg, run=_absolute(cfg.run), data=dataclasses.replace(
+        cfg.data, shards=_absolute(cfg.data.shards)))
+    ds_base = load_ds_file(cfg.deepspeed)
+    c = cfg.cluster
+    gpu = c.gpus_per_worker > 0
+    if not gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # forwarded to the workers by init_ray
+    # Compile DeepSpeed's CPU op here once; the workers on this machine then load it from the cache.
+    prebuild_ops()
+    init_ray(c.address)
+
+    # echo what this run uses into its own folder
+    fsio.makedirs(cfg.run)
+    cfglib.dump(cfg, fsio.join(cfg.run, "config.yaml"))
+    fsio.write_json_atomic(fsio.join(cfg.run, "deepspeed.json"), ds_config(cfg, c.workers, gpu=gpu, base=ds_base))
+
+    storage_path, name = _split_run(cfg.run)
+    resources = {"CPU": c.cpus_per_worker}
+    if gpu:
+        resources["GPU"] = c.gpus_per_worker
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"config": to_dict(cfg), "deepspeed": ds_base},
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo", timeout_s=cfg.comm_timeout_s),
+        scaling_config=ScalingConfig(num_workers=c.workers, use_gpu=gpu, resources_per_worker=resources,
+                                     placement_strategy=c.placement),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem(cfg.run),
+            failure_config=FailureConfig(max_failures=c.max_failures),
+            # keep_last is enforced by pretrain/checkpoint.py (it also sees runs resumed by a new job)
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+        ),
+    )
+    return trainer.fit()
+
+
+def main(argv=None) -> None:
+    p = cfglib.parser(PretrainConfig, __doc__.split("\n\n")[0])
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (DeepSpeed ranks)")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (0: CPU, gloo, fp32)")
+    args = p.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.address:
+        overrides.append(f"cluster.address={args.address}")
+    if args.workers is not None:
+        overrides.append(f"cluster.workers={args.workers}")
+    if args.gpus_per_worker is not None:
+        overrides.append(f"cluster.gpus_per_worker={args.gpus_per_worker}")
+    cfg = cfglib.load(PretrainConfig, args.config, overrides)
+    result = run_pretrain(cfg)
+    out = {"run": cfg.run, "metrics": result.metrics,
+           "checkpoint": result.checkpoint.path if result.checkpoint else None,
+           "export": fsio.join(cfg.run, "export", "model.pt") if cfg.export else None}
+    print(json.dumps(out, default=str))
+    if result.error:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

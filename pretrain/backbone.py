@@ -1,0 +1,160 @@
+"""open_clip backbone with token outputs: per-frame patch grid + CLS, word tokens + EOT.
+
+Our tiny configs in `pretrain/model_configs/` are registered with open_clip on import, so
+`open_clip.create_model("stg-tiny")` works. Weights never download: `pretrained` is a local file, or an open_clip tag
+whose file is already in the local cache (HF hub cache or ~/.cache/clip).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch import nn
+
+CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+if str(CONFIG_DIR) not in {str(p) for p in open_clip.factory._MODEL_CONFIG_PATHS}:
+    open_clip.add_model_config(CONFIG_DIR)
+
+
+def _cached_tag_file(name: str, tag: str) -> tuple[str, dict]:
+    """The local file of open_clip's pretrained `tag` for `name`; raises if it is not cached (no downloads)."""
+    cfg = open_clip.pretrained.get_pretrained_cfg(name, tag)
+    if not cfg:
+        raise FileNotFoundError(
+            f"pretrained={tag!r} is neither a local weights file nor an open_clip tag of {name!r} "
+            f"(tags: {open_clip.list_pretrained_tags_by_model(name)})")
+    candidates = []
+    if cfg.get("hf_hub"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            repo = cfg["hf_hub"].rstrip("/")
+            for fname in ("open_clip_pytorch_model.bin", "open_clip_model.safetensors"):
+                hit = try_to_load_from_cache(repo, fname)
+                if isinstance(hit, str):
+                    candidates.append(hit)
+        except ImportError:
+            pass
+    if cfg.get("url"):
+        candidates.append(os.path.expanduser(os.path.join("~/.cache/clip", os.path.basename(cfg["url"]))))
+    for path in candidates:
+        if os.path.isfile(path):
+            return path, cfg
+    raise FileNotFoundError(
+        f"weights for {name!r} pretrained={tag!r} are not in the local cache and this project never downloads "
+        f"at run time; download them yourself and pass pretrained=/path/to/weights")
+
+
+class Backbone(nn.Module):
+    """Image and text towers of an open_clip CLIP model, exposing tokens as well as pooled features.
+
+    Video tokens and word tokens are mapped through open_clip's own output projections (visual.proj,
+    text_projection), so local and global features start in the same CLIP embedding space.
+    """
+
+    def __init__(self, name: str, pretrained: str | None = None):
+        super().__init__()
+        kwargs: dict = {}
+        mean, std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+        if pretrained:
+            if os.path.isfile(pretrained):
+                kwargs["pretrained"] = pretrained
+            else:
+                path, tag_cfg = _cached_tag_file(name, pretrained)
+                kwargs["pretrained"] = path
+                if tag_cfg.get("quick_gelu"):
+                    kwargs["force_quick_gelu"] = True
+                mean, std = tag_cfg.get("mean", mean), tag_cfg.get("std", std)
+        clip = open_clip.create_model(name, **kwargs)
+        if not hasattr(clip, "token_embedding") or not hasattr(clip.visual, "conv1"):
+            raise ValueError(f"backbone {name!r}: only open_clip ViT image towers with the built-in text "
+                             f"transformer are supported (need patch tokens and word tokens)")
+        self.clip = clip
+        self.name = name
+        visual = clip.visual
+        visual.output_tokens = True
+        size = visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        grid = visual.grid_size
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.vision_dim = int(visual.output_dim)
+        proj = clip.text_projection
+        self.text_dim = int(proj.shape[1] if isinstance(proj, torch.Tensor) else
+                            proj.out_features if isinstance(proj, nn.Linear) else clip.transformer.width)
+        self.context_length = int(clip.context_length)
+        self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(3, 1, 1), persistent=False)
+        self.tokenizer = open_clip.get_tokenizer(name)
+
+    # --- freezing -------------------------------------------------------------------------------------------
+    def freeze(self, mode: str, unfrozen_blocks: int = 0) -> None:
+        """none: all trainable; all: nothing trainable; partial: only the last `unfrozen_blocks` transformer blocks
+        of each tower plus their final norms and projections."""
+        for p in self.parameters():
+            p.requires_grad_(mode == "none")
+        if mode != "partial":
+            return
+        clip = self.clip
+        keep: list[nn.Module | nn.Parameter] = []
+        if unfrozen_blocks > 0:
+            keep += list(clip.visual.transformer.resblocks[-unfrozen_blocks:])
+            keep += list(clip.transformer.resblocks[-unfrozen_blocks:])
+        keep += [clip.visual.ln_post, clip.ln_final]
+        for item in keep + [clip.visual.proj, clip.text_projection]:
+            if item is None:
+                continue
+            params = [item] if isinstance(item, nn.Parameter) else list(item.parameters())
+            for p in params:
+                p.requires_grad_(True)
+
+    @property
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    # --- inputs ---------------------------------------------------------------------------------------------
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """(..., H, W, 3) uint8 -> (..., 3, S, S) normalised float: short-side resize + centre crop to S."""
+        if frames.dtype != torch.uint8 or frames.shape[-1] != 3:
+            raise ValueError(f"expected (..., H, W, 3) uint8 frames, got {tuple(frames.shape)} {frames.dtype}")
+        lead = frames.shape[:-3]
+        h, w = frames.shape[-3], frames.shape[-2]
+        x = frames.reshape(-1, h, w, 3).permute(0, 3, 1, 2).float().div_(255.0)
+        s = self.image_size
+        if (h, w) != (s, s):
+            scale = s / min(h, w)
+            nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+            top, left = (nh - s) // 2, (nw - s) // 2
+            x = x[:, :, top:top + s, left:left + s]
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return x.reshape(*lead, 3, s, s)
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts))
+
+    # --- towers ---------------------------------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, 3, S, S) -> CLS (n, Dv), patch tokens (n, gh*gw, Dv), both through visual.proj."""
+        pooled, tokens = self.clip.visual(images)
+        proj = self.clip.visual.proj
+        if proj is not None:
+            tokens = tokens @ proj
+        return pooled, tokens
+
+    def encode_text(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) ids -> EOT (B, Dt), all token features (B, L, Dt), through text_projection."""
+        clip = self.clip
+        cast = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding.to(cast)
+        x = clip.transformer(x, attn_mask=clip.attn_mask)
+        x = clip.ln_final(x)
+        proj = clip.text_projection
+        if proj is not None:
+            x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        eot = tokens.argmax(dim=-1)  # the EOT id is the largest in CLIP's vocabulary
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot]
+        return pooled, x

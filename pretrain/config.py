@@ -1,0 +1,105 @@
+"""PretrainConfig: the one typed config of the pretraining stage (YAML + `a.b=value` overrides).
+
+The `model` section is the model's own ModelConfig and is exported unchanged next to the weights
+(docs/contracts.md section 3). `cluster` only sizes the Ray job; the worker loop never reads it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+from common import config as cfglib
+from pretrain.model_config import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    shards: str = ""  # shard set URL (local or s3://), holding manifest.json (docs/contracts.md section 2)
+    micro_batch: int = 4  # samples per rank per forward/backward
+    samples_per_epoch: int = 0  # 0: the manifest's total_samples
+    loader_workers: int = 0  # DataLoader processes per rank; 0 decodes in the training process
+    shuffle_buffer: int = 32  # samples mixed across the shard being read and the ones before it
+    prefetch: int = 2  # batches each loader worker keeps ready
+    max_bad_shards: int = 50  # consecutive unreadable shards before a loader gives up (all shards broken)
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "torch"  # "torch": torch AdamW handed to DeepSpeed (no JIT op); "deepspeed": JSON's optimizer
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio at max_steps
+    grad_accum: int = 1
+    grad_clip: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class ClusterConfig:
+    address: Optional[str] = None  # Ray address; None (and no RAY_ADDRESS): a local Ray
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_failures: int = 3  # worker-group restarts (from the last complete checkpoint) before the job fails
+    placement: str = "PACK"  # Ray placement strategy of the workers: PACK, SPREAD, STRICT_SPREAD
+
+
+@dataclass
+class PretrainConfig:
+    run: str = "runs/pretrain"  # run storage (local folder or s3://bucket/prefix): config, checkpoints, logs, export
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    deepspeed: str = "configs/deepspeed/zero2.json"  # editable DeepSpeed JSON/YAML; batch keys are filled in here
+    zero_stage: int = -1  # >= 0 overrides the JSON's zero_optimization.stage
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
+    max_steps: int = 100  # optimizer steps; also the length of the LR schedule
+    stop_at_step: int = 0  # > 0: checkpoint and stop after this step (a planned interruption; resume later)
+    checkpoint_every: int = 50
+    keep_last: int = 2  # complete checkpoints kept; older ones are deleted
+    log_every: int = 10
+    seed: int = 0
+    deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only) for exact resume
+    progress: bool = True  # tqdm bar on rank 0
+    export: bool = True  # write <run>/export/model.pt at the end
+    comm_timeout_s: int = 600  # collective timeout; a dead peer surfaces as an error after this
+
+
+def load(path: str | None = None, overrides=()) -> PretrainConfig:
+    cfg = cfglib.load(PretrainConfig, path, overrides)
+    validate(cfg)
+    return cfg
+
+
+def from_dict(data: dict) -> PretrainConfig:
+    cfg = cfglib.from_dict(PretrainConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: PretrainConfig) -> None:
+    err = cfglib.ConfigError
+    if not cfg.data.shards:
+        raise err("data.shards is required (a shard set URL with manifest.json)")
+    if cfg.data.micro_batch < 1 or cfg.optim.grad_accum < 1:
+        raise err("data.micro_batch and optim.grad_accum must be >= 1")
+    if cfg.max_steps < 1 or cfg.checkpoint_every < 1 or cfg.log_every < 1 or cfg.keep_last < 1:
+        raise err("max_steps, checkpoint_every, log_every and keep_last must be >= 1")
+    if not 0 <= cfg.stop_at_step <= cfg.max_steps:
+        raise err(f"stop_at_step must be in [0, max_steps={cfg.max_steps}]")
+    if cfg.precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise err(f"precision must be auto, bf16, fp16 or fp32, not {cfg.precision!r}")
+    if cfg.optim.optimizer not in ("torch", "deepspeed"):
+        raise err(f"optim.optimizer must be torch or deepspeed, not {cfg.optim.optimizer!r}")
+    if cfg.zero_stage not in (-1, 0, 1, 2, 3):
+        raise err(f"zero_stage must be -1 (from the JSON) or 0..3, not {cfg.zero_stage}")
+    if cfg.cluster.placement not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+        raise err(f"cluster.placement {cfg.cluster.placement!r} is not a Ray placement strategy")
+
+
+def to_dict(cfg: PretrainConfig) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,284 @@
+"""Training batches from a WebDataset shard set (docs/contracts.md section 2), local or s3.
+
+Each rank reads W independent, resampled streams (W = max(1, loader workers)): a stream draws shards with
+replacement (weighted by their sample counts from manifest.json) from a generator seeded by
+(seed, epoch, rank, stream), reads them with webdataset's tar iterators, mixes them through a seeded shuffle
+buffer, decodes and batches. An epoch is a fixed number of batches derived from the manifest, not a pass
+over the files. Everything is a function of the seeds, so the data position is a handful of integers: the
+epoch, the batch index within it, and how many raw samples each stream has handed out. Resuming rebuilds the
+streams and fast-forwards them without decoding, which gives the same sample sequence as an uninterrupted run.
+
+A shard that cannot be opened or is cut short, and a sample with bad JSON, missing frames, an undecodable JPEG
+or a shape unlike the others, is skipped with a warning and counted; the counts ride along with the batches.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from common import fsio
+
+log = logging.getLogger(__name__)
+FRAME_RE = re.compile(r"^f(\d+)\.jpg$")
+
+
+class DataError(RuntimeError):
+    pass
+
+
+class SampleError(ValueError):
+    """A sample that cannot be used; `reason` is the counter it is logged under."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    urls: tuple[str, ...]
+    samples: tuple[int, ...]
+
+    @property
+    def total_samples(self) -> int:
+        return sum(self.samples)
+
+
+def read_manifest(shards_url: str) -> ShardSet:
+    """Shards with at least one sample, as absolute URLs, from `<shards_url>/manifest.json`."""
+    url = fsio.join(shards_url, "manifest.json")
+    if not fsio.exists(url):
+        raise DataError(f"{url} not found: data.shards must name a finished shard set (docs/contracts.md section 2)")
+    manifest = fsio.read_json(url)
+    urls, counts = [], []
+    for entry in manifest.get("shards", []):
+        if int(entry.get("samples", 0)) <= 0:
+            continue
+        rel = entry["url"]
+        urls.append(rel if "://" in rel or rel.startswith("/") else fsio.join(shards_url, rel))
+        counts.append(int(entry["samples"]))
+    if not urls:
+        raise DataError(f"{url} lists no shard with samples")
+    return ShardSet(tuple(urls), tuple(counts))
+
+
+def steps_per_epoch(samples_per_epoch: int, micro_batch: int, grad_accum: int, world: int) -> int:
+    return max(1, samples_per_epoch // (micro_batch * grad_accum * world))
+
+
+def decode_sample(raw: dict) -> tuple[np.ndarray, str, dict]:
+    """(frames (U, H, W, 3) uint8, caption, meta) of one raw WebDataset sample, or SampleError."""
+    key = raw.get("__key__", "?")
+    if "json" not in raw:
+        raise SampleError("missing_json", key)
+    try:
+        meta = json.loads(raw["json"])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SampleError("bad_json", f"{key}: {exc}") from None
+    caption = meta.get("caption") if isinstance(meta, dict) else None
+    if not isinstance(caption, str) or not caption.strip():
+        raise SampleError("no_caption", key)
+    index = {int(m.group(1)): name for name in raw if (m := FRAME_RE.match(name))}
+    if not index or sorted(index) != list(range(len(index))):
+        raise SampleError("missing_frames", f"{key}: frames {sorted(index)}")
+    frames = []
+    for i in range(len(index)):
+        try:
+            with Image.open(io.BytesIO(raw[index[i]])) as im:
+                frames.append(np.asarray(im.convert("RGB")))
+        except Exception as exc:  # PIL raises many types for broken JPEGs
+            raise SampleError("bad_jpeg", f"{key}/{index[i]}: {exc}") from None
+    if any(f.shape != frames[0].shape for f in frames):
+        raise SampleError("shape_mismatch", f"{key}: frames of different sizes")
+    return np.stack(frames), caption, meta
+
+
+class StreamDataset(torch.utils.data.IterableDataset):
+    """Batches of one rank for one epoch. Loader worker k serves stream (k + start_batch) % W so batch b of the
+    epoch always comes from stream b % W, also after a resume in the middle of an epoch."""
+
+    def __init__(self, shards: ShardSet, *, micro_batch: int, seed: int, epoch: int, rank: int, streams: int,
+                 start_batch: int, positions: list[int], shuffle_buffer: int, max_bad_shards: int):
+        self.shards = shards
+        self.micro_batch = micro_batch
+        self.seed, self.epoch, self.rank = seed, epoch, rank
+        self.streams = streams
+        self.start_batch = start_batch
+        self.positions = list(positions)
+        self.shuffle_buffer = shuffle_buffer
+        self.max_bad_shards = max_bad_shards
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        if info is not None and info.num_workers != self.streams:
+            raise DataError(f"{info.num_workers} loader workers for {self.streams} streams")
+        stream = (worker + self.start_batch) % self.streams
+        return self._batches(stream)
+
+    def _batches(self, stream: int) -> Iterator[dict]:
+        skipped: Counter = Counter()
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, stream])
+        raw = _shuffled(_raw_samples(self.shards, rng, skipped, self.max_bad_shards), rng, self.shuffle_buffer)
+        position = 0
+        for _ in range(self.positions[stream]):  # fast-forward: same draws, no decoding
+            next(raw)
+            position += 1
+        skipped.clear()  # counted before the checkpoint already
+        shape = None
+        frames, captions, keys, valid = [], [], [], []
+        for sample in raw:
+            position += 1
+            try:
+                clip, caption, meta = decode_sample(sample)
+                if shape is None:
+                    shape = clip.shape
+                elif clip.shape != shape:
+                    raise SampleError("shape_mismatch", f"{sample['__key__']}: {clip.shape} != {shape}")
+            except SampleError as exc:
+                skipped[exc.reason] += 1
+                _warn_once((sample.get("__url__"), sample.get("__key__")), "skipping sample from %s: %s",
+                           sample.get("__url__"), exc)
+                continue
+            frames.append(clip)
+            captions.append(caption)
+            keys.append(sample["__key__"])
+            valid.append(min(int(meta.get("valid_frames") or len(clip)), len(clip)))
+            if len(frames) == self.micro_batch:
+                yield {"frames": torch.from_numpy(np.stack(frames)), "captions": captions, "keys": keys,
+                       "valid_frames": torch.tensor(valid, dtype=torch.long),
+                       "stream": stream, "position": position, "skipped": dict(skipped)}
+                skipped.clear()
+                frames, captions, keys, valid = [], [], [], []
+
+
+def _raw_samples(shards: ShardSet, rng: np.random.Generator, skipped: Counter, max_bad: int) -> Iterator[dict]:
+    weights = np.asarray(shards.samples, dtype=np.float64)
+    weights /= weights.sum()
+    bad_in_a_row = 0
+    while True:
+        pick = int(rng.choice(len(shards.urls), p=weights))
+        url = shards.urls[pick]
+        got = 0
+        try:
+            fs, path = fsio.filesystem(url)
+            stream = fs.open(path, "rb")
+        except Exception as exc:
+            skipped["unreadable_shard"] += 1
+            _warn_once(url, "skipping unreadable shard %s: %s", url, exc)
+        else:
+            try:
+                with stream:
+                    files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
+                    for sample in group_by_keys(files):
+                        got += 1
+                        yield sample
+                if got < shards.samples[pick]:  # tarfile ends quietly when a shard is cut at a header
+                    skipped["short_shard"] += 1
+                    _warn_once(url, "shard %s gave %d of its %d samples", url, got, shards.samples[pick])
+            except Exception as exc:  # tarfile/zlib errors of a truncated or garbled shard
+                skipped["corrupt_shard"] += 1
+                _warn_once(url, "shard %s is corrupt after %d samples, going on with the next: %s", url, got, exc)
+        bad_in_a_row = 0 if got else bad_in_a_row + 1
+        if bad_in_a_row >= max_bad:
+            raise DataError(f"{bad_in_a_row} shards in a row gave no sample (last {url}); counts {dict(skipped)}")
+
+
+_warned: set = set()
+
+
+def _warn_once(what, msg: str, *args) -> None:
+    """Warn the first time a bad shard or sample is met in this process; resampling meets it again (counted)."""
+    if what not in _warned:
+        _warned.add(what)
+        log.warning(msg, *args)
+
+
+def _shuffled(samples: Iterator[dict], rng: np.random.Generator, size: int) -> Iterator[dict]:
+    if size <= 1:
+        yield from samples
+        return
+    buf: list[dict] = []
+    for s in samples:
+        if len(buf) < size:
+            buf.append(s)
+            continue
+        i = int(rng.integers(size))
+        buf[i], s = s, buf[i]
+        yield s
+
+
+@dataclass
+class DataPosition:
+    """Where a rank is in its sample sequence; saved in every checkpoint."""
+
+    epoch: int = 0
+    batch: int = 0  # batches taken in this epoch
+    positions: list[int] | None = None  # raw samples handed out by each stream in this epoch
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch, "positions": list(self.positions or [])}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataPosition":
+        return cls(int(d["epoch"]), int(d["batch"]), [int(p) for p in d["positions"]])
+
+
+class RankLoader:
+    """Endless batches of one rank across epochs, with its position, for the training loop."""
+
+    def __init__(self, shards: ShardSet, *, micro_batch: int, batches_per_epoch: int, seed: int, rank: int,
+                 loader_workers: int = 0, shuffle_buffer: int = 32, prefetch: int = 2, max_bad_shards: int = 50,
+                 position: DataPosition | None = None):
+        self.shards = shards
+        self.micro_batch = micro_batch
+        self.batches_per_epoch = batches_per_epoch
+        self.seed, self.rank = seed, rank
+        self.workers = loader_workers
+        self.streams = max(1, loader_workers)
+        self.shuffle_buffer = shuffle_buffer
+        self.prefetch = prefetch
+        self.max_bad_shards = max_bad_shards
+        self.position = position or DataPosition()
+        if not self.position.positions:
+            self.position.positions = [0] * self.streams
+        if len(self.position.positions) != self.streams:
+            raise DataError(f"checkpoint has {len(self.position.positions)} loader streams, config has "
+                            f"{self.streams}: resume with the same data.loader_workers")
+        self.skipped: Counter = Counter()  # since the start of this process (counts ride in the checkpoint)
+        self._it: Iterator[dict] | None = None
+
+    def _epoch_iter(self) -> Iterator[dict]:
+        p = self.position
+        ds = StreamDataset(self.shards, micro_batch=self.micro_batch, seed=self.seed, epoch=p.epoch, rank=self.rank,
+                           streams=self.streams, start_batch=p.batch, positions=p.positions,
+                           shuffle_buffer=self.shuffle_buffer, max_bad_shards=self.max_bad_shards)
+        if self.workers == 0:
+            return iter(ds)
+        return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.workers,
+                                                prefetch_factor=self.prefetch, persistent_workers=False))
+
+    def next(self) -> dict:
+        if self.position.batch >= self.batches_per_epoch:
+            self.position = DataPosition(self.position.epoch + 1, 0, [0] * self.streams)
+            self._it = None
+        if self._it is None:
+            self._it = self._epoch_iter()
+        batch = next(self._it)
+        self.position.batch += 1
+        self.position.positions[batch["stream"]] = batch["position"]
+        self.skipped.update(batch["skipped"])
+        return batch
+
+    def close(self) -> None:
+        self._it = None

@@ -1,0 +1,90 @@
+"""Contrastive losses of Eq. 1 (L_local, L_global) with negatives gathered from all ranks.
+
+Notation: s(x, y) = x . y on L2-normalised features, tau the (learnable) temperature, delta the margin of Eq. 1.
+Eq. 1 as printed subtracts delta from every term, which cancels in the ratio; we read it (as MIL-NCE / CoMMA do)
+as a margin on the positive only:
+
+    nce(l) = -log  e^{(s_ll - delta)/tau} / ( e^{(s_ll - delta)/tau} + sum_{k != l} e^{s_lk / tau} ).
+
+L_global (Sec. 3.4): symmetric nce on the global clip features V_l (mean of the selected frames' f(CLS)) and
+S_l = g(EOT), over all B_global = world * B clips: each rank scores its B local rows against the gathered columns.
+
+L_local (Eq. 1, imposters from CoMMA, Tan et al. 2021): the local branch is cross-modal, so its pooled features
+depend on the pair it is run on. For video i and sentence j let (V_{i|j}, S_{j|i}) be the pooled outputs of the
+local branch applied to the pair (i, j), and m(i, j) = V_{i|j} . S_{j|i}. An *imposter* is the branch applied to a
+mismatched pair: S^imp_k for video l is sentence k attended with video l (score m(l, k)), V^imp_k for sentence l
+is video k attended with sentence l (score m(k, l)). L_local is
+
+    L_local = 1/2 [nce_rows(A) + nce_cols(A)]                                          (first term of Eq. 1)
+            + w_imp/2 * (-1/B) sum_l [ log e^{(m_ll-d)/tau} / (e^{(m_ll-d)/tau} + sum_{k in I_l} e^{m(l,k)/tau})
+                                     + log e^{(m_ll-d)/tau} / (e^{(m_ll-d)/tau} + sum_{k in I_l} e^{m(k,l)/tau}) ]
+
+with A_lk = V_{l|l} . S_{k|k} (each clip attended with its own caption; gathered across ranks like L_global) and
+I_l the imposter set of clip l. Running the branch on all B^2 pairs is quadratic in its self-attention cost, so
+I_l = {l+1, ..., l+n} (mod B) within the rank's batch: n = `imposters` rolled pairings (all B-1 when B <= n+1).
+The imposter term is therefore rank-local; only the A term and L_global use gathered negatives.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from all ranks along dim 0, keeping gradients (identity when not distributed)."""
+    rank, size = world()
+    if size == 1:
+        return x
+    import torch.distributed.nn as dist_nn
+
+    return torch.cat(dist_nn.all_gather(x.contiguous()), dim=0)
+
+
+def nce(logits: torch.Tensor, targets: torch.Tensor, margin: float, scale: torch.Tensor | float) -> torch.Tensor:
+    """Mean over rows of -log softmax(scale * (logits - margin * onehot(target)))[target]."""
+    onehot = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
+    return F.cross_entropy(scale * (logits - margin * onehot), targets)
+
+
+def contrastive(video: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float, margin: float,
+                gather: bool = True) -> torch.Tensor:
+    """Symmetric nce of Eq. 1 on matching rows of video (B, d) and text (B, d), negatives from all ranks.
+
+    Each rank scores its own B rows against the world*B gathered columns (open_clip's local-loss layout); the
+    per-rank mean, averaged over ranks by data-parallel gradient averaging, equals the single-process loss on the
+    concatenated batch, gradients included (all_gather sends gradients back to the rank that owns the rows)."""
+    rank, size = world() if gather else (0, 1)
+    all_video = gather_with_grad(video) if size > 1 else video
+    all_text = gather_with_grad(text) if size > 1 else text
+    targets = torch.arange(video.shape[0], device=video.device) + rank * video.shape[0]
+    v2t = nce(video @ all_text.t(), targets, margin, scale)
+    t2v = nce(text @ all_video.t(), targets, margin, scale)
+    return 0.5 * (v2t + t2v)
+
+
+def imposter_pairs(batch: int, imposters: int) -> list[int]:
+    """Shifts s of the pairs (clip i, caption i + s mod B): 0 is the positive, then the imposters."""
+    return list(range(0, min(imposters, batch - 1) + 1))
+
+
+def imposter_nce(pair_scores: torch.Tensor, scale: torch.Tensor | float, margin: float) -> torch.Tensor:
+    """Imposter term of L_local from m(i, i + s) laid out as pair_scores (B, 1 + n) for shifts s = 0..n.
+
+    Row l of the video side is [m(l,l), m(l,l+1), ..., m(l,l+n)]; the sentence side of clip l needs m(l-s, l),
+    which is pair_scores[(l - s) mod B, s]."""
+    b, cols = pair_scores.shape
+    if cols < 2:
+        return pair_scores.new_zeros(())
+    targets = torch.zeros(b, dtype=torch.long, device=pair_scores.device)
+    video_side = nce(pair_scores, targets, margin, scale)
+    rows = (torch.arange(b, device=pair_scores.device)[:, None] - torch.arange(cols, device=pair_scores.device)) % b
+    text_side_scores = pair_scores[rows, torch.arange(cols, device=pair_scores.device)[None, :].expand(b, cols)]
+    text_side = nce(text_side_scores, targets, margin, scale)
+    return 0.5 * (video_side + text_side)

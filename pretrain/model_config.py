@@ -1,0 +1,66 @@
+"""ModelConfig: the `model` section of the pretrain config, exported unchanged as `model_config.json`.
+
+Everything that changes the model's parameters or its forward pass lives here, so an export can be rebuilt from
+this file and `model.pt` alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FREEZE_MODES = ("none", "all", "partial")
+SELECTION_MODES = ("sinkhorn", "topk", "none")
+GRANULARITIES = ("local", "global")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "stg-tiny"        # any open_clip model name or a config in pretrain/model_configs/
+    pretrained: str | None = None     # open_clip tag or a local weights file; tags resolve from the local cache only
+    freeze: str = "none"              # none | all | partial
+    unfrozen_blocks: int = 2          # partial: last N transformer blocks of each tower (+ final norms) train
+    embed_dim: int = 256              # d of f, g (global) and f', g' (local)
+    local_heads: int = 4              # heads of the local branch's self-attention
+    local_attention: str = "frame"    # video self-attention scope of the local branch: frame (N tokens) | clip (T*N)
+    frames_in: int = 16               # U
+    frames_selected: int = 8          # T
+    max_words: int = 20               # K: word tokens kept per caption for the local branch
+    selection: str = "sinkhorn"       # sinkhorn | topk (no OT) | none (evenly strided; T = U is the paper's None)
+    selection_text: str = "local"     # local (words) | global (sentence) side of the similarity P
+    selection_video: str = "global"   # local (patches) | global (frame CLS) side of P
+    sinkhorn_iters: int = 3
+    sinkhorn_temperature: float = 0.1
+    attention_temperature: float = 0.1  # cosine scores / this before the softmax of the cross-modal attention
+    loss_local: bool = True
+    loss_global: bool = True
+    margin: float = 0.1               # delta of Eq. 1 (cosine units, subtracted from the positive)
+    temperature: float = 0.07         # tau: logits are cosine / tau (CLIP's initial value)
+    learn_temperature: bool = True    # tau is a trained parameter (clamped at 1/100)
+    imposters: int = 3                # CoMMA imposter pairings per clip for L_local (see pretrain/losses.py)
+    imposter_weight: float = 1.0      # weight of the imposter term of L_local (0: only gathered negatives)
+    gather: bool = True               # negatives from all ranks (all_gather with gradients)
+
+    def __post_init__(self) -> None:
+        if self.freeze not in FREEZE_MODES:
+            raise ValueError(f"model.freeze must be one of {FREEZE_MODES}, got {self.freeze!r}")
+        if self.selection not in SELECTION_MODES:
+            raise ValueError(f"model.selection must be one of {SELECTION_MODES}, got {self.selection!r}")
+        for name in ("selection_text", "selection_video"):
+            if getattr(self, name) not in GRANULARITIES:
+                raise ValueError(f"model.{name} must be one of {GRANULARITIES}, got {getattr(self, name)!r}")
+        if not 1 <= self.frames_selected <= self.frames_in:
+            raise ValueError(f"model.frames_selected must be in [1, frames_in={self.frames_in}], "
+                             f"got {self.frames_selected}")
+        if self.local_attention not in ("frame", "clip"):
+            raise ValueError(f"model.local_attention must be frame|clip, got {self.local_attention!r}")
+        if not (self.loss_local or self.loss_global):
+            raise ValueError("model.loss_local and model.loss_global cannot both be off")
+        if self.imposters < 0 or self.temperature <= 0:
+            raise ValueError("model.imposters must be >= 0 and model.temperature > 0")
+        if self.max_words < 1 or self.embed_dim < 1 or self.sinkhorn_iters < 1:
+            raise ValueError("model.max_words, embed_dim and sinkhorn_iters must be >= 1")
+        if self.sinkhorn_temperature <= 0 or self.attention_temperature <= 0:
+            raise ValueError("model temperatures must be > 0")
+        if self.margin < 0:
+            raise ValueError(f"model.margin must be >= 0, got {self.margin}")
+        if self.embed_dim % self.local_heads:
+            raise ValueError(f"model.embed_dim {self.embed_dim} must divide by local_heads {self.local_heads}")

@@ -1,0 +1,92 @@
+"""Small shard sets in the docs/contracts.md section 2 format, written directly (no video decoding), for the
+pretraining tests. Frames are patterned so that captions are learnable: each action has its own colour and a
+square that moves in its own direction."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+from PIL import Image
+
+ACTIONS = [("cut", "red", (220, 40, 40), (1, 0)), ("pour", "green", (40, 200, 60), (0, 1)),
+           ("stir", "blue", (40, 60, 220), (-1, 0)), ("crack", "yellow", (230, 220, 40), (0, -1)),
+           ("peel", "purple", (150, 40, 180), (1, 1)), ("wash", "cyan", (40, 210, 210), (-1, 1))]
+
+
+def _jpeg(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def clip(rng: np.random.Generator, action: int, frames: int, size: int) -> np.ndarray:
+    _, _, colour, (dx, dy) = ACTIONS[action]
+    out = np.empty((frames, size, size, 3), np.uint8)
+    x, y = rng.integers(size // 4, 3 * size // 4, 2)
+    s = max(4, size // 4)
+    for i in range(frames):
+        img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+        cx, cy = (x + dx * i * 2) % (size - s), (y + dy * i * 2) % (size - s)
+        img[cy:cy + s, cx:cx + s] = colour
+        out[i] = img
+    return out
+
+
+def write_tar(path: str, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+
+
+def sample_members(rng, vid: str, seg: int, frames: int, size: int) -> list[tuple[str, bytes]]:
+    action = int(rng.integers(len(ACTIONS)))
+    verb, colour, _, _ = ACTIONS[action]
+    arr = clip(rng, action, frames, size)
+    key = f"{vid}__s{seg:04d}"
+    meta = {"video_id": vid, "segment": seg, "caption": f"{verb} the {colour} cube", "asr_start": seg * 2.0,
+            "asr_end": seg * 2.0 + 2, "window_start": seg * 2.0, "window_end": seg * 2.0 + frames,
+            "frame_times": [seg * 2.0 + i for i in range(frames)], "valid_frames": frames, "fps": 1.0,
+            "size": size, "video_duration": 60.0, "video_width": size, "video_height": size}
+    members = [(f"{key}.f{i:02d}.jpg", _jpeg(arr[i])) for i in range(frames)]
+    members.append((f"{key}.json", json.dumps(meta).encode()))
+    return members
+
+
+def make_shards(out: str, *, shards: int = 4, per_shard: int = 16, frames: int = 4, size: int = 32,
+                seed: int = 0, bad_samples: int = 0, truncated_shards: int = 0, missing_shards: int = 0) -> str:
+    """Write a shard set; optionally with samples whose JPEG is garbage (the first `bad_samples` of each shard),
+    shards cut in the middle (the last `truncated_shards`), and manifest entries whose tar is absent."""
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    entries = []
+    for s in range(shards):
+        members: list = []
+        for j in range(per_shard):
+            m = sample_members(rng, f"v{s:03d}{j // 4:02d}", j, frames, size)
+            if j < bad_samples:
+                m = [(n, b"not a jpeg" if n.endswith("f01.jpg") else d) for n, d in m]
+            members += m
+        name = f"shard-{s:06d}.tar"
+        path = os.path.join(out, name)
+        write_tar(path, members)
+        if s >= shards - truncated_shards:
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2 + 100)
+        stats = {"shard": name, "videos": per_shard // 4, "samples": per_shard, "bytes": os.path.getsize(path),
+                 "seconds_decoded": 0.0, "wall_seconds": 0.0, "failures": {}, "failed": [], "config_hash": "test"}
+        with open(os.path.join(out, f"shard-{s:06d}.stats.json"), "w") as f:
+            json.dump(stats, f)
+        entries.append({"url": name, "samples": per_shard})
+    for m in range(missing_shards):
+        entries.append({"url": f"shard-{shards + m:06d}.tar", "samples": per_shard})
+    manifest = {"shards": entries, "total_samples": sum(e["samples"] for e in entries),
+                "config": {"window_frames": frames, "size": size}}
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    return out

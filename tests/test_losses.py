@@ -1,0 +1,95 @@
+import math
+import os
+import socket
+import tempfile
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from pretrain import losses
+
+
+def _eq1(pos, negs, margin, scale):
+    """-log e^{s(p - d)} / (e^{s(p - d)} + sum e^{s n}) by hand."""
+    top = math.exp(scale * (pos - margin))
+    return -math.log(top / (top + sum(math.exp(scale * n) for n in negs)))
+
+
+def test_eq1_hand_computed():
+    v = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    t = torch.tensor([[0.8, 0.6], [0.0, 1.0]])
+    # s = v t^T = [[0.8, 0.0], [0.96, 0.8]]
+    margin, scale = 0.2, 5.0
+    v2t = (_eq1(0.8, [0.0], margin, scale) + _eq1(0.8, [0.96], margin, scale)) / 2
+    t2v = (_eq1(0.8, [0.96], margin, scale) + _eq1(0.8, [0.0], margin, scale)) / 2
+    got = losses.contrastive(v, t, scale, margin)
+    assert abs(got.item() - 0.5 * (v2t + t2v)) < 1e-6
+    # the margin makes the loss strictly larger
+    assert got.item() > losses.contrastive(v, t, scale, 0.0).item()
+
+
+def test_imposter_term_hand_computed():
+    # m(i, i + s) for B = 3, shifts 0, 1: pair_scores[i, s]
+    m = torch.tensor([[0.9, 0.1], [0.7, 0.4], [0.5, -0.2]])
+    margin, scale = 0.1, 3.0
+    video_side = sum(_eq1(m[i, 0].item(), [m[i, 1].item()], margin, scale) for i in range(3)) / 3
+    # sentence l's imposter is video l-1 attended with it: m(l-1, l) = pair_scores[l-1, 1]
+    text_side = sum(_eq1(m[i, 0].item(), [m[(i - 1) % 3, 1].item()], margin, scale) for i in range(3)) / 3
+    got = losses.imposter_nce(m, scale, margin)
+    assert abs(got.item() - 0.5 * (video_side + text_side)) < 1e-6
+    assert losses.imposter_nce(m[:, :1], scale, margin).item() == 0.0
+    assert losses.imposter_pairs(8, 3) == [0, 1, 2, 3]
+    assert losses.imposter_pairs(2, 3) == [0, 1]
+
+
+def _features(x, w):
+    return torch.nn.functional.normalize(x @ w, dim=-1)
+
+
+def _worker(rank, world, port, xv, xt, w0, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        b = xv.shape[0] // world
+        w = w0.clone().requires_grad_(True)
+        scale = torch.tensor(7.0, requires_grad=True)
+        sl = slice(rank * b, (rank + 1) * b)
+        loss = losses.contrastive(_features(xv[sl], w), _features(xt[sl], w), scale, 0.15)
+        loss.backward()
+        # data-parallel averaging, as DDP / DeepSpeed do
+        grads = torch.cat([w.grad.flatten(), scale.grad.view(1)])
+        dist.all_reduce(grads)
+        total = loss.detach().clone()
+        dist.all_reduce(total)
+        if rank == 0:
+            torch.save({"loss": total / world, "grads": grads / world}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_gathered_negatives_match_single_process():
+    gen = torch.Generator().manual_seed(0)
+    xv, xt = torch.randn(8, 6, generator=gen), torch.randn(8, 6, generator=gen)
+    w0 = torch.randn(6, 5, generator=gen)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rank0.pt")
+        mp.spawn(_worker, args=(2, _free_port(), xv, xt, w0, out), nprocs=2, join=True)
+        dist_res = torch.load(out)
+    w = w0.clone().requires_grad_(True)
+    scale = torch.tensor(7.0, requires_grad=True)
+    loss = losses.contrastive(_features(xv, w), _features(xt, w), scale, 0.15)
+    loss.backward()
+    ref = torch.cat([w.grad.flatten(), scale.grad.view(1)])
+    torch.testing.assert_close(dist_res["loss"], loss.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(dist_res["grads"], ref, atol=1e-6, rtol=1e-5)
+    # without gathering, each rank only sees its own 4 negatives: a different (smaller) loss
+    half = (losses.contrastive(_features(xv[:4], w0), _features(xt[:4], w0), 7.0, 0.15)
+            + losses.contrastive(_features(xv[4:], w0), _features(xt[4:], w0), 7.0, 0.15)) / 2
+    assert abs(half.item() - loss.item()) > 1e-3
