@@ -1,0 +1,161 @@
+"""Spatio-temporal inference of the global-local model (paper Sec. 3.5, Fig. 3).
+
+Temporal: per-frame global similarity to every action description of a pool; frames whose best similarity falls
+below tau are background; each other frame takes its best action; runs of equal labels form segments.
+Spatial: the local branch's attention heatmap for the frame's predicted action; its peak is the point, and the box
+is the bounding box of the connected region around the peak above `box_threshold` x peak.
+
+Pure torch/numpy over decoded frames: knows nothing of shards, Ray or files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class InferenceConfig:
+    tau: float = 0.0                 # background threshold on the per-frame best score (after `normalize`)
+    normalize: str = "zscore"        # none | zscore: scores standardised per video so tau transfers across models
+    box_threshold: float = 0.5       # box = region around the peak above this fraction of the peak
+    batch_frames: int = 64           # frames per encoder call
+    min_segment: int = 1             # drop segments shorter than this many frames
+
+
+@dataclass
+class FramePrediction:
+    time: float                      # seconds
+    step: str                        # action description or "background"
+    score: float
+    point: tuple[float, float] | None = None   # (x, y) in source-video pixels
+    box: tuple[float, float, float, float] | None = None
+    heatmap: np.ndarray | None = field(default=None, repr=False)  # (gh, gw) in [0, 1]
+
+
+@dataclass
+class CropGeometry:
+    """Maps crop coordinates back to the source video: short side resized to `size`, centre crop."""
+    width: int
+    height: int
+    size: int
+
+    def to_source(self, x: float, y: float) -> tuple[float, float]:
+        scale = self.size / min(self.width, self.height)
+        ox = (self.width * scale - self.size) / 2
+        oy = (self.height * scale - self.size) / 2
+        return (x + ox) / scale, (y + oy) / scale
+
+    def to_crop(self, x: float, y: float) -> tuple[float, float]:
+        scale = self.size / min(self.width, self.height)
+        ox = (self.width * scale - self.size) / 2
+        oy = (self.height * scale - self.size) / 2
+        return x * scale - ox, y * scale - oy
+
+
+def _encode_frames_global(model, frames: np.ndarray, batch: int) -> torch.Tensor:
+    out = []
+    for i in range(0, len(frames), batch):
+        chunk = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch]))[None]  # (1, n, H, W, 3)
+        g, _, _ = model.encode_frames(model.preprocess_frames(chunk))
+        out.append(g[0])
+    return torch.cat(out, 0)
+
+
+@torch.no_grad()
+def temporal_scores(model, frames: np.ndarray, pool: list[str], batch: int = 64) -> np.ndarray:
+    """(num_frames, len(pool)) cosine similarity of each frame's global feature to each description."""
+    fg = _encode_frames_global(model, frames, batch)
+    tg, _, _ = model.encode_text(model.tokenize(pool))
+    return model.frame_scores(fg, tg).float().cpu().numpy()
+
+
+def label_frames(scores: np.ndarray, cfg: InferenceConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Best action index per frame (-1 = background) and its score."""
+    s = scores
+    if cfg.normalize == "zscore":
+        s = (s - s.mean()) / (s.std() + 1e-8)
+    best = s.argmax(1)
+    best_score = s[np.arange(len(s)), best]
+    labels = np.where(best_score >= cfg.tau, best, -1)
+    return labels, best_score
+
+
+def segments_from_labels(labels: np.ndarray, times: np.ndarray, step_s: float, min_len: int = 1
+                         ) -> list[tuple[int, float, float]]:
+    """Runs of equal non-background labels -> (label, start_s, end_s); end is the last frame's time + step."""
+    segs = []
+    start = 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[start]:
+            if labels[start] >= 0 and i - start >= min_len:
+                segs.append((int(labels[start]), float(times[start]), float(times[i - 1] + step_s)))
+            start = i
+    return segs
+
+
+def peak_and_box(heat: np.ndarray, threshold: float) -> tuple[tuple[float, float], tuple[float, float, float, float]]:
+    """Peak (x, y) and the box of the 4-connected region around it above threshold*peak, in heatmap pixel units
+    (continuous coordinates: cell (r, c) spans [c, c+1) x [r, r+1))."""
+    r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    mask = heat >= threshold * heat[r, c]
+    region = np.zeros_like(mask)
+    stack = [(r, c)]
+    while stack:
+        y, x = stack.pop()
+        if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and mask[y, x] and not region[y, x]:
+            region[y, x] = True
+            stack.extend(((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)))
+    ys, xs = np.nonzero(region)
+    return (c + 0.5, r + 0.5), (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+
+
+@torch.no_grad()
+def spatial_heatmaps(model, frames: np.ndarray, text: str, batch: int = 64) -> np.ndarray:
+    """(num_frames, gh, gw) local-branch heatmaps for one description, normalised to [0, 1] per frame."""
+    tokens = model.tokenize([text])
+    maps = []
+    for i in range(0, len(frames), batch):
+        chunk = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch]))[None]
+        maps.append(model.heatmap(model.preprocess_frames(chunk), tokens)[0].float())
+    h = torch.cat(maps, 0)
+    h = h - h.flatten(1).min(1).values[:, None, None]
+    h = h / (h.flatten(1).max(1).values[:, None, None] + 1e-8)
+    return h.cpu().numpy()
+
+
+def ground_video(model, frames: np.ndarray, times: np.ndarray, pool: list[str], geometry: CropGeometry,
+                 cfg: InferenceConfig | None = None) -> list[FramePrediction]:
+    """Per-frame action, score, point and box for an untrimmed video given as (n, S, S, 3) uint8 frames."""
+    cfg = cfg or InferenceConfig()
+    pool = [p for p in pool if p != "background"]
+    if not pool:
+        raise ValueError("the action pool is empty (besides 'background')")
+    scores = temporal_scores(model, frames, pool, cfg.batch_frames)
+    labels, best = label_frames(scores, cfg)
+    step_s = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
+    keep = np.full(len(labels), -1)
+    for lab, s, e in segments_from_labels(labels, times, step_s, cfg.min_segment):
+        keep[(times >= s) & (times < e)] = lab
+    preds = [FramePrediction(time=float(t), step="background", score=float(b)) for t, b in zip(times, best)]
+    size = frames.shape[1]
+    for lab in sorted(set(keep.tolist()) - {-1}):
+        idx = np.nonzero(keep == lab)[0]
+        heat = spatial_heatmaps(model, frames[idx], pool[lab], cfg.batch_frames)
+        gh, gw = heat.shape[1:]
+        for j, h in zip(idx, heat):
+            (px, py), (x1, y1, x2, y2) = peak_and_box(h, cfg.box_threshold)
+            sx, sy = size / gw, size / gh
+            p = preds[j]
+            p.step = pool[lab]
+            p.point = geometry.to_source(px * sx, py * sy)
+            p.box = (*geometry.to_source(x1 * sx, y1 * sy), *geometry.to_source(x2 * sx, y2 * sy))
+            p.heatmap = h
+    return preds
+
+
+def upsample_heatmap(heat: np.ndarray, size: int) -> np.ndarray:
+    t = torch.from_numpy(heat)[None, None].float()
+    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()

@@ -1,0 +1,200 @@
+"""Checkpoint + untrimmed videos -> a prediction file for `python -m grounding.evaluate`.
+
+    python -m grounding.predict --checkpoint RUN/export --videos DIR/test --out preds.json
+    python -m grounding.predict --checkpoint RUN/export --videos a.mp4 b.mp4 --pool "crack eggs;whisk eggs" \
+        --out preds.json tau=0.5
+
+`--videos` is a split folder (its manifest.csv), a manifest CSV (`video_id,path`) or mp4 files. The action pool of
+each video is `--pool` (a `;`-separated list or a JSON list / vid2step.json file), else the split's
+`truth/vid2step.json` / a `vid2step.json` beside the manifest. The output is the per-second format shared by
+groundingyoutube, youcook_interactions and miningyoutube (docs/evaluation.md), points and boxes in source-video
+pixels. Each video is decoded once at `fps` (default 1: the benchmarks annotate integer seconds).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common import config as C
+from common import fsio
+import torch
+
+from grounding.inference import (CropGeometry, FramePrediction, InferenceConfig, ground_video, peak_and_box,
+                                 spatial_heatmaps)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictConfig:
+    fps: float = 1.0
+    size: int = 0                     # decode size (short side + centre crop); 0: the model's image size
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+@dataclass
+class DecodedClip:
+    video_id: str
+    frames: np.ndarray                # (n, S, S, 3) uint8
+    times: np.ndarray                 # (n,) seconds
+    geometry: CropGeometry
+
+
+def list_videos(args: list[str]) -> list[tuple[str, str]]:
+    """(video_id, local path or URL) from a split folder, a manifest CSV, or video files."""
+    from shards.corpus import read_manifest
+
+    if len(args) == 1 and fsio.is_local(args[0]) and os.path.isdir(args[0]):
+        return [(v.video_id, v.path) for v in read_manifest(os.path.join(args[0], "manifest.csv"))]
+    if len(args) == 1 and args[0].endswith(".csv"):
+        return [(v.video_id, v.path) for v in read_manifest(args[0])]
+    return [(os.path.splitext(os.path.basename(a))[0], a) for a in args]
+
+
+def read_pools(pool_arg: str | None, videos_arg: list[str]) -> tuple[dict[str, list[str]] | None, list[str] | None]:
+    """(per-video pools, shared pool): exactly one is not None."""
+    if pool_arg:
+        if fsio.exists(pool_arg) and not (fsio.is_local(pool_arg) and os.path.isdir(pool_arg)):
+            data = json.loads(fsio.read_text(pool_arg))
+            if isinstance(data, dict):
+                return {k: list(v) for k, v in data.items()}, None
+            return None, [str(x) for x in data]
+        return None, [p.strip() for p in pool_arg.split(";") if p.strip()]
+    base = videos_arg[0] if os.path.isdir(videos_arg[0]) else os.path.dirname(videos_arg[0])
+    for cand in (os.path.join(base, "truth", "vid2step.json"), os.path.join(base, "vid2step.json")):
+        if os.path.exists(cand):
+            return {k: list(v) for k, v in json.load(open(cand)).items()}, None
+    raise SystemExit("error: no action pool: pass --pool or put vid2step.json beside the videos")
+
+
+def decode(video_id: str, path: str, fps: float, size: int) -> DecodedClip:
+    from shards.decode import decode_video
+
+    local = path
+    if not fsio.is_local(path):
+        import tempfile
+
+        tmp = tempfile.NamedTemporaryFile(suffix=os.path.splitext(path)[1], delete=False)
+        fsio.filesystem(path)[0].get_file(fsio.filesystem(path)[1], tmp.name)
+        local = tmp.name
+    try:
+        dec = decode_video(local, fps=fps, size=size)
+    finally:
+        if local != path:
+            os.remove(local)
+    return DecodedClip(video_id, np.stack(dec.frames), np.asarray(dec.times, dtype=np.float64),
+                       CropGeometry(dec.width, dec.height, size))
+
+
+def to_seconds(preds: list[FramePrediction]) -> dict[str, dict]:
+    """Per integer second (the benchmarks' grid): the prediction of the frame nearest to it."""
+    out: dict[str, dict] = {}
+    for p in preds:
+        sec = str(int(round(p.time)))
+        if sec in out:
+            continue
+        entry: dict = {"step": p.step, "score": round(float(p.score), 5)}
+        if p.point is not None:
+            entry["point"] = [round(v, 2) for v in p.point]
+        if p.box is not None:
+            entry["box"] = [round(v, 2) for v in p.box]
+        out[sec] = entry
+    return out
+
+
+@torch.no_grad()
+def point_true_steps(model, clip: DecodedClip, steps: dict[int, str], batch: int = 64) -> dict[str, dict]:
+    """Spatial grounding alone (paper Table 3): for each annotated second, the heatmap peak of the *true* step's
+    query and the box around it."""
+    size = clip.frames.shape[1]
+    out: dict[str, dict] = {}
+    by_step: dict[str, list[int]] = {}
+    secs = np.rint(clip.times).astype(int)
+    for i, t in enumerate(secs):
+        if int(t) in steps and str(int(t)) not in out:
+            by_step.setdefault(steps[int(t)], []).append(i)
+            out[str(int(t))] = {}
+    for step, idx in by_step.items():
+        heat = spatial_heatmaps(model, clip.frames[idx], step, batch)
+        gh, gw = heat.shape[1:]
+        for i, h in zip(idx, heat):
+            (px, py), (x1, y1, x2, y2) = peak_and_box(h, InferenceConfig.box_threshold)
+            sx, sy = size / gw, size / gh
+            point = clip.geometry.to_source(px * sx, py * sy)
+            box = (*clip.geometry.to_source(x1 * sx, y1 * sy), *clip.geometry.to_source(x2 * sx, y2 * sy))
+            out[str(int(secs[i]))] = {"step": step, "point": [round(v, 2) for v in point],
+                                      "box": [round(v, 2) for v in box]}
+    return out
+
+
+def predict_videos(model, videos: list[tuple[str, str]], pools: dict | None, shared: list[str] | None,
+                   cfg: PredictConfig, truth_steps: dict[str, dict[int, str]] | None = None) -> tuple[dict, dict]:
+    """(predictions in the per-second format, counts). A video that cannot be decoded is counted and skipped.
+    With `truth_steps` ({vid: {second: true step}}) only the spatial part runs, on the true steps (pointing)."""
+    size = cfg.size or model.image_size
+    result: dict[str, dict] = {}
+    counts = {"videos": 0, "skipped": {}}
+    for vid, path in videos:
+        pool = shared if shared is not None else (pools or {}).get(vid)
+        if not pool and truth_steps is None:
+            counts["skipped"]["no_pool"] = counts["skipped"].get("no_pool", 0) + 1
+            log.warning("%s: no action pool, skipped", vid)
+            continue
+        try:
+            clip = decode(vid, path, cfg.fps, size)
+        except Exception as e:  # noqa: BLE001 - bad video: count, go on
+            reason = getattr(e, "reason", type(e).__name__)
+            counts["skipped"][reason] = counts["skipped"].get(reason, 0) + 1
+            log.warning("%s: %s, skipped", vid, e)
+            continue
+        if truth_steps is not None:
+            result[vid] = point_true_steps(model, clip, truth_steps.get(vid, {}), cfg.inference.batch_frames)
+        else:
+            preds = ground_video(model, clip.frames, clip.times, pool, clip.geometry, cfg.inference)
+            result[vid] = to_seconds(preds)
+        counts["videos"] += 1
+    return result, counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="export folder (model.pt + model_config.json) or model.pt")
+    p.add_argument("--videos", nargs="+", required=True)
+    p.add_argument("--pool", help="';'-separated descriptions, or a JSON list / {vid: [steps]} file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--pointing", metavar="ANNOTATIONS",
+                   help="spatial grounding alone: point the true step of every annotated second (GroundingYouTube "
+                        "annotations); read the pointing_game metric of the result")
+    p.add_argument("--config", help="YAML of PredictConfig")
+    p.add_argument("overrides", nargs="*", help="key=value (e.g. inference.tau=0.5, fps=2)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    overrides = [o if "." in o.split("=")[0] or o.split("=")[0] in ("fps", "size") else f"inference.{o}"
+                 for o in args.overrides]
+    cfg = C.load(PredictConfig, args.config, overrides)
+    from pretrain import load_model
+
+    model = load_model(args.checkpoint)
+    truth_steps = None
+    if args.pointing:
+        from grounding.readers.groundingyoutube import read_groundingyoutube
+
+        truth_steps = {vid: {t: step for t, (step, _) in v.boxes.items()}
+                       for vid, v in read_groundingyoutube(args.pointing).items()}
+        pools, shared = None, None
+    else:
+        pools, shared = read_pools(args.pool, args.videos)
+    preds, counts = predict_videos(model, list_videos(args.videos), pools, shared, cfg, truth_steps)
+    fsio.write_json_atomic(args.out, preds)
+    print(json.dumps({"out": args.out, **counts}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Where and when does a description happen in a video?
+
+    python -m grounding.query --checkpoint RUN/export --video V.mp4 --text "crack eggs" [--picture out.png]
+
+Prints one JSON object: the segments where the query beats the background threshold (start, end, mean score) and,
+for the best-scoring second, the point and box in source-video pixels; writes a picture (grounding.visualize).
+With a single query there is no pool to compete with, so a frame is foreground when its z-scored similarity to the
+query (over the video's frames) is at least `tau` (default 0.5).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from grounding.inference import InferenceConfig, ground_video
+
+
+def ground_query(checkpoint, video: str, text: str, fps: float = 1.0, tau: float = 0.5, model=None) -> dict:
+    from grounding.predict import decode
+    from pretrain import load_model
+
+    model = model if model is not None else load_model(checkpoint)
+    clip = decode(os.path.splitext(os.path.basename(video))[0], video, fps, model.image_size)
+    preds = ground_video(model, clip.frames, clip.times, [text], clip.geometry, InferenceConfig(tau=tau))
+    period = 1.0 / fps
+    segments = []
+    for p in preds:
+        if p.step != text:
+            continue
+        if segments and abs(p.time - segments[-1]["end"]) < 0.5 * period:
+            segments[-1]["end"] = p.time + period
+            segments[-1]["scores"].append(p.score)
+        else:
+            segments.append({"start": p.time, "end": p.time + period, "scores": [p.score]})
+    for s in segments:
+        s["score"] = round(float(np.mean(s.pop("scores"))), 4)
+        s["start"], s["end"] = round(s["start"], 3), round(s["end"], 3)
+    fg = [p for p in preds if p.step == text]
+    best = max(fg, key=lambda p: p.score) if fg else None
+    summary = {"video": video, "query": text, "segments": segments,
+               "best": None if best is None else {"time": best.time, "score": round(best.score, 4),
+                                                  "point": [round(v, 1) for v in best.point],
+                                                  "box": [round(v, 1) for v in best.box]}}
+    return {"summary": summary, "frames": clip.frames, "times": clip.times, "predictions": preds,
+            "geometry": clip.geometry}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from grounding.visualize import render
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--video", required=True)
+    p.add_argument("--text", required=True)
+    p.add_argument("--picture", help="PNG to write (default: <video stem>.query.png in the cwd)")
+    p.add_argument("--fps", type=float, default=1.0)
+    p.add_argument("--tau", type=float, default=0.5)
+    args = p.parse_args(argv)
+    res = ground_query(args.checkpoint, args.video, args.text, args.fps, args.tau)
+    png = args.picture or os.path.splitext(os.path.basename(args.video))[0] + ".query.png"
+    render(res["frames"], res["times"], res["predictions"], args.text, res["geometry"], [], png)
+    print(json.dumps({**res["summary"], "picture": png}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

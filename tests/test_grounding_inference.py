@@ -1,0 +1,158 @@
+"""Inference (paper Sec. 3.5) on a tiny randomly initialised export: hand-worked pieces, then the commands
+grounding.predict / grounding.query / grounding.visualize end to end on real synthetic mp4 files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from grounding.inference import CropGeometry, InferenceConfig, ground_video, label_frames, peak_and_box, \
+    segments_from_labels
+from grounding.baselines import random_segments
+from grounding.readers.groundingyoutube import read_groundingyoutube
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_segments_from_labels():
+    labels = np.array([-1, 0, 0, -1, 1, 1, 1, 0])
+    times = np.arange(8, dtype=float)
+    assert segments_from_labels(labels, times, 1.0) == [(0, 1.0, 3.0), (1, 4.0, 7.0), (0, 7.0, 8.0)]
+    assert segments_from_labels(labels, times, 1.0, min_len=2) == [(0, 1.0, 3.0), (1, 4.0, 7.0)]
+    assert segments_from_labels(np.array([], dtype=int), np.array([]), 1.0) == []
+
+
+def test_label_frames_threshold_marks_background():
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.15]])
+    labels, best = label_frames(scores, InferenceConfig(tau=0.5, normalize="none"))
+    assert labels.tolist() == [0, 1, -1] and best.tolist() == [0.9, 0.8, 0.15]
+
+
+def test_peak_and_box_takes_the_connected_region_only():
+    heat = np.zeros((6, 6))
+    heat[1:3, 1:4] = 0.8
+    heat[2, 2] = 1.0
+    heat[5, 5] = 0.9          # above threshold but not connected to the peak
+    (px, py), box = peak_and_box(heat, 0.5)
+    assert (px, py) == (2.5, 2.5)
+    assert box == (1.0, 1.0, 4.0, 3.0)
+
+
+def test_crop_geometry_round_trip():
+    g = CropGeometry(width=160, height=120, size=32)
+    x, y = g.to_source(16, 16)
+    assert (x, y) == pytest.approx((80, 60))          # the crop centre is the frame centre
+    assert g.to_crop(*g.to_source(3.0, 29.0)) == pytest.approx((3.0, 29.0))
+    assert g.to_source(0, 0) == pytest.approx((20, 0))  # 20 px cut on each side of the 160 px width
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from shards.synthetic import SyntheticConfig, generate
+
+    out = str(tmp_path_factory.mktemp("gcorpus"))
+    generate(SyntheticConfig(out=out, n_train=0, n_test=3, min_seconds=14, max_seconds=16, min_actions=1,
+                             max_actions=2, seed=5).validate())
+    return out
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    from pretrain.model import ModelConfig, build_model, save_export
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="stg-micro", embed_dim=32, local_heads=2, frames_in=4,
+                                    frames_selected=2, max_words=8))
+    out = str(tmp_path_factory.mktemp("export"))
+    save_export(model, out)
+    return out
+
+
+def test_ground_video_is_well_formed(corpus, export):
+    from grounding.predict import decode
+    from pretrain import load_model
+
+    model = load_model(export)
+    vid = sorted(os.listdir(os.path.join(corpus, "test", "videos")))[0][:-4]
+    clip = decode(vid, os.path.join(corpus, "test", "videos", f"{vid}.mp4"), 1.0, model.image_size)
+    pool = ["cut red cube", "stir blue bowl", "background"]
+    preds = ground_video(model, clip.frames, clip.times, pool, clip.geometry)
+    assert len(preds) == len(clip.frames) and [p.time for p in preds] == clip.times.tolist()
+    fg = [p for p in preds if p.step != "background"]
+    assert fg and {p.step for p in fg} <= set(pool[:2])
+    w, h = clip.geometry.width, clip.geometry.height
+    for p in fg:
+        x1, y1, x2, y2 = p.box
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+        assert x1 <= p.point[0] <= x2 and y1 <= p.point[1] <= y2
+        assert p.heatmap.shape == model.grid and p.heatmap.max() == pytest.approx(1.0, abs=1e-3)
+    assert all(p.point is None for p in preds if p.step == "background")
+
+
+def _run(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_predict_then_evaluate(corpus, export, tmp_path):
+    test = os.path.join(corpus, "test")
+    out = str(tmp_path / "preds.json")
+    report = _run("grounding.predict", "--checkpoint", export, "--videos", test, "--out", out)
+    assert report["videos"] == 3 and not report["skipped"]
+    preds = json.load(open(out))
+    truth = read_groundingyoutube(test)
+    assert set(preds) == set(truth)
+    for vid, secs in preds.items():
+        assert all(k.isdigit() for k in secs)
+        assert {e["step"] for e in secs.values()} <= set(truth[vid].pool) | {"background"}
+    metrics = _run("grounding.evaluate", "groundingyoutube", "--annotations", test, "--predictions", out)
+    assert set(metrics) >= {"IoU+Point", "mAP@0.3", "pointing_game"}
+    assert all(0 <= v <= 100 for v in metrics.values())
+    pout = str(tmp_path / "points.json")
+    _run("grounding.predict", "--checkpoint", export, "--videos", test, "--out", pout, "--pointing", test)
+    points = json.load(open(pout))
+    annotated = sum(len(v.boxes) for v in truth.values())
+    assert sum(len(v) for v in points.values()) == annotated
+    pg = _run("grounding.evaluate", "groundingyoutube", "--annotations", test, "--predictions", pout)
+    assert 0 <= pg["pointing_game"] <= 100
+
+
+def test_random_segment_baseline_is_low_but_not_zero(corpus):
+    test = os.path.join(corpus, "test")
+    truth = read_groundingyoutube(test)
+    preds = random_segments(truth, seed=1)
+    assert set(preds) == set(truth)
+    for vid, secs in preds.items():
+        w, h = truth[vid].size
+        assert all(0 <= e["point"][0] <= w and 0 <= e["point"][1] <= h for e in secs.values())
+
+
+def test_query_and_visualize_write_pictures(corpus, export, tmp_path):
+    test = os.path.join(corpus, "test")
+    truth = read_groundingyoutube(test)
+    vid = sorted(truth)[0]
+    s, e, step = truth[vid].segments[0]
+    video = os.path.join(test, "videos", f"{vid}.mp4")
+    png = str(tmp_path / "q.png")
+    q = _run("grounding.query", "--checkpoint", export, "--video", video, "--text", step, "--picture", png)
+    assert q["query"] == step and isinstance(q["segments"], list)
+    for seg in q["segments"]:
+        assert 0 <= seg["start"] < seg["end"]
+    assert Image.open(png).size[0] > 0
+    out = tmp_path / "pics"
+    v = _run("grounding.visualize", "--checkpoint", export, "--video", video, "--text", step, "--out", str(out),
+             "--truth", str(s), str(e + 1))
+    im = Image.open(v["png"])
+    assert im.size[0] == 8 * 128
+    assert os.path.getsize(v["mp4"]) > 1000
+    from shards.decode import decode_video
+
+    dec = decode_video(v["mp4"], fps=1.0, size=64)
+    assert len(dec.frames) >= 10   # one picture per decoded second of the ~15 s video
