@@ -84,7 +84,7 @@ class ShardEmbedder:
         import torch
 
         with torch.no_grad():
-            x = _to(self.model.preprocess_frames(frames), self.device)
+            x = self.model.preprocess_frames(torch.from_numpy(np.ascontiguousarray(frames)).to(self.device))
             g = self.model.encode_frames(x)[0].float().cpu().numpy()  # (B, U, d)
         mask = (np.arange(g.shape[1])[None, :] < valid[:, None]).astype(np.float32)
         mean = (g * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)

@@ -1,0 +1,255 @@
+"""`make demo`: the whole system on its embedded default, on a local Ray cluster.
+
+    python -m cluster.demo --out runs/demo [--config configs/demo.yaml] [key=value ...]
+
+Stages (each skipped when its output is already complete, so a re-run resumes):
+  1. synthetic corpus (shards.synthetic): train and test splits of narrated mp4 videos with hidden truth,
+  2. sharding of the train split on Ray (cluster/shard.py's distributor),
+  3. pretraining on Ray Train with DeepSpeed workers (cluster/pretrain.py),
+  4. embedding, FAISS index and pseudo-positive mining (cluster/index.py),
+  5. grounding of the test split (grounding.predict) scored by `python -m grounding.evaluate groundingyoutube`,
+     next to chance (random segments) and the same model before training,
+  6. pictures of a few test videos (grounding.visualize).
+Prints a table and writes <out>/summary.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import config as C  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+log = logging.getLogger("demo")
+
+
+@dataclass
+class DemoConfig:
+    out: str = "runs/demo"
+    seed: int = 0
+    n_train: int = 160                 # synthetic videos
+    n_test: int = 40
+    corpus: list[str] = field(default_factory=list)    # extra SyntheticConfig key=value overrides
+    size: int = 32                     # shard frame size (the tiny model's input size)
+    window_frames: int = 8             # U
+    videos_per_shard: int = 16
+    pretrain: str = "configs/pretrain/demo.yaml"
+    pretrain_overrides: list[str] = field(default_factory=list)
+    index: bool = True
+    pictures: int = 3
+    chance_seeds: int = 5
+    tau: float = 0.0                   # background threshold of inference (z-scored similarity)
+    ray_address: str = ""
+
+
+def _step(name: str):
+    print(f"\n=== {name} ===", flush=True)
+    return time.time()
+
+
+def corpus(cfg: DemoConfig) -> str:
+    from shards.synthetic import SyntheticConfig, generate
+
+    out = os.path.join(cfg.out, "corpus")
+    if os.path.exists(os.path.join(out, "corpus.json")):
+        print(f"corpus exists: {out}")
+        return out
+    scfg = C.load(SyntheticConfig, None, [f"seed={cfg.seed}", f"n_train={cfg.n_train}", f"n_test={cfg.n_test}",
+                                          "workers=2", *cfg.corpus])
+    scfg.out = out
+    print(json.dumps(generate(scfg.validate())))
+    return out
+
+
+def shard(cfg: DemoConfig, corpus_dir: str, ray) -> str:
+    from cluster.shard import RayDistributor
+    from shards.config import ShardConfig
+    from shards.pipeline import run
+
+    out = os.path.join(cfg.out, "shards")
+    scfg = ShardConfig(manifest=os.path.join(corpus_dir, "train", "manifest.csv"), output=out, fps=1.0,
+                       size=cfg.size, window_frames=cfg.window_frames, videos_per_shard=cfg.videos_per_shard)
+    summary = run(scfg.validate(), RayDistributor(ray))
+    print(json.dumps({k: summary[k] for k in ("shards_built", "shards_skipped", "total_samples", "failures",
+                                              "seconds_decoded", "wall_seconds")}))
+    if summary["shards_failed"]:
+        raise RuntimeError(f"shard tasks failed: {summary['shards_failed']}")
+    return out
+
+
+def pretrain(cfg: DemoConfig, shards: str) -> str:
+    from cluster.pretrain import run_pretrain
+    from pretrain.config import load
+
+    run = os.path.join(cfg.out, "pretrain")
+    export = os.path.join(run, "export")
+    if os.path.exists(os.path.join(export, "model.pt")):
+        print(f"pretrained model exists: {export}")
+        return export
+    pcfg = load(os.path.join(ROOT, cfg.pretrain),
+                [f"run={run}", f"data.shards={shards}", f"model.frames_in={cfg.window_frames}",
+                 f"seed={cfg.seed}", *([f"cluster.address={cfg.ray_address}"] if cfg.ray_address else []),
+                 *cfg.pretrain_overrides])
+    result = run_pretrain(pcfg)
+    if result.error:
+        raise RuntimeError(f"pretraining failed: {result.error}")
+    m = result.metrics
+    print(json.dumps({k: m.get(k) for k in ("step", "loss", "loss_local", "loss_global", "samples_per_s",
+                                            "data_wait_frac", "skipped_total")}))
+    return export
+
+
+def untrained(cfg: DemoConfig, export: str) -> str:
+    """The same architecture at its initialisation (the trainer's seed): the no-training baseline."""
+    import torch
+
+    from pretrain.model import ModelConfig, build_model, save_export
+
+    out = os.path.join(cfg.out, "untrained")
+    if not os.path.exists(os.path.join(out, "model.pt")):
+        mcfg = C.from_dict(ModelConfig, json.load(open(os.path.join(export, "model_config.json"))))
+        torch.manual_seed(cfg.seed)
+        save_export(build_model(mcfg), out)
+    return out
+
+
+def index(cfg: DemoConfig, shards: str, export: str, ray) -> dict:
+    from cluster.index import run_build, run_embed, run_mine, run_search
+    from index.config import IndexConfig
+
+    icfg = C.load(IndexConfig, None, [f"shards={shards}", "model_tag=demo", "embed.batch_size=64"])
+    icfg.embed.checkpoint = export
+    icfg.build.rebuild = True
+    report = {"embed": run_embed(icfg, ray), "build": run_build(icfg, incremental=False, ray=ray),
+              "mine": run_mine(icfg, ray)}
+    icfg.search.text = "cut the red cube"
+    print(run_search(icfg))
+    return report
+
+
+def _evaluate(annotations: str, predictions: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "grounding.evaluate", "groundingyoutube", "--annotations",
+                           annotations, "--predictions", predictions], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"grounding.evaluate failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def evaluate(cfg: DemoConfig, corpus_dir: str, models: dict[str, str]) -> dict:
+    from grounding.baselines import random_segments
+    from grounding.predict import PredictConfig, list_videos, predict_videos, read_pools
+    from grounding.readers.groundingyoutube import read_groundingyoutube
+    from pretrain import load_model
+
+    test = os.path.join(corpus_dir, "test")
+    truth = read_groundingyoutube(test)
+    truth_steps = {vid: {t: step for t, (step, _) in v.boxes.items()} for vid, v in truth.items()}
+    videos = list_videos([test])
+    pools, _ = read_pools(None, [test])
+    pdir = os.path.join(cfg.out, "predictions")
+    os.makedirs(pdir, exist_ok=True)
+    table: dict[str, dict] = {}
+    chance: list[dict] = []
+    for s in range(cfg.chance_seeds):
+        path = os.path.join(pdir, f"chance-{s}.json")
+        json.dump(random_segments(truth, seed=s), open(path, "w"))
+        chance.append(_evaluate(test, path))
+    table["chance (random segments)"] = {k: round(sum(c[k] for c in chance) / len(chance), 2) for k in chance[0]}
+    for name, export in models.items():
+        model = load_model(export)
+        pcfg = PredictConfig()
+        pcfg.inference.tau = cfg.tau
+        preds, _ = predict_videos(model, videos, pools, None, pcfg)
+        path = os.path.join(pdir, f"{name}.json")
+        json.dump(preds, open(path, "w"))
+        row = _evaluate(test, path)
+        points, _ = predict_videos(model, videos, None, None, pcfg, truth_steps)
+        ppath = os.path.join(pdir, f"{name}-pointing.json")
+        json.dump(points, open(ppath, "w"))
+        row["pointing_game"] = _evaluate(test, ppath)["pointing_game"]
+        table[name] = row
+    return table
+
+
+def pictures(cfg: DemoConfig, corpus_dir: str, export: str) -> list[str]:
+    from grounding.query import ground_query
+    from grounding.readers.groundingyoutube import read_groundingyoutube
+    from grounding.visualize import render
+    from pretrain import load_model
+
+    test = os.path.join(corpus_dir, "test")
+    truth = read_groundingyoutube(test)
+    model = load_model(export)
+    out = os.path.join(cfg.out, "pictures")
+    written = []
+    for vid in sorted(truth)[: cfg.pictures]:
+        s, e, step = truth[vid].segments[0]
+        res = ground_query(None, os.path.join(test, "videos", f"{vid}.mp4"), step, model=model)
+        w = render(res["frames"], res["times"], res["predictions"], step, res["geometry"], [(s, e + 1)],
+                   os.path.join(out, f"{vid}.png"), os.path.join(out, f"{vid}.mp4"))
+        written += list(w.values())
+    return written
+
+
+KEYS = ("IoU+Point", "mAP@0.3", "mAP@0.1:0.5", "pointing_game")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = C.parser(DemoConfig, __doc__.splitlines()[0])
+    p.add_argument("--out", help="run folder (default runs/demo)")
+    args = p.parse_args(argv)
+    cfg = C.load(DemoConfig, args.config, args.overrides)
+    if args.out:
+        cfg.out = args.out
+    os.makedirs(cfg.out, exist_ok=True)
+    C.dump(cfg, os.path.join(cfg.out, "demo.yaml"))
+    timings = {}
+    from cluster.runtime import init_ray
+
+    t = _step("1. synthetic corpus")
+    corpus_dir = corpus(cfg)
+    timings["corpus"] = time.time() - t
+    ray = init_ray(cfg.ray_address or None)
+    t = _step("2. sharding on Ray")
+    shards = shard(cfg, corpus_dir, ray)
+    timings["shard"] = time.time() - t
+    t = _step("3. pretraining (Ray Train + DeepSpeed)")
+    export = pretrain(cfg, shards)
+    timings["pretrain"] = time.time() - t
+    summary: dict = {"corpus": corpus_dir, "shards": shards, "export": export}
+    if cfg.index:
+        t = _step("4. embeddings, FAISS index, pseudo-positive mining")
+        rep = index(cfg, shards, export, ray)
+        summary["index"] = {"vectors": rep["build"].get("count"), "factory": rep["build"].get("factory"),
+                            "pseudo_positive_clips": rep["mine"].get("clips_in_table")}
+        timings["index"] = time.time() - t
+    t = _step("5. grounding evaluation on the synthetic test split")
+    table = evaluate(cfg, corpus_dir, {"untrained": untrained(cfg, export), "pretrained": export})
+    timings["evaluate"] = time.time() - t
+    t = _step("6. pictures")
+    summary["pictures"] = pictures(cfg, corpus_dir, export)
+    timings["pictures"] = time.time() - t
+    summary["metrics"] = table
+    summary["seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    with open(os.path.join(cfg.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print("\n" + f"{'':28s}" + "".join(f"{k:>14s}" for k in KEYS))
+    for name, row in table.items():
+        print(f"{name:28s}" + "".join(f"{row.get(k, float('nan')):14.2f}" for k in KEYS))
+    print(f"\npictures: {os.path.join(cfg.out, 'pictures')}   summary: {os.path.join(cfg.out, 'summary.json')}")
+    print(json.dumps({"metrics": table, "seconds": summary["seconds"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
