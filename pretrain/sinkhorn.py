@@ -79,14 +79,33 @@ def sinkhorn_log(log_kernel: torch.Tensor, row_marg: torch.Tensor, col_marg: tor
                  iters: int) -> torch.Tensor:
     """Batched log-domain Sinkhorn-Knopp: log Q (B, R, C) with Q 1 ~= row_marg and Q^T 1 = col_marg exactly.
 
-    Zero row marginals are allowed (those rows get Q = 0)."""
-    log_a = row_marg.to(log_kernel.dtype).log()
-    log_b = col_marg.to(log_kernel.dtype).log()
+    The dual potentials f (rows) and g (columns) stay in the log domain; the kernel is exponentiated once, after
+    subtracting each row's maximum (r), so every log-sum-exp of an iteration becomes a batched matrix-vector
+    product with a max-shift:
+
+        f = log a - log sum_u exp(logK + g)      = log a - r - gmax - log(K' exp(g - gmax))
+        g = log b - log sum_k exp(logK + f)      = log b - m    - log(K'^T exp(r + f - m)),  m = max_k (r + f)
+
+    with K' = exp(logK - r) in (0, 1]. This is exact (not an approximation of the log-domain updates) and costs
+    one exp of (B, R, C) instead of one per half-iteration. Zero row marginals are allowed (those rows get Q = 0).
+    """
+    dtype = log_kernel.dtype
+    log_a = row_marg.to(dtype).log()
+    log_b = col_marg.to(dtype).log()
+    r = log_kernel.amax(dim=2, keepdim=True)                      # (B, R, 1)
+    kernel = (log_kernel - r).exp()                               # (B, R, C), entries in (0, 1]
+    r = r.squeeze(2)
+    tiny = torch.finfo(dtype).tiny
     g = torch.zeros_like(log_b)
     f = torch.zeros_like(log_a)
     for _ in range(iters):
-        f = log_a - torch.logsumexp(log_kernel + g.unsqueeze(1), dim=2)
-        g = log_b - torch.logsumexp(log_kernel + f.unsqueeze(2), dim=1)
+        gmax = g.amax(dim=1, keepdim=True)
+        kv = torch.bmm(kernel, (g - gmax).exp().unsqueeze(2)).squeeze(2)           # (B, R)
+        f = log_a - r - gmax - kv.clamp_min(tiny).log()
+        h = r + f
+        hmax = h.amax(dim=1, keepdim=True)      # finite: the background row always ships mass
+        ku = torch.bmm(kernel.transpose(1, 2), (h - hmax).exp().unsqueeze(2)).squeeze(2)  # (B, C)
+        g = log_b - hmax - ku.clamp_min(tiny).log()
     return log_kernel + f.unsqueeze(2) + g.unsqueeze(1)
 
 
