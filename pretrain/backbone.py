@@ -73,6 +73,13 @@ class Backbone(nn.Module):
         if not hasattr(clip, "token_embedding") or not hasattr(clip.visual, "conv1"):
             raise ValueError(f"backbone {name!r}: only open_clip ViT image towers with the built-in text "
                              f"transformer are supported (need patch tokens and word tokens)")
+        # CLIP's own logit_scale (unused here) is a 0-dim parameter, which DeepSpeed's broadcast (uint8 view) and
+        # its ZeRO-0 gradient clipping cannot handle: give every scalar parameter shape (1,)
+        for pname, param in list(clip.named_parameters()):
+            if param.dim() == 0:
+                owner = clip.get_submodule(pname.rpartition(".")[0]) if "." in pname else clip
+                setattr(owner, pname.rpartition(".")[2], nn.Parameter(param.data.reshape(1),
+                                                                     requires_grad=param.requires_grad))
         self.clip = clip
         self.name = name
         visual = clip.visual

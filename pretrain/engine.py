@@ -96,35 +96,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _patch_scalar_broadcast() -> None:
-    """DeepSpeed (0.19) broadcasts each parameter from rank 0 as a uint8 view, which raises for 0-dim tensors such
-    as CLIP's logit_scale. Around that broadcast, 0-dim parameters are given shape (1,) (same storage)."""
-    from deepspeed.runtime.engine import DeepSpeedEngine
-
-    original = DeepSpeedEngine._broadcast_model
-    if getattr(original, "_stg_scalar_safe", False):
-        return
-
-    def broadcast(self):
-        scalars = [p for p in self.module.parameters() if p.dim() == 0]
-        for p in scalars:
-            p.data = p.data.reshape(1)
-        try:
-            original(self)
-        finally:
-            for p in scalars:
-                p.data = p.data.reshape(())
-
-    broadcast._stg_scalar_safe = True
-    DeepSpeedEngine._broadcast_model = broadcast
-
-
 def build_engine(model: torch.nn.Module, cfg: PretrainConfig, world: int, base: dict | None = None):
     """(engine, ds_config). The scheduler is the engine's lr_scheduler and is stepped by engine.step()."""
     import deepspeed
 
     ds = ds_config(cfg, world, base=base)
-    _patch_scalar_broadcast()
     o = cfg.optim
     kwargs = {}
     if o.optimizer == "torch":

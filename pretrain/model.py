@@ -106,7 +106,8 @@ class GlobalLocalModel(nn.Module):
         self.f_local = nn.Linear(bb.vision_dim, d)    # f'
         self.g_local = nn.Linear(bb.text_dim, d)      # g'
         self.local = LocalBranch(d, cfg.local_heads, cfg.attention_temperature, cfg.local_attention)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)),
+        # shape (1,), not a 0-dim scalar: DeepSpeed's broadcast and its ZeRO-0 gradient clipping fail on 0-dim params
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / cfg.temperature)),
                                         requires_grad=cfg.learn_temperature)
 
     # --- inputs ---------------------------------------------------------------------------------------------
@@ -222,7 +223,7 @@ class GlobalLocalModel(nn.Module):
             else:
                 cls, tokens = cls_all[rows, selected], tok_all[rows, selected]
 
-        scale = self.logit_scale.exp().clamp(max=100.0)
+        scale = self.logit_scale.exp().clamp(max=100.0)[0]
         zero = scale.new_zeros(())
         loss_global = loss_local = zero
         if cfg.loss_global:
