@@ -93,7 +93,9 @@ def run_pretrain(cfg: PretrainConfig):
     validate(cfg)
     # workers run elsewhere (another cwd, maybe another machine): send them absolute URLs and the DeepSpeed file
     cfg = dataclasses.replace(cfg, run=_absolute(cfg.run), data=dataclasses.replace(
-        cfg.data, shards=_absolute(cfg.data.shards)))
+        cfg.data, shards=_absolute(cfg.data.shards),
+        pseudo_positives=_absolute(cfg.data.pseudo_positives) if cfg.data.pseudo_positives else ""),
+        init=_absolute(cfg.init) if cfg.init else "")
     ds_base = load_ds_file(cfg.deepspeed)
     c = cfg.cluster
     gpu = c.gpus_per_worker > 0

@@ -54,6 +54,15 @@ def _sample(key: str, members: dict) -> tuple[str, dict, list[bytes] | None, str
     return key, meta, frames, None
 
 
+def _guarded(samples, shard: str):
+    """The samples of a tar up to where it breaks (cut short or garbled): the break becomes one `corrupt_shard`
+    failure instead of losing the samples before it (the training loader keeps those too)."""
+    try:
+        yield from samples
+    except (OSError, EOFError, tarfile.TarError) as e:
+        yield f"{shard}:end", {}, None, f"corrupt_shard: {e}"
+
+
 def _decode(frames: list[bytes]) -> np.ndarray:
     from PIL import Image
 
@@ -118,7 +127,7 @@ class ShardEmbedder:
                 times.append([meta["window_start"], meta["window_end"]])
             batch.clear()
 
-        for key, meta, frames, error in read_samples(fsio.join(shards_url, shard)):
+        for key, meta, frames, error in _guarded(read_samples(fsio.join(shards_url, shard)), shard):
             if error is None:
                 try:
                     arr = _decode(frames)

@@ -22,6 +22,10 @@ class DataConfig:
     shuffle_buffer: int = 32  # samples mixed across the shard being read and the ones before it
     prefetch: int = 2  # batches each loader worker keeps ready
     max_bad_shards: int = 50  # consecutive unreadable shards before a loader gives up (all shards broken)
+    # pseudo-positive table of `cluster.index mine` (docs/contracts.md section 4); empty: no cross-video term.
+    # Read only when model.cross_video is true; each sample with an entry gets one neighbour's caption.
+    pseudo_positives: str = ""
+    pseudo_positives_strict: bool = True  # table keys not in data.shards: error (true) or counted and dropped
 
 
 @dataclass
@@ -66,6 +70,7 @@ class PretrainConfig:
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only) for exact resume
     progress: bool = True  # tqdm bar on rank 0
     export: bool = True  # write <run>/export/model.pt at the end
+    init: str = ""  # start from the weights of this export (model.pt + model_config.json); resume still wins
     comm_timeout_s: int = 600  # collective timeout; a dead peer surfaces as an error after this
 
 

@@ -10,6 +10,10 @@ streams and fast-forwards them without decoding, which gives the same sample seq
 
 A shard that cannot be opened or is cut short, and a sample with bad JSON, missing frames, an undecodable JPEG
 or a shape unlike the others, is skipped with a warning and counted; the counts ride along with the batches.
+
+Each sample also carries a seed, a hash of (seed, epoch, rank, stream, position in the stream): randomness that
+belongs to one draw of one sample (which pseudo-positive caption it gets, pretrain/pseudo_positives.py) is a
+function of it, so it survives a resume without any extra state.
 """
 from __future__ import annotations
 
@@ -136,7 +140,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
             position += 1
         skipped.clear()  # counted before the checkpoint already
         shape = None
-        frames, captions, keys, valid = [], [], [], []
+        frames, captions, keys, valid, seeds = [], [], [], [], []
         for sample in raw:
             position += 1
             try:
@@ -154,12 +158,19 @@ class StreamDataset(torch.utils.data.IterableDataset):
             captions.append(caption)
             keys.append(sample["__key__"])
             valid.append(min(int(meta.get("valid_frames") or len(clip)), len(clip)))
+            seeds.append(sample_seed(self.seed, self.epoch, self.rank, stream, position))
             if len(frames) == self.micro_batch:
                 yield {"frames": torch.from_numpy(np.stack(frames)), "captions": captions, "keys": keys,
-                       "valid_frames": torch.tensor(valid, dtype=torch.long),
+                       "valid_frames": torch.tensor(valid, dtype=torch.long), "sample_seeds": seeds,
                        "stream": stream, "position": position, "skipped": dict(skipped)}
                 skipped.clear()
-                frames, captions, keys, valid = [], [], [], []
+                frames, captions, keys, valid, seeds = [], [], [], [], []
+
+
+def sample_seed(seed: int, epoch: int, rank: int, stream: int, position: int) -> int:
+    """A 63-bit seed of one draw of one sample (its position in its stream is unique within an epoch)."""
+    state = np.random.SeedSequence([seed, epoch, rank, stream, position]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
 
 
 def _raw_samples(shards: ShardSet, rng: np.random.Generator, skipped: Counter, max_bad: int) -> Iterator[dict]:
@@ -282,3 +293,20 @@ class RankLoader:
 
     def close(self) -> None:
         self._it = None
+
+
+def model_inputs(batch: dict, cfg, tokenize, device) -> dict:
+    """The model's forward inputs for a loader batch (cfg: PretrainConfig). With data.pseudo_positives and
+    model.cross_video, each sample with an entry in the table gets one of its pseudo-positive captions
+    (pp_tokens, pp_mask; pretrain/pseudo_positives.py)."""
+    inputs = {"frames": batch["frames"].to(device, non_blocking=True),
+              "tokens": tokenize(batch["captions"]).to(device),
+              "valid_frames": batch["valid_frames"].to(device)}
+    if cfg.data.pseudo_positives and cfg.model.cross_video:
+        from pretrain import pseudo_positives
+
+        table = pseudo_positives.cached(cfg.data.pseudo_positives, cfg.data.shards, cfg.data.pseudo_positives_strict)
+        chosen = table.attach(batch)
+        inputs["pp_tokens"] = tokenize([c or "" for c in chosen]).to(device)
+        inputs["pp_mask"] = torch.tensor([c is not None for c in chosen], dtype=torch.bool, device=device)
+    return inputs

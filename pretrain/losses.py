@@ -23,6 +23,18 @@ with A_lk = V_{l|l} . S_{k|k} (each clip attended with its own caption; gathered
 I_l the imposter set of clip l. Running the branch on all B^2 pairs is quadratic in its self-attention cost, so
 I_l = {l+1, ..., l+n} (mod B) within the rank's batch: n = `imposters` rolled pairings (all B-1 when B <= n+1).
 The imposter term is therefore rank-local; only the A term and L_global use gathered negatives.
+
+L_crov, the cross-video term (pseudo-positives mined from the FAISS index, WSRA Sec. 3.3): clip l of the set M of
+clips that have a pseudo-positive caption P_l (the caption of a clip of *another* video whose caption agrees, WSRA
+Eq. 10) gets P_l as a second positive next to its own caption S_l, in the MIL-NCE form over the global features:
+
+    L_crov = -1/|M| sum_{l in M} log  (e^{(V_l.S_l - d)/tau} + e^{(V_l.P_l - d)/tau})
+                                    / (e^{(V_l.S_l - d)/tau} + e^{(V_l.P_l - d)/tau} + sum_{k != l} e^{V_l.S_k/tau})
+
+with k over all world * B captions (gathered like L_global) and |M| counted over all ranks, so clips without a
+pseudo-positive add nothing and the ranks' mean equals the single-process loss. WSRA's own Eq. 9 is a hinge on
+foreground/background features of the two videos; this model has no background branch, so the pseudo-positive
+enters the contrastive objective it already has. The model adds w * L_crov (w = model.pseudo_positive_weight).
 """
 from __future__ import annotations
 
@@ -88,3 +100,24 @@ def imposter_nce(pair_scores: torch.Tensor, scale: torch.Tensor | float, margin:
     text_side_scores = pair_scores[rows, torch.arange(cols, device=pair_scores.device)[None, :].expand(b, cols)]
     text_side = nce(text_side_scores, targets, margin, scale)
     return 0.5 * (video_side + text_side)
+
+
+def multi_positive_nce(video: torch.Tensor, text: torch.Tensor, extra: torch.Tensor, mask: torch.Tensor,
+                       scale: torch.Tensor | float, margin: float, gather: bool = True) -> torch.Tensor:
+    """L_crov (module docstring): rows l of video (B, d) with mask[l] have two positives, text[l] and extra[l];
+    negatives are the other captions of all ranks. Rows without mask add nothing; no masked row anywhere: 0."""
+    rank, size = world() if gather else (0, 1)
+    all_text = gather_with_grad(text) if size > 1 else text
+    b = video.shape[0]
+    targets = torch.arange(b, device=video.device) + rank * b
+    onehot = F.one_hot(targets, all_text.shape[0]).to(video.dtype)
+    logits = scale * (video @ all_text.t() - margin * onehot)                  # (B, world*B), margin on S_l
+    extra_logit = scale * ((video * extra).sum(-1) - margin)                    # (B,)
+    positives = torch.stack([logits.gather(1, targets[:, None])[:, 0], extra_logit], dim=1)
+    per_row = torch.logsumexp(torch.cat([logits, extra_logit[:, None]], dim=1), dim=1) - positives.logsumexp(1)
+    mask = mask.to(device=video.device, dtype=torch.bool)
+    count = mask.sum().to(torch.float32)
+    if size > 1:  # normalise by the clips with a pseudo-positive on all ranks (gradients are averaged over ranks)
+        count = count.clone()
+        dist.all_reduce(count)
+    return per_row.masked_fill(~mask, 0.0).sum() * size / count.clamp_min(1.0)

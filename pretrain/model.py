@@ -9,8 +9,10 @@ Encoder API used by the trainer, grounding/, the index and finetune/:
     fg, fl, grid = model.encode_frames(x)           # (B, U, d) L2-normed, (B, U, N, d) L2-normed, (gh, gw)
     tg, tl, mask = model.encode_text(tokens)        # (B, d) L2-normed, (B, K, d) L2-normed, (B, K) bool
     idx = model.select_frames(fg, fl, tg, tl, mask) # (B, T) frame indices in temporal order
-    out = model({"frames": (B, U, H, W, 3) uint8, "tokens": (B, L)[, "valid_frames": (B,)]})
+    out = model({"frames": (B, U, H, W, 3) uint8, "tokens": (B, L)[, "valid_frames": (B,)]
+                 [, "pp_tokens": (B, L), "pp_mask": (B,) bool]})   # pseudo-positive captions (pretrain.data)
         # {"loss" (graph), "loss_local", "loss_global", "logit_scale" (detached scalars), "selected": (B, T)}
+        # + "loss_crossvideo", "crossvideo_frac" when pp_tokens are given and cfg.cross_video
     model.frame_scores(fg, tg)                      # (U, d) x (Q, d) -> (U, Q) cosine; (B, U, d) -> (B, U, Q)
     model.heatmap(frames, tokens)                   # (B, T, gh, gw): local-branch attention of the query
 """
@@ -206,7 +208,14 @@ class GlobalLocalModel(nn.Module):
         if valid is not None:
             valid = torch.as_tensor(valid, device=images.device).view(b, 1)
             frame_valid = torch.arange(u, device=images.device).unsqueeze(0) < valid
-        pooled_text, words, mask = self._backbone_text(batch["tokens"])
+        cross_video = cfg.cross_video and batch.get("pp_tokens") is not None
+        if cross_video:
+            # one text pass for the captions and the pseudo-positive captions: the same module calls on every
+            # rank whatever its share of pseudo-positives (ZeRO-3 gathers parameters collectively per call)
+            pooled_text, words, mask = self._backbone_text(torch.cat([batch["tokens"], batch["pp_tokens"]]))
+            pooled_text, pooled_pp, words, mask = pooled_text[:b], pooled_text[b:], words[:b], mask[:b]
+        else:
+            pooled_text, words, mask = self._backbone_text(batch["tokens"])
 
         rows = torch.arange(b, device=images.device).unsqueeze(1)
         if cfg.selection == "none" or t == u:
@@ -226,15 +235,24 @@ class GlobalLocalModel(nn.Module):
         scale = self.logit_scale.exp().clamp(max=100.0)[0]
         zero = scale.new_zeros(())
         loss_global = loss_local = zero
-        if cfg.loss_global:
+        if cfg.loss_global or cross_video:
             video = F.normalize(F.normalize(self.f(cls), dim=-1).mean(dim=1), dim=-1)
             text = F.normalize(self.g(pooled_text), dim=-1)
+        if cfg.loss_global:
             loss_global = losses.contrastive(video, text, scale, cfg.margin, cfg.gather)
         if cfg.loss_local:
             loss_local = self._local_loss(tokens, words, mask, scale)
         loss = (loss_local if cfg.loss_local else zero) + (loss_global if cfg.loss_global else zero)
-        return {"loss": loss, "loss_local": loss_local.detach(), "loss_global": loss_global.detach(),
-                "logit_scale": scale.detach(), "selected": selected}
+        out = {"loss": loss, "loss_local": loss_local.detach(), "loss_global": loss_global.detach(),
+               "logit_scale": scale.detach(), "selected": selected}
+        if cross_video:
+            pp_mask = torch.as_tensor(batch["pp_mask"], device=images.device).bool().view(b)
+            pp_text = F.normalize(self.g(pooled_pp), dim=-1)  # rows without a pseudo-positive are masked out
+            loss_crov = losses.multi_positive_nce(video, text, pp_text, pp_mask, scale, cfg.margin, cfg.gather)
+            out["loss"] = loss + cfg.pseudo_positive_weight * loss_crov
+            out["loss_crossvideo"] = loss_crov.detach()
+            out["crossvideo_frac"] = pp_mask.float().mean()  # share of clips that had a pseudo-positive
+        return out
 
     def _local_inputs(self, tokens: torch.Tensor, words: torch.Tensor, mask: torch.Tensor):
         video = F.normalize(self.f_local(tokens), dim=-1).flatten(1, 2)          # (B, T*N, d)
@@ -311,6 +329,10 @@ def load_model(export_dir_or_file: str, map_location: str | torch.device = "cpu"
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    own = model.state_dict()
+    for k, v in state.items():  # exports written before scalar parameters became shape (1,)
+        if k in own and v.dim() == 0 and own[k].shape == (1,):
+            state[k] = v.reshape(1)
     model.load_state_dict(state)
     return model.eval()
 

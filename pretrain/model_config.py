@@ -38,6 +38,9 @@ class ModelConfig:
     imposters: int = 3                # CoMMA imposter pairings per clip for L_local (see pretrain/losses.py)
     imposter_weight: float = 1.0      # weight of the imposter term of L_local (0: only gathered negatives)
     gather: bool = True               # negatives from all ranks (all_gather with gradients)
+    cross_video: bool = True          # L_crov: a pseudo-positive caption (data.pseudo_positives) as extra positive;
+                                      # false: the table is not read and the term is absent (ablation)
+    pseudo_positive_weight: float = 1.0  # weight of L_crov in the loss (pretrain/losses.py)
 
     def __post_init__(self) -> None:
         if self.freeze not in FREEZE_MODES:
@@ -60,6 +63,8 @@ class ModelConfig:
             raise ValueError("model.max_words, embed_dim and sinkhorn_iters must be >= 1")
         if self.sinkhorn_temperature <= 0 or self.attention_temperature <= 0:
             raise ValueError("model temperatures must be > 0")
+        if self.pseudo_positive_weight < 0:
+            raise ValueError(f"model.pseudo_positive_weight must be >= 0, got {self.pseudo_positive_weight}")
         if self.margin < 0:
             raise ValueError(f"model.margin must be >= 0, got {self.margin}")
         if self.embed_dim % self.local_heads:

@@ -120,6 +120,10 @@ def run(cfg: PretrainConfig, report: Report | None = None, ds_base: dict | None 
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg.model)
+    if cfg.init:  # weights of an earlier export (e.g. the round before mining); a resumed checkpoint overrides them
+        from pretrain.model import load_model
+
+        model.load_state_dict(load_model(cfg.init).state_dict())
     engine, _ = build_engine(model, cfg, world, base=ds_base)
     device = engine.device
     torch.manual_seed(cfg.seed * 1_000_003 + rank + 1)  # per-rank randomness from here on (dropout, augment)
@@ -173,9 +177,7 @@ def run(cfg: PretrainConfig, report: Report | None = None, ds_base: dict | None 
                 tw = time.perf_counter()
                 batch = loader.next()
                 wait += time.perf_counter() - tw
-                inputs = {"frames": batch["frames"].to(device, non_blocking=True),
-                          "tokens": model.tokenize(batch["captions"]).to(device),
-                          "valid_frames": batch["valid_frames"].to(device)}
+                inputs = data.model_inputs(batch, cfg, model.tokenize, device)
                 out = engine(inputs)
                 engine.backward(out["loss"])
                 engine.step()

@@ -1,0 +1,266 @@
+"""Pseudo-positives in pretraining: the cross-video term L_crov (hand-worked, gathered across ranks), the loader's
+deterministic choice of a neighbour's caption, unknown keys, and a short Ray Train run with a mined table (and
+with the switch off)."""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from index.errors import UnknownKeys
+from pretrain import data, losses
+from pretrain.pseudo_positives import PseudoPositives, scan_captions
+from pretrain_fixtures import make_shards
+from test_losses import _free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "pretrain", "tiny.yaml")
+
+
+# --- the loss term ----------------------------------------------------------------------------------------------
+
+def test_crossvideo_term_hand_worked():
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    # clip 0 only: scores V0.S0 = 1, V0.P0 = 0, negative V0.S1 = 0; tau = 1, no margin:
+    # -log (e^1 + e^0) / (e^1 + e^0 + e^0)
+    got = losses.multi_positive_nce(v, s, p, torch.tensor([True, False]), 1.0, 0.0)
+    assert got.item() == pytest.approx(math.log((math.e + 2) / (math.e + 1)), abs=1e-6)
+    # both clips, scale 2, margin 0.5 on both positives: each row is -log (e^1 + e^-1) / (e^1 + e^-1 + e^0)
+    got = losses.multi_positive_nce(v, s, p, torch.tensor([True, True]), 2.0, 0.5)
+    row = -math.log((math.e + 1 / math.e) / (math.e + 1 / math.e + 1))
+    assert got.item() == pytest.approx(row, abs=1e-6)
+    # a pseudo-positive the clip already matches lowers the loss below the plain NCE row of Eq. 1
+    plain = losses.nce(v @ s.t(), torch.arange(2), 0.5, 2.0)
+    assert losses.multi_positive_nce(v, s, s, torch.tensor([True, True]), 2.0, 0.5) < plain
+    # no clip with a pseudo-positive: nothing, and no gradient
+    vg = v.clone().requires_grad_(True)
+    none = losses.multi_positive_nce(vg, s, p, torch.tensor([False, False]), 2.0, 0.5)
+    none.backward()
+    assert none.item() == 0.0 and vg.grad.abs().sum() == 0
+
+
+def _crov_worker(rank, world, port, xv, xt, xp, mask, w0, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        b = xv.shape[0] // world
+        sl = slice(rank * b, (rank + 1) * b)
+        w = w0.clone().requires_grad_(True)
+        f = lambda x: torch.nn.functional.normalize(x @ w, dim=-1)
+        loss = losses.multi_positive_nce(f(xv[sl]), f(xt[sl]), f(xp[sl]), mask[sl], 5.0, 0.1)
+        loss.backward()
+        grad, total = w.grad.clone(), loss.detach().clone()
+        dist.all_reduce(grad)  # data-parallel averaging
+        dist.all_reduce(total)
+        if rank == 0:
+            torch.save({"loss": total / world, "grad": grad / world}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_crossvideo_term_gathered_matches_single_process():
+    gen = torch.Generator().manual_seed(1)
+    xv, xt, xp = (torch.randn(8, 6, generator=gen) for _ in range(3))
+    w0 = torch.randn(6, 5, generator=gen)
+    mask = torch.tensor([True, False, True, True, False, False, False, False])  # rank 1 has none of its own
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rank0.pt")
+        mp.spawn(_crov_worker, args=(2, _free_port(), xv, xt, xp, mask, w0, out), nprocs=2, join=True)
+        got = torch.load(out)
+    w = w0.clone().requires_grad_(True)
+    f = lambda x: torch.nn.functional.normalize(x @ w, dim=-1)
+    ref = losses.multi_positive_nce(f(xv), f(xt), f(xp), mask, 5.0, 0.1)
+    ref.backward()
+    torch.testing.assert_close(got["loss"], ref.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got["grad"], w.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_model_adds_the_term_only_when_switched_on():
+    from pretrain.model import build_model
+    from pretrain.model_config import ModelConfig
+
+    def forward(**kw):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(backbone="stg-micro", embed_dim=64, local_heads=2, frames_in=4,
+                                        frames_selected=2, max_words=12, **kw))
+        frames = torch.randint(0, 256, (4, 4, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        batch = {"frames": frames, "tokens": model.tokenize(["cut the red cube", "pour the green cube",
+                                                               "stir the blue cube", "peel the purple cube"]),
+                 "pp_tokens": model.tokenize(["cut the red cube", "", "wash the cyan cube", ""]),
+                 "pp_mask": torch.tensor([True, False, True, False])}
+        return model(batch), model({k: batch[k] for k in ("frames", "tokens")})
+
+    (on, plain) = forward(pseudo_positive_weight=0.5)
+    assert on["loss_crossvideo"] > 0 and on["crossvideo_frac"] == 0.5
+    assert on["loss"].item() == pytest.approx((on["loss_local"] + on["loss_global"]
+                                               + 0.5 * on["loss_crossvideo"]).item(), rel=1e-6)
+    assert "loss_crossvideo" not in plain  # no pseudo-positive inputs: no term
+    off, _ = forward(cross_video=False)
+    assert "loss_crossvideo" not in off and off["loss"].item() == pytest.approx(plain["loss"].item(), rel=1e-6)
+
+
+# --- the loader ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+    return make_shards(str(tmp_path_factory.mktemp("shards")), shards=3, per_shard=12, frames=4, size=32, seed=2)
+
+
+def _hand_table(shard_dir: str, path: str, extra: dict | None = None) -> tuple[str, dict, dict]:
+    """Every other clip gets two clips of other videos whose caption differs from its own (so an attached caption
+    can only have come from the table)."""
+    captions, _ = scan_captions(data.read_manifest(shard_dir).urls)
+    keys = sorted(captions)
+    table = {}
+    for key in keys[::2]:
+        others = [o for o in keys if o.split("__")[0] != key.split("__")[0] and captions[o] != captions[key]]
+        table[key] = [[others[0], 0.9, 0.95], [others[-1], 0.8, 0.93]]
+    table.update(extra or {})
+    with open(path, "w") as f:
+        json.dump({"format": 1, "k": 2, "tau": 0.9, "table": table}, f)
+    return path, table, captions
+
+
+def _loader(shard_dir, **kw):
+    return data.RankLoader(data.read_manifest(shard_dir), micro_batch=4, batches_per_epoch=6, seed=3, rank=0,
+                           shuffle_buffer=8, **kw)
+
+
+def test_loader_attaches_a_neighbours_caption_deterministically(shard_dir, tmp_path):
+    url, table, captions = _hand_table(shard_dir, str(tmp_path / "pp.json"))
+    pp = PseudoPositives.load(url, data.read_manifest(shard_dir).urls)
+    assert pp.counts["clips"] == len(table) and pp.counts["shard_samples"] == 36
+
+    def draws(loader, n):
+        out = []
+        for _ in range(n):
+            b = loader.next()
+            out.append(list(zip(b["keys"], pp.attach(b))))
+        return out
+
+    a = _loader(shard_dir)
+    first = draws(a, 8)
+    saved = json.loads(json.dumps(a.position.to_dict()))
+    rest = draws(a, 6)
+    picked = set()
+    for key, caption in (d for batch in first + rest for d in batch):
+        if key in table:
+            choices = [captions[n] for n, _, _ in table[key]]
+            assert caption in choices and caption != captions[key]
+            picked.add(choices.index(caption))
+        else:
+            assert caption is None
+    assert picked == {0, 1}  # draws differ, so both neighbours get used
+    assert draws(_loader(shard_dir), 14) == first + rest  # same seeds, same choices
+    resumed = _loader(shard_dir, position=data.DataPosition.from_dict(saved))
+    assert draws(resumed, 6) == rest  # a resume picks what the uninterrupted run picked
+    # with loader processes the seeds are made in the workers: still one fixed sequence, still resumable
+    two = draws(_loader(shard_dir, loader_workers=2), 10)
+    assert draws(_loader(shard_dir, loader_workers=2), 10) == two
+
+
+def test_model_inputs_follow_the_config(shard_dir, tmp_path):
+    from pretrain.config import load
+    from pretrain.model import build_model
+
+    url, table, _ = _hand_table(shard_dir, str(tmp_path / "pp.json"))
+    cfg = load(TINY, [f"data.shards={shard_dir}", f"data.pseudo_positives={url}"])
+    model = build_model(cfg.model)
+    batch = _loader(shard_dir).next()
+    inputs = data.model_inputs(batch, cfg, model.tokenize, "cpu")
+    assert inputs["pp_mask"].tolist() == [k in table for k in batch["keys"]]
+    assert inputs["pp_tokens"].shape == inputs["tokens"].shape
+    off = load(TINY, [f"data.shards={shard_dir}", f"data.pseudo_positives={url}", "model.cross_video=false"])
+    assert set(data.model_inputs(batch, off, model.tokenize, "cpu")) == {"frames", "tokens", "valid_frames"}
+
+
+def test_unknown_keys_are_an_error_or_counted(shard_dir, tmp_path):
+    urls = data.read_manifest(shard_dir).urls
+    keys = sorted(scan_captions(urls)[0])
+    url, _, _ = _hand_table(shard_dir, str(tmp_path / "pp.json"),
+                            {"elsewhere__s0000": [[keys[0], 0.9, 0.99]], keys[1]: [["ghost__s0003", 0.9, 0.99]]})
+    with pytest.raises(UnknownKeys, match="elsewhere__s0000|ghost__s0003"):
+        PseudoPositives.load(url, urls)
+    pp = PseudoPositives.load(url, urls, strict=False)
+    assert pp.counts["unknown_clip"] == 1 and pp.counts["unknown_neighbour"] == 1
+    assert "elsewhere__s0000" not in pp.neighbours and keys[1] not in pp.neighbours
+    assert all(n in pp.captions for pos in pp.neighbours.values() for n in pos)
+
+
+# --- pretraining under Ray Train with a mined table -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mined(ray_cluster, tmp_path_factory):
+    """The demo's chain at test size: a random micro export embeds the shards, a flat index, mining."""
+    from cluster.index import run_build, run_embed, run_mine
+    from common import config as C
+    from index.config import IndexConfig
+    from pretrain.model import build_model, save_export
+    from pretrain.model_config import ModelConfig
+
+    root = tmp_path_factory.mktemp("pp_train")
+    shards = make_shards(str(root / "shards"), shards=4, per_shard=16, frames=4, size=32, bad_samples=1)
+    torch.manual_seed(0)
+    export = str(root / "export")
+    save_export(build_model(ModelConfig(backbone="stg-micro", embed_dim=64, local_heads=2, frames_in=4,
+                                        frames_selected=2, max_words=12)), export)
+    cfg = C.parse(IndexConfig, [f"shards={shards}", "model_tag=round1", f"embed.checkpoint={export}",
+                                "build.factory=Flat", "mine.k=3", "mine.search_k=60"])
+    run_embed(cfg, ray=ray_cluster)
+    run_build(cfg, incremental=False, ray=ray_cluster)
+    report = run_mine(cfg, ray=ray_cluster)
+    assert report["clips_in_table"] > 0
+    return shards, report["table"], root
+
+
+def _tiny(run, shards, *extra):
+    from pretrain.config import load
+
+    return load(TINY, [f"run={run}", f"data.shards={shards}", "max_steps=3", "checkpoint_every=3", "log_every=1",
+                       "progress=false", "export=false", "cluster.workers=2", *extra])
+
+
+def _tensorboard_tags(run: str) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for path in glob.glob(os.path.join(run, "tensorboard", "events.out.tfevents.*")):
+        acc = EventAccumulator(path)
+        acc.Reload()
+        tags.update(acc.Tags()["scalars"])
+    return tags
+
+
+def test_pretraining_with_the_table(mined):
+    from cluster.pretrain import run_pretrain
+
+    shards, table, root = mined
+    run = str(root / "with_table")
+    result = run_pretrain(_tiny(run, shards, f"data.pseudo_positives={table}", "model.pseudo_positive_weight=0.5"))
+    assert result.error is None
+    m = result.metrics
+    assert m["step"] == 3 and m["loss_crossvideo"] > 0 and 0 < m["crossvideo_frac"] <= 1
+    # the total carries the weighted term on top of Eq. 1's two losses
+    assert m["loss"] == pytest.approx(m["loss_local"] + m["loss_global"] + 0.5 * m["loss_crossvideo"], rel=1e-5)
+    assert "loss_crossvideo" in _tensorboard_tags(run)
+
+
+def test_pretraining_with_the_switch_off(mined):
+    from cluster.pretrain import run_pretrain
+
+    shards, table, root = mined
+    run = str(root / "switched_off")
+    result = run_pretrain(_tiny(run, shards, f"data.pseudo_positives={table}", "model.cross_video=false"))
+    assert result.error is None and result.metrics["step"] == 3
+    assert "loss_crossvideo" not in result.metrics and "loss_crossvideo" not in _tensorboard_tags(run)
+    assert result.metrics["loss"] == pytest.approx(result.metrics["loss_local"] + result.metrics["loss_global"],
+                                                   rel=1e-5)
