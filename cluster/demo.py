@@ -6,7 +6,8 @@ Stages (each skipped when its output is already complete, so a re-run resumes):
   1. synthetic corpus (shards.synthetic): train and test splits of narrated mp4 videos with hidden truth,
   2. sharding of the train split on Ray (cluster/shard.py's distributor),
   3. pretraining on Ray Train with DeepSpeed workers (cluster/pretrain.py),
-  4. embedding, FAISS index and pseudo-positive mining (cluster/index.py),
+  4. embedding, FAISS index and pseudo-positive mining (cluster/index.py), then a second pretraining round that
+     starts from the first and adds the cross-video term on the mined pseudo-positives,
   5. grounding of the test split (grounding.predict) scored by `python -m grounding.evaluate groundingyoutube`,
      next to chance (random segments) and the same model before training,
   6. pictures of a few test videos (grounding.visualize).
@@ -45,6 +46,8 @@ class DemoConfig:
     pretrain: str = "configs/pretrain/demo.yaml"
     pretrain_overrides: list[str] = field(default_factory=list)
     index: bool = True
+    second_round: bool = True          # after mining: continue pretraining with the pseudo-positive table
+    second_round_steps: int = 300
     pictures: int = 3
     chance_seeds: int = 5
     tau: float = 0.0                   # background threshold of inference (z-scored similarity)
@@ -86,11 +89,11 @@ def shard(cfg: DemoConfig, corpus_dir: str, ray) -> str:
     return out
 
 
-def pretrain(cfg: DemoConfig, shards: str) -> str:
+def pretrain(cfg: DemoConfig, shards: str, name: str = "pretrain", extra: tuple[str, ...] = ()) -> str:
     from cluster.pretrain import run_pretrain
     from pretrain.config import load
 
-    run = os.path.join(cfg.out, "pretrain")
+    run = os.path.join(cfg.out, name)
     export = os.path.join(run, "export")
     if os.path.exists(os.path.join(export, "model.pt")):
         print(f"pretrained model exists: {export}")
@@ -98,13 +101,14 @@ def pretrain(cfg: DemoConfig, shards: str) -> str:
     pcfg = load(os.path.join(ROOT, cfg.pretrain),
                 [f"run={run}", f"data.shards={shards}", f"model.frames_in={cfg.window_frames}",
                  f"seed={cfg.seed}", *([f"cluster.address={cfg.ray_address}"] if cfg.ray_address else []),
-                 *cfg.pretrain_overrides])
+                 *cfg.pretrain_overrides, *extra])
     result = run_pretrain(pcfg)
     if result.error:
         raise RuntimeError(f"pretraining failed: {result.error}")
     m = result.metrics
-    print(json.dumps({k: m.get(k) for k in ("step", "loss", "loss_local", "loss_global", "samples_per_s",
-                                            "data_wait_frac", "skipped_total")}))
+    print(json.dumps({k: m.get(k) for k in ("step", "loss", "loss_local", "loss_global", "loss_crossvideo",
+                                            "crossvideo_frac", "samples_per_s", "data_wait_frac", "skipped_total")
+                      if k in m}))
     return export
 
 
@@ -130,7 +134,7 @@ def index(cfg: DemoConfig, shards: str, export: str, ray) -> dict:
     icfg.embed.checkpoint = export
     icfg.build.rebuild = True
     report = {"embed": run_embed(icfg, ray), "build": run_build(icfg, incremental=False, ray=ray),
-              "mine": run_mine(icfg, ray)}
+              "mine": run_mine(icfg, ray), "table": os.path.abspath(icfg.table_url())}
     icfg.search.text = "cut the red cube"
     print(run_search(icfg))
     return report
@@ -227,14 +231,24 @@ def main(argv: list[str] | None = None) -> int:
     export = pretrain(cfg, shards)
     timings["pretrain"] = time.time() - t
     summary: dict = {"corpus": corpus_dir, "shards": shards, "export": export}
+    models = {"untrained": untrained(cfg, export), "pretrained": export}
     if cfg.index:
         t = _step("4. embeddings, FAISS index, pseudo-positive mining")
         rep = index(cfg, shards, export, ray)
         summary["index"] = {"vectors": rep["build"].get("count"), "factory": rep["build"].get("factory"),
                             "pseudo_positive_clips": rep["mine"].get("clips_in_table")}
         timings["index"] = time.time() - t
+        if cfg.second_round:
+            t = _step("4b. second pretraining round with cross-video pseudo-positives")
+            export = pretrain(cfg, shards, "pretrain_pp",
+                              (f"init={os.path.abspath(export)}", f"data.pseudo_positives={rep['table']}",
+                               f"max_steps={cfg.second_round_steps}", "checkpoint_every=100",
+                               "optim.warmup_steps=10"))
+            summary["export"] = export
+            models["pretrained + pseudo-positives"] = export
+            timings["pretrain_pp"] = time.time() - t
     t = _step("5. grounding evaluation on the synthetic test split")
-    table = evaluate(cfg, corpus_dir, {"untrained": untrained(cfg, export), "pretrained": export})
+    table = evaluate(cfg, corpus_dir, models)
     timings["evaluate"] = time.time() - t
     t = _step("6. pictures")
     summary["pictures"] = pictures(cfg, corpus_dir, export)
@@ -243,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     summary["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     with open(os.path.join(cfg.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    print("\n" + f"{'':28s}" + "".join(f"{k:>14s}" for k in KEYS))
+    print("\n" + f"{'':32s}" + "".join(f"{k:>14s}" for k in KEYS))
     for name, row in table.items():
-        print(f"{name:28s}" + "".join(f"{row.get(k, float('nan')):14.2f}" for k in KEYS))
+        print(f"{name:32s}" + "".join(f"{row.get(k, float('nan')):14.2f}" for k in KEYS))
     print(f"\npictures: {os.path.join(cfg.out, 'pictures')}   summary: {os.path.join(cfg.out, 'summary.json')}")
     print(json.dumps({"metrics": table, "seconds": summary["seconds"]}))
     return 0
