@@ -1,0 +1,186 @@
+"""FinetuneConfig: one typed config for a downstream finetune (YAML + `a.b=value` overrides, common.config).
+
+A finetune takes a pretrain export (docs/contracts.md section 3), a dataset adapter (finetune/datasets.py) and a
+head (finetune/heads/), trains the head with DeepSpeed on cached encoder features and writes predictions in the
+evaluator's format plus the evaluator's JSON into its run folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from common import config as cfglib
+from common import fsio
+
+DATASETS = ("synthetic", "charades_sta", "didemo")
+HEADS = ("wsra",)
+
+
+@dataclass
+class DatasetConfig:
+    kind: str = "synthetic"          # synthetic | charades_sta | didemo
+    root: str = ""                   # synthetic: corpus folder holding train/ and test/
+    train: str = ""                  # charades_sta: charades_sta_train.txt; didemo: train_data.json
+    test: str = ""                   # charades_sta: charades_sta_test.txt; didemo: val_data.json or test_data.json
+    durations: str = ""              # charades_sta: Charades_v1_test.csv (default: beside `test`)
+    videos: str = ""                 # charades_sta / didemo: folder of the videos (<id>.mp4 or DiDeMo's file names)
+    max_train_videos: int = 0        # > 0: only the first N training videos (smoke runs)
+
+
+@dataclass
+class FeatureConfig:
+    cache: str = ""                  # feature cache root; "" -> <pretrain run>/finetune/features
+    fps: float = 1.0                 # frames per second fed to the encoder (the benchmarks annotate seconds)
+    size: int = 0                    # decode size; 0: the encoder's image size
+    regions: bool = False            # also cache the patch (region) features (B, T, N, d) for spatial heads
+    batch_frames: int = 64           # frames per encoder call during extraction
+    end_to_end: bool = False         # train the encoder with the head (frames cached, features recomputed)
+    max_frames: int = 0              # > 0: frames per training video are evenly subsampled to at most this
+    center: bool = False             # subtract each video's mean frame feature (and re-normalise): what changes
+
+
+@dataclass
+class WsraConfig:
+    """Weights and margins of Eq. 11 (alpha L_bg + beta L_crov + gamma L_vas + delta L_ins-vas); a weight of 0
+    switches its term off (paper Table 1). Defaults: the paper's DiDeMo setting (delta = 1, the others 0.1)."""
+    alpha: float = 0.1               # L_bg, Eq. 3
+    beta: float = 0.1                # L_crov, Eq. 9 (also off when no pseudo-positive table is given)
+    gamma: float = 0.1               # L_vas, Eq. 5
+    delta: float = 1.0               # L_ins-vas, Eq. 6
+    margin: float = 0.2              # m of Eqs. 3, 5, 6 (phi lies in (0, 1))
+    bg_temperature: float = 10.0     # gamma of Eq. 3 (the "temperature factor")
+    crov_margin: float = 0.2         # m of Eq. 9 (cosine units)
+    crov_tau: float = 0.9            # tau of Eq. 10: caption cosine a pseudo-positive pair must exceed
+    top_k: int = 3                   # Sec. 3.2.1: most similar queries removed (pseudo-positives)
+    last_k: int = 2                  # least similar queries removed (easy negatives); Fig. 5's best is 3 / 2
+    attention_temperature: float = 1.0  # Eq. 2 as softmax(phi / this); 1 is the paper (see heads/wsra.py)
+    hidden: int = 256                # width of phi's hidden layer
+    fuse: str = "cat"                # phi input: cat = Cat(v, t) (Eq. 2) | cat_mul = Cat(v, t, v*t)
+    dropout: float = 0.1
+    moment_score: str = "contrast"   # how frame scores rank a candidate moment: mean | contrast (in - out)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4                 # the paper: Adam, constant 1e-4, betas (0.9, 0.999)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 1.0        # 1: constant LR after warmup
+    grad_clip: float = 0.0           # 0: no clipping
+
+
+@dataclass
+class ClusterConfig:
+    address: Optional[str] = None    # Ray address; None (and no RAY_ADDRESS): a local Ray
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
+
+
+@dataclass
+class SweepConfig:
+    heads: list[str] = field(default_factory=list)      # [] = [head]
+    seeds: list[int] = field(default_factory=list)      # [] = [seed]
+    variants: dict = field(default_factory=dict)        # name -> list of key=value overrides (e.g. ablations)
+
+
+@dataclass
+class FinetuneConfig:
+    checkpoint: str = ""             # pretrain export folder (model.pt + model_config.json)
+    run: str = ""                    # output folder; "" -> <pretrain run>/finetune/<name>
+    name: str = "wsra"
+    head: str = "wsra"
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    wsra: WsraConfig = field(default_factory=WsraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    pseudo_positives: str = ""       # pseudo-positive table (contracts.md section 4) for L_crov; "" = term off
+    batch_size: int = 32             # videos per step
+    queries_per_video: int = 1       # weak queries drawn per video (rows per step <= batch_size x this)
+    max_steps: int = 200
+    checkpoint_every: int = 100
+    keep_last: int = 1
+    log_every: int = 10
+    seed: int = 0
+    deepspeed: str = "configs/deepspeed/zero0.json"
+    evaluate: bool = True            # run `python -m grounding.evaluate` on the predictions
+    train: bool = True               # false: predict with the head at its initialisation (a baseline)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+def pretrain_run_of(checkpoint: str) -> str:
+    """The pretrain run folder of an export (<run>/export -> <run>); the export's own folder otherwise."""
+    path = checkpoint.rstrip("/")
+    if path.endswith(".pt"):
+        path = path.rsplit("/", 1)[0] if "/" in path else "."
+    base = path.rsplit("/", 1)
+    return base[0] if len(base) == 2 and base[1] == "export" else path
+
+
+def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
+    """Fill the derived defaults (run, cache) so the echoed config says where everything went."""
+    validate(cfg)
+    run = cfg.run or fsio.join(pretrain_run_of(cfg.checkpoint), "finetune", cfg.name)
+    cache = cfg.features.cache or fsio.join(pretrain_run_of(cfg.checkpoint), "finetune", "features")
+    absolute = (lambda u: os.path.abspath(u) if u and fsio.is_local(u) else u)
+    ds = cfg.dataset
+    ds = dataclasses.replace(ds, root=absolute(ds.root), train=absolute(ds.train), test=absolute(ds.test),
+                             durations=absolute(ds.durations), videos=absolute(ds.videos))
+    return dataclasses.replace(cfg, run=absolute(run), checkpoint=absolute(cfg.checkpoint), dataset=ds,
+                               pseudo_positives=absolute(cfg.pseudo_positives),
+                               features=dataclasses.replace(cfg.features, cache=absolute(cache)))
+
+
+def validate(cfg: FinetuneConfig) -> None:
+    err = cfglib.ConfigError
+    if not cfg.checkpoint:
+        raise err("checkpoint is required (a pretrain export folder: model.pt + model_config.json)")
+    if cfg.dataset.kind not in DATASETS:
+        raise err(f"dataset.kind must be one of {DATASETS}, not {cfg.dataset.kind!r}")
+    if cfg.dataset.kind == "synthetic" and not cfg.dataset.root:
+        raise err("dataset.root is required for the synthetic corpus (the folder with train/ and test/)")
+    if cfg.dataset.kind != "synthetic" and not cfg.dataset.test:
+        raise err(f"dataset.test is required for {cfg.dataset.kind}")
+    if cfg.head not in HEADS:
+        raise err(f"head must be one of {HEADS}, not {cfg.head!r}")
+    if cfg.batch_size < 2:
+        raise err("batch_size must be >= 2 (the in-batch queries are the negatives)")
+    if cfg.queries_per_video < 1:
+        raise err("queries_per_video must be >= 1")
+    if cfg.max_steps < 1 or cfg.checkpoint_every < 1 or cfg.log_every < 1 or cfg.keep_last < 1:
+        raise err("max_steps, checkpoint_every, log_every and keep_last must be >= 1")
+    w = cfg.wsra
+    if min(w.alpha, w.beta, w.gamma, w.delta) < 0 or w.alpha + w.beta + w.gamma + w.delta == 0:
+        raise err("wsra.alpha/beta/gamma/delta must be >= 0 and not all 0")
+    if w.top_k < 0 or w.last_k < 0:
+        raise err("wsra.top_k and wsra.last_k must be >= 0")
+    if w.attention_temperature <= 0:
+        raise err("wsra.attention_temperature must be > 0")
+    if w.fuse not in ("cat", "cat_mul"):
+        raise err(f"wsra.fuse must be cat or cat_mul, not {w.fuse!r}")
+    if w.moment_score not in ("mean", "contrast"):
+        raise err(f"wsra.moment_score must be mean or contrast, not {w.moment_score!r}")
+    if cfg.features.center and cfg.features.end_to_end:
+        raise err("features.center applies to cached features; it cannot be combined with features.end_to_end")
+    if cfg.features.fps <= 0:
+        raise err("features.fps must be > 0")
+
+
+def load(path: str | None = None, overrides=()) -> FinetuneConfig:
+    cfg = cfglib.load(FinetuneConfig, path, overrides)
+    validate(cfg)
+    return cfg
+
+
+def from_dict(data: dict) -> FinetuneConfig:
+    cfg = cfglib.from_dict(FinetuneConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: FinetuneConfig) -> dict:
+    return dataclasses.asdict(cfg)

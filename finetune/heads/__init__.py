@@ -1,0 +1,20 @@
+"""Downstream heads behind one interface (base.GroundingHead). A new head (WINNER, VCMA, FSM) adds its module,
+its config section in finetune/config.py and a line in head_class / build_head."""
+from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
+
+
+def head_class(name: str) -> type[GroundingHead]:
+    if name == "wsra":
+        from finetune.heads.wsra import WSRAHead
+
+        return WSRAHead
+    raise ValueError(f"unknown head {name!r}")
+
+
+def build_head(name: str, dim: int, cfg) -> GroundingHead:
+    """The head named by FinetuneConfig.head over d-dimensional features; `cfg` is the FinetuneConfig (each head
+    reads its own section)."""
+    return head_class(name)(dim, getattr(cfg, name))
+
+
+__all__ = ["GroundingHead", "TextBatch", "TrainBatch", "VideoBatch", "build_head", "head_class"]

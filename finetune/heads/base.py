@@ -1,0 +1,77 @@
+"""The head interface every downstream head implements (WSRA now; WINNER, VCMA, FSM later).
+
+In: frame features (B, T, d), optionally region/tube features (B, T, N, d) (patch tokens of the pretrained encoder,
+or proposal/tube features a head builds itself), and query features (sentence (B, d), words (B, K, d)), all with
+validity masks. Out: a training loss, and at inference scores that finetune/predict.py turns into the evaluators'
+formats: per-frame scores rank moments (didemo, charades_sta), per-region scores give points and boxes
+(groundingyoutube, vidstg / hcstvg tubes). Heads know nothing of files, datasets, DeepSpeed or Ray.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class VideoBatch:
+    frames: torch.Tensor                       # (B, T, d) frame features
+    mask: torch.Tensor                         # (B, T) bool, True where a frame exists (videos are padded)
+    regions: torch.Tensor | None = None        # (B, T, N, d) region / tube features
+    region_mask: torch.Tensor | None = None    # (B, T, N) bool
+
+    def to(self, device) -> "VideoBatch":
+        move = (lambda x: None if x is None else x.to(device))
+        return VideoBatch(move(self.frames), move(self.mask), move(self.regions), move(self.region_mask))
+
+
+@dataclass
+class TextBatch:
+    sentence: torch.Tensor                     # (Q, d) sentence features
+    words: torch.Tensor | None = None          # (Q, K, d) word features
+    word_mask: torch.Tensor | None = None      # (Q, K) bool
+
+    def to(self, device) -> "TextBatch":
+        move = (lambda x: None if x is None else x.to(device))
+        return TextBatch(move(self.sentence), move(self.words), move(self.word_mask))
+
+
+@dataclass
+class TrainBatch:
+    """B videos, each with one weak (video-level) query: text row i describes something in video i. The other
+    rows are candidate negatives for video i. `positive` holds a pseudo-positive video per row (from the mined
+    table, docs/contracts.md section 4) with its gate lambda_i (0 where the row has none)."""
+    video: VideoBatch
+    text: TextBatch
+    positive: VideoBatch | None = None
+    positive_gate: torch.Tensor | None = None  # (B,) float in {0, 1}
+
+    def to(self, device) -> "TrainBatch":
+        return TrainBatch(self.video.to(device), self.text.to(device),
+                          None if self.positive is None else self.positive.to(device),
+                          None if self.positive_gate is None else self.positive_gate.to(device))
+
+
+class GroundingHead(nn.Module):
+    """Subclasses set `name`, `needs_regions` and implement `loss` and `frame_scores` (and `region_scores` when
+    they ground in space)."""
+
+    name = "base"
+    needs_regions = False
+
+    def loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        """{"loss": scalar with graph, other scalars (detached) for the logs}."""
+        raise NotImplementedError
+
+    def frame_scores(self, video: VideoBatch, text: TextBatch) -> torch.Tensor:
+        """(B, T): how much frame t of video b shows query b (higher = more); padded frames arbitrary."""
+        raise NotImplementedError
+
+    def region_scores(self, video: VideoBatch, text: TextBatch) -> torch.Tensor | None:
+        """(B, T, N) per-region scores of query b in video b, or None for a temporal-only head."""
+        return None
+
+    def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        # DeepSpeed's engine calls forward; training is the only use of it
+        return self.loss(batch)

@@ -1,0 +1,147 @@
+"""Head scores -> ranked moments in the evaluators' formats (docs/evaluation.md), and the evaluator call.
+
+Candidates (WSRA Sec. 4):
+- didemo: the 21 moments [s, e] of 5-s chunks (0 <= s <= e <= 5), in seconds [5 s, 5 (e + 1));
+- charades_sta (and the synthetic corpus, evaluated with its protocol): sliding windows of 20/30/40/50 % of the
+  video's duration with 80 % overlap (stride = 20 % of the window), the last window of each length flush with the
+  end of the video.
+A frame at time t stands for [t, t + 1/fps); it belongs to a moment when its middle lies inside. A moment's score
+is the mean frame score inside (`mean`) or that minus the mean outside (`contrast`, the default: with `mean` a
+short window around one high frame beats the whole action, with `contrast` a window must also leave the high
+frames out of the rest of the video); a moment that holds no frame takes the frame nearest to its middle.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from finetune.datasets import EvalQuery
+from finetune.features import TextFeatures, VideoFeatures
+from finetune.heads.base import GroundingHead, TextBatch, VideoBatch
+
+WINDOW_FRACTIONS = (0.2, 0.3, 0.4, 0.5)
+WINDOW_OVERLAP = 0.8
+DIDEMO_CHUNK_S = 5.0
+
+
+def didemo_moments() -> list[tuple[int, int]]:
+    return [(s, e) for s in range(6) for e in range(s, 6)]
+
+
+def sliding_windows(duration: float, fractions=WINDOW_FRACTIONS, overlap: float = WINDOW_OVERLAP) -> np.ndarray:
+    """(M, 2) [start, end] seconds, shortest windows first, each length from the start of the video on."""
+    out = []
+    for f in fractions:
+        length = f * duration
+        stride = (1.0 - overlap) * length
+        starts = list(np.arange(0.0, duration - length + 1e-6, stride)) if stride > 0 else [0.0]
+        if starts[-1] + length < duration - 1e-6:
+            starts.append(duration - length)
+        out += [(s, s + length) for s in starts]
+    return np.asarray(out, dtype=np.float64)
+
+
+def candidates(benchmark: str, duration: float) -> tuple[np.ndarray, list]:
+    """(spans (M, 2) in seconds, the same moments as the prediction file writes them)."""
+    if benchmark == "didemo":
+        moments = didemo_moments()
+        spans = np.array([(DIDEMO_CHUNK_S * s, DIDEMO_CHUNK_S * (e + 1)) for s, e in moments], dtype=np.float64)
+        return spans, [[s, e] for s, e in moments]
+    if benchmark == "charades_sta":
+        spans = sliding_windows(duration)
+        return spans, [[round(float(s), 3), round(float(e), 3)] for s, e in spans]
+    raise ValueError(f"no moment candidates for benchmark {benchmark!r}")
+
+
+def moment_scores(scores: np.ndarray, times: np.ndarray, spans: np.ndarray, step: float,
+                  mode: str = "contrast") -> np.ndarray:
+    """(M,) scores of candidate spans from per-frame scores (T,) at `times` (frames last `step` seconds)."""
+    mid = np.asarray(times, dtype=np.float64) + step / 2
+    inside = (mid[None, :] >= spans[:, :1]) & (mid[None, :] < spans[:, 1:])            # (M, T)
+    empty = ~inside.any(1)
+    if empty.any():
+        nearest = np.abs(mid[None, :] - spans[empty].mean(1, keepdims=True)).argmin(1)
+        inside[np.nonzero(empty)[0], nearest] = True
+    s = np.asarray(scores, dtype=np.float64)
+    n_in = inside.sum(1)
+    mean_in = (inside * s).sum(1) / n_in
+    if mode == "mean":
+        return mean_in
+    n_out = (~inside).sum(1)
+    mean_out = np.where(n_out > 0, ((~inside) * s).sum(1) / np.maximum(n_out, 1), mean_in)
+    return mean_in - mean_out
+
+
+def rank_moments(benchmark: str, scores: np.ndarray, times: np.ndarray, duration: float, step: float,
+                 mode: str) -> list:
+    spans, written = candidates(benchmark, duration)
+    ms = moment_scores(scores, times, spans, step, mode)
+    order = np.argsort(-ms, kind="stable")
+    return [written[i] for i in order]
+
+
+@torch.no_grad()
+def query_frame_scores(head: GroundingHead, feats: VideoFeatures, text: TextFeatures) -> np.ndarray:
+    """(Q, T) frame scores of the Q sentences of `text` on one video."""
+    device = next(head.parameters()).device
+    q = text.sentence.shape[0]
+    frames = torch.from_numpy(feats.frames.astype(np.float32)).to(device)
+    video = VideoBatch(frames.unsqueeze(0).expand(q, -1, -1), torch.ones(q, frames.shape[0], dtype=torch.bool,
+                                                                         device=device))
+    batch = TextBatch(torch.from_numpy(text.sentence).to(device), torch.from_numpy(text.words).to(device),
+                      torch.from_numpy(text.word_mask).to(device))
+    return head.frame_scores(video, batch).float().cpu().numpy()
+
+
+def predict(head: GroundingHead, benchmark: str, queries: list[EvalQuery], videos: dict[str, VideoFeatures],
+            text_of, fps: float, durations: dict[str, float] | None = None, mode: str = "contrast") -> dict:
+    """{query key: ranked moments}. `text_of(sentences) -> TextFeatures`. Queries whose video has no features are
+    left out (the evaluator counts them as missing)."""
+    was_training = head.training
+    head.eval()
+    by_video: dict[str, list[EvalQuery]] = {}
+    for q in queries:
+        if q.video in videos:
+            by_video.setdefault(q.video, []).append(q)
+    out = {}
+    try:
+        for vid, qs in by_video.items():
+            f = videos[vid]
+            scores = query_frame_scores(head, f, text_of([q.sentence for q in qs]))
+            duration = (durations or {}).get(vid, f.duration)
+            for q, s in zip(qs, scores):
+                out[q.key] = rank_moments(benchmark, s, f.times, duration, 1.0 / fps, mode)
+    finally:
+        head.train(was_training)
+    return out
+
+
+def chance_predictions(benchmark: str, queries: list[EvalQuery], videos: dict[str, VideoFeatures], seed: int,
+                       durations: dict[str, float] | None = None) -> dict:
+    """The same candidates in a random order per query (the chance baseline)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for q in queries:
+        if q.video not in videos:
+            continue
+        _, written = candidates(benchmark, (durations or {}).get(q.video, videos[q.video].duration))
+        out[q.key] = [written[i] for i in rng.permutation(len(written))]
+    return out
+
+
+def evaluate(benchmark: str, files: dict[str, str], predictions: str, cwd: str | None = None) -> tuple[dict, dict]:
+    """Run `python -m grounding.evaluate` (the project's evaluator CLI); (metrics in percent, counts)."""
+    cmd = [sys.executable, "-m", "grounding.evaluate", benchmark, "--annotations", files["annotations"],
+           "--predictions", predictions]
+    if files.get("durations"):
+        cmd += ["--durations", files["durations"]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"grounding.evaluate {benchmark} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    lines = proc.stdout.strip().splitlines()
+    counts = json.loads(lines[-2][len("counts: "):]) if len(lines) > 1 and lines[-2].startswith("counts: ") else {}
+    return json.loads(lines[-1]), counts

@@ -1,0 +1,376 @@
+"""One finetune: features (cached) -> head trained with DeepSpeed -> predictions -> `python -m grounding.evaluate`.
+
+    python -m finetune.train --config configs/finetune/wsra_synthetic.yaml checkpoint=RUN/export \
+        dataset.root=CORPUS [key=value ...]
+
+Runs in one process without Ray (cluster/finetune.py runs the same `run` as Ray tasks). The optimizer step is
+DeepSpeed's (pretrain.engine.build_engine: torch Adam handed to the engine, ZeRO from the JSON, fp32); a
+single process gets its own one-rank gloo group (nccl on GPU). Checkpoints are pretrain.checkpoint's (complete
+marker, keep_last, exact resume: the batch of step s is drawn from a generator seeded with (seed, s)), logs are
+pretrain.train.RunLog's. Everything lands in the run folder:
+    config.yaml, deepspeed.json, logs/, tensorboard/, checkpoints/, head.pt + head.json,
+    eval/ (annotation files the evaluator reads, when the dataset needs them written), predictions.json,
+    eval.json (the evaluator's metrics and counts), summary.json.
+"""
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import logging
+import os
+import socket
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from common import config as cfglib
+from common import fsio
+from finetune import predict as P
+from finetune.config import FinetuneConfig, resolve, to_dict
+from finetune.datasets import Adapter, WeakSample, build_adapter
+from finetune.features import FeatureStore, TextFeatures, VideoFeatures, centered, encode_video, load_encoder
+from finetune.heads import GroundingHead, TextBatch, TrainBatch, VideoBatch, build_head, head_class
+
+log = logging.getLogger(__name__)
+
+
+# --- features -------------------------------------------------------------------------------------------------
+def feature_store(cfg: FinetuneConfig, key: str | None = None) -> FeatureStore:
+    f = cfg.features
+    return FeatureStore(f.cache, cfg.checkpoint, f.fps, f.size, regions=f.regions or head_class(cfg.head).needs_regions,
+                        pixels=f.end_to_end, key=key)
+
+
+def train_videos(cfg: FinetuneConfig, adapter: Adapter) -> dict[str, str]:
+    videos = adapter.videos("train")
+    if cfg.dataset.max_train_videos > 0:
+        videos = dict(list(videos.items())[: cfg.dataset.max_train_videos])
+    return videos
+
+
+def prepare(cfg: FinetuneConfig, adapter: Adapter | None = None, model=None) -> dict:
+    """Extract whatever the cache lacks for this finetune (train and test videos, all sentences); returns counts.
+    The encoder is loaded only when something is missing. Sweeps call this once before their tasks, so the
+    tasks only read the cache."""
+    adapter = adapter or build_adapter(cfg.dataset)
+    store = feature_store(cfg)
+    videos = {**train_videos(cfg, adapter), **adapter.videos("test")}
+    sentences = [] if cfg.features.end_to_end else sorted(
+        {s.sentence for s in adapter.train_samples()} | {q.sentence for q in adapter.eval_queries()})
+    todo = store.missing(videos)
+    if model is None and ((todo and not cfg.features.end_to_end) or store.missing_text(sentences)):
+        model = load_encoder(cfg.checkpoint)
+    counts = store.extract(todo, model, cfg.features.batch_frames)
+    counts.update(videos=len(videos), cached=len(videos) - len(todo))
+    counts["new_sentences"] = store.extract_text(sentences, model) if sentences else 0
+    counts["model_key"] = store.key
+    return counts
+
+
+# --- batches --------------------------------------------------------------------------------------------------
+def _subsample(n: int, most: int) -> np.ndarray:
+    if most <= 0 or n <= most:
+        return np.arange(n)
+    return np.round(np.linspace(0, n - 1, most)).astype(np.int64)
+
+
+def _stack(rows: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, ...) zero-padded and its (B, T) validity mask from arrays of T_i rows (None: an empty row)."""
+    ref = next(r for r in rows if r is not None)
+    t = max(len(r) for r in rows if r is not None)
+    out = np.zeros((len(rows), t, *ref.shape[1:]), dtype=ref.dtype)
+    mask = np.zeros((len(rows), t), dtype=bool)
+    for i, r in enumerate(rows):
+        if r is not None:
+            out[i, :len(r)] = r
+            mask[i, :len(r)] = True
+    return torch.from_numpy(out), torch.from_numpy(mask)
+
+
+class Batcher:
+    """Step s's batch: batch_size distinct videos drawn with a generator seeded by (seed, s), each with up to
+    queries_per_video of its weak queries (one row per query; with more than one, a video's other queries are
+    negatives for it too), and, when a pseudo-positive table is given, one gated pseudo-positive video per row
+    (Eq. 10's lambda from the table's caption cosine)."""
+
+    def __init__(self, cfg: FinetuneConfig, samples: list[WeakSample], videos: dict[str, VideoFeatures],
+                 text_of, table: dict | None = None, tokenize=None, regions: bool = False):
+        self.cfg = cfg
+        self.regions = regions
+        self.videos = videos
+        self.text_of = text_of
+        self.tokenize = tokenize
+        self.by_video: dict[str, list[WeakSample]] = {}
+        for s in samples:
+            if s.video in videos:
+                self.by_video.setdefault(s.video, []).append(s)
+        self.vids = sorted(self.by_video)
+        if len(self.vids) < 2:
+            raise ValueError(f"{len(self.vids)} training video(s) with features and weak queries; need >= 2")
+        self.video_of_key = {s.key: s.video for s in samples}
+        self.table = table or {}
+
+    def _positive(self, rng, sample: WeakSample) -> str | None:
+        gated = [n for n, _, cos in self.table.get(sample.key, ())
+                 if cos > self.cfg.wsra.crov_tau and self.video_of_key.get(n) in self.videos
+                 and self.video_of_key[n] != sample.video]
+        return self.video_of_key[gated[int(rng.integers(len(gated)))]] if gated else None
+
+    def _pad(self, vids: list[str | None]) -> VideoBatch:
+        """Rows padded to the longest video (a None row is all padding); pixels instead of features end to end;
+        region features too when the head asks for them."""
+        pixels = self.cfg.features.end_to_end
+        rows, regions = [], []
+        for v in vids:
+            f = self.videos[v] if v is not None else None
+            idx = _subsample(len(f.times), self.cfg.features.max_frames) if f is not None else None
+            rows.append(None if f is None else f.pixels[idx] if pixels else f.frames[idx].astype(np.float32))
+            regions.append(None if f is None or not self.regions else f.regions[idx].astype(np.float32))
+        out, mask = _stack(rows)
+        if not self.regions:
+            return VideoBatch(out, mask)
+        reg, _ = _stack(regions)
+        return VideoBatch(out, mask, reg, mask.unsqueeze(-1).expand(*reg.shape[:3]))
+
+    def batch(self, step: int) -> tuple[TrainBatch, list[WeakSample], torch.Tensor | None]:
+        rng = np.random.default_rng([self.cfg.seed, step])
+        n = min(self.cfg.batch_size, len(self.vids))
+        picked = [self.vids[i] for i in rng.choice(len(self.vids), size=n, replace=False)]
+        chosen, samples = [], []
+        for v in picked:
+            own = self.by_video[v]
+            for i in rng.choice(len(own), size=min(self.cfg.queries_per_video, len(own)), replace=False):
+                chosen.append(v)
+                samples.append(own[int(i)])
+        video = self._pad(chosen)
+        sentences = [s.sentence for s in samples]
+        tokens = None
+        if self.tokenize is not None:  # end to end: the module encodes the text itself
+            tokens = self.tokenize(sentences)
+            text = TextBatch(torch.zeros(len(samples), 0))
+        else:
+            tf = self.text_of(sentences)
+            text = TextBatch(torch.from_numpy(tf.sentence), torch.from_numpy(tf.words),
+                             torch.from_numpy(tf.word_mask))
+        positive, gate = None, None
+        if self.table:
+            pos = [self._positive(rng, s) for s in samples]
+            if any(p is not None for p in pos):
+                positive = self._pad(pos)
+                gate = torch.tensor([p is not None for p in pos], dtype=torch.float32)
+        return TrainBatch(video, text, positive, gate), samples, tokens
+
+
+class FinetuneModule(nn.Module):
+    """What DeepSpeed wraps: the head, and in end-to-end mode the encoder whose features feed it."""
+
+    def __init__(self, head: GroundingHead, encoder: nn.Module | None = None):
+        super().__init__()
+        self.head = head
+        self.encoder = encoder
+
+    def encode_video(self, video: VideoBatch) -> VideoBatch:
+        if self.encoder is None:
+            return video
+        g, _, _ = self.encoder.encode_frames(video.frames)   # uint8 pixels -> (B, T, d)
+        return VideoBatch(g, video.mask)
+
+    def forward(self, inputs: dict) -> dict:
+        batch: TrainBatch = inputs["batch"]
+        if self.encoder is not None:
+            sentence, words, mask = self.encoder.encode_text(inputs["tokens"])
+            batch = TrainBatch(self.encode_video(batch.video), TextBatch(sentence, words, mask),
+                               None if batch.positive is None else self.encode_video(batch.positive),
+                               batch.positive_gate)
+        return self.head.loss(batch)
+
+
+# --- DeepSpeed ------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> None:
+    """A one-rank process group for this process (kept for later finetunes in the same process, e.g. a reused
+    Ray worker); an existing group (torchrun, Ray Train) is used as it is."""
+    import deepspeed
+    import torch.distributed as dist
+
+    from pretrain.engine import on_gpu
+
+    if not dist.is_initialized():
+        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
+                           "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu() else "gloo",
+                               timeout=datetime.timedelta(seconds=600))
+
+
+def engine_config(cfg: FinetuneConfig):
+    """The PretrainConfig fields pretrain.engine reads (batch, optimizer, schedule, DeepSpeed file), from ours.
+    fp32 always: the heads are small and their inputs are fp32 features."""
+    from pretrain.config import DataConfig, OptimConfig, PretrainConfig
+
+    o = cfg.optim
+    return PretrainConfig(run=cfg.run, data=DataConfig(shards="-", micro_batch=cfg.batch_size),
+                          optim=OptimConfig(optimizer="torch", lr=o.lr, weight_decay=o.weight_decay,
+                                            betas=tuple(o.betas), eps=o.eps, warmup_steps=o.warmup_steps,
+                                            min_lr_ratio=o.min_lr_ratio, grad_accum=1, grad_clip=o.grad_clip),
+                          deepspeed=cfg.deepspeed, precision="fp32", max_steps=cfg.max_steps, seed=cfg.seed)
+
+
+# --- the run --------------------------------------------------------------------------------------------------
+def _read_table(cfg: FinetuneConfig, samples: list[WeakSample]) -> tuple[dict | None, dict]:
+    if not cfg.pseudo_positives or cfg.wsra.beta <= 0:
+        return None, {}
+    from index.mining import read_table
+
+    table, counts = read_table(cfg.pseudo_positives, {s.key for s in samples}, strict=False)
+    return table, {"rows": len(table), **counts}
+
+
+def _live_features(module: FinetuneModule, videos: dict[str, VideoFeatures], batch: int):
+    """End to end: frame features of the (finetuned) encoder for every video, and a text encoder function."""
+    enc = module.encoder
+    out = {}
+    with torch.no_grad():
+        for vid, f in videos.items():
+            g, _ = encode_video(enc, f.pixels, batch, False)
+            out[vid] = VideoFeatures(vid, g, f.times, f.duration)
+
+    def text_of(sentences):
+        with torch.no_grad():
+            g, w, m = enc.encode_text(enc.tokenize(list(sentences)))
+        return TextFeatures(g.float().cpu().numpy(), w.float().cpu().numpy(), m.cpu().numpy())
+
+    return out, text_of
+
+
+def _state_bytes(module: nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+def run(cfg: FinetuneConfig) -> dict:
+    """Train (or resume) and evaluate one finetune; returns its summary (also written to summary.json)."""
+    from pretrain import checkpoint
+    from pretrain.engine import build_engine, ds_config, load_ds_file
+    from pretrain.train import RunLog
+
+    t0 = time.time()
+    cfg = resolve(cfg)
+    fsio.makedirs(cfg.run)
+    cfglib.dump(cfg, fsio.join(cfg.run, "config.yaml"))
+    adapter = build_adapter(cfg.dataset)
+    samples = adapter.train_samples()
+    queries = adapter.eval_queries()
+    feature_counts = prepare(cfg, adapter)
+    store = feature_store(cfg, feature_counts["model_key"])
+    train_feats = store.load_all(train_videos(cfg, adapter))
+    test_feats = store.load_all(adapter.videos("test"))
+    if cfg.features.center:
+        train_feats = {v: centered(f) for v, f in train_feats.items()}
+        test_feats = {v: centered(f) for v, f in test_feats.items()}
+
+    torch.manual_seed(cfg.seed)  # the head's initial weights (the untrained baseline uses the same)
+    encoder = None
+    if cfg.features.end_to_end:
+        encoder = load_encoder(cfg.checkpoint).train()
+        dim = encoder.cfg.embed_dim
+        text_of = None
+    else:
+        dim = next(iter(train_feats.values())).frames.shape[1]
+        text_of = store.text
+    head = build_head(cfg.head, dim, cfg)
+    module = FinetuneModule(head, encoder)
+    table, table_counts = _read_table(cfg, samples)
+    batcher = Batcher(cfg, samples, train_feats, text_of, table, encoder.tokenize if encoder is not None else None,
+                      regions=head.needs_regions and encoder is None)
+
+    ecfg = engine_config(cfg)
+    ds_base = load_ds_file(cfg.deepspeed)
+    fsio.write_json_atomic(fsio.join(cfg.run, "deepspeed.json"), ds_config(ecfg, 1, base=ds_base))
+    step, first_loss, last_metrics = 0, None, {}
+    if cfg.train:
+        init_distributed()
+        engine, _ = build_engine(module, ecfg, 1, base=ds_base)
+        resumed = checkpoint.latest(cfg.run)
+        if resumed is not None:
+            step = checkpoint.load(engine, cfg.run, resumed, rank=0, world=1)["step"]
+        runlog = RunLog(cfg.run, step + 1, True)
+        window: dict[str, float] = {}
+        try:
+            while step < cfg.max_steps:
+                batch, _, tokens = batcher.batch(step)
+                inputs = {"batch": batch.to(engine.device)}
+                if tokens is not None:
+                    inputs["tokens"] = tokens.to(engine.device)
+                out = engine(inputs)
+                engine.backward(out["loss"])
+                engine.step()
+                step += 1
+                scalars = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.dim() == 0}
+                first_loss = scalars["loss"] if first_loss is None else first_loss
+                runlog.step({"step": step, "t": time.time(), **scalars})
+                for k, v in scalars.items():
+                    window[k] = window.get(k, 0.0) + v
+                window["n"] = window.get("n", 0) + 1
+                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    last_metrics = {k: v / window["n"] for k, v in window.items() if k != "n"}
+                    last_metrics["step"] = step
+                    runlog.scalars(step, last_metrics)
+                    runlog.flush()
+                    window = {}
+                if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                    checkpoint.save(engine, cfg.run, step, {"step": step}, rank=0, world=1,
+                                    keep_last=cfg.keep_last)
+        finally:
+            runlog.close()
+    module.eval()
+
+    fsio.write_bytes_atomic(fsio.join(cfg.run, "head.pt"), _state_bytes(head))
+    fsio.write_json_atomic(fsio.join(cfg.run, "head.json"), {"head": cfg.head, "dim": dim, "step": step,
+                                                             "config": to_dict(cfg)[cfg.head]})
+    if encoder is not None:
+        fsio.write_bytes_atomic(fsio.join(cfg.run, "encoder.pt"), _state_bytes(encoder))
+        test_feats, text_of = _live_features(module, test_feats, cfg.features.batch_frames)
+
+    durations = {v: f.duration for v, f in test_feats.items()}
+    files = adapter.write_eval_files(fsio.join(cfg.run, "eval"), durations)
+    preds = P.predict(head, adapter.benchmark, queries, test_feats, text_of, cfg.features.fps,
+                      mode=cfg.wsra.moment_score)
+    pred_url = fsio.join(cfg.run, "predictions.json")
+    fsio.write_json_atomic(pred_url, preds)
+    summary = {"run": cfg.run, "head": cfg.head, "seed": cfg.seed, "benchmark": adapter.benchmark,
+               "steps": step, "trained": cfg.train, "first_loss": first_loss, "last": last_metrics,
+               "features": feature_counts, "pseudo_positives": table_counts,
+               "train_videos": len(batcher.vids), "train_samples": sum(len(v) for v in batcher.by_video.values()),
+               "eval_queries": len(queries), "predicted_queries": len(preds), "predictions": pred_url}
+    if cfg.evaluate:
+        metrics, counts = P.evaluate(adapter.benchmark, files, pred_url)
+        fsio.write_json_atomic(fsio.join(cfg.run, "eval.json"), {"benchmark": adapter.benchmark,
+                                                                 "metrics": metrics, "counts": counts,
+                                                                 **files, "predictions": pred_url})
+        summary["metrics"] = metrics
+        summary["eval"] = fsio.join(cfg.run, "eval.json")
+    summary["seconds"] = round(time.time() - t0, 2)
+    fsio.write_json_atomic(fsio.join(cfg.run, "summary.json"), summary)
+    return summary
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = cfglib.parse(FinetuneConfig, argv, __doc__.splitlines()[0])
+    print(json.dumps(run(cfg), default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,196 @@
+"""The finetune framework with real parts: a random stg-micro export, a tiny synthetic corpus of real mp4 videos
+(ffmpeg decoding), the on-disk feature cache, DeepSpeed's optimizer step on a one-rank gloo group, Ray tasks
+(the session's local Ray) and `python -m grounding.evaluate` on the written predictions.
+
+These check plumbing (files, counts, resume, the cache, each loss term active); whether the trained head beats
+chance and an untrained head is measured by benchmarks/finetune_wsra.py on a larger corpus.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from common import config as C
+from conftest import shared_path
+from finetune import predict as P
+from finetune.config import FinetuneConfig
+from finetune.datasets import CharadesAdapter, DidemoAdapter, SyntheticAdapter
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from shards.synthetic import SyntheticConfig, generate
+
+    out = str(tmp_path_factory.mktemp("corpus"))
+    generate(SyntheticConfig(out=out, n_train=6, n_test=2, min_seconds=12, max_seconds=14, seed=3))
+    return out
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    from pretrain.model import ModelConfig, build_model, save_export
+
+    out = str(tmp_path_factory.mktemp("pretrain") / "export")
+    torch.manual_seed(0)
+    save_export(build_model(ModelConfig(backbone="stg-micro", embed_dim=64, local_heads=2, frames_in=4,
+                                        frames_selected=2, max_words=12)), out)
+    return out
+
+
+def cfg_for(export, corpus, cache, run, *extra):
+    return C.load(FinetuneConfig, None, [f"checkpoint={export}", f"dataset.root={corpus}", f"features.cache={cache}",
+                                         f"run={run}", "batch_size=4", "max_steps=4", "checkpoint_every=2",
+                                         "log_every=1", "optim.lr=0.001", *extra])
+
+
+def records(run: str) -> list[list[dict]]:
+    out = []
+    for name in sorted(glob.glob(os.path.join(run, "logs", "*.jsonl"))):
+        out.append([json.loads(x) for x in open(name) if x.strip()])
+    return sorted(out, key=lambda r: r[0]["step"] if r else 0)
+
+
+# --- adapters on the real annotation files ----------------------------------------------------------------------
+def test_charades_adapter_reads_the_real_files():
+    root = shared_path("benchmarks", "charades_sta")
+    a = CharadesAdapter(str(root / "charades_sta_train.txt"), str(root / "charades_sta_test.txt"), "", "")
+    train, test = a.train_samples(), a.eval_queries()
+    assert len(train) == 12408 and len({s.video for s in train}) == 5338
+    assert len({s.key for s in train}) == len(train)
+    assert len(test) == 3720 and len({q.video for q in test}) == 1334
+    assert test[0].key == "0" and test[0].sentence == "person turn a light on"
+    assert a.benchmark == "charades_sta" and a.videos("test") == {}   # no videos here: nothing to extract
+
+
+def test_didemo_adapter_reads_the_real_files():
+    root = shared_path("benchmarks", "didemo")
+    a = DidemoAdapter(str(root / "val_data.json"), str(root / "test_data.json"), "")
+    assert len(a.train_samples()) == 4180
+    test = a.eval_queries()
+    assert len(test) == 4021 and len({q.video for q in test}) == 1037
+    assert a.write_eval_files("unused", {})["annotations"].endswith("test_data.json")
+
+
+def test_synthetic_adapter_keys_and_eval_files(corpus, tmp_path):
+    from shards.tarwriter import sample_key
+
+    a = SyntheticAdapter(corpus)
+    caps = json.load(open(os.path.join(corpus, "train", "caption.json")))
+    train = a.train_samples()
+    assert len(train) == sum(len(c["text"]) for c in caps.values())
+    vid = next(iter(caps))
+    assert train[0].key == sample_key(vid, 0) and train[0].sentence == caps[vid]["text"][0]
+    truth = json.load(open(os.path.join(corpus, "test", "truth", "ground_seg.json")))
+    queries = a.eval_queries()
+    assert [q.sentence for q in queries] == [s["sentence"] for segs in truth.values() for s in segs]
+    files = a.write_eval_files(str(tmp_path), {v: 13.0 for v in truth})
+    first = open(files["annotations"]).readline()
+    seg = next(iter(truth.values()))[0]
+    assert first.split("##")[0].split()[1:] == [f"{seg['segment'][0]:.2f}", f"{seg['segment'][1] + 1:.2f}"]
+
+
+# --- candidates and moment scores ---------------------------------------------------------------------------------
+def test_sliding_windows_follow_sec_4_2():
+    w = P.sliding_windows(30.0)
+    lengths = np.round(w[:, 1] - w[:, 0], 6)
+    assert sorted(set(lengths.tolist())) == [6.0, 9.0, 12.0, 15.0]
+    six = w[lengths == 6.0]
+    assert np.allclose(np.diff(six[:, 0]), 1.2)               # 80 % overlap: stride 20 % of the window
+    assert six[0, 0] == 0 and six[-1, 1] == pytest.approx(30.0) and (w >= 0).all() and (w[:, 1] <= 30 + 1e-9).all()
+    spans, written = P.candidates("didemo", 30.0)
+    assert len(written) == 21 and written[0] == [0, 0] and spans[-1].tolist() == [25.0, 30.0]
+
+
+def test_moment_scores_mean_and_contrast():
+    times = np.arange(6.0)
+    scores = np.array([0, 0, 1, 1, 0, 0], dtype=float)
+    spans = np.array([[2.0, 4.0], [0.0, 2.0], [2.0, 3.0], [10.0, 12.0]])
+    assert P.moment_scores(scores, times, spans, 1.0, "mean").tolist() == [1.0, 0.0, 1.0, 0.0]
+    # contrast: inside mean minus outside mean; the whole action beats half of it
+    c = P.moment_scores(scores, times, spans, 1.0, "contrast")
+    assert c[0] == pytest.approx(1.0) and c[2] == pytest.approx(1 - 1 / 5) and c[1] == pytest.approx(-0.5)
+    # a span past the last frame takes the nearest frame (t = 5, score 0)
+    assert c[3] == pytest.approx(0 - 2 / 5)
+    ranked = P.rank_moments("didemo", np.r_[np.zeros(10), np.ones(5), np.zeros(15)], np.arange(30.0), 30.0, 1.0,
+                            "contrast")
+    assert ranked[0] == [2, 2]
+
+
+# --- one process, no Ray --------------------------------------------------------------------------------------------
+def test_finetune_in_process_resumes_uses_the_cache_and_the_table(export, corpus, tmp_path):
+    from finetune.train import run
+    from pretrain import checkpoint
+    from shards.tarwriter import sample_key
+
+    cache, run_dir = str(tmp_path / "cache"), str(tmp_path / "run")
+    # a pseudo-positive table (contracts.md section 4) pairing every caption with one of another video
+    caps = json.load(open(os.path.join(corpus, "train", "caption.json")))
+    vids = sorted(caps)
+    table = {sample_key(v, i): [[sample_key(vids[(k + 1) % len(vids)], 0), 0.8, 0.95]]
+             for k, v in enumerate(vids) for i in range(len(caps[v]["text"]))}
+    table_url = str(tmp_path / "pp.json")
+    json.dump({"format": 1, "k": 1, "tau": 0.9, "table": table}, open(table_url, "w"))
+
+    first = run(cfg_for(export, corpus, cache, run_dir, "max_steps=2", f"pseudo_positives={table_url}"))
+    assert first["features"]["extracted"] == 8 and first["features"]["cached"] == 0
+    assert first["pseudo_positives"]["rows"] == len(table)
+    second = run(cfg_for(export, corpus, cache, run_dir, "max_steps=4", f"pseudo_positives={table_url}"))
+    assert second["features"]["extracted"] == 0 and second["features"]["cached"] == 8   # reused, not re-extracted
+    assert second["features"]["new_sentences"] == 0
+    attempts = records(run_dir)
+    assert [[r["step"] for r in a] for a in attempts] == [[1, 2], [3, 4]]                  # resumed after step 2
+    assert all(r["loss_crov"] >= 0 and r["crov_rows"] > 0 for a in attempts for r in a)  # L_crov is on
+    assert {"loss_bg", "loss_vas", "loss_ins_vas"} <= set(attempts[0][0])
+    assert checkpoint.complete_steps(run_dir) == [4]                                       # keep_last 1
+    ev = json.load(open(os.path.join(run_dir, "eval.json")))
+    assert ev["counts"]["queries"] == len(SyntheticAdapter(corpus).eval_queries())
+    assert ev["counts"]["missing_predictions"] == 0 and 0 <= ev["metrics"]["mIoU"] <= 100
+
+    # the untrained baseline: same seed, same head initialisation, no steps
+    base = run(cfg_for(export, corpus, cache, str(tmp_path / "untrained"), "train=false", "features.center=true"))
+    assert base["steps"] == 0 and not os.path.exists(os.path.join(tmp_path, "untrained", "checkpoints"))
+    trained = torch.load(os.path.join(run_dir, "head.pt"))
+    initial = torch.load(os.path.join(tmp_path, "untrained", "head.pt"))
+    assert trained.keys() == initial.keys() and any(not torch.equal(trained[k], initial[k]) for k in trained)
+
+
+def test_end_to_end_mode_trains_the_encoder(export, corpus, tmp_path):
+    from finetune.train import run
+
+    out = run(cfg_for(export, corpus, str(tmp_path / "cache"), str(tmp_path / "e2e"), "features.end_to_end=true",
+                      "max_steps=2", "features.max_frames=6"))
+    assert out["steps"] == 2 and out["features"]["extracted"] == 8
+    assert glob.glob(os.path.join(tmp_path, "cache", "pixels", "*", "*.npz"))
+    tuned = torch.load(os.path.join(tmp_path, "e2e", "encoder.pt"))
+    before = torch.load(os.path.join(export, "model.pt"))
+    assert any(not torch.equal(tuned[k], before[k]) for k in before if before[k].is_floating_point())
+    assert out["predicted_queries"] == out["eval_queries"]
+
+
+# --- Ray: a sweep of two seeds from one export -----------------------------------------------------------------------
+def test_sweep_under_ray_writes_evaluator_output(ray_cluster, export, corpus, tmp_path):
+    from cluster.finetune import run_finetunes
+
+    cfg = cfg_for(export, corpus, str(tmp_path / "cache"), "", "sweep.seeds=[0, 1]", "max_steps=3")
+    out = run_finetunes(cfg, ray_cluster)
+    assert out["features"][0]["extracted"] == 8                      # extracted once, by Ray tasks
+    jobs = out["jobs"]
+    assert [j.get("error") for j in jobs] == [None, None]
+    # results land next to the pretrain run: <run>/finetune/<name>/<job>/
+    base = os.path.join(os.path.dirname(export), "finetune", "wsra")
+    assert sorted(os.path.basename(j["run"]) for j in jobs) == ["seed0", "seed1"]
+    for j in jobs:
+        assert j["run"].startswith(base) and j["steps"] == 3
+        ev = json.load(open(os.path.join(j["run"], "eval.json")))
+        assert ev["benchmark"] == "charades_sta" and {"R1@0.3", "R1@0.5", "mIoU"} <= set(ev["metrics"])
+        preds = json.load(open(os.path.join(j["run"], "predictions.json")))
+        assert set(preds) == {q.key for q in SyntheticAdapter(corpus).eval_queries()}
+    sweep = json.load(open(out["sweep"]))
+    assert [s["seed"] for s in sweep["jobs"]] == [0, 1] and all(s["metrics"] for s in sweep["jobs"])
+    heads = [torch.load(os.path.join(j["run"], "head.pt")) for j in jobs]
+    assert any(not torch.equal(heads[0][k], heads[1][k]) for k in heads[0])   # the seeds differ
