@@ -65,25 +65,12 @@ def gather_loop(local, idx):
 
 
 def per_sample(text, mask, video, t, iters, eps):
-    """One clip at a time, like the public code's `for i in range(batch_size)` around its Sinkhorn."""
-    frames = video.shape[1]
+    """One clip at a time, like the public code's `for i in range(batch_size)` around its Sinkhorn: the word-frame
+    similarity per clip, then the per-sample exp-domain reference (pretrain.sinkhorn.select_frames_reference)."""
     picked = []
     for i in range(video.shape[0]):
-        words = text[i][mask[i]]
-        p = words @ video[i].t()                                   # (k, U)
-        k = p.shape[0]
-        kernel = torch.cat([torch.exp(p / eps), torch.ones_like(p[:1])])
-        row = torch.cat([torch.full((k,), t / frames / k, device=p.device),
-                         torch.full((1,), (frames - t) / frames, device=p.device)])
-        col = torch.full((frames,), 1.0 / frames, device=p.device)
-        v = torch.ones_like(col)
-        for _ in range(iters):
-            u = row / (kernel @ v)
-            v = col / (kernel.t() @ u)
-        q = u[:, None] * kernel * v[None, :]
-        score = (q[:k] / row[:k, None]).max(dim=0).values
-        sel = torch.sort(torch.topk(score, t).indices).values
-        picked.append(sel)
+        p = (text[i] @ video[i].t()).unsqueeze(0)                 # (1, K, U)
+        picked.append(sinkhorn.select_frames_reference(p, mask[i:i + 1], t, iters, eps)[0])
     return torch.stack(picked)
 
 

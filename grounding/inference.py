@@ -42,16 +42,16 @@ class CropGeometry:
     height: int
     size: int
 
-    def to_source(self, x: float, y: float) -> tuple[float, float]:
+    def _scale_offset(self) -> tuple[float, float, float]:
         scale = self.size / min(self.width, self.height)
-        ox = (self.width * scale - self.size) / 2
-        oy = (self.height * scale - self.size) / 2
+        return scale, (self.width * scale - self.size) / 2, (self.height * scale - self.size) / 2
+
+    def to_source(self, x: float, y: float) -> tuple[float, float]:
+        scale, ox, oy = self._scale_offset()
         return (x + ox) / scale, (y + oy) / scale
 
     def to_crop(self, x: float, y: float) -> tuple[float, float]:
-        scale = self.size / min(self.width, self.height)
-        ox = (self.width * scale - self.size) / 2
-        oy = (self.height * scale - self.size) / 2
+        scale, ox, oy = self._scale_offset()
         return x * scale - ox, y * scale - oy
 
 
@@ -140,20 +140,36 @@ def ground_video(model, frames: np.ndarray, times: np.ndarray, pool: list[str], 
     for lab, s, e in segments_from_labels(labels, times, step_s, cfg.min_segment):
         keep[(times >= s) & (times < e)] = lab
     preds = [FramePrediction(time=float(t), step="background", score=float(b)) for t, b in zip(times, best)]
-    size = frames.shape[1]
     for lab in sorted(set(keep.tolist()) - {-1}):
         idx = np.nonzero(keep == lab)[0]
         heat = spatial_heatmaps(model, frames[idx], pool[lab], cfg.batch_frames)
-        gh, gw = heat.shape[1:]
         for j, h in zip(idx, heat):
-            (px, py), (x1, y1, x2, y2) = peak_and_box(h, cfg.box_threshold)
-            sx, sy = size / gw, size / gh
             p = preds[j]
             p.step = pool[lab]
-            p.point = geometry.to_source(px * sx, py * sy)
-            p.box = (*geometry.to_source(x1 * sx, y1 * sy), *geometry.to_source(x2 * sx, y2 * sy))
+            p.point, p.box = locate(h, geometry, cfg.box_threshold)
             p.heatmap = h
     return preds
+
+
+def locate(heat: np.ndarray, geometry: CropGeometry, threshold: float):
+    """Heatmap (gh, gw) of a crop -> (point, box) in source-video pixels (see peak_and_box)."""
+    (px, py), (x1, y1, x2, y2) = peak_and_box(heat, threshold)
+    sx, sy = geometry.size / heat.shape[1], geometry.size / heat.shape[0]
+    return (geometry.to_source(px * sx, py * sy),
+            (*geometry.to_source(x1 * sx, y1 * sy), *geometry.to_source(x2 * sx, y2 * sy)))
+
+
+def segments_of(preds: list[FramePrediction], step: str, period: float) -> list[tuple[float, float]]:
+    """Maximal runs of consecutive frames predicted as `step` -> [(start_s, end_s)]."""
+    segs: list[list[float]] = []
+    for p in preds:
+        if p.step != step:
+            continue
+        if segs and p.time - segs[-1][1] < 0.5 * period:
+            segs[-1][1] = p.time + period
+        else:
+            segs.append([p.time, p.time + period])
+    return [(s, e) for s, e in segs]
 
 
 def upsample_heatmap(heat: np.ndarray, size: int) -> np.ndarray:

@@ -25,8 +25,7 @@ from common import config as C
 from common import fsio
 import torch
 
-from grounding.inference import (CropGeometry, FramePrediction, InferenceConfig, ground_video, peak_and_box,
-                                 spatial_heatmaps)
+from grounding.inference import CropGeometry, FramePrediction, InferenceConfig, ground_video, locate, spatial_heatmaps
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,8 @@ def decode(video_id: str, path: str, fps: float, size: int) -> DecodedClip:
         import tempfile
 
         tmp = tempfile.NamedTemporaryFile(suffix=os.path.splitext(path)[1], delete=False)
-        fsio.filesystem(path)[0].get_file(fsio.filesystem(path)[1], tmp.name)
+        fs, remote = fsio.filesystem(path)
+        fs.get_file(remote, tmp.name)
         local = tmp.name
     try:
         dec = decode_video(local, fps=fps, size=size)
@@ -109,10 +109,9 @@ def to_seconds(preds: list[FramePrediction]) -> dict[str, dict]:
 
 
 @torch.no_grad()
-def point_true_steps(model, clip: DecodedClip, steps: dict[int, str], batch: int = 64) -> dict[str, dict]:
+def point_true_steps(model, clip: DecodedClip, steps: dict[int, str], cfg: InferenceConfig) -> dict[str, dict]:
     """Spatial grounding alone (paper Table 3): for each annotated second, the heatmap peak of the *true* step's
     query and the box around it."""
-    size = clip.frames.shape[1]
     out: dict[str, dict] = {}
     by_step: dict[str, list[int]] = {}
     secs = np.rint(clip.times).astype(int)
@@ -121,13 +120,9 @@ def point_true_steps(model, clip: DecodedClip, steps: dict[int, str], batch: int
             by_step.setdefault(steps[int(t)], []).append(i)
             out[str(int(t))] = {}
     for step, idx in by_step.items():
-        heat = spatial_heatmaps(model, clip.frames[idx], step, batch)
-        gh, gw = heat.shape[1:]
+        heat = spatial_heatmaps(model, clip.frames[idx], step, cfg.batch_frames)
         for i, h in zip(idx, heat):
-            (px, py), (x1, y1, x2, y2) = peak_and_box(h, InferenceConfig.box_threshold)
-            sx, sy = size / gw, size / gh
-            point = clip.geometry.to_source(px * sx, py * sy)
-            box = (*clip.geometry.to_source(x1 * sx, y1 * sy), *clip.geometry.to_source(x2 * sx, y2 * sy))
+            point, box = locate(h, clip.geometry, cfg.box_threshold)
             out[str(int(secs[i]))] = {"step": step, "point": [round(v, 2) for v in point],
                                       "box": [round(v, 2) for v in box]}
     return out
@@ -154,7 +149,7 @@ def predict_videos(model, videos: list[tuple[str, str]], pools: dict | None, sha
             log.warning("%s: %s, skipped", vid, e)
             continue
         if truth_steps is not None:
-            result[vid] = point_true_steps(model, clip, truth_steps.get(vid, {}), cfg.inference.batch_frames)
+            result[vid] = point_true_steps(model, clip, truth_steps.get(vid, {}), cfg.inference)
         else:
             preds = ground_video(model, clip.frames, clip.times, pool, clip.geometry, cfg.inference)
             result[vid] = to_seconds(preds)

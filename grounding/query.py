@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from grounding.inference import InferenceConfig, ground_video
+from grounding.inference import InferenceConfig, ground_video, segments_of
 
 
 def ground_query(checkpoint, video: str, text: str, fps: float = 1.0, tau: float = 0.5, model=None) -> dict:
@@ -28,17 +28,9 @@ def ground_query(checkpoint, video: str, text: str, fps: float = 1.0, tau: float
     preds = ground_video(model, clip.frames, clip.times, [text], clip.geometry, InferenceConfig(tau=tau))
     period = 1.0 / fps
     segments = []
-    for p in preds:
-        if p.step != text:
-            continue
-        if segments and abs(p.time - segments[-1]["end"]) < 0.5 * period:
-            segments[-1]["end"] = p.time + period
-            segments[-1]["scores"].append(p.score)
-        else:
-            segments.append({"start": p.time, "end": p.time + period, "scores": [p.score]})
-    for s in segments:
-        s["score"] = round(float(np.mean(s.pop("scores"))), 4)
-        s["start"], s["end"] = round(s["start"], 3), round(s["end"], 3)
+    for start, end in segments_of(preds, text, period):
+        scores = [p.score for p in preds if p.step == text and start <= p.time < end]
+        segments.append({"start": round(start, 3), "end": round(end, 3), "score": round(float(np.mean(scores)), 4)})
     fg = [p for p in preds if p.step == text]
     best = max(fg, key=lambda p: p.score) if fg else None
     summary = {"video": video, "query": text, "segments": segments,

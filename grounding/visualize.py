@@ -18,7 +18,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from grounding.inference import FramePrediction, upsample_heatmap
+from grounding.inference import FramePrediction, segments_of, upsample_heatmap
 
 PRED_COLOUR = (255, 60, 60)
 TRUE_COLOUR = (60, 220, 60)
@@ -65,18 +65,6 @@ def timeline(width: int, duration: float, predicted: list[tuple[float, float]], 
     if cursor is not None:
         d.line([cursor * scale, 0, cursor * scale, 2 * STRIP_H], fill=(255, 255, 255), width=1)
     return im
-
-
-def segments_of(preds: list[FramePrediction], step: str, period: float) -> list[tuple[float, float]]:
-    segs: list[list[float]] = []
-    for p in preds:
-        if p.step != step:
-            continue
-        if segs and p.time - segs[-1][1] < 0.5 * period:
-            segs[-1][1] = p.time + period
-        else:
-            segs.append([p.time, p.time + period])
-    return [(s, e) for s, e in segs]
 
 
 def _caption(width: int, text: str) -> Image.Image:

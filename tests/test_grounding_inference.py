@@ -124,7 +124,7 @@ def test_predict_then_evaluate(corpus, export, tmp_path):
     assert 0 <= pg["pointing_game"] <= 100
 
 
-def test_random_segment_baseline_is_low_but_not_zero(corpus):
+def test_random_segment_baseline_is_well_formed(corpus):
     test = os.path.join(corpus, "test")
     truth = read_groundingyoutube(test)
     preds = random_segments(truth, seed=1)
@@ -132,6 +132,8 @@ def test_random_segment_baseline_is_low_but_not_zero(corpus):
     for vid, secs in preds.items():
         w, h = truth[vid].size
         assert all(0 <= e["point"][0] <= w and 0 <= e["point"][1] <= h for e in secs.values())
+        steps = {e["step"] for e in secs.values()} - {"background"}
+        assert steps and steps <= set(truth[vid].pool)
 
 
 def test_query_and_visualize_write_pictures(corpus, export, tmp_path):
