@@ -329,10 +329,6 @@ def load_model(export_dir_or_file: str, map_location: str | torch.device = "cpu"
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    own = model.state_dict()
-    for k, v in state.items():  # exports written before scalar parameters became shape (1,)
-        if k in own and v.dim() == 0 and own[k].shape == (1,):
-            state[k] = v.reshape(1)
     model.load_state_dict(state)
     return model.eval()
 
