@@ -7,6 +7,7 @@ with the demo's pretraining config on the local Ray cluster, and scores each wit
 groundingyoutube` on the synthetic test split (cluster.demo.evaluate: IoU+Point, video mAP, pointing game):
   Table 5, frame selection: sinkhorn | topk (no optimal transport) | none (evenly strided T of U)
   Table 6, losses: L_local + L_global | L_local only | L_global only
+  ours: pooled_local, L_local without its word-region term (the paper's L_local as printed, branch heatmap)
 Chance (random segments) is in the same table. Each variant's run folder is kept, so a re-run only scores.
 """
 from __future__ import annotations
@@ -28,6 +29,8 @@ VARIANTS = {
     "none": ["model.selection=none"],
     "local_only": ["model.loss_global=false"],
     "global_only": ["model.loss_local=false"],
+    # L_local as printed: pooled branch features only, heatmap from the branch's last cross-attention
+    "pooled_local": ["model.word_region_weight=0", "model.heatmap=branch"],
 }
 KEYS = ("IoU+Point", "mAP@0.1", "mAP@0.3", "mAP@0.1:0.5", "pointing_game")
 

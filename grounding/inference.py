@@ -19,7 +19,10 @@ import torch.nn.functional as F
 @dataclass
 class InferenceConfig:
     tau: float = 0.0                 # background threshold on the per-frame best score (after `normalize`)
-    normalize: str = "zscore"        # none | zscore: scores standardised per video so tau transfers across models
+    normalize: str = "query"         # none | zscore: the video's scores standardised together, so tau transfers
+                                     # across models | query: each description's scores standardised over the
+                                     # video's frames (removes a description's constant bias; a frame is
+                                     # background when no description rises above tau of its own spread)
     box_threshold: float = 0.5       # box = region around the peak above this fraction of the peak
     batch_frames: int = 64           # frames per encoder call
     min_segment: int = 1             # drop segments shorter than this many frames
@@ -77,6 +80,10 @@ def label_frames(scores: np.ndarray, cfg: InferenceConfig) -> tuple[np.ndarray, 
     s = scores
     if cfg.normalize == "zscore":
         s = (s - s.mean()) / (s.std() + 1e-8)
+    elif cfg.normalize == "query":
+        s = (s - s.mean(0, keepdims=True)) / (s.std(0, keepdims=True) + 1e-8)
+    elif cfg.normalize != "none":
+        raise ValueError(f"inference normalize must be none|zscore|query, got {cfg.normalize!r}")
     best = s.argmax(1)
     best_score = s[np.arange(len(s)), best]
     labels = np.where(best_score >= cfg.tau, best, -1)

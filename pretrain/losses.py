@@ -24,6 +24,14 @@ I_l the imposter set of clip l. Running the branch on all B^2 pairs is quadratic
 I_l = {l+1, ..., l+n} (mod B) within the rank's batch: n = `imposters` rolled pairings (all B-1 when B <= n+1).
 The imposter term is therefore rank-local; only the A term and L_global use gathered negatives.
 
+The word-region term of L_local (model.word_region_weight, on by default): the A term above can be won without
+the text, because S_{l|l} has absorbed video l's own tokens through the cross-attention; measured at demo scale,
+the pooled L_local alone left test pointing at chance (the branch's attention never found the named object).
+So L_local adds Eq. 1 on word-region scores of the projected, un-mixed tokens (word_region_scores): caption i
+and clip j score the mean over i's words of each word's best region of j, over all world * B pairs. This is the
+word-region matching of the paper's ref. [1] (Akbari et al. 2019), whose heatmaps the paper follows (Sec. 3.5),
+and the heatmap of inference is the same word-over-region attention (model.heatmap = word_region).
+
 L_crov, the cross-video term (pseudo-positives mined from the FAISS index, WSRA Sec. 3.3): clip l of the set M of
 clips that have a pseudo-positive caption P_l (the caption of a clip of *another* video whose caption agrees, WSRA
 Eq. 10) gets P_l as a second positive next to its own caption S_l, in the MIL-NCE form over the global features:
@@ -56,7 +64,21 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     import torch.distributed.nn as dist_nn
 
-    return torch.cat(dist_nn.all_gather(x.contiguous()), dim=0)
+    return _ContiguousGrad.apply(torch.cat(dist_nn.all_gather(x.contiguous()), dim=0))
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous: all_gather's backward sends the gradient
+    slices through gloo's all_to_all, which reads a strided slice (einsum's gradients are permuted views) as if
+    it were dense and hands back wrong numbers without an error."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
 
 
 def nce(logits: torch.Tensor, targets: torch.Tensor, margin: float, scale: torch.Tensor | float) -> torch.Tensor:
@@ -121,3 +143,48 @@ def multi_positive_nce(video: torch.Tensor, text: torch.Tensor, extra: torch.Ten
         count = count.clone()
         dist.all_reduce(count)
     return per_row.masked_fill(~mask, 0.0).sum() * size / count.clamp_min(1.0)
+
+
+def word_region_scores(words: torch.Tensor, mask: torch.Tensor, regions: torch.Tensor,
+                       chunk_elements: int = 1 << 26) -> torch.Tensor:
+    """s(i, j) = mean over the valid words k of caption i of max over the regions r of clip j of words[i, k] .
+    regions[j, r]: words (Bt, K, d), mask (Bt, K), regions (Bv, M, d) -> (Bt, Bv).
+
+    The (Bt, Bv, K, M) similarity is built in chunks of captions so its size stays under `chunk_elements`
+    (ViT-B/32 with 8 frames has M = 392 regions per clip); max keeps only its argmax for the backward pass."""
+    bt, k = mask.shape
+    bv, m = regions.shape[:2]
+    step = max(1, chunk_elements // max(1, bv * k * m))
+    weight = mask.to(words.dtype)
+    weight = weight / weight.sum(1, keepdim=True).clamp_min(1.0)
+    rows = []
+    for i in range(0, bt, step):
+        sim = torch.einsum("ikd,jmd->ijkm", words[i:i + step], regions)
+        rows.append((sim.amax(-1) * weight[i:i + step, None, :]).sum(-1))
+    return torch.cat(rows, 0)
+
+
+def word_region_contrastive(regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor,
+                            scale: torch.Tensor | float, margin: float, gather: bool = True) -> torch.Tensor:
+    """Symmetric nce of Eq. 1 on word-region scores (word_region_scores), negatives from all ranks.
+
+    The pooled local features of Sec. 3.3 let a caption match its clip through the video content the
+    cross-attention mixed into it; scoring each word by its best-matching region of the *other* modality's
+    un-mixed tokens (the word-region matching of Akbari et al. 2019, ref. [1] of the paper) leaves no such
+    shortcut, so the words have to find their regions. regions (B, M, d) and words (B, K, d) L2-normalised."""
+    rank, size = world() if gather else (0, 1)
+    all_regions = gather_with_grad(regions) if size > 1 else regions
+    all_words = gather_with_grad(words) if size > 1 else words
+    all_mask = _gather_plain(mask) if size > 1 else mask
+    targets = torch.arange(regions.shape[0], device=regions.device) + rank * regions.shape[0]
+    t2v = nce(word_region_scores(words, mask, all_regions), targets, margin, scale)
+    v2t = nce(word_region_scores(all_words, all_mask, regions).t(), targets, margin, scale)
+    return 0.5 * (v2t + t2v)
+
+
+def _gather_plain(x: torch.Tensor) -> torch.Tensor:
+    """all_gather without gradients; bool travels as uint8 (gloo has no bool all_gather)."""
+    y = x.to(torch.uint8) if x.dtype == torch.bool else x
+    out = [torch.empty_like(y) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, y.contiguous())
+    return torch.cat(out, 0).to(x.dtype)

@@ -14,7 +14,7 @@ Encoder API used by the trainer, grounding/, the index and finetune/:
         # {"loss" (graph), "loss_local", "loss_global", "logit_scale" (detached scalars), "selected": (B, T)}
         # + "loss_crossvideo", "crossvideo_frac" when pp_tokens are given and cfg.cross_video
     model.frame_scores(fg, tg)                      # (U, d) x (Q, d) -> (U, Q) cosine; (B, U, d) -> (B, U, Q)
-    model.heatmap(frames, tokens)                   # (B, T, gh, gw): local-branch attention of the query
+    model.heatmap(frames, tokens)                   # (B, T, gh, gw): word-over-region attention of the query
 """
 from __future__ import annotations
 
@@ -272,6 +272,9 @@ class GlobalLocalModel(nn.Module):
         if len(shifts) > 1:
             pair = (v_bar * s_bar).sum(-1).view(len(shifts), b).t()             # m(i, i + s): (B, 1 + n)
             loss = loss + cfg.imposter_weight * losses.imposter_nce(pair, scale, cfg.margin)
+        if cfg.word_region_weight > 0:
+            loss = loss + cfg.word_region_weight * losses.word_region_contrastive(
+                video, text, mask, scale, cfg.margin, cfg.gather)
         return loss
 
     # --- inference helpers ----------------------------------------------------------------------------------
@@ -281,8 +284,9 @@ class GlobalLocalModel(nn.Module):
 
     def heatmap(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Spatial grounding of query b in frames b: (B, T, H, W, 3) uint8 or (B, T, 3, S, S) with tokens (B, L)
-        -> (B, T, gh, gw), the local branch's final word-to-region attention averaged over the query's words
-        (it sums to 1 over the T*gh*gw regions of a clip)."""
+        -> (B, T, gh, gw), word-to-region attention averaged over the query's words (it sums to 1 over the
+        T*gh*gw regions of a clip): of the projected tokens f', g' (cfg.heatmap word_region, what the word-region
+        term of L_local trains) or of the local branch's last cross-attention (branch)."""
         images = self._images(frames)
         if images.dim() == 4:
             images = images.unsqueeze(0)
@@ -292,7 +296,11 @@ class GlobalLocalModel(nn.Module):
         if words.shape[0] != b:
             raise ValueError(f"heatmap: {b} clips but {words.shape[0]} queries")
         video, text = self._local_inputs(tok, words, mask)
-        _, _, att = self.local(video, text, mask, t)                              # (B, K, T*N)
+        if self.cfg.heatmap == "word_region":   # each word's softmax over the regions of its cosine similarity
+            sim = text @ video.transpose(1, 2) / self.cfg.attention_temperature
+            att = sim.softmax(dim=-1)                                             # (B, K, T*N)
+        else:
+            _, _, att = self.local(video, text, mask, t)                          # (B, K, T*N)
         m = mask.unsqueeze(-1).to(att.dtype)
         att = (att * m).sum(1) / m.sum(1).clamp_min(1.0)
         return att.view(b, t, *self.grid)

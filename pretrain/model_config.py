@@ -35,6 +35,10 @@ class ModelConfig:
     margin: float = 0.1               # delta of Eq. 1 (cosine units, subtracted from the positive)
     temperature: float = 0.07         # tau: logits are cosine / tau (CLIP's initial value)
     learn_temperature: bool = True    # tau is a trained parameter (clamped at 1/100)
+    word_region_weight: float = 1.0   # + this * word-region nce in L_local (losses.word_region_contrastive); 0: the
+                                      # paper's pooled L_local alone (ablation)
+    heatmap: str = "word_region"      # word_region: word-over-region attention of the projected tokens f', g';
+                                      # branch: the local branch's last cross-attention (the paper's Sec. 3.5)
     imposters: int = 3                # CoMMA imposter pairings per clip for L_local (see pretrain/losses.py)
     imposter_weight: float = 1.0      # weight of the imposter term of L_local (0: only gathered negatives)
     gather: bool = True               # negatives from all ranks (all_gather with gradients)
@@ -53,6 +57,10 @@ class ModelConfig:
         if not 1 <= self.frames_selected <= self.frames_in:
             raise ValueError(f"model.frames_selected must be in [1, frames_in={self.frames_in}], "
                              f"got {self.frames_selected}")
+        if self.heatmap not in ("word_region", "branch"):
+            raise ValueError(f"model.heatmap must be word_region|branch, got {self.heatmap!r}")
+        if self.word_region_weight < 0:
+            raise ValueError(f"model.word_region_weight must be >= 0, got {self.word_region_weight}")
         if self.local_attention not in ("frame", "clip"):
             raise ValueError(f"model.local_attention must be frame|clip, got {self.local_attention!r}")
         if not (self.loss_local or self.loss_global):

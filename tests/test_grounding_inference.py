@@ -34,6 +34,19 @@ def test_label_frames_threshold_marks_background():
     assert labels.tolist() == [0, 1, -1] and best.tolist() == [0.9, 0.8, 0.15]
 
 
+def test_label_frames_query_normalisation_removes_a_description_bias():
+    # description 0 scores high everywhere (a bias), description 1 peaks in frames 2-3, nothing in frame 5
+    scores = np.array([[0.80, 0.10], [0.81, 0.11], [0.79, 0.40], [0.80, 0.42], [0.95, 0.12], [0.78, 0.09]])
+    whole, _ = label_frames(scores, InferenceConfig(tau=-10.0, normalize="zscore"))
+    assert whole.tolist() == [0, 0, 0, 0, 0, 0]
+    labels, best = label_frames(scores, InferenceConfig(tau=0.5, normalize="query"))
+    assert labels.tolist() == [-1, -1, 1, 1, 0, -1]
+    col = (scores - scores.mean(0)) / scores.std(0)
+    np.testing.assert_allclose(best, col.max(1), rtol=1e-6)
+    with pytest.raises(ValueError):
+        label_frames(scores, InferenceConfig(normalize="minmax"))
+
+
 def test_peak_and_box_takes_the_connected_region_only():
     heat = np.zeros((6, 6))
     heat[1:3, 1:4] = 0.8

@@ -93,3 +93,67 @@ def test_gathered_negatives_match_single_process():
     half = (losses.contrastive(_features(xv[:4], w0), _features(xt[:4], w0), 7.0, 0.15)
             + losses.contrastive(_features(xv[4:], w0), _features(xt[4:], w0), 7.0, 0.15)) / 2
     assert abs(half.item() - loss.item()) > 1e-3
+
+
+def test_word_region_scores_hand_computed():
+    # caption 0: two words, caption 1: one word (second masked); clip 0: 2 regions, clip 1: 3 regions
+    words = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8], [9.0, 9.0]]])
+    mask = torch.tensor([[True, True], [True, False]])
+    regions = torch.tensor([[[1.0, 0.0], [0.8, 0.6], [0.0, 0.0]], [[0.0, 1.0], [0.6, 0.8], [-1.0, 0.0]]])
+    got = losses.word_region_scores(words, mask, regions)
+    # s(i, j) = mean over valid words of the best region's dot product
+    want = torch.tensor([[(1.0 + 0.6) / 2, (0.6 + 1.0) / 2],
+                         [max(0.6, 0.96, 0.0), max(0.8, 1.0, -0.6)]])
+    torch.testing.assert_close(got, want)
+    # chunking over captions gives the same matrix
+    torch.testing.assert_close(losses.word_region_scores(words, mask, regions, chunk_elements=1), want)
+    # the nce on it is Eq. 1 over those scores (margin on the positive)
+    scale, margin = 5.0, 0.1
+    loss = losses.word_region_contrastive(regions, words, mask, scale, margin, gather=False)
+    t2v = sum(-math.log(math.exp(scale * (want[i, i] - margin)) /
+                        (math.exp(scale * (want[i, i] - margin)) + math.exp(scale * want[i, 1 - i]))) for i in range(2)) / 2
+    v2t = sum(-math.log(math.exp(scale * (want[j, j] - margin)) /
+                        (math.exp(scale * (want[j, j] - margin)) + math.exp(scale * want[1 - j, j]))) for j in range(2)) / 2
+    assert abs(loss.item() - 0.5 * (t2v + v2t)) < 1e-5
+
+
+def _word_region_inputs(xv, xt, mask, w):
+    return torch.nn.functional.normalize(xv @ w, dim=-1), torch.nn.functional.normalize(xt @ w, dim=-1) * mask[..., None]
+
+
+def _wr_worker(rank, world, port, xv, xt, mask, w0, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        b = xv.shape[0] // world
+        w = w0.clone().requires_grad_(True)
+        sl = slice(rank * b, (rank + 1) * b)
+        regions, words = _word_region_inputs(xv[sl], xt[sl], mask[sl], w)
+        loss = losses.word_region_contrastive(regions, words, mask[sl], 6.0, 0.1)
+        loss.backward()
+        grads = w.grad.flatten().clone()
+        dist.all_reduce(grads)
+        total = loss.detach().clone()
+        dist.all_reduce(total)
+        if rank == 0:
+            torch.save({"loss": total / world, "grads": grads / world}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_word_region_gathered_matches_single_process():
+    gen = torch.Generator().manual_seed(1)
+    xv, xt = torch.randn(8, 5, 6, generator=gen), torch.randn(8, 4, 6, generator=gen)
+    mask = torch.rand(8, 4, generator=gen) > 0.3
+    mask[:, 0] = True
+    w0 = torch.randn(6, 5, generator=gen)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rank0.pt")
+        mp.spawn(_wr_worker, args=(2, _free_port(), xv, xt, mask, w0, out), nprocs=2, join=True)
+        dist_res = torch.load(out)
+    w = w0.clone().requires_grad_(True)
+    regions, words = _word_region_inputs(xv, xt, mask, w)
+    loss = losses.word_region_contrastive(regions, words, mask, 6.0, 0.1)
+    loss.backward()
+    torch.testing.assert_close(dist_res["loss"], loss.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(dist_res["grads"], w.grad.flatten(), atol=1e-6, rtol=1e-5)

@@ -122,10 +122,38 @@ def test_loss_switches():
 
 def test_heatmap(model):
     batch = _batch(model, b=2)
+    maps = {}
+    for mode in ("word_region", "branch"):
+        model.cfg = _cfg(heatmap=mode)
+        try:
+            with torch.no_grad():
+                maps[mode] = heat = model.heatmap(batch["frames"][:, :3], batch["tokens"])
+        finally:
+            model.cfg = _cfg()
+        assert heat.shape == (2, 3, 8, 8)
+        torch.testing.assert_close(heat.sum(dim=(1, 2, 3)), torch.ones(2))
+    assert not torch.allclose(maps["word_region"], maps["branch"])
+    # word_region: each word's softmax over the regions of cos(g'(word), f'(region)) / t, averaged over words
     with torch.no_grad():
-        heat = model.heatmap(batch["frames"][:, :3], batch["tokens"])
-    assert heat.shape == (2, 3, 8, 8)
-    torch.testing.assert_close(heat.sum(dim=(1, 2, 3)), torch.ones(2))
+        _, fl, _ = model.encode_frames(batch["frames"][:, :3])
+        _, tl, mask = model.encode_text(batch["tokens"])
+        att = (torch.einsum("bkd,bmd->bkm", tl, fl.flatten(1, 2)) / model.cfg.attention_temperature).softmax(-1)
+        want = (att * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    torch.testing.assert_close(maps["word_region"].flatten(1), want, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError):
+        _cfg(heatmap="gradcam")
+
+
+def test_word_region_term_switch():
+    torch.manual_seed(0)
+    with_term = build_model(_cfg(imposters=0))
+    without = build_model(_cfg(imposters=0, word_region_weight=0.0))
+    without.load_state_dict(with_term.state_dict())
+    batch = _batch(with_term)
+    a, b = with_term(batch), without(batch)
+    # the same model, the same pooled terms: the word-region nce is what L_local gains
+    assert a["loss_local"].item() > b["loss_local"].item()
+    torch.testing.assert_close(a["loss_global"], b["loss_global"])
 
 
 def test_pretrained_local_file_and_export_roundtrip(tmp_path):
