@@ -1,0 +1,147 @@
+"""Fast learning probe: the pretraining model trained in one process on a decoded shard set, with test pointing
+and per-frame action accuracy measured along the way; prints one JSON object (the curve, chance in the same run).
+
+    python benchmarks/learning_probe.py --shards runs/demo/shards --test runs/demo/corpus/test \
+        [--steps 1000] [--batch 32] [--lr 1e-3] [--clips-per-video 1] [--evals 5] [model.key=value ...]
+
+No Ray, no DeepSpeed, no loader: batches are drawn at random from all clips held in memory (or `--clips-per-video
+k`: B/k videos with k clips each, so that same-video negatives appear), so a model/loss question is answered in
+minutes (docs/pretraining.md has the table this produced). Model settings: configs/pretrain/demo.yaml's `model`
+section plus overrides. Pointing: the heatmap peak of the true step's query on each annotated second at 1 fps;
+action accuracy: the argmax over the video's action pool of the per-description standardised global similarity on
+the annotated seconds (chance: the mean of 1 / pool size).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def load_clips(shards: str):
+    import numpy as np
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    from pretrain.data import decode_sample
+
+    frames, captions, videos = [], [], []
+    for tar in sorted(glob.glob(os.path.join(shards, "*.tar"))):
+        with open(tar, "rb") as fh:
+            for raw in group_by_keys({**f, "__url__": tar} for f in tar_file_iterator(fh)):
+                clip, caption, _ = decode_sample(raw)
+                frames.append(clip)
+                captions.append(caption)
+                videos.append(raw["__key__"].rsplit("__", 1)[0])
+    return np.stack(frames), captions, np.asarray(videos)
+
+
+def evaluate(model, clips: dict, truth: dict) -> dict:
+    import numpy as np
+    import torch
+
+    from grounding.inference import locate, spatial_heatmaps, temporal_scores
+
+    model.eval()
+    hits = frames = point_hits = points = 0
+    chance = []
+    with torch.no_grad():
+        for vid, clip in clips.items():
+            v = truth[vid]
+            pool = [s for s in v.pool if s != "background"]
+            chance.append(1.0 / len(pool))
+            s = temporal_scores(model, clip.frames, pool)
+            s = (s - s.mean(0, keepdims=True)) / (s.std(0, keepdims=True) + 1e-8)
+            by_step: dict = {}
+            for i, t in enumerate(np.rint(clip.times).astype(int)):
+                if int(t) in v.boxes:
+                    step, box = v.boxes[int(t)]
+                    frames += 1
+                    hits += pool[int(s[i].argmax())] == step
+                    by_step.setdefault(step, []).append((i, box))
+            for step, items in by_step.items():
+                heat = spatial_heatmaps(model, clip.frames[[i for i, _ in items]], step)
+                for (_, box), h in zip(items, heat):
+                    (x, y), _ = locate(h, clip.geometry, 0.5)
+                    points += 1
+                    point_hits += box[0] <= x <= box[2] and box[1] <= y <= box[3]
+    model.train()
+    return {"pointing": round(point_hits / points, 4), "action_acc": round(hits / frames, 4),
+            "action_chance": round(float(np.mean(chance)), 4)}
+
+
+def main() -> int:
+    import numpy as np
+    import torch
+
+    from common import config as C
+    from grounding.predict import decode
+    from grounding.readers.groundingyoutube import read_groundingyoutube
+    from pretrain.config import PretrainConfig
+    from pretrain.model import build_model
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shards", default="runs/demo/shards")
+    p.add_argument("--test", default="runs/demo/corpus/test")
+    p.add_argument("--config", default=os.path.join(ROOT, "configs/pretrain/demo.yaml"))
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--clips-per-video", type=int, default=1)
+    p.add_argument("--evals", type=int, default=5)
+    p.add_argument("--test-videos", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*", help="model.key=value")
+    args = p.parse_args()
+
+    cfg = C.load(PretrainConfig, args.config, [f"data.shards={args.shards}", *args.overrides])
+    torch.manual_seed(args.seed)
+    model = build_model(cfg.model)
+    frames, captions, videos = load_clips(args.shards)
+    by_video = {v: np.nonzero(videos == v)[0] for v in sorted(set(videos.tolist()))}
+    names = list(by_video)
+    truth = read_groundingyoutube(args.test)
+    clips = {vid: decode(vid, os.path.join(args.test, "videos", f"{vid}.mp4"), 1.0, model.image_size)
+             for vid in sorted(truth)[:args.test_videos]}
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=cfg.optim.weight_decay)
+    warm = cfg.optim.warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * (
+        cfg.optim.min_lr_ratio + (1 - cfg.optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps)
+                                                                                   / args.steps))))
+    rng = np.random.default_rng(args.seed)
+    curve = [{"step": 0, **evaluate(model, clips, truth)}]
+    t0 = time.time()
+    k = max(1, args.clips_per_video)
+    for step in range(1, args.steps + 1):
+        if k > 1:
+            chosen = rng.choice(len(names), args.batch // k, replace=False)
+            idx = np.concatenate([rng.choice(by_video[names[c]], k, replace=len(by_video[names[c]]) < k)
+                                  for c in chosen])
+        else:
+            idx = rng.choice(len(frames), args.batch, replace=False)
+        out = model({"frames": torch.from_numpy(frames[idx]), "tokens": model.tokenize([captions[i] for i in idx])})
+        opt.zero_grad()
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        opt.step()
+        sched.step()
+        if step % max(1, args.steps // args.evals) == 0 or step == args.steps:
+            curve.append({"step": step, **{k_: round(float(out[k_].detach()), 4) for k_ in
+                                           ("loss", "loss_local", "loss_global", "logit_scale")},
+                          **evaluate(model, clips, truth), "seconds": round(time.time() - t0, 1)})
+            print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
+    print(json.dumps({"benchmark": "learning_probe", "shards": args.shards, "clips": len(frames),
+                      "videos": len(names), "batch": args.batch, "clips_per_video": k, "lr": args.lr,
+                      "overrides": args.overrides, "curve": curve}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
