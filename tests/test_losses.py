@@ -1,13 +1,10 @@
+import functools
 import math
-import os
-import socket
-import tempfile
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from pretrain import losses
+from two_ranks import one_process, share, two_ranks
 
 
 def _eq1(pos, negs, margin, scale):
@@ -47,48 +44,20 @@ def _features(x, w):
     return torch.nn.functional.normalize(x @ w, dim=-1)
 
 
-def _worker(rank, world, port, xv, xt, w0, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        b = xv.shape[0] // world
-        w = w0.clone().requires_grad_(True)
-        scale = torch.tensor(7.0, requires_grad=True)
-        sl = slice(rank * b, (rank + 1) * b)
-        loss = losses.contrastive(_features(xv[sl], w), _features(xt[sl], w), scale, 0.15)
-        loss.backward()
-        # data-parallel averaging, as DDP / DeepSpeed do
-        grads = torch.cat([w.grad.flatten(), scale.grad.view(1)])
-        dist.all_reduce(grads)
-        total = loss.detach().clone()
-        dist.all_reduce(total)
-        if rank == 0:
-            torch.save({"loss": total / world, "grads": grads / world}, out)
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _contrastive_loss(xv, xt, rank, world, w, scale):
+    return losses.contrastive(_features(share(xv, rank, world), w), _features(share(xt, rank, world), w), scale, 0.15)
 
 
 def test_gathered_negatives_match_single_process():
     gen = torch.Generator().manual_seed(0)
     xv, xt = torch.randn(8, 6, generator=gen), torch.randn(8, 6, generator=gen)
     w0 = torch.randn(6, 5, generator=gen)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "rank0.pt")
-        mp.spawn(_worker, args=(2, _free_port(), xv, xt, w0, out), nprocs=2, join=True)
-        dist_res = torch.load(out)
-    w = w0.clone().requires_grad_(True)
-    scale = torch.tensor(7.0, requires_grad=True)
-    loss = losses.contrastive(_features(xv, w), _features(xt, w), scale, 0.15)
-    loss.backward()
-    ref = torch.cat([w.grad.flatten(), scale.grad.view(1)])
-    torch.testing.assert_close(dist_res["loss"], loss.detach(), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(dist_res["grads"], ref, atol=1e-6, rtol=1e-5)
+    params = [w0, torch.tensor(7.0)]
+    fn = functools.partial(_contrastive_loss, xv, xt)
+    dist_loss, dist_grads = two_ranks(fn, params)
+    loss, ref = one_process(fn, params)
+    torch.testing.assert_close(dist_loss, loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(dist_grads, ref, atol=1e-6, rtol=1e-5)
     # without gathering, each rank only sees its own 4 negatives: a different (smaller) loss
     half = (losses.contrastive(_features(xv[:4], w0), _features(xt[:4], w0), 7.0, 0.15)
             + losses.contrastive(_features(xv[4:], w0), _features(xt[4:], w0), 7.0, 0.15)) / 2
@@ -117,28 +86,11 @@ def test_word_region_scores_hand_computed():
     assert abs(loss.item() - 0.5 * (t2v + v2t)) < 1e-5
 
 
-def _word_region_inputs(xv, xt, mask, w):
-    return torch.nn.functional.normalize(xv @ w, dim=-1), torch.nn.functional.normalize(xt @ w, dim=-1) * mask[..., None]
-
-
-def _wr_worker(rank, world, port, xv, xt, mask, w0, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        b = xv.shape[0] // world
-        w = w0.clone().requires_grad_(True)
-        sl = slice(rank * b, (rank + 1) * b)
-        regions, words = _word_region_inputs(xv[sl], xt[sl], mask[sl], w)
-        loss = losses.word_region_contrastive(regions, words, mask[sl], 6.0, 0.1)
-        loss.backward()
-        grads = w.grad.flatten().clone()
-        dist.all_reduce(grads)
-        total = loss.detach().clone()
-        dist.all_reduce(total)
-        if rank == 0:
-            torch.save({"loss": total / world, "grads": grads / world}, out)
-    finally:
-        dist.destroy_process_group()
+def _word_region_loss(xv, xt, mask, rank, world, w):
+    xv, xt, mask = (share(x, rank, world) for x in (xv, xt, mask))
+    regions = torch.nn.functional.normalize(xv @ w, dim=-1)
+    words = torch.nn.functional.normalize(xt @ w, dim=-1) * mask[..., None]
+    return losses.word_region_contrastive(regions, words, mask, 6.0, 0.1)
 
 
 def test_word_region_gathered_matches_single_process():
@@ -147,13 +99,8 @@ def test_word_region_gathered_matches_single_process():
     mask = torch.rand(8, 4, generator=gen) > 0.3
     mask[:, 0] = True
     w0 = torch.randn(6, 5, generator=gen)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "rank0.pt")
-        mp.spawn(_wr_worker, args=(2, _free_port(), xv, xt, mask, w0, out), nprocs=2, join=True)
-        dist_res = torch.load(out)
-    w = w0.clone().requires_grad_(True)
-    regions, words = _word_region_inputs(xv, xt, mask, w)
-    loss = losses.word_region_contrastive(regions, words, mask, 6.0, 0.1)
-    loss.backward()
-    torch.testing.assert_close(dist_res["loss"], loss.detach(), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(dist_res["grads"], w.grad.flatten(), atol=1e-6, rtol=1e-5)
+    fn = functools.partial(_word_region_loss, xv, xt, mask)
+    dist_loss, dist_grads = two_ranks(fn, [w0])
+    loss, ref = one_process(fn, [w0])
+    torch.testing.assert_close(dist_loss, loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(dist_grads, ref, atol=1e-6, rtol=1e-5)

@@ -3,22 +3,20 @@ deterministic choice of a neighbour's caption, unknown keys, and a short Ray Tra
 with the switch off)."""
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import math
 import os
-import tempfile
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from index.errors import UnknownKeys
 from pretrain import data, losses
 from pretrain.pseudo_positives import PseudoPositives, scan_captions
 from pretrain_fixtures import make_shards
-from test_losses import _free_port
+from two_ranks import one_process, share, two_ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "pretrain", "tiny.yaml")
@@ -48,23 +46,9 @@ def test_crossvideo_term_hand_worked():
     assert none.item() == 0.0 and vg.grad.abs().sum() == 0
 
 
-def _crov_worker(rank, world, port, xv, xt, xp, mask, w0, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        b = xv.shape[0] // world
-        sl = slice(rank * b, (rank + 1) * b)
-        w = w0.clone().requires_grad_(True)
-        f = lambda x: torch.nn.functional.normalize(x @ w, dim=-1)
-        loss = losses.multi_positive_nce(f(xv[sl]), f(xt[sl]), f(xp[sl]), mask[sl], 5.0, 0.1)
-        loss.backward()
-        grad, total = w.grad.clone(), loss.detach().clone()
-        dist.all_reduce(grad)  # data-parallel averaging
-        dist.all_reduce(total)
-        if rank == 0:
-            torch.save({"loss": total / world, "grad": grad / world}, out)
-    finally:
-        dist.destroy_process_group()
+def _crov_loss(xv, xt, xp, mask, rank, world, w):
+    f = lambda x: torch.nn.functional.normalize(share(x, rank, world) @ w, dim=-1)  # noqa: E731
+    return losses.multi_positive_nce(f(xv), f(xt), f(xp), share(mask, rank, world), 5.0, 0.1)
 
 
 def test_crossvideo_term_gathered_matches_single_process():
@@ -72,16 +56,11 @@ def test_crossvideo_term_gathered_matches_single_process():
     xv, xt, xp = (torch.randn(8, 6, generator=gen) for _ in range(3))
     w0 = torch.randn(6, 5, generator=gen)
     mask = torch.tensor([True, False, True, True, False, False, False, False])  # rank 1 has none of its own
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "rank0.pt")
-        mp.spawn(_crov_worker, args=(2, _free_port(), xv, xt, xp, mask, w0, out), nprocs=2, join=True)
-        got = torch.load(out)
-    w = w0.clone().requires_grad_(True)
-    f = lambda x: torch.nn.functional.normalize(x @ w, dim=-1)
-    ref = losses.multi_positive_nce(f(xv), f(xt), f(xp), mask, 5.0, 0.1)
-    ref.backward()
-    torch.testing.assert_close(got["loss"], ref.detach(), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(got["grad"], w.grad, atol=1e-6, rtol=1e-5)
+    fn = functools.partial(_crov_loss, xv, xt, xp, mask)
+    got_loss, got_grad = two_ranks(fn, [w0])
+    ref_loss, ref_grad = one_process(fn, [w0])
+    torch.testing.assert_close(got_loss, ref_loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got_grad, ref_grad, atol=1e-6, rtol=1e-5)
 
 
 def test_model_adds_the_term_only_when_switched_on():
