@@ -46,33 +46,31 @@ def evaluate(model, clips: dict, truth: dict) -> dict:
     import numpy as np
     import torch
 
-    from grounding.inference import locate, spatial_heatmaps, temporal_scores
+    from grounding.inference import InferenceConfig, label_frames, locate, spatial_heatmaps, temporal_scores
+    from grounding.metrics import pointing_game
 
+    every_frame = InferenceConfig(tau=-np.inf, normalize="query")  # best action per frame, no background
     model.eval()
-    hits = frames = point_hits = points = 0
-    chance = []
+    correct, points, boxes, chance = [], [], [], []
     with torch.no_grad():
         for vid, clip in clips.items():
             v = truth[vid]
             pool = [s for s in v.pool if s != "background"]
             chance.append(1.0 / len(pool))
-            s = temporal_scores(model, clip.frames, pool)
-            s = (s - s.mean(0, keepdims=True)) / (s.std(0, keepdims=True) + 1e-8)
+            labels, _ = label_frames(temporal_scores(model, clip.frames, pool), every_frame)
             by_step: dict = {}
             for i, t in enumerate(np.rint(clip.times).astype(int)):
                 if int(t) in v.boxes:
                     step, box = v.boxes[int(t)]
-                    frames += 1
-                    hits += pool[int(s[i].argmax())] == step
+                    correct.append(pool[labels[i]] == step)
                     by_step.setdefault(step, []).append((i, box))
             for step, items in by_step.items():
                 heat = spatial_heatmaps(model, clip.frames[[i for i, _ in items]], step)
                 for (_, box), h in zip(items, heat):
-                    (x, y), _ = locate(h, clip.geometry, 0.5)
-                    points += 1
-                    point_hits += box[0] <= x <= box[2] and box[1] <= y <= box[3]
+                    points.append(locate(h, clip.geometry, 0.5)[0])
+                    boxes.append(box)
     model.train()
-    return {"pointing": round(point_hits / points, 4), "action_acc": round(hits / frames, 4),
+    return {"pointing": round(pointing_game(points, boxes), 4), "action_acc": round(float(np.mean(correct)), 4),
             "action_chance": round(float(np.mean(chance)), 4)}
 
 
