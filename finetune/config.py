@@ -60,6 +60,8 @@ class WsraConfig:
     fuse: str = "cat"                # phi input: cat = Cat(v, t) (Eq. 2) | cat_mul = Cat(v, t, v*t)
     dropout: float = 0.1
     moment_score: str = "contrast"   # how frame scores rank a candidate moment: mean | contrast (in - out)
+    epsilon: float = 0.0             # our addition: weight of the video-query NCE (losses_wsra.loss_video_query_nce)
+    nce_temperature: float = 0.05    # its logit temperature (phi lies in (0, 1))
 
 
 @dataclass
@@ -154,8 +156,10 @@ def validate(cfg: FinetuneConfig) -> None:
     if cfg.max_steps < 1 or cfg.checkpoint_every < 1 or cfg.log_every < 1 or cfg.keep_last < 1:
         raise err("max_steps, checkpoint_every, log_every and keep_last must be >= 1")
     w = cfg.wsra
-    if min(w.alpha, w.beta, w.gamma, w.delta) < 0 or w.alpha + w.beta + w.gamma + w.delta == 0:
-        raise err("wsra.alpha/beta/gamma/delta must be >= 0 and not all 0")
+    if min(w.alpha, w.beta, w.gamma, w.delta, w.epsilon) < 0 or w.alpha + w.beta + w.gamma + w.delta + w.epsilon == 0:
+        raise err("wsra.alpha/beta/gamma/delta/epsilon must be >= 0 and not all 0")
+    if w.nce_temperature <= 0:
+        raise err("wsra.nce_temperature must be > 0")
     if w.top_k < 0 or w.last_k < 0:
         raise err("wsra.top_k and wsra.last_k must be >= 0")
     if w.attention_temperature <= 0:

@@ -14,6 +14,8 @@ Readings of the text, where it leaves room:
 - u_b of Eq. 9 is not written out; "the soft aggregation over all segments" is taken as Eq. 1's background form
   with the weights of Eq. 8: u_b = 1/(M - 1) sum_i (1 - gamma_i) u_i.
 - Eq. 4's snippet-level weight beta is defined in the paper but no loss of Eq. 11 uses it, so it is not here.
+
+`loss_video_query_nce` is not in the paper (config `wsra.epsilon`, 0 = off): see its docstring and docs/finetune.md.
 """
 from __future__ import annotations
 
@@ -117,3 +119,27 @@ def loss_crov(u_f: torch.Tensor, u_b: torch.Tensor, v_f: torch.Tensor, gate: tor
 def crov_gate(caption_cosine: torch.Tensor, tau: float) -> torch.Tensor:
     """Eq. 10: lambda = 1 where the two captions' cosine exceeds tau, else 0."""
     return (caption_cosine > tau).to(torch.float32)
+
+
+def attention_pooled(phi: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """sum_t alpha_t phi_t with alpha = softmax(phi / temperature) over valid frames (Eq. 2's weights applied to
+    phi itself): a soft maximum of a query's frame scores in a video. phi (..., T), mask broadcastable -> (...)."""
+    return (masked_softmax(phi / temperature, mask, dim=-1) * phi).sum(-1)
+
+
+def loss_video_query_nce(pooled: torch.Tensor, temperature: float, groups: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+    """Multiple-instance NCE in both directions (our addition to Eq. 11). pooled (N, N): [i, j] = the
+    attention-pooled score of query j in video i (attention_pooled); row i's positive is query i. Each query
+    must find its own video among the batch's videos (cross-entropy over a column) and each video its own query
+    (over a row). Eqs. 5-6 ask only the second (which query fits this video, by hinges on phi); on the synthetic
+    corpus those terms alone leave the head no better than untrained, and adding this one makes it learn
+    (docs/finetune.md has the figures).
+    `groups` (N,): rows of the same video (several of its queries in one batch) are not negatives of each other."""
+    n = pooled.shape[0]
+    logits = pooled / temperature
+    if groups is not None:
+        same = (groups[:, None] == groups[None, :]) & ~torch.eye(n, dtype=torch.bool, device=pooled.device)
+        logits = logits.masked_fill(same, float("-inf"))
+    target = torch.arange(n, device=pooled.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))

@@ -162,7 +162,8 @@ class Batcher:
             if any(p is not None for p in pos):
                 positive = self._pad(pos)
                 gate = torch.tensor([p is not None for p in pos], dtype=torch.float32)
-        return TrainBatch(video, text, positive, gate), samples, tokens
+        groups = torch.tensor([picked.index(v) for v in chosen], dtype=torch.long)
+        return TrainBatch(video, text, positive, gate, groups), samples, tokens
 
 
 class FinetuneModule(nn.Module):
@@ -185,7 +186,7 @@ class FinetuneModule(nn.Module):
             sentence, words, mask = self.encoder.encode_text(inputs["tokens"])
             batch = TrainBatch(self.encode_video(batch.video), TextBatch(sentence, words, mask),
                                None if batch.positive is None else self.encode_video(batch.positive),
-                               batch.positive_gate)
+                               batch.positive_gate, batch.groups)
         return self.head.loss(batch)
 
 

@@ -122,6 +122,30 @@ def test_moment_scores_mean_and_contrast():
 
 
 # --- one process, no Ray --------------------------------------------------------------------------------------------
+def test_batcher_marks_rows_of_the_same_video():
+    from finetune.datasets import WeakSample
+    from finetune.features import TextFeatures, VideoFeatures
+    from finetune.train import Batcher
+
+    rng = np.random.default_rng(0)
+    videos = {f"v{i}": VideoFeatures(f"v{i}", rng.normal(size=(5 + i, 4)).astype(np.float16), np.arange(5.0 + i),
+                                     5.0 + i) for i in range(3)}
+    samples = [WeakSample(f"v{i}__s{j:04d}", f"v{i}", f"caption {i} {j}") for i in range(3) for j in range(3)]
+
+    def text_of(sentences):
+        return TextFeatures(np.ones((len(sentences), 4), np.float32), np.ones((len(sentences), 2, 4), np.float32),
+                            np.ones((len(sentences), 2), bool))
+
+    cfg = C.load(FinetuneConfig, None, ["checkpoint=x", "batch_size=3", "queries_per_video=2"])
+    batch, rows, _ = Batcher(cfg, samples, videos, text_of).batch(0)
+    assert len(rows) == 6 and len({r.key for r in rows}) == 6
+    groups = batch.groups.tolist()
+    for a in range(6):
+        for b in range(6):
+            assert (groups[a] == groups[b]) == (rows[a].video == rows[b].video)
+    assert batch.video.mask.sum(1).tolist() == [len(videos[r.video].times) for r in rows]
+
+
 def test_finetune_in_process_resumes_uses_the_cache_and_the_table(export, corpus, tmp_path):
     from finetune.train import run
     from pretrain import checkpoint

@@ -113,6 +113,29 @@ def test_crov_gate_eq10():
     assert L.crov_gate(B([0.95, 0.9, 0.5]), 0.9).tolist() == [1.0, 0.0, 0.0]
 
 
+def test_attention_pooled_is_a_soft_maximum_over_valid_frames():
+    phi = B([[0.2, 0.8, 0.5]])
+    every = torch.ones(1, 3, dtype=torch.bool)
+    assert float(L.attention_pooled(phi, every, 1e-4)) == pytest.approx(0.8, abs=1e-6)    # cold: the maximum
+    assert float(L.attention_pooled(phi, every, 1e4)) == pytest.approx(0.5, abs=1e-4)     # hot: the mean
+    w = math.exp(0.2 / 0.1) / (math.exp(0.2 / 0.1) + math.exp(0.5 / 0.1))
+    got = L.attention_pooled(phi, B([[True, False, True]]), 0.1)                         # 0.8 is padding
+    assert float(got) == pytest.approx(w * 0.2 + (1 - w) * 0.5, abs=1e-6)
+
+
+def test_video_query_nce_both_directions_and_same_video_rows():
+    pooled = B([[1.0, 0.0], [0.5, 0.25]])          # [video, query]
+    # rows (video -> its query): -log softmax([1, 0])[0], -log softmax([0.5, 0.25])[1]
+    rows = math.log(1 + math.exp(-1.0)) + math.log(1 + math.exp(0.25))
+    # columns (query -> its video): -log softmax([1, 0.5])[0], -log softmax([0, 0.25])[1]
+    cols = math.log(1 + math.exp(-0.5)) + math.log(1 + math.exp(-0.25))
+    got = L.loss_video_query_nce(pooled, 1.0)
+    assert float(got) == pytest.approx(0.5 * (rows / 2 + cols / 2), abs=1e-6)
+    # two queries of the same video are not each other's negatives: nothing left to contrast
+    assert float(L.loss_video_query_nce(pooled, 1.0, groups=B([3, 3]))) == pytest.approx(0.0, abs=1e-6)
+    assert float(L.loss_video_query_nce(pooled, 0.5)) != pytest.approx(float(got), abs=1e-3)  # temperature
+
+
 def _batch(n=6, t=5, d=8, seed=0, positives=False):
     g = torch.Generator().manual_seed(seed)
     frames = torch.nn.functional.normalize(torch.randn(n, t, d, generator=g), dim=-1)
@@ -144,7 +167,11 @@ def test_head_sums_eq11_and_each_weight_switches_its_term():
     assert float(only_vas["loss"].detach()) == pytest.approx(float(out["loss_vas"]), rel=1e-6)
     # without pseudo-positives the cross-video term is off whatever its weight
     no_pos = _head(alpha=0.5, beta=0.25, gamma=2.0, delta=1.5)(_batch(positives=False))
-    assert "loss_crov" not in no_pos
+    assert "loss_crov" not in no_pos and "loss_nce" not in no_pos   # our NCE is off unless epsilon > 0
+    with_nce = _head(alpha=0.5, beta=0.0, gamma=0.0, delta=0.0, epsilon=2.0)(batch)
+    assert set(k for k in with_nce if k.startswith("loss_")) == {"loss_bg", "loss_nce"}
+    assert float(with_nce["loss"].detach()) == pytest.approx(
+        float(0.5 * with_nce["loss_bg"] + 2.0 * with_nce["loss_nce"]), rel=1e-6)
 
 
 def test_head_loss_trains_phi_and_scores_are_per_frame():

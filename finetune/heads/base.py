@@ -46,11 +46,12 @@ class TrainBatch:
     text: TextBatch
     positive: VideoBatch | None = None
     positive_gate: torch.Tensor | None = None  # (B,) float in {0, 1}
+    groups: torch.Tensor | None = None         # (B,) long: rows with equal values are queries of the same video
 
     def to(self, device) -> "TrainBatch":
-        return TrainBatch(self.video.to(device), self.text.to(device),
-                          None if self.positive is None else self.positive.to(device),
-                          None if self.positive_gate is None else self.positive_gate.to(device))
+        move = (lambda x: None if x is None else x.to(device))
+        return TrainBatch(self.video.to(device), self.text.to(device), move(self.positive),
+                          move(self.positive_gate), move(self.groups))
 
 
 class GroundingHead(nn.Module):

@@ -1,5 +1,6 @@
 """WSRA head: the referring attention phi(v, t) = Sigmoid(FC(Cat(v, t))) (Eq. 2) trained with Eq. 11,
-alpha L_bg + beta L_crov + gamma L_vas + delta L_ins-vas (finetune/losses_wsra.py).
+alpha L_bg + beta L_crov + gamma L_vas + delta L_ins-vas (finetune/losses_wsra.py), plus, when wsra.epsilon > 0,
+epsilon times our video-query NCE on attention-pooled scores (losses_wsra.loss_video_query_nce).
 
 FC is two layers (Linear -> ReLU -> Linear): with a single linear layer, w . Cat(v, t) = w_v . v + w_t . t, the
 query would only add a constant to every frame's score, and the softmax of Eq. 2 would rank the frames of a video
@@ -54,9 +55,9 @@ class WSRAHead(GroundingHead):
         v, mask, t = batch.video.frames, batch.video.mask, batch.text.sentence
         n = v.shape[0]
         idx = torch.arange(n, device=v.device)
-        need_pairs = cfg.delta > 0
+        need_pairs = cfg.delta > 0 or cfg.epsilon > 0
         if need_pairs:
-            phi_all = self.pair_scores(v, t)                                 # (N, N, T)
+            phi_all = self.pair_scores(v, t)                                 # (N, N, T): [video, query, frame]
             alpha_all = L.referring_attention(phi_all / cfg.attention_temperature, mask.unsqueeze(1))
             alpha = alpha_all[idx, idx]
         else:
@@ -79,6 +80,10 @@ class WSRAHead(GroundingHead):
             if cfg.delta > 0:
                 parts["loss_ins_vas"] = L.loss_ins_vas(alpha_all, phi_all, negatives, mask, cfg.margin)
                 total = total + cfg.delta * parts["loss_ins_vas"]
+        if cfg.epsilon > 0:
+            pooled = L.attention_pooled(phi_all, mask.unsqueeze(1), cfg.attention_temperature)
+            parts["loss_nce"] = L.loss_video_query_nce(pooled, cfg.nce_temperature, batch.groups)
+            total = total + cfg.epsilon * parts["loss_nce"]
         gate = batch.positive_gate
         if cfg.beta > 0 and batch.positive is not None and gate is not None and bool(gate.any()):
             u_f, u_b = L.cross_video_attention(batch.positive.frames, batch.positive.mask, v_f)
