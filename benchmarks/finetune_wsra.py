@@ -1,15 +1,16 @@
 """WSRA finetune on the synthetic corpus vs chance and vs the same head untrained; prints one JSON object.
 
     python benchmarks/finetune_wsra.py --checkpoint RUN/export [--corpus DIR | --n-train 160 --n-test 40]
-        [--out runs/bench-finetune-wsra] [--steps 300] [--ceiling] [key=value ...]
+        [--out runs/bench-finetune-wsra] [--steps 300] [--seeds 0,1,2] [--ceiling] [key=value ...]
 
 The finetune settings are configs/finetune/wsra_synthetic.yaml (--config) plus key=value overrides.
 
 Queries are the test split's truth steps; the metric is Charades-STA's (R@{1,5} at IoU {0.3,0.5,0.7}, mIoU, in
 percent) from `python -m grounding.evaluate charades_sta` (see finetune/datasets.py for why). Chance ranks the
 same candidate windows in a random order (mean over 5 seeds); "untrained" is the head at the trained run's
-initialisation (same seed), predicting with the same features. Without --checkpoint, a randomly initialised
-stg-tiny encoder (64 px) is exported and used. `--ceiling` adds a diagnostic that is *not* weakly supervised:
+initialisation (same seed), predicting with the same features. With several --seeds (head initialisation and
+batch order), trained and untrained are the means over them and `per_seed` lists each. Without --checkpoint, a
+randomly initialised stg-tiny encoder (64 px) is exported and used. `--ceiling` adds a diagnostic that is *not* weakly supervised:
 the same head trained per frame on the train split's hidden truth (binary cross-entropy on "this frame shows this
 step"), i.e. how far these features can take the head at all.
 """
@@ -98,6 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-test", type=int, default=40)
     p.add_argument("--out", default="runs/bench-finetune-wsra")
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seeds", default="0", help="comma-separated finetune seeds; figures are their means")
     p.add_argument("--config", default=os.path.join(ROOT, "configs", "finetune", "wsra_synthetic.yaml"))
     p.add_argument("--chance-seeds", type=int, default=5)
     p.add_argument("--ceiling", action="store_true", help="also train the supervised diagnostic (hidden truth)")
@@ -123,13 +125,18 @@ def main(argv=None) -> int:
     base = [f"checkpoint={checkpoint}", "dataset.kind=synthetic", f"dataset.root={corpus}",
             f"features.cache={os.path.join(args.out, 'features')}", f"max_steps={args.steps}",
             f"checkpoint_every={args.steps}", *args.overrides]
-    trained_cfg = C.load(FinetuneConfig, args.config, base + [f"run={os.path.join(args.out, 'trained')}"])
-    untrained_cfg = C.load(FinetuneConfig, args.config, base + [f"run={os.path.join(args.out, 'untrained')}",
-                                                                "train=false"])
+    seeds = [int(x) for x in args.seeds.split(",")]
 
+    def config(seed: int, trained: bool):
+        name = f"{'trained' if trained else 'untrained'}" + (f"-seed{seed}" if len(seeds) > 1 else "")
+        return C.load(FinetuneConfig, args.config, base + [f"run={os.path.join(args.out, name)}", f"seed={seed}",
+                                                           *([] if trained else ["train=false"])])
+
+    trained_cfg = config(seeds[0], True)
     prep = prepare(resolve(trained_cfg))
-    trained = run(trained_cfg)
-    untrained = run(untrained_cfg)
+    runs = [(run(config(s, True)), run(config(s, False))) for s in seeds]
+    trained_runs, untrained_runs = [r[0] for r in runs], [r[1] for r in runs]
+    trained = trained_runs[0]
 
     cfg = resolve(trained_cfg)
     adapter = build_adapter(cfg.dataset)
@@ -147,14 +154,21 @@ def main(argv=None) -> int:
     def pick(m: dict) -> dict:
         return {k: round(m[k], 3) for k in KEYS if k in m}
 
+    def mean(rs: list) -> dict:
+        return {k: sum(r["metrics"][k] for r in rs) / len(rs) for k in KEYS}
+
+    t_mean, u_mean = mean(trained_runs), mean(untrained_runs)
+
     out = {
         "benchmark": "finetune_wsra (synthetic corpus, charades_sta protocol)",
         "checkpoint": checkpoint, "corpus": corpus, "steps": trained["steps"],
         "train_videos": trained["train_videos"], "train_samples": trained["train_samples"],
         "eval_queries": trained["eval_queries"], "features": prep,
-        "trained": pick(trained["metrics"]), "untrained": pick(untrained["metrics"]), "chance": pick(chance),
-        "ratio_vs_chance": {k: round(trained["metrics"][k] / max(chance[k], 1e-9), 3) for k in KEYS},
-        "ratio_vs_untrained": {k: round(trained["metrics"][k] / max(untrained["metrics"][k], 1e-9), 3) for k in KEYS},
+        "seeds": seeds, "trained": pick(t_mean), "untrained": pick(u_mean), "chance": pick(chance),
+        "ratio_vs_chance": {k: round(t_mean[k] / max(chance[k], 1e-9), 3) for k in KEYS},
+        "ratio_vs_untrained": {k: round(t_mean[k] / max(u_mean[k], 1e-9), 3) for k in KEYS},
+        "per_seed": {str(s): {"trained": pick(t["metrics"]), "untrained": pick(u["metrics"])}
+                     for s, (t, u) in zip(seeds, runs)},
         "loss_first_last": [trained["first_loss"], trained["last"].get("loss")],
         "last_losses": {k: round(v, 4) for k, v in trained["last"].items() if k.startswith("loss")},
     }

@@ -52,7 +52,7 @@ class DemoConfig:
     second_round_steps: int = 300
     pictures: int = 3
     finetune: bool = True              # a short WSRA finetune from the export (issue 6), trained vs untrained head
-    finetune_steps: int = 150
+    finetune_steps: int = 300
     chance_seeds: int = 5
     tau: float = 0.0                   # background threshold of inference (z-scored similarity)
     ray_address: str = ""
