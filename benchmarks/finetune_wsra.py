@@ -10,9 +10,9 @@ percent) from `python -m grounding.evaluate charades_sta` (see finetune/datasets
 same candidate windows in a random order (mean over 5 seeds); "untrained" is the head at the trained run's
 initialisation (same seed), predicting with the same features. With several --seeds (head initialisation and
 batch order), trained and untrained are the means over them and `per_seed` lists each. Without --checkpoint, a
-randomly initialised stg-tiny encoder (64 px) is exported and used. `--ceiling` adds a diagnostic that is *not* weakly supervised:
-the same head trained per frame on the train split's hidden truth (binary cross-entropy on "this frame shows this
-step"), i.e. how far these features can take the head at all.
+randomly initialised stg-tiny encoder (64 px) is exported and used. `--ceiling` adds a diagnostic that is *not*
+weakly supervised: the same head trained per frame on the train split's hidden truth (binary cross-entropy on
+"this frame shows this step", 64 truth steps per batch), i.e. how far these features can take the head at all.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/stground/torch_extensions"))
 
 
-def supervised_ceiling(cfg, out_dir: str, steps: int, batch: int = 32) -> dict:
+def supervised_ceiling(cfg, out_dir: str, steps: int, batch: int = 64) -> dict:
     """Diagnostic: phi trained per frame with the train split's truth segments; evaluated like the others."""
     import numpy as np
     import torch
@@ -40,7 +40,7 @@ def supervised_ceiling(cfg, out_dir: str, steps: int, batch: int = 32) -> dict:
     from finetune.datasets import build_adapter
     from finetune.features import centered
     from finetune.heads import build_head
-    from finetune.train import feature_store, train_videos
+    from finetune.train import _stack, feature_store, train_videos
 
     adapter = build_adapter(cfg.dataset)
     store = feature_store(cfg)
@@ -55,16 +55,16 @@ def supervised_ceiling(cfg, out_dir: str, steps: int, batch: int = 32) -> dict:
     opt = torch.optim.Adam(head.parameters(), lr=cfg.optim.lr)
     rng = np.random.default_rng(cfg.seed)
     for _ in range(steps):
-        loss = 0.0
-        for i in rng.choice(len(items), size=batch):
-            vid, sentence, (a, b) = items[i]
-            f = train[vid]
-            text = torch.from_numpy(store.text([sentence]).sentence)
-            phi = head.phi(torch.from_numpy(f.frames.astype(np.float32)), text)
-            target = torch.from_numpy(((f.times >= a) & (f.times < b + 1)).astype(np.float32))
-            loss = loss + F.binary_cross_entropy(phi.clamp(1e-6, 1 - 1e-6), target)
+        picked = [items[i] for i in rng.choice(len(items), size=batch)]
+        frames, mask = _stack([train[v].frames.astype(np.float32) for v, _, _ in picked])
+        target, _ = _stack([((train[v].times >= a) & (train[v].times < b + 1)).astype(np.float32)
+                            for v, _, (a, b) in picked])
+        text = torch.from_numpy(store.text([s for _, s, _ in picked]).sentence)
+        phi = head.phi(frames, text.unsqueeze(1))                            # (batch, T)
+        bce = F.binary_cross_entropy(phi.clamp(1e-6, 1 - 1e-6), target, reduction="none")
+        loss = (bce * mask).sum() / mask.sum()
         opt.zero_grad()
-        (loss / batch).backward()
+        loss.backward()
         opt.step()
     preds = P.predict(head, adapter.benchmark, adapter.eval_queries(), test, store.text, cfg.features.fps,
                       mode=cfg.wsra.moment_score)

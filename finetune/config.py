@@ -156,7 +156,8 @@ def validate(cfg: FinetuneConfig) -> None:
     if cfg.max_steps < 1 or cfg.checkpoint_every < 1 or cfg.log_every < 1 or cfg.keep_last < 1:
         raise err("max_steps, checkpoint_every, log_every and keep_last must be >= 1")
     w = cfg.wsra
-    if min(w.alpha, w.beta, w.gamma, w.delta, w.epsilon) < 0 or w.alpha + w.beta + w.gamma + w.delta + w.epsilon == 0:
+    weights = (w.alpha, w.beta, w.gamma, w.delta, w.epsilon)
+    if min(weights) < 0 or sum(weights) == 0:
         raise err("wsra.alpha/beta/gamma/delta/epsilon must be >= 0 and not all 0")
     if w.nce_temperature <= 0:
         raise err("wsra.nce_temperature must be > 0")

@@ -121,16 +121,10 @@ def crov_gate(caption_cosine: torch.Tensor, tau: float) -> torch.Tensor:
     return (caption_cosine > tau).to(torch.float32)
 
 
-def attention_pooled(phi: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
-    """sum_t alpha_t phi_t with alpha = softmax(phi / temperature) over valid frames (Eq. 2's weights applied to
-    phi itself): a soft maximum of a query's frame scores in a video. phi (..., T), mask broadcastable -> (...)."""
-    return (masked_softmax(phi / temperature, mask, dim=-1) * phi).sum(-1)
-
-
 def loss_video_query_nce(pooled: torch.Tensor, temperature: float, groups: torch.Tensor | None = None
                          ) -> torch.Tensor:
     """Multiple-instance NCE in both directions (our addition to Eq. 11). pooled (N, N): [i, j] = the
-    attention-pooled score of query j in video i (attention_pooled); row i's positive is query i. Each query
+    score of query j in video i, its frame scores phi pooled by Eq. 2's weights; row i's positive is query i. Each query
     must find its own video among the batch's videos (cross-entropy over a column) and each video its own query
     (over a row). Eqs. 5-6 ask only the second (which query fits this video, by hinges on phi); on the synthetic
     corpus those terms alone leave the head no better than untrained, and adding this one makes it learn

@@ -140,12 +140,13 @@ class Batcher:
         rng = np.random.default_rng([self.cfg.seed, step])
         n = min(self.cfg.batch_size, len(self.vids))
         picked = [self.vids[i] for i in rng.choice(len(self.vids), size=n, replace=False)]
-        chosen, samples = [], []
-        for v in picked:
+        chosen, samples, groups = [], [], []
+        for g, v in enumerate(picked):
             own = self.by_video[v]
             for i in rng.choice(len(own), size=min(self.cfg.queries_per_video, len(own)), replace=False):
                 chosen.append(v)
                 samples.append(own[int(i)])
+                groups.append(g)
         video = self._pad(chosen)
         sentences = [s.sentence for s in samples]
         tokens = None
@@ -162,8 +163,7 @@ class Batcher:
             if any(p is not None for p in pos):
                 positive = self._pad(pos)
                 gate = torch.tensor([p is not None for p in pos], dtype=torch.float32)
-        groups = torch.tensor([picked.index(v) for v in chosen], dtype=torch.long)
-        return TrainBatch(video, text, positive, gate, groups), samples, tokens
+        return TrainBatch(video, text, positive, gate, torch.tensor(groups)), samples, tokens
 
 
 class FinetuneModule(nn.Module):

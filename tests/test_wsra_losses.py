@@ -113,16 +113,6 @@ def test_crov_gate_eq10():
     assert L.crov_gate(B([0.95, 0.9, 0.5]), 0.9).tolist() == [1.0, 0.0, 0.0]
 
 
-def test_attention_pooled_is_a_soft_maximum_over_valid_frames():
-    phi = B([[0.2, 0.8, 0.5]])
-    every = torch.ones(1, 3, dtype=torch.bool)
-    assert float(L.attention_pooled(phi, every, 1e-4)) == pytest.approx(0.8, abs=1e-6)    # cold: the maximum
-    assert float(L.attention_pooled(phi, every, 1e4)) == pytest.approx(0.5, abs=1e-4)     # hot: the mean
-    w = math.exp(0.2 / 0.1) / (math.exp(0.2 / 0.1) + math.exp(0.5 / 0.1))
-    got = L.attention_pooled(phi, B([[True, False, True]]), 0.1)                         # 0.8 is padding
-    assert float(got) == pytest.approx(w * 0.2 + (1 - w) * 0.5, abs=1e-6)
-
-
 def test_video_query_nce_both_directions_and_same_video_rows():
     pooled = B([[1.0, 0.0], [0.5, 0.25]])          # [video, query]
     # rows (video -> its query): -log softmax([1, 0])[0], -log softmax([0.5, 0.25])[1]
@@ -172,6 +162,30 @@ def test_head_sums_eq11_and_each_weight_switches_its_term():
     assert set(k for k in with_nce if k.startswith("loss_")) == {"loss_bg", "loss_nce"}
     assert float(with_nce["loss"].detach()) == pytest.approx(
         float(0.5 * with_nce["loss_bg"] + 2.0 * with_nce["loss_nce"]), rel=1e-6)
+
+
+def test_head_nce_pools_phi_by_eq2_attention_over_valid_frames():
+    def pooled(phi, mask, tau):  # how the head pools: Eq. 2's weights at temperature tau applied to phi itself
+        return (L.referring_attention(phi / tau, mask) * phi).sum(-1)
+
+    phi = B([[0.2, 0.8, 0.5]])
+    every = torch.ones(1, 3, dtype=torch.bool)
+    assert float(pooled(phi, every, 1e-4)) == pytest.approx(0.8, abs=1e-6)    # cold: the maximum
+    assert float(pooled(phi, every, 1e4)) == pytest.approx(0.5, abs=1e-4)     # hot: the mean
+    w = math.exp(0.2 / 0.1) / (math.exp(0.2 / 0.1) + math.exp(0.5 / 0.1))
+    got = pooled(phi, B([[True, False, True]]), 0.1)                         # 0.8 is padding
+    assert float(got) == pytest.approx(w * 0.2 + (1 - w) * 0.5, abs=1e-6)
+
+    head = _head(alpha=0.0, beta=0.0, gamma=0.0, delta=0.0, epsilon=1.0, attention_temperature=0.1)
+    batch = _batch()                                                         # video 0 has 2 padded frames
+    out = head(batch)
+    phi_all = head.pair_scores(batch.video.frames, batch.text.sentence)
+    expected = L.loss_video_query_nce(pooled(phi_all, batch.video.mask.unsqueeze(1), 0.1), head.cfg.nce_temperature)
+    assert float(out["loss_nce"]) == pytest.approx(float(expected), rel=1e-6)
+    frames = batch.video.frames.clone()
+    frames[0, -2:] = 5.0                                                     # what sits in padding does not count
+    again = head(TrainBatch(VideoBatch(frames, batch.video.mask), batch.text))
+    assert float(again["loss_nce"]) == pytest.approx(float(out["loss_nce"]), rel=1e-6)
 
 
 def test_head_loss_trains_phi_and_scores_are_per_frame():

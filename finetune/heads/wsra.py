@@ -81,7 +81,7 @@ class WSRAHead(GroundingHead):
                 parts["loss_ins_vas"] = L.loss_ins_vas(alpha_all, phi_all, negatives, mask, cfg.margin)
                 total = total + cfg.delta * parts["loss_ins_vas"]
         if cfg.epsilon > 0:
-            pooled = L.attention_pooled(phi_all, mask.unsqueeze(1), cfg.attention_temperature)
+            pooled = (alpha_all * phi_all).sum(-1)   # each query's frame scores pooled by Eq. 2's weights: a soft max
             parts["loss_nce"] = L.loss_video_query_nce(pooled, cfg.nce_temperature, batch.groups)
             total = total + cfg.epsilon * parts["loss_nce"]
         gate = batch.positive_gate
