@@ -329,6 +329,7 @@ def run(cfg: FinetuneConfig) -> dict:
                     runlog.flush()
                     window = {}
                 if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                    runlog.flush()  # before the marker: a resume does not re-run these steps (pretrain/train.py)
                     checkpoint.save(engine, cfg.run, step, {"step": step}, rank=0, world=1,
                                     keep_last=cfg.keep_last)
         finally:

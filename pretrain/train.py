@@ -160,11 +160,13 @@ def run(cfg: PretrainConfig, report: Report | None = None, ds_base: dict | None 
         local_skipped = dict(skipped_before + loader.skipped)
         trainer_state = {"step": step, "data": loader.position.to_dict(), "skipped": local_skipped,
                          "epoch": loader.position.epoch}
+        # the log first: a resume never re-runs the steps of a complete checkpoint, so their records must be on
+        # disk before the checkpoint's marker is (a crash in between would lose them for good)
+        runlog.flush()
         url = checkpoint.save(engine, cfg.run, step, trainer_state, rank=rank, world=world,
                               keep_last=cfg.keep_last,
                               extra_marker={"model_config": model_config, "skipped_this_attempt": skipped})
         last_saved = step
-        runlog.flush()
         if report:
             report({**last_metrics, "step": step, "checkpoint_step": step}, url)
 
