@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Sequence, TypeVar
 
 import yaml
 
+from common.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError, ValueError):
+    """A config that cannot be meant: unknown key, wrong type, out-of-range value, unreadable YAML."""
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -63,13 +66,38 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
-def from_dict(cls: type[T], data: dict, where: str = "") -> T:
+def field_paths(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted field name of a config dataclass, sections included."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        out.append(path)
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.extend(field_paths(tp, path + "."))
+    return out
+
+
+def from_dict(cls: type[T], data: dict, where: str = "", root: type | None = None) -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+        # name the section a misplaced key really lives in (`lr` given at the top level means `optim.lr`)
+        paths = field_paths(root or cls)
+        hints_for = []
+        for k in sorted(unknown):
+            elsewhere = [p for p in paths if p.rsplit(".", 1)[-1] == k]
+            if elsewhere:
+                hints_for.append(f"{k!r} is {' or '.join(elsewhere)}")
+        hint = f" ({'; '.join(hints_for)})" if hints_for else ""
+        raise ConfigError(f"{where or cls.__name__}: unknown keys {sorted(unknown)}{hint}; known: {sorted(names)}")
+    kwargs = {}
+    for k, v in data.items():
+        tp, at = hints[k], f"{where}.{k}" if where else k
+        kwargs[k] = from_dict(tp, v, at, root or cls) if dataclasses.is_dataclass(tp) and isinstance(v, dict) \
+            else _coerce(tp, v, at)
     return cls(**kwargs)
 
 
@@ -93,29 +121,99 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, except that `1e-3` and `1e9` are floats (PyYAML reads them as strings
+    because YAML 1.1 asks for a dot and a signed exponent)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str, what: str) -> Any:
+    """Parse YAML with the float rule above; a syntax error is a ConfigError naming `what`."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{what}: not valid YAML{at}: {problem}") from None
+
+
 def load(cls: type[T], path: str | None = None, overrides: Sequence[str] = ()) -> T:
     """Defaults, then the YAML file at `path`, then `a.b=value` overrides (values parsed as YAML)."""
     data: dict = to_dict(cls())
     if path:
         from common import fsio
 
-        loaded = yaml.safe_load(fsio.read_text(path)) or {}
+        if not fsio.exists(path):
+            raise ConfigError(f"config file [{path}]: not found")
+        loaded = yaml_load(fsio.read_text(path), f"config file [{path}]") or {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
+            raise ConfigError(f"config file [{path}]: top level must be a mapping")
         data = merge(data, loaded)
     for ov in overrides:
         if "=" not in ov:
-            raise ConfigError(f"override {ov!r} is not of the form key=value")
+            raise ConfigError(f"override [{ov}]: not of the form key=value")
         key, raw = ov.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+        _set_dotted(data, key.strip(), yaml_load(raw, f"override [{ov}]") if raw != "" else "")
     return from_dict(cls, data)
 
 
-def parser(cls: type, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description,
-                                epilog=f"Overrides are key=value over {cls.__name__}'s fields (dotted for sections).")
+def _field_comments(cls: type) -> dict[str, str]:
+    """The `# comment` after each field in the class source (the dataclasses carry their docs that way)."""
+    import inspect
+
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for line in src.splitlines():
+        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def describe_fields(cls: type, prefix: str = "") -> list[str]:
+    """One line per field: dotted name, default, and the field's comment; sections recurse."""
+    hints = typing.get_type_hints(cls)
+    comments = _field_comments(cls)
+    defaults = to_dict(cls())
+    lines = []
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"  [{name}]" + (f"  {comments[f.name]}" if f.name in comments else ""))
+            lines.extend(describe_fields(tp, name + "."))
+            continue
+        default = yaml.safe_dump(defaults[f.name], default_flow_style=True, width=10**6).strip()
+        default = default[:-4] if default.endswith("\n...") else default.removesuffix("...").strip()
+        line = f"  {name}={default}"
+        if f.name in comments:
+            line = f"{line:<40} {comments[f.name]}"
+        lines.append(line)
+    return lines
+
+
+def parser(cls: type, description: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """argparse with --config, --debug and key=value overrides; --help lists every field with its default."""
+    epilog = (f"Overrides are key=value over {cls.__name__}'s fields (dotted for sections), values parsed as YAML.\n"
+              f"Fields (default, meaning):\n" + "\n".join(describe_fields(cls)))
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file with the stage config")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. fps=2 window_frames=16")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of expected errors too (or STG_DEBUG=1)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the fields listed below")
     return p
 
 

@@ -6,11 +6,12 @@ import re
 from typing import Any
 
 from common import fsio
+from common.errors import UserError
 
 BACKGROUND = "background"
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """A malformed annotation or prediction file; the message names the file and the offending key."""
 
 
