@@ -6,7 +6,12 @@ through the runtime env so remote tasks see what the driver sees.
 """
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
+import sys
+
+log = logging.getLogger(__name__)
 
 FORWARDED_ENV = (
     "STG_STORAGE_OPTIONS",
@@ -18,25 +23,66 @@ FORWARDED_ENV = (
     "AWS_SECRET_ACCESS_KEY",
     "AWS_DEFAULT_REGION",
 )
+# Ray reads this once, when `ray` is first imported: "0" makes a head take 127.0.0.1 as its node address, and
+# every server of the node (GCS, raylet, object manager, agents) then listens on loopback only.
+_LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
+def _loopback_only() -> None:
+    """Make the local head bind loopback, whether or not `ray` was imported before this call."""
+    os.environ[_LOOPBACK_VAR] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        # imported already (by a library, or an earlier import of ray.train): the value read at import is the
+        # machine-address default, and services.get_node_ip_address consults this module attribute at call time
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+def _token_auth_for_local_head() -> None:
+    mode = os.environ.get("RAY_AUTH_MODE", "token")
+    if mode != "token":
+        # an inherited RAY_AUTH_MODE=disabled would start a head that anyone on the machine can drive
+        log.warning("RAY_AUTH_MODE=%s ignored for the local Ray: token authentication stays on", mode)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray._raylet" in sys.modules and mode != "token":
+        # this process read the old mode when ray was imported; its core worker must speak token auth too
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+
+def is_loopback(host: str) -> bool:
+    host = host.rsplit(":", 1)[0].strip("[]") if host.count(":") == 1 or host.startswith("[") else host
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
     """Connect to `address` (or RAY_ADDRESS); start a local Ray when neither is set. Returns the ray module."""
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    else:
+        _loopback_only()
+        _token_auth_for_local_head()
     import ray
 
     if ray.is_initialized():
         return ray
-    address = address or os.environ.get("RAY_ADDRESS") or None
     runtime_env = {"env_vars": worker_env()}
     if address:
         ray.init(address=address, runtime_env=runtime_env, **kwargs)
     else:
-        # A single-node Ray must not advertise the machine's external interface.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, **kwargs)
+        node = ray.util.get_node_ip_address()
+        if not is_loopback(node):  # a bug (a Ray release that reads the address another way), never a user error
+            ray.shutdown()
+            raise RuntimeError(f"the local Ray took the non-loopback node address {node}; refusing to run on it")
     return ray
