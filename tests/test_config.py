@@ -1,0 +1,82 @@
+"""common.config and common.cli: what every stage's YAML + key=value handling promises a user."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from common import cli
+from common import config as C
+from common.errors import UserError
+from pretrain.config import PretrainConfig
+from tests.conftest import ROOT
+
+
+def test_yaml_style_numbers_are_floats_in_overrides_and_files(tmp_path):
+    (tmp_path / "c.yaml").write_text("optim:\n  lr: 1e-3\n  weight_decay: 2E-2\n")
+    cfg = C.load(PretrainConfig, str(tmp_path / "c.yaml"), ["max_steps=10", "optim.eps=1e-8", "optim.lr=5e-4"])
+    assert cfg.optim.lr == 5e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.weight_decay == 0.02 and cfg.optim.eps == 1e-8
+    assert C.load(PretrainConfig, None, ["optim.lr=1e9"]).optim.lr == 1e9
+    # plain YAML floats and ints keep their meaning; a version-like string stays a string
+    assert C.yaml_load("1.5", "x") == 1.5 and C.yaml_load("7", "x") == 7 and C.yaml_load("1.2.3", "x") == "1.2.3"
+
+
+def test_misplaced_key_names_its_section():
+    with pytest.raises(C.ConfigError) as e:
+        C.load(PretrainConfig, None, ["lr=1e-3"])
+    assert "'lr' is optim.lr" in str(e.value)
+    with pytest.raises(C.ConfigError) as e:
+        C.load(PretrainConfig, None, ["data.max_steps=5"])
+    assert "data: unknown keys ['max_steps']" in str(e.value) and "'max_steps' is max_steps" in str(e.value)
+
+
+def test_malformed_yaml_is_one_config_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: [1e-3\n")
+    with pytest.raises(C.ConfigError) as e:
+        C.load(PretrainConfig, str(bad))
+    assert str(bad) in str(e.value) and "not valid YAML (line" in str(e.value)
+    with pytest.raises(C.ConfigError, match="not found"):
+        C.load(PretrainConfig, str(tmp_path / "absent.yaml"))
+    assert issubclass(C.ConfigError, UserError)
+
+
+def test_help_lists_fields_with_defaults_and_comments():
+    text = C.parser(PretrainConfig, "d").format_help()
+    assert "max_steps=" in text and "optim.lr=" in text
+    comment = C._field_comments(PretrainConfig)
+    assert comment, "PretrainConfig's fields carry trailing comments"
+    name, line = next(iter(comment.items()))
+    assert any(row.strip().startswith(f"{name}=") and line in row for row in text.splitlines())
+
+
+def test_cli_run_one_line_exit_2_and_debug(capsys, monkeypatch):
+    monkeypatch.delenv("STG_DEBUG", raising=False)
+
+    def main(argv):
+        raise C.ConfigError("config file [x.yaml]: top level must be\na mapping")
+
+    assert cli.run(main, ["a"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: config file [x.yaml]: top level must be a mapping\n"
+    with pytest.raises(C.ConfigError):
+        cli.run(main, ["--debug"])
+
+    def bug(argv):
+        raise KeyError("a bug keeps its traceback")
+
+    with pytest.raises(KeyError):
+        cli.run(bug, ["a"])
+
+
+def test_entry_point_malformed_yaml_is_one_line(tmp_path):
+    """As a user runs it: a fresh process, a broken YAML config."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("n_train: [3\n")
+    r = subprocess.run([sys.executable, "-m", "shards.synthetic", "--config", str(bad), "--out", str(tmp_path / "o")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: config file [") and str(bad) in lines[0], r.stderr
