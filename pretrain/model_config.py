@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.config import ConfigError
+
 FREEZE_MODES = ("none", "all", "partial")
 SELECTION_MODES = ("sinkhorn", "topk", "none")
 GRANULARITIES = ("local", "global")
@@ -48,32 +50,32 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.freeze not in FREEZE_MODES:
-            raise ValueError(f"model.freeze must be one of {FREEZE_MODES}, got {self.freeze!r}")
+            raise ConfigError(f"model.freeze must be one of {FREEZE_MODES}, got {self.freeze!r}")
         if self.selection not in SELECTION_MODES:
-            raise ValueError(f"model.selection must be one of {SELECTION_MODES}, got {self.selection!r}")
+            raise ConfigError(f"model.selection must be one of {SELECTION_MODES}, got {self.selection!r}")
         for name in ("selection_text", "selection_video"):
             if getattr(self, name) not in GRANULARITIES:
-                raise ValueError(f"model.{name} must be one of {GRANULARITIES}, got {getattr(self, name)!r}")
+                raise ConfigError(f"model.{name} must be one of {GRANULARITIES}, got {getattr(self, name)!r}")
         if not 1 <= self.frames_selected <= self.frames_in:
-            raise ValueError(f"model.frames_selected must be in [1, frames_in={self.frames_in}], "
+            raise ConfigError(f"model.frames_selected must be in [1, frames_in={self.frames_in}], "
                              f"got {self.frames_selected}")
         if self.heatmap not in ("word_region", "branch"):
-            raise ValueError(f"model.heatmap must be word_region|branch, got {self.heatmap!r}")
+            raise ConfigError(f"model.heatmap must be word_region|branch, got {self.heatmap!r}")
         if self.word_region_weight < 0:
-            raise ValueError(f"model.word_region_weight must be >= 0, got {self.word_region_weight}")
+            raise ConfigError(f"model.word_region_weight must be >= 0, got {self.word_region_weight}")
         if self.local_attention not in ("frame", "clip"):
-            raise ValueError(f"model.local_attention must be frame|clip, got {self.local_attention!r}")
+            raise ConfigError(f"model.local_attention must be frame|clip, got {self.local_attention!r}")
         if not (self.loss_local or self.loss_global):
-            raise ValueError("model.loss_local and model.loss_global cannot both be off")
+            raise ConfigError("model.loss_local and model.loss_global cannot both be off")
         if self.imposters < 0 or self.temperature <= 0:
-            raise ValueError("model.imposters must be >= 0 and model.temperature > 0")
+            raise ConfigError("model.imposters must be >= 0 and model.temperature > 0")
         if self.max_words < 1 or self.embed_dim < 1 or self.sinkhorn_iters < 1:
-            raise ValueError("model.max_words, embed_dim and sinkhorn_iters must be >= 1")
+            raise ConfigError("model.max_words, embed_dim and sinkhorn_iters must be >= 1")
         if self.sinkhorn_temperature <= 0 or self.attention_temperature <= 0:
-            raise ValueError("model temperatures must be > 0")
+            raise ConfigError("model temperatures must be > 0")
         if self.pseudo_positive_weight < 0:
-            raise ValueError(f"model.pseudo_positive_weight must be >= 0, got {self.pseudo_positive_weight}")
+            raise ConfigError(f"model.pseudo_positive_weight must be >= 0, got {self.pseudo_positive_weight}")
         if self.margin < 0:
-            raise ValueError(f"model.margin must be >= 0, got {self.margin}")
+            raise ConfigError(f"model.margin must be >= 0, got {self.margin}")
         if self.embed_dim % self.local_heads:
-            raise ValueError(f"model.embed_dim {self.embed_dim} must divide by local_heads {self.local_heads}")
+            raise ConfigError(f"model.embed_dim {self.embed_dim} must divide by local_heads {self.local_heads}")
