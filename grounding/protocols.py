@@ -183,7 +183,30 @@ def groundingyoutube(videos: dict[str, GytVideo], preds: dict[str, dict[int, Sec
     pg, pg_counts = pointing_frames(frames, preds, url, list(videos))
     out.update(pg)
     counts["pointing_frames"] = pg_counts["frames"]
+    out.update(_action_accuracy(videos, preds))
     return out, counts
+
+
+def _action_accuracy(videos: dict[str, GytVideo], preds: dict[str, dict[int, SecondPrediction]]) -> dict:
+    """Per-frame action accuracy on the boxed seconds (grounding/metrics/actions.py), with its pool chance."""
+    from grounding.metrics import actions
+
+    truth, pred, pools = [], [], []
+    for vid, v in videos.items():
+        pool = [s for s in v.pool if s != BACKGROUND] or sorted({s for _, _, s in v.segments})
+        for t, (step, _) in sorted(v.boxes.items()):
+            if step is None:
+                continue
+            p = preds.get(vid, {}).get(t)
+            truth.append(step)
+            pred.append(p.step if p is not None else None)
+            pools.append(len(pool))
+    if not truth:
+        return {}
+    return {"action_acc": actions.frame_accuracy(truth, pred),
+            "action_acc_verb": actions.frame_accuracy(truth, pred, actions.verb),
+            "action_acc_object": actions.frame_accuracy(truth, pred, actions.obj),
+            "action_chance": actions.pool_chance(pools)}
 
 
 def miningyoutube(intervals: dict[str, list[tuple[float, float, str]]],

@@ -125,6 +125,8 @@ def test_groundingyoutube_hand_worked(tmp_path, capsys):
     assert all(m[f"mAP@{t}"] == pytest.approx(50.0) for t in (0.1, 0.2, 0.3, 0.4, 0.5))
     assert m["mAP@0.1:0.5"] == pytest.approx(50.0)
     assert m["pointing_game"] == pytest.approx(100 / 3)  # boxed seconds 2, 3, 4: hit, miss, no point
+    # boxed seconds 2, 3, 4: right, right, no prediction; v0's pool has one action
+    assert m["action_acc"] == pytest.approx(200 / 3) and m["action_chance"] == pytest.approx(100.0)
     assert "1 of the annotated items" in err  # v1 has no prediction
     # no box and no frame size: video mAP cannot use the whole frame
     (truth / "id2wh.json").unlink()

@@ -106,3 +106,17 @@ def test_metric_input_errors():
         charades_metrics([np.zeros((0, 2))], np.zeros((2, 2)))
     with pytest.raises(ValueError):
         frame_iou_iod([np.array([0, 1])], [np.array([0])])
+
+
+def test_frame_action_accuracy_and_pool_chance_exact():
+    from grounding.metrics.actions import frame_accuracy, obj, pool_chance, verb
+
+    truth = ["cut red cube", "cut red cube", "stir blue bowl", "pour red cube"]
+    pred = ["cut red cube", "background", "stir red cube", "cut red cube"]
+    assert frame_accuracy(truth, pred) == 0.25
+    assert frame_accuracy(truth, pred, verb) == 0.5     # frames 0 and 2 (background is never right)
+    assert frame_accuracy(truth, pred, obj) == 0.5      # frames 0 and 3
+    assert frame_accuracy(truth, [None] * 4) == 0.0
+    assert pool_chance([4, 4, 2, 2]) == 0.375
+    with pytest.raises(ValueError):
+        frame_accuracy(truth, pred[:3])
