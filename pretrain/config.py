@@ -20,6 +20,7 @@ class DataConfig:
     samples_per_epoch: int = 0  # 0: the manifest's total_samples
     loader_workers: int = 0  # DataLoader processes per rank; 0 decodes in the training process
     shuffle_buffer: int = 32  # samples mixed across the shard being read and the ones before it
+    clips_per_video: int = 1  # k > 1: video-grouped batches, B / k videos with k clips each (same-video negatives)
     prefetch: int = 2  # batches each loader worker keeps ready
     max_bad_shards: int = 50  # consecutive unreadable shards before a loader gives up (all shards broken)
     # pseudo-positive table of `cluster.index mine` (docs/contracts.md section 4); empty: no cross-video term.
@@ -92,6 +93,9 @@ def validate(cfg: PretrainConfig) -> None:
         raise err("data.shards is required (a shard set URL with manifest.json)")
     if cfg.data.micro_batch < 1 or cfg.optim.grad_accum < 1:
         raise err("data.micro_batch and optim.grad_accum must be >= 1")
+    if cfg.data.clips_per_video < 1 or cfg.data.micro_batch % cfg.data.clips_per_video:
+        raise err(f"data.clips_per_video must be >= 1 and divide data.micro_batch={cfg.data.micro_batch}, "
+                  f"got {cfg.data.clips_per_video}")
     if cfg.max_steps < 1 or cfg.checkpoint_every < 1 or cfg.log_every < 1 or cfg.keep_last < 1:
         raise err("max_steps, checkpoint_every, log_every and keep_last must be >= 1")
     if not 0 <= cfg.stop_at_step <= cfg.max_steps:

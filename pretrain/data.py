@@ -8,6 +8,12 @@ over the files. Everything is a function of the seeds, so the data position is a
 epoch, the batch index within it, and how many raw samples each stream has handed out. Resuming rebuilds the
 streams and fast-forwards them without decoding, which gives the same sample sequence as an uninterrupted run.
 
+With `clips_per_video` k > 1 the stream is video-grouped: the consecutive samples of one video (a shard holds whole
+videos, contract 2) are gathered, k of them drawn without replacement (all of a video with fewer), and whole
+groups go through the shuffle buffer (shuffle_buffer / k groups, about as many samples as ungrouped), so a batch of
+B samples holds B / k videos with k clips each: same-video negatives, which share the scene and differ in the
+action (docs/pretraining.md). The position still counts samples handed out, so resume stays exact.
+
 A shard that cannot be opened or is cut short, and a sample with bad JSON, missing frames, an undecodable JPEG
 or a shape unlike the others, is skipped with a warning and counted; the counts ride along with the batches.
 
@@ -112,8 +118,10 @@ class StreamDataset(torch.utils.data.IterableDataset):
     epoch always comes from stream b % W, also after a resume in the middle of an epoch."""
 
     def __init__(self, shards: ShardSet, *, micro_batch: int, seed: int, epoch: int, rank: int, streams: int,
-                 start_batch: int, positions: list[int], shuffle_buffer: int, max_bad_shards: int):
+                 start_batch: int, positions: list[int], shuffle_buffer: int, max_bad_shards: int,
+                 clips_per_video: int = 1):
         self.shards = shards
+        self.clips_per_video = clips_per_video
         self.micro_batch = micro_batch
         self.seed, self.epoch, self.rank = seed, epoch, rank
         self.streams = streams
@@ -133,7 +141,14 @@ class StreamDataset(torch.utils.data.IterableDataset):
     def _batches(self, stream: int) -> Iterator[dict]:
         skipped: Counter = Counter()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, stream])
-        raw = _shuffled(_raw_samples(self.shards, rng, skipped, self.max_bad_shards), rng, self.shuffle_buffer)
+        samples = _raw_samples(self.shards, rng, skipped, self.max_bad_shards)
+        k = self.clips_per_video
+        if k > 1:
+            groups = _picked(_by_video(samples), rng, k)
+            mixed = _shuffled_groups(groups, rng, max(2, self.shuffle_buffer // k), self.micro_batch // k - 1)
+            raw = (s for g in mixed for s in g)
+        else:
+            raw = _shuffled(samples, rng, self.shuffle_buffer)
         position = 0
         for _ in range(self.positions[stream]):  # fast-forward: same draws, no decoding
             next(raw)
@@ -205,6 +220,58 @@ def _raw_samples(shards: ShardSet, rng: np.random.Generator, skipped: Counter, m
             raise DataError(f"{bad_in_a_row} shards in a row gave no sample (last {url}); counts {dict(skipped)}")
 
 
+def video_of(key: str) -> str:
+    """The video id part of a sample key `<vid>__s<segment>` (contract 2)."""
+    return key.rsplit("__", 1)[0]
+
+
+def _by_video(samples: Iterator[dict]) -> Iterator[list[dict]]:
+    """Runs of consecutive samples of the same video (a shard stores a video's samples together)."""
+    group: list[dict] = []
+    for s in samples:
+        if group and (video_of(s.get("__key__", "")) != video_of(group[0].get("__key__", ""))
+                      or s.get("__url__") != group[0].get("__url__")):
+            yield group
+            group = []
+        group.append(s)
+    if group:
+        yield group
+
+
+def _picked(groups: Iterator[list[dict]], rng: np.random.Generator, k: int) -> Iterator[list[dict]]:
+    """k clips of each video drawn without replacement, kept in window order (all of them when it has fewer)."""
+    for g in groups:
+        if len(g) > k:
+            g = [g[i] for i in sorted(rng.choice(len(g), size=k, replace=False).tolist())]
+        yield g
+
+
+def _shuffled_groups(groups: Iterator[list[dict]], rng: np.random.Generator, size: int, distinct: int
+                     ) -> Iterator[list[dict]]:
+    """A shuffle buffer of video groups that does not hand out a video again within `distinct` groups of its last
+    turn (shards are drawn with replacement, so a video can come back while it is still in the buffer): a batch
+    then never holds the same clip twice, nor one video's clips in two runs. A function of the stream and rng
+    alone, so fast-forwarding on resume replays it."""
+    buf: list[list[dict]] = []
+    recent: list[str] = []
+
+    def take() -> list[dict]:
+        order = rng.permutation(len(buf))
+        i = next((j for j in order if video_of(buf[j][0]["__key__"]) not in recent), order[0])
+        g = buf.pop(int(i))
+        if distinct > 0:
+            recent.append(video_of(g[0]["__key__"]))
+            del recent[:-distinct]
+        return g
+
+    for g in groups:
+        buf.append(g)
+        if len(buf) > size:
+            yield take()
+    while buf:
+        yield take()
+
+
 _warned: set = set()
 
 
@@ -250,8 +317,9 @@ class RankLoader:
 
     def __init__(self, shards: ShardSet, *, micro_batch: int, batches_per_epoch: int, seed: int, rank: int,
                  loader_workers: int = 0, shuffle_buffer: int = 32, prefetch: int = 2, max_bad_shards: int = 50,
-                 position: DataPosition | None = None):
+                 position: DataPosition | None = None, clips_per_video: int = 1):
         self.shards = shards
+        self.clips_per_video = clips_per_video
         self.micro_batch = micro_batch
         self.batches_per_epoch = batches_per_epoch
         self.seed, self.rank = seed, rank
@@ -273,7 +341,8 @@ class RankLoader:
         p = self.position
         ds = StreamDataset(self.shards, micro_batch=self.micro_batch, seed=self.seed, epoch=p.epoch, rank=self.rank,
                            streams=self.streams, start_batch=p.batch, positions=p.positions,
-                           shuffle_buffer=self.shuffle_buffer, max_bad_shards=self.max_bad_shards)
+                           shuffle_buffer=self.shuffle_buffer, max_bad_shards=self.max_bad_shards,
+                           clips_per_video=self.clips_per_video)
         if self.workers == 0:
             return iter(ds)
         return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.workers,

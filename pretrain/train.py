@@ -145,7 +145,8 @@ def run(cfg: PretrainConfig, report: Report | None = None, ds_base: dict | None 
     loader = data.RankLoader(shards, micro_batch=cfg.data.micro_batch, batches_per_epoch=spe * gas,
                              seed=cfg.seed, rank=rank, loader_workers=cfg.data.loader_workers,
                              shuffle_buffer=cfg.data.shuffle_buffer, prefetch=cfg.data.prefetch,
-                             max_bad_shards=cfg.data.max_bad_shards, position=position)
+                             max_bad_shards=cfg.data.max_bad_shards, position=position,
+                             clips_per_video=cfg.data.clips_per_video)
     stop = cfg.stop_at_step or cfg.max_steps
     runlog = RunLog(cfg.run, step + 1, rank == 0)
     bar = _progress(cfg, rank, step, stop)

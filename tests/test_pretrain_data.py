@@ -133,3 +133,41 @@ def test_decode_rejects_bad_samples():
     raw = {"__key__": "v__s0000", **{n.split(".", 1)[1]: d for n, d in sample_members(rng, "v", 0, 3, 16)}}
     frames, caption, meta = data.decode_sample(raw)
     assert frames.shape == (3, 16, 16, 3) and meta["valid_frames"] == 3 and caption == meta["caption"]
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_video_grouped_batches_hold_k_clips_of_each_video(shard_dir, k):
+    """clips_per_video=k: every batch of 4 is 4/k videos with k distinct clips each (every video here has 4)."""
+    a = loader(shard_dir, clips_per_video=k)
+    batches = [a.next()["keys"] for _ in range(12)]
+    videos_seen = set()
+    for keys in batches:
+        assert len(set(keys)) == 4, keys                          # never the same clip twice
+        vids = [data.video_of(key) for key in keys]
+        runs = [vids[i:i + k] for i in range(0, 4, k)]
+        assert all(len(set(r)) == 1 for r in runs), vids          # k consecutive clips of one video ...
+        assert len({r[0] for r in runs}) == 4 // k, vids          # ... and another video in each run
+        videos_seen.update(vids)
+    assert len(videos_seen) > 4  # the groups are drawn across the shard set, not one shard's videos in order
+    # ungrouped batches of the same stream mostly mix videos (what the switch changes)
+    plain = [loader(shard_dir, shuffle_buffer=32).next()["keys"]]
+    assert len({data.video_of(key) for key in plain[0]}) > 4 // k or k == 4
+
+
+def test_video_grouped_stream_resumes_exactly(shard_dir):
+    a = loader(shard_dir, clips_per_video=2)
+    keys, saved = [], None
+    for i in range(10):
+        keys.append(tuple(a.next()["keys"]))
+        if i == 4:
+            saved = json.loads(json.dumps(a.position.to_dict()))
+    resumed = loader(shard_dir, clips_per_video=2, position=data.DataPosition.from_dict(saved))
+    assert [tuple(resumed.next()["keys"]) for _ in range(5)] == keys[5:10]
+
+
+def test_clips_per_video_must_divide_the_micro_batch():
+    from common.config import ConfigError
+    from pretrain.config import load, validate
+
+    with pytest.raises(ConfigError, match="clips_per_video"):
+        validate(load(None, ["data.shards=x", "data.micro_batch=4", "data.clips_per_video=3"]))
