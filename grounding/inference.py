@@ -26,6 +26,9 @@ class InferenceConfig:
     box_threshold: float = 0.5       # box = region around the peak above this fraction of the peak
     batch_frames: int = 64           # frames per encoder call
     min_segment: int = 1             # drop segments shorter than this many frames
+    smooth: int = 1                  # mean of each description's scores over this many consecutive frames
+                                     # (centred, odd) before the argmax: actions last seconds, so a one-frame
+                                     # flip is noise; 1 = off (the paper's per-frame decision)
 
 
 @dataclass
@@ -84,10 +87,25 @@ def label_frames(scores: np.ndarray, cfg: InferenceConfig) -> tuple[np.ndarray, 
         s = (s - s.mean(0, keepdims=True)) / (s.std(0, keepdims=True) + 1e-8)
     elif cfg.normalize != "none":
         raise ValueError(f"inference normalize must be none|zscore|query, got {cfg.normalize!r}")
+    s = smooth_scores(s, cfg.smooth)
     best = s.argmax(1)
     best_score = s[np.arange(len(s)), best]
     labels = np.where(best_score >= cfg.tau, best, -1)
     return labels, best_score
+
+
+def smooth_scores(scores: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving mean over frames (axis 0) of `window` frames (odd; clipped at the video's ends, where the
+    mean is over the frames that exist)."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"inference smooth must be an odd number of frames >= 1, got {window}")
+    if window == 1 or len(scores) < 2:
+        return scores
+    half = window // 2
+    c = np.concatenate([np.zeros((1, scores.shape[1])), np.cumsum(scores, axis=0)])
+    idx = np.arange(len(scores))
+    lo, hi = np.maximum(idx - half, 0), np.minimum(idx + half + 1, len(scores))
+    return (c[hi] - c[lo]) / (hi - lo)[:, None]
 
 
 def segments_from_labels(labels: np.ndarray, times: np.ndarray, step_s: float, min_len: int = 1

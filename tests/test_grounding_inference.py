@@ -171,3 +171,19 @@ def test_query_and_visualize_write_pictures(corpus, export, tmp_path):
 
     dec = decode_video(v["mp4"], fps=1.0, size=64)
     assert len(dec.frames) >= 10   # one picture per decoded second of the ~15 s video
+
+
+def test_smoothing_changes_labels_only_at_isolated_flips():
+    from grounding.inference import InferenceConfig, label_frames, smooth_scores
+
+    # two descriptions over 9 frames: A for frames 0-3, B for 4-8, with a one-frame flip to B at frame 1
+    s = np.array([[2, 0], [0, 1], [2, 0], [2, 0], [0, 2], [0, 2], [0, 2], [0, 2], [0, 2]], dtype=float)
+    raw, _ = label_frames(s, InferenceConfig(normalize="none", tau=-np.inf))
+    smooth, _ = label_frames(s, InferenceConfig(normalize="none", tau=-np.inf, smooth=3))
+    assert raw.tolist() == [0, 1, 0, 0, 1, 1, 1, 1, 1]
+    assert smooth.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1]  # only the flip changed; the boundary stayed
+    np.testing.assert_allclose(smooth_scores(s, 3)[0], [1.0, 0.5])    # the first frame averages frames 0-1
+    np.testing.assert_allclose(smooth_scores(s, 3)[2], [4 / 3, 1 / 3])
+    assert smooth_scores(s, 1) is s
+    with pytest.raises(ValueError):
+        smooth_scores(s, 2)
