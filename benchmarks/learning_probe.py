@@ -95,6 +95,7 @@ def main() -> int:
     p.add_argument("--evals", type=int, default=5)
     p.add_argument("--test-videos", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", help="write the trained model as an export folder (for temporal_decomposition.py)")
     p.add_argument("overrides", nargs="*", help="model.key=value")
     args = p.parse_args()
 
@@ -135,6 +136,10 @@ def main() -> int:
                                            ("loss", "loss_local", "loss_global", "logit_scale")},
                           **evaluate(model, clips, truth), "seconds": round(time.time() - t0, 1)})
             print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
+    if args.save:
+        from pretrain.model import save_export
+
+        save_export(model, args.save)
     print(json.dumps({"benchmark": "learning_probe", "shards": args.shards, "clips": len(frames),
                       "videos": len(names), "batch": args.batch, "clips_per_video": k, "lr": args.lr,
                       "overrides": args.overrides, "curve": curve}))
