@@ -42,18 +42,27 @@ def _loopback_only() -> None:
         constants.ENABLE_RAY_CLUSTER = False
 
 
+def _speak_token_auth() -> None:
+    """RAY_AUTH_MODE=token for this process, also when `ray` was imported before this call: Ray reads the mode
+    into its config at import (an entry point that imports ray.train first would otherwise keep the import-time
+    default, "disabled", and be refused by the head it just started)."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray._raylet" in sys.modules:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+        if not is_token_auth_enabled():
+            from ray._raylet import AuthenticationTokenLoader, Config
+
+            Config.initialize("")
+            AuthenticationTokenLoader.instance().reset_cache()
+
+
 def _token_auth_for_local_head() -> None:
     mode = os.environ.get("RAY_AUTH_MODE", "token")
     if mode != "token":
         # an inherited RAY_AUTH_MODE=disabled would start a head that anyone on the machine can drive
         log.warning("RAY_AUTH_MODE=%s ignored for the local Ray: token authentication stays on", mode)
-    os.environ["RAY_AUTH_MODE"] = "token"
-    if "ray._raylet" in sys.modules and mode != "token":
-        # this process read the old mode when ray was imported; its core worker must speak token auth too
-        from ray._raylet import AuthenticationTokenLoader, Config
-
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
+    _speak_token_auth()
 
 
 def is_loopback(host: str) -> bool:
@@ -68,7 +77,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
     """Connect to `address` (or RAY_ADDRESS); start a local Ray when neither is set. Returns the ray module."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        if os.environ.get("RAY_AUTH_MODE", "token") == "token":
+            _speak_token_auth()  # a cluster's own mode applies; ours is token unless the user says otherwise
     else:
         _loopback_only()
         _token_auth_for_local_head()

@@ -44,23 +44,26 @@ def _loopback(ip: str) -> bool:
     return addr.is_loopback
 
 
-def _user_env() -> dict[str, str]:
+def _user_env(auth: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["RAY_AUTH_MODE"] = "disabled"  # inherited from somewhere: must not switch authentication off
+    if auth is not None:
+        env["RAY_AUTH_MODE"] = auth  # inherited from somewhere: must not switch authentication off
     env["PYTHONPATH"] = str(ROOT)
     return env
 
 
-@pytest.mark.parametrize("ray_imported", ["fresh", "imported"])
-def test_local_ray_binds_loopback_and_keeps_token_auth(ray_imported, tmp_path):
-    r = subprocess.run([sys.executable, "-c", HEAD, ray_imported], cwd=tmp_path, env=_user_env(),
+# fresh: nothing imported ray; imported: a library did (cluster.pretrain imports ray.train before Ray starts),
+# with the auth variable inherited as disabled or not set at all (Ray's import-time default is then "disabled")
+@pytest.mark.parametrize("ray_imported,auth", [("fresh", "disabled"), ("imported", "disabled"), ("imported", None)])
+def test_local_ray_binds_loopback_and_keeps_token_auth(ray_imported, auth, tmp_path):
+    r = subprocess.run([sys.executable, "-c", HEAD, ray_imported], cwd=tmp_path, env=_user_env(auth),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["gcs"].rsplit(":", 1)[0] == "127.0.0.1" and out["node"] == "127.0.0.1"
     assert out["listen"], "no listening socket found: the check would pass vacuously"
     assert all(_loopback(ip) for ip in out["listen"]), out["listen"]  # GCS, raylet, object manager, agents
-    assert "token authentication stays on" in r.stderr
+    assert ("token authentication stays on" in r.stderr) == (auth == "disabled")
     if ray_imported == "fresh":
         # the head refuses a client without the token and takes one with it (so the refusal is the auth check)
         assert out["clients"] == {"disabled": False, "token": True}
