@@ -95,6 +95,8 @@ def main() -> int:
     p.add_argument("--evals", type=int, default=5)
     p.add_argument("--test-videos", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verb-swap", action="store_true",
+                   help="verb-swapped captions as hard negatives (data.verb_swap with the synthetic verbs)")
     p.add_argument("--save", help="write the trained model as an export folder (for temporal_decomposition.py)")
     p.add_argument("overrides", nargs="*", help="model.key=value")
     args = p.parse_args()
@@ -125,7 +127,15 @@ def main() -> int:
                                   for c in chosen])
         else:
             idx = rng.choice(len(frames), args.batch, replace=False)
-        out = model({"frames": torch.from_numpy(frames[idx]), "tokens": model.tokenize([captions[i] for i in idx])})
+        inputs = {"frames": torch.from_numpy(frames[idx]), "tokens": model.tokenize([captions[i] for i in idx])}
+        if args.verb_swap:
+            from pretrain.hard_negatives import verb_swapped
+            from shards.synthetic.vocab import VERBS
+
+            hard = [verb_swapped(captions[i], VERBS, step * 100_003 + j) for j, i in enumerate(idx)]
+            inputs["hard_tokens"] = model.tokenize([h or "" for h in hard])
+            inputs["hard_mask"] = torch.tensor([h is not None for h in hard])
+        out = model(inputs)
         opt.zero_grad()
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)

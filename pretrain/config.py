@@ -21,6 +21,8 @@ class DataConfig:
     loader_workers: int = 0  # DataLoader processes per rank; 0 decodes in the training process
     shuffle_buffer: int = 32  # samples mixed across the shard being read and the ones before it
     clips_per_video: int = 1  # k > 1: video-grouped batches, B / k videos with k clips each (same-video negatives)
+    verb_swap: dict[str, str] = field(default_factory=dict)  # verb -> -ing form; each caption's first listed verb
+                                                              # swapped gives its clip a hard negative (L_global)
     prefetch: int = 2  # batches each loader worker keeps ready
     max_bad_shards: int = 50  # consecutive unreadable shards before a loader gives up (all shards broken)
     # pseudo-positive table of `cluster.index mine` (docs/contracts.md section 4); empty: no cross-video term.

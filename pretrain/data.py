@@ -371,6 +371,12 @@ def model_inputs(batch: dict, cfg, tokenize, device) -> dict:
     inputs = {"frames": batch["frames"].to(device, non_blocking=True),
               "tokens": tokenize(batch["captions"]).to(device),
               "valid_frames": batch["valid_frames"].to(device)}
+    if cfg.data.verb_swap:
+        from pretrain.hard_negatives import verb_swapped
+
+        hard = [verb_swapped(c, cfg.data.verb_swap, s) for c, s in zip(batch["captions"], batch["sample_seeds"])]
+        inputs["hard_tokens"] = tokenize([h or "" for h in hard]).to(device)
+        inputs["hard_mask"] = torch.tensor([h is not None for h in hard], dtype=torch.bool, device=device)
     if cfg.data.pseudo_positives and cfg.model.cross_video:
         from pretrain import pseudo_positives
 

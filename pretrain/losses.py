@@ -88,7 +88,8 @@ def nce(logits: torch.Tensor, targets: torch.Tensor, margin: float, scale: torch
 
 
 def contrastive(video: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float, margin: float,
-                gather: bool = True) -> torch.Tensor:
+                gather: bool = True, hard_text: torch.Tensor | None = None,
+                hard_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric nce of Eq. 1 on matching rows of video (B, d) and text (B, d), negatives from all ranks.
 
     Each rank scores its own B rows against the world*B gathered columns (open_clip's local-loss layout); the
@@ -98,7 +99,13 @@ def contrastive(video: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | f
     all_video = gather_with_grad(video) if size > 1 else video
     all_text = gather_with_grad(text) if size > 1 else text
     targets = torch.arange(video.shape[0], device=video.device) + rank * video.shape[0]
-    v2t = nce(video @ all_text.t(), targets, margin, scale)
+    logits = video @ all_text.t()
+    if hard_text is not None:
+        # one more column per row: its own hard negative caption (pretrain/hard_negatives.py); -inf where none,
+        # which leaves that row's loss as it was
+        hard = (video * hard_text).sum(-1, keepdim=True)
+        logits = torch.cat([logits, hard.masked_fill(~hard_mask.view(-1, 1).bool(), float("-inf"))], dim=1)
+    v2t = nce(logits, targets, margin, scale)
     t2v = nce(text @ all_video.t(), targets, margin, scale)
     return 0.5 * (v2t + t2v)
 

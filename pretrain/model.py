@@ -216,6 +216,11 @@ class GlobalLocalModel(nn.Module):
             pooled_text, pooled_pp, words, mask = pooled_text[:b], pooled_text[b:], words[:b], mask[:b]
         else:
             pooled_text, words, mask = self._backbone_text(batch["tokens"])
+        hard_text = hard_mask = None
+        if batch.get("hard_tokens") is not None:  # verb-swapped captions: one hard negative per clip (L_global)
+            hard_pooled, _, _ = self._backbone_text(batch["hard_tokens"])
+            hard_text = F.normalize(self.g(hard_pooled), dim=-1)
+            hard_mask = torch.as_tensor(batch["hard_mask"], device=images.device).bool().view(b)
 
         rows = torch.arange(b, device=images.device).unsqueeze(1)
         if cfg.selection == "none" or t == u:
@@ -239,7 +244,7 @@ class GlobalLocalModel(nn.Module):
             video = F.normalize(F.normalize(self.f(cls), dim=-1).mean(dim=1), dim=-1)
             text = F.normalize(self.g(pooled_text), dim=-1)
         if cfg.loss_global:
-            loss_global = losses.contrastive(video, text, scale, cfg.margin, cfg.gather)
+            loss_global = losses.contrastive(video, text, scale, cfg.margin, cfg.gather, hard_text, hard_mask)
         if cfg.loss_local:
             loss_local = self._local_loss(tokens, words, mask, scale)
         loss = (loss_local if cfg.loss_local else zero) + (loss_global if cfg.loss_global else zero)

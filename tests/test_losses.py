@@ -1,6 +1,7 @@
 import functools
 import math
 
+import pytest
 import torch
 
 from pretrain import losses
@@ -104,3 +105,37 @@ def test_word_region_gathered_matches_single_process():
     loss, ref = one_process(fn, [w0])
     torch.testing.assert_close(dist_loss, loss, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(dist_grads, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_verb_swapped_captions():
+    from pretrain.hard_negatives import verb_swapped
+
+    verbs = {"cut": "cutting", "stir": "stirring", "pour": "pouring"}
+    a = verb_swapped("now we cut the red cube", verbs, seed=1)
+    assert a is not None and a != "now we cut the red cube"
+    assert a.split(" ")[2] in ("stir", "pour") and a.endswith(" the red cube")
+    b = verb_swapped("keep cutting it", verbs, seed=1)
+    assert b in ("keep stirring it", "keep pouring it")          # the -ing form stays an -ing form
+    assert verb_swapped("thanks for watching", verbs, seed=1) is None
+    assert verb_swapped("now we cut the red cube", verbs, seed=1) == a  # a function of the seed
+    assert {verb_swapped("cut it", verbs, seed=s) for s in range(20)} == {"stir it", "pour it"}
+    assert verb_swapped("cut it", {"cut": "cutting"}, seed=0) is None
+
+
+def test_contrastive_hard_negative_column_by_hand():
+    import math
+
+    from pretrain.losses import contrastive
+
+    video = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor([[0.8, 0.6], [0.6, 0.8]])
+    hard = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
+    plain = contrastive(video, text, 1.0, 0.0, gather=False)
+    none = contrastive(video, text, 1.0, 0.0, gather=False, hard_text=hard, hard_mask=torch.tensor([False, False]))
+    assert torch.allclose(plain, none)
+    got = contrastive(video, text, 1.0, 0.0, gather=False, hard_text=hard, hard_mask=torch.tensor([True, False]))
+    # row 0 video->text gains a column 0.6 (its hard negative); row 1 and the text->video side are unchanged
+    row0 = -math.log(math.exp(0.8) / (math.exp(0.8) + math.exp(0.6) + math.exp(0.6)))
+    row1 = -math.log(math.exp(0.8) / (math.exp(0.6) + math.exp(0.8)))
+    t2v = 0.5 * (-math.log(math.exp(0.8) / (math.exp(0.8) + math.exp(0.6))) * 2)
+    assert got.item() == pytest.approx(0.5 * ((row0 + row1) / 2 + t2v), rel=1e-6)

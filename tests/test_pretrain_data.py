@@ -171,3 +171,19 @@ def test_clips_per_video_must_divide_the_micro_batch():
 
     with pytest.raises(ConfigError, match="clips_per_video"):
         validate(load(None, ["data.shards=x", "data.micro_batch=4", "data.clips_per_video=3"]))
+
+
+def test_model_inputs_carry_verb_swapped_hard_negatives(shard_dir):
+    from pretrain.config import load
+
+    cfg = load(None, [f"data.shards={shard_dir}", "data.verb_swap={cut: cutting, stir: stirring, pour: pouring}"])
+    batch = loader(shard_dir).next()
+    seen = []
+    inputs = data.model_inputs(batch, cfg, lambda texts: seen.append(list(texts)) or torch.zeros(len(texts), 3),
+                               "cpu")
+    captions, hard = seen[0], seen[1]
+    assert inputs["hard_mask"].tolist() == [any(v in c.split() for v in ("cut", "stir", "pour")) for c in captions]
+    for c, h, m in zip(captions, hard, inputs["hard_mask"].tolist()):
+        assert (h != c and h.split()[1:] == c.split()[1:]) if m else h == ""
+    plain = data.model_inputs(batch, load(None, [f"data.shards={shard_dir}"]), lambda t: torch.zeros(len(t), 3), "cpu")
+    assert "hard_tokens" not in plain
