@@ -45,6 +45,17 @@ class SyntheticConfig:
     camera_drift: int = 5              # pan amplitude during background stretches (pixels)
     light_drift: float = 0.15          # brightness change during background stretches (fraction)
     proposal_jitter: float = 0.08      # proposal box noise (std, fraction of the box size)
+    # STVG mode (docs/stvg.md): nouns and colours shared within a scene, one referring query per action, tubes at
+    # the native frame rate, per-frame proposals. The four kind weights are the query mix (normalised).
+    mode: str = "instructional"        # instructional | stvg
+    stvg_attribute: float = 0.3        # kind "attribute": the colour resolves the shared noun ("the red cube")
+    stvg_relation: float = 0.3         # kind "relation": a spatial relation to an object of another noun
+    stvg_action: float = 0.2           # kind "action": only what happens to it resolves it ("the cube is cut")
+    stvg_same_noun: float = 0.2        # kind "same_noun": relation to an object of the subject's own noun
+    stvg_interrogative: float = 0.5    # share of interrogative queries ("what is cut left of the blue bowl?")
+    stvg_near: float = 0.25            # "next to": box gap at most this fraction of the frame's short side
+    stvg_miss: float = 0.05            # proposals: chance that an object is missed in a frame
+    stvg_false_positives: float = 1.0  # proposals: mean false positives per frame (Poisson)
     # execution
     workers: int = 1                   # processes rendering videos (each video is independent)
     threads: int = 1                   # x264 threads; 1 keeps the encoding bit-exact
@@ -63,8 +74,18 @@ class SyntheticConfig:
         need(1 <= self.nouns <= len(vocab.NOUNS), f"nouns must be in 1..{len(vocab.NOUNS)}")
         need(1 <= self.colours <= len(vocab.COLOURS), f"colours must be in 1..{len(vocab.COLOURS)}")
         need(1 <= self.min_objects <= self.max_objects, "need 1 <= min_objects <= max_objects")
-        # each object in a scene gets its own colour and noun, so "the red cube" names one object
-        need(self.max_objects <= min(self.nouns, self.colours), "max_objects must be <= nouns and <= colours")
+        need(self.mode in ("instructional", "stvg"), f"mode must be instructional or stvg, got {self.mode!r}")
+        if self.mode == "stvg":  # nouns are shared on purpose; (noun, colour) stays unique
+            need(self.max_objects >= 2 and self.max_objects <= self.colours,
+                 "stvg mode needs 2 <= max_objects <= colours")
+            mix = (self.stvg_attribute, self.stvg_relation, self.stvg_action, self.stvg_same_noun)
+            need(min(mix) >= 0 and sum(mix) > 0, "stvg kind weights must be >= 0 with a positive sum")
+            need(0 <= self.stvg_interrogative <= 1 and 0 <= self.stvg_miss < 1 and self.stvg_false_positives >= 0
+                 and self.stvg_near > 0, "stvg_interrogative and stvg_miss in [0, 1), stvg_near > 0, "
+                 "stvg_false_positives >= 0")
+        else:
+            # each object in a scene gets its own colour and noun, so "the red cube" names one object
+            need(self.max_objects <= min(self.nouns, self.colours), "max_objects must be <= nouns and <= colours")
         need(0.05 <= self.min_object_size <= self.max_object_size <= 0.4, "object sizes must lie in [0.05, 0.4]")
         short = min(self.width, self.height)
         side = max(max(sprites.footprint(n, round(self.max_object_size * short))) for n in vocab.NOUNS)

@@ -17,7 +17,7 @@ from multiprocessing import get_context
 
 from common import fsio
 from common.config import dump, to_dict
-from shards.synthetic import narration, truth, vocab
+from shards.synthetic import narration, stvg, truth, vocab
 from shards.synthetic.config import SyntheticConfig
 from shards.synthetic.encode import write_mp4
 from shards.synthetic.render import Renderer
@@ -49,13 +49,15 @@ def _encode_to(url: str, frames, cfg: SyntheticConfig) -> int:
 def make_video(cfg: SyntheticConfig, split: str, index: int) -> dict:
     """Plan, render, encode one video; returns its captions and truth entries (the split files are written by
     the caller, in index order)."""
-    plan = plan_video(cfg, split, index)
+    plan = plan_video(cfg, split, index, stvg.layout if cfg.mode == "stvg" else None)
     renderer = Renderer(plan)
     per_second: dict[int, list] = {}
+    per_frame: list[list] = []
 
     def frames():
         for i in range(plan.frames):
             img, boxes = renderer.frame(i)
+            per_frame.append(boxes)
             if i % plan.fps == 0:
                 per_second[i // plan.fps] = boxes
             yield img
@@ -63,7 +65,8 @@ def make_video(cfg: SyntheticConfig, split: str, index: int) -> dict:
     url = fsio.join(cfg.out, split, "videos", f"{plan.vid}.mp4")
     n = _encode_to(url, frames(), cfg)
     segs = narration.narrate(plan, cfg)
-    return {
+    extra = stvg.record(plan, per_frame, cfg) if cfg.mode == "stvg" else {}
+    return {**extra,
         "vid": plan.vid,
         "frames": n,
         "seconds": plan.seconds,
@@ -138,7 +141,8 @@ def generate(cfg: SyntheticConfig) -> dict:
                 records = [f.result() for f in futures]
             else:
                 records = [make_video(cfg, split, i) for i in range(counts[split])]
-            stats[split] = write_split(cfg, split, records)
+            extra = {"stvg": stvg.write_split(cfg, split, records, _dumps)} if cfg.mode == "stvg" else {}
+            stats[split] = {**write_split(cfg, split, records), **extra}
             timing[split] = time.perf_counter() - t
     finally:
         if pool is not None:
@@ -149,6 +153,7 @@ def generate(cfg: SyntheticConfig) -> dict:
         "config": to_dict(cfg),
         "vocabulary": vocab.vocabulary(cfg.verbs, cfg.nouns, cfg.colours),
         "splits": stats,
+        **({"stvg": stvg.corpus_section(cfg)} if cfg.mode == "stvg" else {}),
     }
     fsio.write_text_atomic(fsio.join(cfg.out, "corpus.json"), json.dumps(corpus, indent=1) + "\n")
     dump(cfg, fsio.join(cfg.out, "config.yaml"))

@@ -113,6 +113,12 @@ def _layout(rng: np.random.Generator, cfg: SyntheticConfig, margin: int, count: 
     words = vocab.vocabulary(cfg.verbs, cfg.nouns, cfg.colours)
     nouns = list(rng.permutation(words["objects"]))[:count]
     colours = list(rng.permutation(words["colours"]))[:count]
+    return place(rng, cfg, margin, [str(n) for n in nouns], [str(c) for c in colours])
+
+
+def place(rng: np.random.Generator, cfg: SyntheticConfig, margin: int, nouns: list[str], colours: list[str]
+          ) -> list[SceneObject]:
+    """The objects (noun, colour) at sizes and places drawn from rng (the STVG mode picks its own words)."""
     short = min(cfg.width, cfg.height)
     # the sharder keeps a centred square (short-side resize + centre crop): objects placed there are always seen
     if cfg.centre_objects:
@@ -212,13 +218,14 @@ def _drift(rng: np.random.Generator, cfg: SyntheticConfig, duration: int, action
     return camera, bright
 
 
-def plan_video(cfg: SyntheticConfig, split: str, index: int) -> VideoPlan:
+def plan_video(cfg: SyntheticConfig, split: str, index: int, layout=None) -> VideoPlan:
+    """layout(rng, cfg, margin, count) -> objects; default: distinct nouns and colours (the STVG mode shares them)."""
     key = (int(cfg.seed), SPLITS[split], int(index))
     scene_ss, time_ss, nuisance_ss, bg_ss = np.random.SeedSequence(list(key)).spawn(4)
     margin = cfg.camera_drift
     rng = np.random.default_rng(scene_ss)
     count = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
-    objects = _layout(rng, cfg, margin, count)
+    objects = (layout or _layout)(rng, cfg, margin, count)
     trng = np.random.default_rng(time_ss)
     duration, lengths, gaps = _timeline(trng, cfg)
     actions = _actions(trng, cfg, objects, lengths, gaps)

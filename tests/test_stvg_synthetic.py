@@ -1,0 +1,171 @@
+"""The STVG mode of the synthetic generator: determinism, tubes equal to the rendered boxes, relations true in the
+tube's frames, real ambiguity, parses consistent with the scene, and a perfect prediction scoring 100 through
+`python -m grounding.evaluate vidstg`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from grounding.readers.stvg import read_vidstg
+from shards.synthetic import SyntheticConfig, generate
+from shards.synthetic.render import Renderer
+from shards.synthetic.scene import plan_video
+from shards.synthetic.stvg import KINDS, holds, layout
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONPATH": ROOT}
+
+
+def small(out, **kw) -> SyntheticConfig:
+    base = dict(out=str(out), mode="stvg", seed=5, n_train=2, n_test=4, min_seconds=18, max_seconds=24,
+                stvg_attribute=0.1, stvg_action=0.3, stvg_relation=0.3, stvg_same_noun=0.3)
+    base.update(kw)
+    return SyntheticConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    cfg = small(tmp_path_factory.mktemp("stvg"))
+    generate(cfg)
+    return cfg
+
+
+def _load(cfg, split, name):
+    with open(os.path.join(cfg.out, split, name)) as f:
+        return json.load(f)
+
+
+def _rendered(cfg, split):
+    """{vid: (plan, per-frame boxes)} re-rendered from the plan, independently of the files."""
+    out = {}
+    for i in range(cfg.n_train if split == "train" else cfg.n_test):
+        plan = plan_video(cfg, split, i, layout)
+        r = Renderer(plan)
+        out[plan.vid] = (plan, [r.frame(f)[1] for f in range(plan.frames)])
+    return out
+
+
+def test_deterministic_per_seed(corpus, tmp_path):
+    again = small(tmp_path / "again")
+    generate(again)
+    names = ("queries.json", "detections.json", "truth/vidstg.json", "truth/parses.json", "caption.json")
+    for split in ("train", "test"):
+        for name in names:
+            with open(os.path.join(corpus.out, split, name), "rb") as a, open(os.path.join(again.out, split, name),
+                                                                             "rb") as b:
+                assert a.read() == b.read(), (split, name)
+    other = small(tmp_path / "other", seed=6, n_train=0, n_test=1)
+    generate(other)
+    assert _load(other, "test", "truth/vidstg.json") != {"videos": _load(corpus, "test", "truth/vidstg.json")}
+    assert _load(other, "test", "queries.json")[0]["video"] != _load(corpus, "test", "queries.json")[0]["video"]
+
+
+def test_tube_boxes_equal_rendered_boxes_at_native_rate(corpus):
+    for split in ("train", "test"):
+        rendered = _rendered(corpus, split)
+        queries = read_vidstg(os.path.join(corpus.out, split, "truth", "vidstg.json"))
+        raw = _load(corpus, split, "truth/vidstg.json")["videos"]
+        assert queries and len(queries) == len(raw)
+        for q, v in zip(queries, raw):
+            plan, boxes = rendered[q.video]
+            a = plan.actions[_load(corpus, split, "truth/parses.json")[q.key]["action"]]
+            assert q.video_fps == corpus.fps and q.span == (0, plan.frames)
+            assert q.tube == (a.start * plan.fps, a.end * plan.fps) and a.target == v["target_id"]
+            assert sorted(q.boxes) == list(range(*q.tube))  # one box per native frame, not one a second
+            for f, b in q.boxes.items():
+                assert tuple(int(c) for c in b) == boxes[f][v["target_id"]]
+
+
+def test_relations_hold_in_the_tube_and_resolve_the_noun(corpus):
+    near = corpus.stvg_near * min(corpus.width, corpus.height)
+    seen = {k: 0 for k in KINDS}
+    for split in ("train", "test"):
+        rendered = _rendered(corpus, split)
+        parses = _load(corpus, split, "truth/parses.json")
+        for v in _load(corpus, split, "truth/vidstg.json")["videos"]:
+            p = parses[v["video_id"]]
+            seen[p["kind"]] += 1
+            if p["kind"] not in ("relation", "same_noun"):
+                assert p["reference"] is None and p["parse"]["relations"] == []
+                continue
+            plan, boxes = rendered[v["original_video_id"]]
+            t, r = p["target"], p["reference"]
+            objs = plan.objects
+            assert (objs[r].noun == objs[t].noun) == (p["kind"] == "same_noun")
+            frames = range(v["tube_start_frame"], v["tube_end_frame"])
+            assert all(holds(p["predicate"], boxes[f][t], boxes[f][r], near) for f in frames)
+            rivals = [j for j, o in enumerate(objs) if o.noun == objs[t].noun and j not in (t, r)]
+            for j in rivals:
+                assert not any(holds(p["predicate"], boxes[f][j], boxes[f][r], near) for f in frames)
+            assert p["predicate"] in v["caption"] and f"{objs[r].colour} {objs[r].noun}" in v["caption"]
+            assert p["parse"]["relations"][0][1:] == [p["predicate"], f"{objs[r].colour} {objs[r].noun}"]
+    assert all(seen[k] > 0 for k in KINDS), seen
+
+
+def test_ambiguity_and_parse(corpus):
+    qtypes = set()
+    shared_colour = 0
+    for split in ("train", "test"):
+        objects = _load(corpus, split, "truth/vidstg.json")["objects"]
+        parses = _load(corpus, split, "truth/parses.json")
+        for vid, objs in objects.items():
+            pairs = [(o["noun"], o["colour"]) for o in objs]
+            assert len(set(pairs)) == len(pairs)  # "the red cube" names one object
+            colours = [c for _, c in pairs]
+            shared_colour += len(set(colours)) < len(colours)
+        for v in _load(corpus, split, "truth/vidstg.json")["videos"]:
+            objs = objects[v["original_video_id"]]
+            target = objs[v["target_id"]]
+            p = parses[v["video_id"]]
+            # the noun alone never names the target
+            assert sum(o["noun"] == target["noun"] for o in objs) >= 2
+            subject = p["parse"]["subject"]
+            assert subject["noun"] in (target["noun"], None) and subject["attributes"] in ([], [target["colour"]])
+            if subject["noun"]:
+                assert target["noun"] in v["caption"]
+            if p["kind"] == "same_noun":
+                assert v["caption"].count(target["noun"]) == 2
+            assert v["caption"].endswith("?") == (v["qtype"] == "interrogative")
+            qtypes.add(v["qtype"])
+    assert qtypes == {"declarative", "interrogative"} and shared_colour > 0
+    meta = json.load(open(os.path.join(corpus.out, "corpus.json")))
+    assert set(meta["stvg"]["mix"]) == set(KINDS) and abs(sum(meta["stvg"]["mix"].values()) - 1) < 1e-6
+    assert sum(meta["splits"]["test"]["stvg"]["kinds"].values()) == len(_load(corpus, "test", "queries.json"))
+
+
+def test_visible_files_hold_no_truth(corpus):
+    visible = _load(corpus, "test", "queries.json")
+    assert all(set(q) == {"key", "video", "sentence", "qtype"} for q in visible)
+    det = _load(corpus, "test", "detections.json")
+    plan = plan_video(corpus, "test", 0, layout)
+    frames = det["videos"][plan.vid]["frames"]
+    assert sorted(int(f) for f in frames) == list(range(plan.frames))
+    assert all(set(e) == {"boxes", "scores"} for e in frames.values())
+    counts = [len(e["boxes"]) for e in frames.values()]
+    assert min(counts) != max(counts)  # misses and false positives change the count from frame to frame
+
+
+def test_perfect_prediction_scores_100(corpus, tmp_path):
+    ann = os.path.join(corpus.out, "test", "truth", "vidstg.json")
+    preds = {q.key: {"sted": list(q.tube), "boxes": {str(f): b.tolist() for f, b in q.boxes.items()}}
+             for q in read_vidstg(ann)}
+    path = tmp_path / "perfect.json"
+    path.write_text(json.dumps(preds))
+    res = subprocess.run([sys.executable, "-m", "grounding.evaluate", "vidstg", "--annotations", ann,
+                          "--predictions", str(path)], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    scores = json.loads(res.stdout.strip().splitlines()[-1])
+    for k in ("m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5", "declarative_m_vIoU", "interrogative_m_vIoU"):
+        assert scores[k] == 100.0, (k, scores)
+
+
+def test_bad_mode_is_one_error_line(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "shards.synthetic", "--out", str(tmp_path / "x"), "mode=stvgx"],
+                         capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "mode" in lines[0]
