@@ -1,0 +1,187 @@
+"""tubes/: linking on hand-made cases, RoI-Align features against a direct crop-and-pool, and detections files:
+read in both formats, bad ones refused with the file, video and frame named (as a user runs `python -m tubes`)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from grounding.inference import CropGeometry
+from tubes.linking import link_tubes, pairwise_iou
+from tubes.proposals import read_detections
+from tubes.regions import roi_pool, to_grid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONPATH": ROOT}
+
+
+def _crossing(frames=9):
+    """Object A moves right, B moves left along the same row: they overlap fully in the middle frame. Their
+    features differ (A ~ e0, B ~ e1), boxes listed in a shuffled order each frame."""
+    rng = np.random.default_rng(0)
+    boxes = np.zeros((frames, 2, 4), np.float32)
+    feats = np.zeros((frames, 2, 3), np.float32)
+    who = np.zeros((frames, 2), int)
+    for t in range(frames):
+        xa, xb = 10 + 10 * t, 90 - 10 * t
+        rows = [([xa, 20, xa + 30, 50], [1, 0.1 * rng.normal(), 0], 0), ([xb, 20, xb + 30, 50], [0, 1, 0.1], 1)]
+        if t % 2:
+            rows = rows[::-1]
+        for i, (b, f, w) in enumerate(rows):
+            boxes[t, i], feats[t, i], who[t, i] = b, f, w
+    return boxes, feats, who
+
+
+def test_crossing_objects_keep_their_identity():
+    boxes, feats, who = _crossing()
+    valid = np.ones(who.shape, bool)
+    tubes = link_tubes(np.arange(len(boxes)), feats, boxes, valid, m=2, alpha=0.5)
+    assert len(tubes) == 2
+    ids = [{int(who[t, i]) for t, i in enumerate(tb.index)} for tb in tubes]
+    assert sorted(map(sorted, ids)) == [[0], [1]]
+    # without features IoU alone links them, and at the crossing the overlap cannot tell which is which
+    blind = link_tubes(np.arange(len(boxes)), np.zeros_like(feats), boxes, valid, m=2, alpha=0.5)
+    assert any(len({int(who[t, i]) for t, i in enumerate(tb.index)}) == 2 for tb in blind)
+
+
+def test_missed_detection_is_bridged_not_swapped():
+    frames = 7
+    boxes = np.zeros((frames, 2, 4), np.float32)
+    feats = np.zeros((frames, 2, 2), np.float32)
+    valid = np.ones((frames, 2), bool)
+    for t in range(frames):
+        boxes[t, 0] = [10 + 2 * t, 10, 40 + 2 * t, 40]
+        feats[t, 0] = [1, 0]
+        boxes[t, 1] = [70, 50, 100, 80]
+        feats[t, 1] = [0, 1]
+    valid[3, 0] = False  # A is missed in frame 3
+    tubes = link_tubes(np.arange(frames), feats, boxes, valid, m=2, alpha=0.5, max_gap=2, gap_penalty=0.5)
+    a = next(tb for tb in tubes if tb.index[0] == 0)
+    assert a.index.tolist() == [0, 0, 0, -1, 0, 0, 0]
+    np.testing.assert_allclose(a.boxes[3], [16, 10, 46, 40])  # interpolated between frames 2 and 4
+    b = next(tb for tb in tubes if tb.index[0] == 1)
+    assert b.index.tolist() == [1] * frames and (a.start, a.end) == (0, frames - 1)
+    # with no bridge allowed, A's path cannot skip frame 3: it is cut in two or takes B's box
+    short = link_tubes(np.arange(frames), feats, boxes, valid, m=3, alpha=0.5, max_gap=0)
+    assert all(-1 not in tb.index[tb.start:tb.end + 1] for tb in short)
+
+
+def test_tubes_are_disjoint_and_best_first():
+    boxes, feats, who = _crossing()
+    boxes = np.concatenate([boxes, boxes[:, :1] + 200], 1)
+    feats = np.concatenate([feats, feats[:, :1] * 0 + [[0, 0, 1]]], 1)
+    valid = np.ones(boxes.shape[:2], bool)
+    valid[4, 2] = False
+    tubes = link_tubes(np.arange(len(boxes)), feats, boxes, valid, m=10)
+    used = [(t, int(i)) for tb in tubes for t, i in enumerate(tb.index) if i >= 0]
+    assert len(used) == len(set(used)) == valid.sum()
+    assert [tb.score for tb in tubes] == sorted((tb.score for tb in tubes), reverse=True)
+
+
+def test_pairwise_iou_matches_hand_values():
+    a = np.array([[0, 0, 10, 10], [0, 0, 4, 4]], np.float32)
+    b = np.array([[5, 0, 15, 10]], np.float32)
+    np.testing.assert_allclose(pairwise_iou(a, b), [[50 / 150], [0.0]], rtol=1e-6)
+
+
+def test_roi_align_equals_crop_and_pool():
+    torch.manual_seed(0)
+    grid = torch.randn(3, 5, 4, 6)  # (frames, D, gh, gw)
+    rois = torch.tensor([[0, 1, 0, 3, 2], [2, 2, 1, 6, 3], [1, 0, 0, 2, 2]], dtype=torch.float32)
+    got = roi_pool(grid, rois, output=2)
+    for k, (f, x1, y1, x2, y2) in enumerate(rois.long().tolist()):
+        want = _bilinear_mean(grid[f], x1, y1, x2, y2, 2)
+        torch.testing.assert_close(got[k], want)
+    # samples that stay between the centres of the cropped cells pool to the crop's mean
+    flat = torch.zeros(1, 2, 4, 4)
+    flat[0, :, 1:3, 1:3] = torch.tensor([3.0, -1.0])[:, None, None]
+    torch.testing.assert_close(roi_pool(flat, torch.tensor([[0, 1.5, 1.5, 2.5, 2.5]]), 2)[0],
+                               flat[0, :, 1:3, 1:3].mean((1, 2)))
+
+
+def _bilinear_mean(fmap, x1, y1, x2, y2, out):
+    """Direct RoI-Align: out x out bins, 2 x 2 samples per bin, bilinear at (x - 0.5) pixel-centred coordinates."""
+    D, H, W = fmap.shape
+    vals = []
+    bw, bh = (x2 - x1) / out, (y2 - y1) / out
+    for by in range(out):
+        for bx in range(out):
+            for sy in range(2):
+                for sx in range(2):
+                    x = x1 + bx * bw + (sx + 0.5) * bw / 2 - 0.5
+                    y = y1 + by * bh + (sy + 0.5) * bh / 2 - 0.5
+                    x, y = min(max(x, 0.0), W - 1.0), min(max(y, 0.0), H - 1.0)
+                    x0, y0 = int(np.floor(x)), int(np.floor(y))
+                    xa, ya = min(x0 + 1, W - 1), min(y0 + 1, H - 1)
+                    lx, ly = x - x0, y - y0
+                    vals.append((1 - ly) * (1 - lx) * fmap[:, y0, x0] + (1 - ly) * lx * fmap[:, y0, xa]
+                                + ly * (1 - lx) * fmap[:, ya, x0] + ly * lx * fmap[:, ya, xa])
+    return torch.stack(vals).mean(0)
+
+
+def test_to_grid_maps_source_boxes_through_the_crop():
+    geo = CropGeometry(width=128, height=96, size=32)  # short side 96 -> 32, crop x offset 16 source px
+    cells = to_grid(np.array([[16.0, 0.0, 112.0, 96.0], [40.0, 24.0, 64.0, 48.0]]), geo, (4, 4))
+    np.testing.assert_allclose(cells, [[0, 0, 4, 4], [1, 1, 2, 2]], atol=1e-6)
+
+
+def _write(tmp_path, name, data) -> str:
+    p = tmp_path / name
+    p.write_text(json.dumps(data))
+    return str(p)
+
+
+def test_detections_json_and_npz_agree(tmp_path):
+    js = _write(tmp_path, "d.json", {"format": "stground-detections/1", "box_format": "xywh", "videos": {
+        "v1": {"fps": 5, "frames": {"0": {"boxes": [[0, 0, 10, 10], [5, 5, 2, 2]], "scores": [0.2, 0.9],
+                                          "features": [[1, 0], [0, 1]]},
+                                    "2": {"boxes": [], "scores": [], "features": []}}}}})
+    npz = str(tmp_path / "d.npz")
+    np.savez(npz, video=np.array(["v1", "v1"]), frame=np.array([0, 0]), boxes=np.array([[0, 0, 10, 10], [5, 5, 7, 7]]),
+             scores=np.array([0.2, 0.9]), features=np.array([[1, 0], [0, 1]]), fps=np.float64(5))
+    a, b = read_detections(js)["v1"], read_detections(npz)["v1"]
+    assert a.frames.tolist() == [0, 2] and a.valid.tolist() == [[True, True], [False, False]]
+    np.testing.assert_allclose(a.boxes[0], [[5, 5, 7, 7], [0, 0, 10, 10]])  # best score first, xywh -> xyxy
+    np.testing.assert_allclose(b.boxes[0], a.boxes[0])
+    np.testing.assert_allclose(b.features[0], a.features[0])
+    assert a.fps == b.fps == 5.0
+
+
+BAD = [
+    ({"videos": {"v7": {"frames": {"3": {"boxes": [[10, 10, 5, 20]], "scores": [0.5]}}}}}, "v7", "3", "inverted"),
+    ({"videos": {"v7": {"frames": {"0": {"boxes": [], "scores": []},
+                                   "12": {"boxes": [[1, 2, 3]], "scores": [0.5]}}}}}, "v7", "12", "4 numbers"),
+    ({"videos": {"cam2": {"frames": {"4": {"boxes": [[1, 2, 3, 4]], "scores": [0.5, 0.1]}}}}}, "cam2", "4", "scores"),
+    ({"videos": {"cam2": {"frames": {"x": {"boxes": [], "scores": []}}}}}, "cam2", "x", "integer"),
+    ({"videos": {"v1": {"frames": {"5": {"boxes": [[1, 2, 3, "a"]], "scores": [1]}}}}}, "v1", "5", "numbers"),
+    ({"videos": {"v1": {"frames": {"0": {"boxes": [[1, 2, 3, 4]], "scores": [1], "features": [[1, 2]]},
+                                   "1": {"boxes": [[1, 2, 3, 4]], "scores": [1], "features": [[1, 2, 3]]}}}}},
+     "v1", "1", "dimensions"),
+]
+
+
+@pytest.mark.parametrize("data,vid,frame,problem", BAD)
+def test_bad_detections_file_is_one_error_line(tmp_path, data, vid, frame, problem):
+    path = _write(tmp_path, "bad.json", data)
+    res = subprocess.run([sys.executable, "-m", "tubes", "--detections", path], capture_output=True, text=True,
+                         env=ENV, cwd=ROOT)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), lines
+    assert path in lines[0] and f"video {vid}" in lines[0] and f"frame {frame}" in lines[0] and problem in lines[0]
+
+
+def test_bad_npz_names_video_and_frame(tmp_path):
+    path = str(tmp_path / "bad.npz")
+    np.savez(path, video=np.array(["a", "b"]), frame=np.array([0, 9]),
+             boxes=np.array([[0, 0, 5, 5], [3, 3, 3, 8]]), scores=np.array([0.5, np.nan]))
+    res = subprocess.run([sys.executable, "-m", "tubes", "--detections", path], capture_output=True, text=True,
+                         env=ENV, cwd=ROOT)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    line = res.stderr.strip()
+    assert line.startswith("error:") and path in line and "video b" in line and "frame 9" in line

@@ -1,0 +1,147 @@
+"""Region features of proposals over the pretrained model's patch-token grid (VCMA Sec. 3.2: RoI-Align + global
+average pooling, plus the frame's global feature), and class-agnostic proposals from the same grid.
+
+Boxes are in source-video pixels; frames are the model's crops (short side resized to S, centre crop), so a box
+goes source -> crop (grounding.inference.CropGeometry) -> grid cells (x S/grid). The grid is f'(patch tokens), the
+L2-normalised local space the word-region term trains, so a region feature compares directly with g'(words).
+One roi_align call per chunk of frames, on the model's device.
+
+Cache (a file of its own beside the finetune feature store, keyed the same way):
+    <cache>/<model key>/regions/<source name>/<video file name>.npz   regions (F, N, d) f16, frames (F, d) f16,
+                                                                       frame_ids, boxes, valid, source_bytes
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from common import fsio
+from grounding.inference import CropGeometry
+from tubes.proposals import Proposals, pack
+
+
+def roi_pool(grid: torch.Tensor, boxes: torch.Tensor, output: int = 2) -> torch.Tensor:
+    """grid (T, D, gh, gw), boxes (K, 5) [frame, x1, y1, x2, y2] in grid cells -> (K, D): RoI-Align to
+    output x output bins (2 samples per bin, aligned corners), then the mean over the bins."""
+    pooled = roi_align(grid, boxes, output_size=(output, output), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return pooled.mean((2, 3))
+
+
+def to_grid(boxes: np.ndarray, geometry: CropGeometry, grid: tuple[int, int]) -> np.ndarray:
+    """(..., 4) source-pixel boxes -> grid-cell units of the crop."""
+    x1, y1 = geometry.to_crop(boxes[..., 0], boxes[..., 1])
+    x2, y2 = geometry.to_crop(boxes[..., 2], boxes[..., 3])
+    gh, gw = grid
+    return np.stack([x1 * gw / geometry.size, y1 * gh / geometry.size, x2 * gw / geometry.size,
+                     y2 * gh / geometry.size], -1)
+
+
+@torch.no_grad()
+def encode_grid(model, frames: np.ndarray, batch: int = 64):
+    """(global (T, d), local grid (T, d, gh, gw)) on the model's device from (T, S, S, 3) uint8 crops."""
+    gs, ls = [], []
+    for i in range(0, len(frames), batch):
+        chunk = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch]))[None]
+        g, loc, (gh, gw) = model.encode_frames(model.preprocess_frames(chunk))
+        gs.append(g[0].float())
+        ls.append(loc[0].float().transpose(1, 2).reshape(loc.shape[1], -1, gh, gw))
+    return torch.cat(gs), torch.cat(ls)
+
+
+@torch.no_grad()
+def region_features(model, frames: np.ndarray, props: Proposals, geometry: CropGeometry, output: int = 2,
+                    batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(regions (F, N, d) L2-normalised, 0 at padding; frame globals (F, d)) for frames (F, S, S, 3) aligned with
+    props.frames."""
+    glob, grid = encode_grid(model, frames, batch)
+    Fn, N = props.valid.shape
+    cells = torch.from_numpy(to_grid(props.boxes, geometry, grid.shape[-2:]).astype(np.float32)).to(grid.device)
+    fi, ni = np.nonzero(props.valid)
+    out = torch.zeros(Fn, N, grid.shape[1], device=grid.device)
+    if len(fi):
+        rois = torch.cat([torch.from_numpy(fi).float().to(grid.device)[:, None], cells[fi, ni]], 1)
+        out[fi, ni] = F.normalize(roi_pool(grid, rois, output), dim=-1)
+    return out.cpu().numpy(), glob.cpu().numpy()
+
+
+def frames_for(decoded: np.ndarray, times: np.ndarray, fps: float, wanted: np.ndarray) -> np.ndarray:
+    """The decoded frames at the proposals' frame indices (nearest decoded frame by time)."""
+    ids = np.rint(np.asarray(times) * fps).astype(np.int64)
+    pos = np.clip(np.searchsorted(ids, wanted), 0, len(ids) - 1)
+    return decoded[pos]
+
+
+class RegionCache:
+    """Region features of one export and one proposal source, one npz per video."""
+
+    def __init__(self, cache: str, checkpoint: str, source_name: str, key: str | None = None):
+        from finetune.features import model_key
+
+        self.root = fsio.join(cache, key or model_key(checkpoint), "regions", source_name)
+
+    def url(self, vid: str) -> str:
+        from finetune.features import file_name
+
+        return fsio.join(self.root, file_name(vid))
+
+    def get(self, vid: str, source_bytes: int) -> dict | None:
+        url = self.url(vid)
+        if not fsio.exists(url):
+            return None
+        try:
+            with np.load(io.BytesIO(fsio.read_bytes(url)), allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except (OSError, ValueError):
+            return None  # a damaged cache file is rebuilt
+        return data if int(data["source_bytes"]) == source_bytes else None
+
+    def put(self, vid: str, source_bytes: int, **arrays) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, source_bytes=np.int64(source_bytes), **arrays)
+        fsio.write_bytes_atomic(self.url(vid), buf.getvalue())
+
+
+@torch.no_grad()
+def model_proposals(model, frames: np.ndarray, frame_ids: np.ndarray, geometry: CropGeometry, vid: str,
+                    top_k: int = 10, levels=(0.3, 0.5, 0.7), fps: float | None = None, batch: int = 64) -> Proposals:
+    """Class-agnostic proposals from the patch grid when no detector is given: a cell's objectness is how far its
+    token is from the video's median token (the table top dominates the median); at each level x the frame's peak,
+    the 4-connected regions above it become boxes scored by their mean objectness; duplicates dropped, top_k kept."""
+    _, grid = encode_grid(model, frames, batch)
+    g = F.normalize(grid, dim=1)
+    median = F.normalize(g.permute(0, 2, 3, 1).reshape(-1, g.shape[1]).median(0).values, dim=0)
+    obj = (1.0 - torch.einsum("tdhw,d->thw", g, median)).clamp_min(0).cpu().numpy()
+    gh, gw = obj.shape[1:]
+    rows = {}
+    for t, heat in enumerate(obj):
+        found: dict[tuple, float] = {}
+        for lv in levels:
+            mask = heat >= lv * heat.max()
+            seen = np.zeros_like(mask)
+            for r, c in zip(*np.nonzero(mask)):
+                if seen[r, c]:
+                    continue
+                stack, cells = [(r, c)], []
+                seen[r, c] = True
+                while stack:
+                    y, x = stack.pop()
+                    cells.append((y, x))
+                    for yy, xx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+                        if 0 <= yy < gh and 0 <= xx < gw and mask[yy, xx] and not seen[yy, xx]:
+                            seen[yy, xx] = True
+                            stack.append((yy, xx))
+                ys, xs = zip(*cells)
+                box = (min(xs), min(ys), max(xs) + 1, max(ys) + 1)
+                found[box] = max(found.get(box, 0.0), float(np.mean([heat[y, x] for y, x in cells])))
+        ranked = sorted(found.items(), key=lambda kv: -kv[1])[:top_k]
+        b = np.asarray([k for k, _ in ranked], np.float64).reshape(-1, 4)
+        sx, sy = geometry.size / gw, geometry.size / gh
+        x1, y1 = geometry.to_source(b[:, 0] * sx, b[:, 1] * sy)
+        x2, y2 = geometry.to_source(b[:, 2] * sx, b[:, 3] * sy)
+        rows[int(frame_ids[t])] = (np.stack([x1, y1, x2, y2], -1).astype(np.float32),
+                                   np.asarray([v for _, v in ranked], np.float32), None)
+    return pack(vid, rows, fps)
