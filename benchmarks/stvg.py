@@ -1,0 +1,209 @@
+"""STVG baselines and ceilings on the synthetic STVG test split, scored by grounding's vidstg evaluator; plus tube
+purity and how linking time grows with frames x proposals. Prints one JSON object.
+
+  python -m shards.synthetic --out runs/stvg/corpus mode=stvg n_train=40 n_test=40
+  python -m benchmarks.stvg --corpus runs/stvg/corpus [--export DIR] [--split test]
+
+Rows (each: m_tIoU, m_vIoU, vIoU@0.3, vIoU@0.5, overall and per sentence type):
+- random: a uniform random span and one of the M linked tubes at random;
+- zero_shot: the export alone. Span: Sec. 3.5 temporal detection (global frame-query similarity over the video's
+  query pool, per-query standardisation, each frame takes its best query; the query's longest run). Tube: the
+  linked tube whose region features are most similar to the query's words (mean word-region cosine over the span);
+- ceiling_true_span / ceiling_predicted_span: the best of the M linked tubes against the truth with the true span
+  and with the zero-shot span (the most a tube-selection head can reach).
+Without --export a randomly initialised stg-micro export (seed 0) is used, like the tests' fixtures: its
+zero-shot row measures the pipeline, not a pretrained model; the README/docs name the export of every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+if __package__ in (None, ""):
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from grounding import metrics as M  # noqa: E402
+from grounding.evaluate import evaluate  # noqa: E402
+from grounding.inference import InferenceConfig, label_frames, segments_from_labels  # noqa: E402
+from grounding.readers.stvg import read_vidstg  # noqa: E402
+from tubes.linking import link_tubes, pairwise_iou  # noqa: E402
+from tubes.pipeline import TubeConfig, filled, video_tubes  # noqa: E402
+from tubes.proposals import synthetic  # noqa: E402
+from tubes.regions import RegionCache  # noqa: E402
+
+
+def random_export(folder: str) -> str:
+    from pretrain.model import ModelConfig, build_model, save_export
+
+    torch.manual_seed(0)
+    save_export(build_model(ModelConfig(backbone="stg-micro", embed_dim=64, local_heads=2, frames_in=4,
+                                        frames_selected=2, max_words=12, pretrained=None)), folder)
+    return folder
+
+
+def zero_shot_spans(model, glob: np.ndarray, frame_ids: np.ndarray, sentences: list[str]) -> list[tuple[int, int]]:
+    """Sec. 3.5 temporal detection over the video's query pool: each query's longest run of frames."""
+    with torch.no_grad():
+        tg, _, _ = model.encode_text(model.tokenize(sentences))
+    scores = glob @ tg.float().cpu().numpy().T
+    labels, best = label_frames(scores, InferenceConfig(normalize="query", tau=0.0))
+    runs = segments_from_labels(labels, frame_ids.astype(float), 1.0)
+    out = []
+    for q in range(len(sentences)):
+        mine = [(e - s, s, e) for lab, s, e in runs if lab == q]
+        if mine:
+            _, s, e = max(mine)
+            out.append((int(s), int(e)))
+        else:  # the query never wins a frame: the frame where it comes closest
+            f = int(frame_ids[int(np.argmax(scores[:, q] - scores.max(1)))])
+            out.append((f, f + 1))
+    return out
+
+
+def tube_scores(model, vt, sentence: str, span: tuple[int, int]) -> np.ndarray:
+    """Mean word-region cosine of each tube over the span's frames where it has a box."""
+    with torch.no_grad():
+        _, words, mask = model.encode_text(model.tokenize([sentence]))
+    w = words[0][mask[0]].float().cpu().numpy()                        # (K, d)
+    inside = (vt.proposals.frames >= span[0]) & (vt.proposals.frames < span[1])
+    out = []
+    for t in vt.tubes:
+        pos = np.flatnonzero(inside & (t.index >= 0))
+        if not len(pos):
+            out.append(-np.inf)
+            continue
+        feats = vt.regions[pos, t.index[pos]]                            # (P, d)
+        out.append(float((feats @ w.T).mean()))
+    return np.asarray(out)
+
+
+def prediction(vt, tube_idx: int, span: tuple[int, int]) -> dict:
+    boxes = filled(vt.tubes[tube_idx])
+    fr = vt.proposals.frames
+    return {"sted": [int(span[0]), int(span[1])],
+            "boxes": {str(int(f)): [float(c) for c in b] for f, b in zip(fr, boxes) if span[0] <= f < span[1]}}
+
+
+def best_tube(vt, q, span) -> int:
+    frames = M.sample_frame_ids(q.span[0], q.span[1], q.video_fps)
+    best, arg = -1.0, 0
+    for m in range(len(vt.tubes)):
+        p = prediction(vt, m, span)
+        v = M.stvg_query_metrics(frames, q.tube, span, q.boxes, {int(k): np.asarray(b) for k, b in p["boxes"].items()}
+                                 )["vIoU"]
+        if v > best:
+            best, arg = v, m
+    return arg
+
+
+def purity(vt, trajectories: dict) -> tuple[float, float]:
+    """(mean purity of all tubes, of the first n_objects tubes): share of a tube's frames whose box matches
+    (IoU >= 0.5) the tube's majority true object; a frame on a false positive or a bridged gap counts as impure."""
+    fr = vt.proposals.frames
+    ids = sorted(trajectories, key=int)
+    truth = np.full((len(fr), len(ids), 4), np.nan, np.float32)
+    for j, oid in enumerate(ids):
+        for k, (x, y, w, h) in trajectories[oid].items():
+            i = np.searchsorted(fr, int(k))
+            if i < len(fr) and fr[i] == int(k):
+                truth[i, j] = [x, y, x + w, y + h]
+    out = []
+    for t in vt.tubes:
+        span = np.arange(t.start, t.end + 1)
+        who = np.full(len(span), -1)
+        for n, i in enumerate(span):
+            if t.index[i] < 0:
+                continue
+            iou = pairwise_iou(vt.proposals.boxes[i, t.index[i]][None], np.nan_to_num(truth[i], nan=-1.0))[0]
+            if iou.max() >= 0.5:
+                who[n] = int(iou.argmax())
+        counts = np.bincount(who[who >= 0], minlength=1)
+        out.append(counts.max() / len(span) if len(span) else 0.0)
+    return float(np.mean(out)), float(np.mean(out[:len(ids)]))
+
+
+def linking_times(sizes=((50, 5), (100, 10), (200, 10), (200, 20), (400, 20), (400, 40)), m: int = 10,
+                  d: int = 64) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for f, n in sizes:
+        feats = rng.normal(size=(f, n, d)).astype(np.float32)
+        xy = rng.uniform(0, 100, size=(f, n, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(5, 30, size=(f, n, 2))], -1).astype(np.float32)
+        valid = rng.uniform(size=(f, n)) > 0.05
+        t0 = time.perf_counter()
+        link_tubes(np.arange(f), feats, boxes, valid, m)
+        rows.append({"frames": f, "proposals": n, "tubes": m, "seconds": round(time.perf_counter() - t0, 4)})
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--corpus", required=True, help="synthetic STVG corpus (python -m shards.synthetic mode=stvg)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--export", help="pretrained export folder (default: random-init stg-micro, seed 0)")
+    p.add_argument("--cache", help="region-feature cache folder (default: a temporary one)")
+    p.add_argument("--tubes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    from pretrain.model import load_model
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    tmp = tempfile.mkdtemp(prefix="stvg-bench-")
+    export = args.export or random_export(os.path.join(tmp, "export"))
+    model = load_model(export).to("cuda" if torch.cuda.is_available() else "cpu")
+    ann = os.path.join(args.corpus, args.split, "truth", "vidstg.json")
+    queries = read_vidstg(ann)
+    truth = json.load(open(ann))
+    source = synthetic(args.corpus, args.split)
+    cache = RegionCache(args.cache or os.path.join(tmp, "cache"), export, source.name)
+    cfg = TubeConfig(tubes=args.tubes)
+    rng = np.random.default_rng(args.seed)
+    by_video: dict[str, list] = {}
+    for q in queries:
+        by_video.setdefault(q.video, []).append(q)
+    preds = {k: {} for k in ("random", "zero_shot", "ceiling_true_span", "ceiling_predicted_span")}
+    pur_all, pur_obj = [], []
+    t0 = time.perf_counter()
+    for vid, qs in by_video.items():
+        meta = next(v for v in truth["videos"] if v["original_video_id"] == vid)
+        path = os.path.join(args.corpus, args.split, meta["video_path"])
+        vt = video_tubes(model, vid, path, source.video(vid), meta["width"], meta["height"], cfg, cache)
+        a, b = purity(vt, truth["trajectories"][vid])
+        pur_all.append(a)
+        pur_obj.append(b)
+        spans = zero_shot_spans(model, vt.frames, vt.proposals.frames, [q.sentence for q in qs])
+        n = int(meta["frame_count"])
+        for q, span in zip(qs, spans):
+            s = int(rng.integers(0, n))
+            preds["random"][q.key] = prediction(vt, int(rng.integers(len(vt.tubes))), (s, int(rng.integers(s + 1, n + 1))))
+            preds["zero_shot"][q.key] = prediction(vt, int(np.argmax(tube_scores(model, vt, q.sentence, span))), span)
+            preds["ceiling_true_span"][q.key] = prediction(vt, best_tube(vt, q, q.tube), q.tube)
+            preds["ceiling_predicted_span"][q.key] = prediction(vt, best_tube(vt, q, span), span)
+    wall = time.perf_counter() - t0
+    rows = {}
+    for name, pr in preds.items():
+        path = os.path.join(tmp, f"{name}.json")
+        with open(path, "w") as f:
+            json.dump(pr, f)
+        scores, _ = evaluate("vidstg", ann, path)
+        rows[name] = {k: round(100 * v, 2) for k, v in scores.items()}
+    corpus = json.load(open(os.path.join(args.corpus, "corpus.json")))
+    print(json.dumps({"corpus": args.corpus, "split": args.split, "queries": len(queries), "videos": len(by_video),
+                      "export": args.export or "random-init stg-micro (seed 0)", "tubes_per_video": args.tubes,
+                      "mix": corpus.get("stvg", {}).get("mix"), "rows": rows,
+                      "tube_purity": {"all_tubes": round(float(np.mean(pur_all)), 4),
+                                      "first_n_objects_tubes": round(float(np.mean(pur_obj)), 4)},
+                      "linking_seconds": linking_times(), "wall_seconds": round(wall, 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
