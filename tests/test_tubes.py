@@ -185,3 +185,75 @@ def test_bad_npz_names_video_and_frame(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     line = res.stderr.strip()
     assert line.startswith("error:") and path in line and "video b" in line and "frame 9" in line
+
+
+@pytest.fixture(scope="module")
+def one_video(tmp_path_factory):
+    """A one-video STVG corpus and a randomly initialised micro export (no weights are downloaded)."""
+    from pretrain.model import ModelConfig, build_model, save_export
+    from shards.synthetic import SyntheticConfig, generate
+
+    root = tmp_path_factory.mktemp("tubes")
+    cfg = SyntheticConfig(out=str(root / "corpus"), mode="stvg", seed=2, n_train=0, n_test=1, min_seconds=12,
+                          max_seconds=12, min_actions=1, max_actions=2)
+    generate(cfg)
+    torch.manual_seed(0)
+    save_export(build_model(ModelConfig(backbone="stg-micro", embed_dim=32, local_heads=2, frames_in=4,
+                                        frames_selected=2, max_words=12, pretrained=None)), str(root / "export"))
+    return cfg, str(root / "export"), root
+
+
+def test_region_features_batched_equal_per_frame_and_cache(one_video):
+    from finetune.features import decode
+    from pretrain.model import load_model
+    from tubes.pipeline import TubeConfig, video_tubes
+    from tubes.proposals import synthetic
+    from tubes.regions import RegionCache, frames_for, region_features
+
+    cfg, export, root = one_video
+    model = load_model(export)
+    source = synthetic(cfg.out, "test")
+    vid, props = next(iter(source.videos().items()))
+    path = os.path.join(cfg.out, "test", "videos", f"{vid}.mp4")
+    decoded, times, _ = decode(path, props.fps, model.image_size)
+    frames = frames_for(decoded, times, props.fps, props.frames)
+    assert len(frames) == len(props.frames) == 12 * cfg.fps
+    geo = CropGeometry(cfg.width, cfg.height, model.image_size)
+    regions, glob = region_features(model, frames, props, geo, batch=7)
+    assert regions.shape[:2] == props.valid.shape and glob.shape == (len(frames), 32)
+    np.testing.assert_allclose(np.linalg.norm(regions[props.valid], axis=1), 1.0, atol=1e-5)
+    assert not regions[~props.valid].any()
+    for t in (0, 17, len(frames) - 1):  # one frame alone gives what the batched call gave for it
+        one = type(props)(vid, props.frames[t:t + 1], props.boxes[t:t + 1], props.scores[t:t + 1],
+                          props.valid[t:t + 1], props.fps)
+        r1, g1 = region_features(model, frames[t:t + 1], one, geo)
+        np.testing.assert_allclose(r1[0], regions[t], atol=1e-5)
+        np.testing.assert_allclose(g1[0], glob[t], atol=1e-5)
+    cache = RegionCache(str(root / "cache"), export, source.name)
+    first = video_tubes(model, vid, path, props, cfg.width, cfg.height, TubeConfig(tubes=4), cache)
+    assert os.path.exists(cache.url(vid)) and len(first.tubes) == 4
+    again = video_tubes(model, vid, path, props, cfg.width, cfg.height, TubeConfig(tubes=4), cache)
+    np.testing.assert_allclose(again.regions, first.regions, atol=1e-3)  # read back (float16) from the cache
+    assert [t.index.tolist() for t in again.tubes] == [t.index.tolist() for t in first.tubes]
+    other = RegionCache(str(root / "cache"), export, "file-other.json")
+    assert other.url(vid) != cache.url(vid) and other.get(vid, os.path.getsize(path)) is None
+
+
+def test_model_proposals_are_boxes_in_the_frame(one_video):
+    from finetune.features import decode
+    from pretrain.model import load_model
+    from tubes.regions import model_proposals
+
+    cfg, export, _ = one_video
+    model = load_model(export)
+    path = next(iter(os.scandir(os.path.join(cfg.out, "test", "videos")))).path
+    decoded, _, _ = decode(path, cfg.fps, model.image_size)
+    props = model_proposals(model, decoded[:6], np.arange(6), CropGeometry(cfg.width, cfg.height, model.image_size),
+                            "v", top_k=5, fps=cfg.fps)
+    assert props.frames.tolist() == list(range(6)) and props.valid.any(1).all() and props.valid.sum(1).max() <= 5
+    b = props.boxes[props.valid]
+    assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+    # inside the centred square the crop sees (x 16..112 of 128), full height
+    assert b[:, 0].min() >= 16 - 1e-3 and b[:, 2].max() <= 112 + 1e-3 and b[:, 3].max() <= 96 + 1e-3
+    s = props.scores[props.valid]
+    assert (s >= 0).all() and all((np.diff(props.scores[t][props.valid[t]]) <= 0).all() for t in range(6))
