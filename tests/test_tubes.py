@@ -60,7 +60,7 @@ def test_missed_detection_is_bridged_not_swapped():
         boxes[t, 1] = [70, 50, 100, 80]
         feats[t, 1] = [0, 1]
     valid[3, 0] = False  # A is missed in frame 3
-    tubes = link_tubes(np.arange(frames), feats, boxes, valid, m=2, alpha=0.5, max_gap=2, gap_penalty=0.5)
+    tubes = link_tubes(np.arange(frames), feats, boxes, valid, m=2, alpha=0.5, max_gap=2, gap_discount=0.8)
     a = next(tb for tb in tubes if tb.index[0] == 0)
     assert a.index.tolist() == [0, 0, 0, -1, 0, 0, 0]
     np.testing.assert_allclose(a.boxes[3], [16, 10, 46, 40])  # interpolated between frames 2 and 4
@@ -257,3 +257,24 @@ def test_model_proposals_are_boxes_in_the_frame(one_video):
     assert b[:, 0].min() >= 16 - 1e-3 and b[:, 2].max() <= 112 + 1e-3 and b[:, 3].max() <= 96 + 1e-3
     s = props.scores[props.valid]
     assert (s >= 0).all() and all((np.diff(props.scores[t][props.valid[t]]) <= 0).all() for t in range(6))
+
+
+def test_synthetic_proposals_link_into_pure_tubes(one_video):
+    """IoU alone (no features) on the corpus's jittered proposals with misses and false positives: each of the first
+    n_objects tubes follows one object over the video."""
+    from tubes.proposals import synthetic
+    from tubes.purity import purity
+
+    cfg, _, _ = one_video
+    truth = json.load(open(os.path.join(cfg.out, "test", "truth", "vidstg.json")))
+    vid, props = next(iter(synthetic(cfg.out, "test").videos().items()))
+    tubes = link_tubes(props.frames, np.zeros((*props.valid.shape, 1), np.float32), props.boxes, props.valid, m=10)
+    objects = len(truth["trajectories"][vid])
+    _, first = purity(tubes, props.frames, truth["trajectories"][vid])
+    assert first >= 0.95
+    assert all(t.end - t.start + 1 >= 0.9 * len(props.frames) for t in tubes[:objects])
+    # a tube made of one object's true boxes scores purity 1
+    traj = truth["trajectories"][vid]["0"]
+    own = np.array([[x, y, x + w, y + h] for x, y, w, h in (traj[str(int(f))] for f in props.frames)], np.float32)
+    ideal = link_tubes(props.frames, np.ones((len(own), 1, 1), np.float32), own[:, None], np.ones((len(own), 1), bool))
+    assert purity(ideal, props.frames, {"0": traj})[0] == 1.0

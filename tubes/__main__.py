@@ -22,7 +22,8 @@ class LinkConfig:
     tubes: int = 10           # M tubes per video
     alpha: float = 0.5        # IoU weight of the link score (VCMA Eq. 4; the paper's value)
     max_gap: int = 2          # longest run of missed frames a link may bridge
-    gap_penalty: float = 0.5  # score lost per bridged frame
+    gap_discount: float = 0.8  # a link bridging k-1 missed frames counts k x score x this^(k-1)
+    min_iou: float = 0.3        # a link needs IoU above this (gating, as SORT); -1: any link (Eq. 4 as written)
 
 
 def main(argv=None) -> int:
@@ -37,7 +38,8 @@ def main(argv=None) -> int:
     result, n_tubes = {}, 0
     for vid, pr in videos.items():
         feats = pr.features if pr.features is not None else np.zeros((*pr.valid.shape, 1), np.float32)
-        tubes = link_tubes(pr.frames, feats, pr.boxes, pr.valid, cfg.tubes, cfg.alpha, cfg.max_gap, cfg.gap_penalty)
+        tubes = link_tubes(pr.frames, feats, pr.boxes, pr.valid, cfg.tubes, cfg.alpha, cfg.max_gap, cfg.gap_discount,
+                           cfg.min_iou)
         n_tubes += len(tubes)
         result[vid] = [{"score": t.score, "start_frame": int(pr.frames[t.start]), "end_frame": int(pr.frames[t.end]),
                         "boxes": {str(int(f)): [round(float(c), 2) for c in b]

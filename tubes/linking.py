@@ -4,8 +4,11 @@ M tubes are found or no box is left.
 
 Decisions the paper leaves open (docs/stvg.md): a tube may start and end at any frame (longest path in the frame
 DAG, paths start at 0); a missed detection is bridged by a skip link over up to `max_gap` frames, worth k times
-the link score of the boxes it joins minus `gap_penalty` per skipped frame, and the skipped frames get boxes
-interpolated between the two ends. Link scores are computed for all frame pairs and box pairs at once (batched
+the link score of the boxes it joins times `gap_discount` per skipped frame (scale-free: it works the same whether
+the features or IoU alone carry the score), and the skipped frames get boxes
+interpolated between the two ends; a link needs the two boxes to overlap (IoU > `min_iou`, 0.3 by default,
+SORT's gating; -1 allows any link, Eq. 4 as written): with Eq. 4 alone a jump to a distant box costs only the lost
+IoU term, and weak features let paths hop between objects. Link scores are computed for all frame pairs and box pairs at once (batched
 matrix products); the Viterbi recursion loops over frames only.
 """
 from __future__ import annotations
@@ -44,25 +47,26 @@ def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def link_scores(features: np.ndarray, boxes: np.ndarray, valid: np.ndarray, alpha: float, max_gap: int
-                ) -> list[np.ndarray]:
+def link_scores(features: np.ndarray, boxes: np.ndarray, valid: np.ndarray, alpha: float, max_gap: int,
+                min_iou: float = 0.0) -> list[np.ndarray]:
     """[S_1, ..., S_{max_gap+1}]: S_k (F-k, N, N) = cos(v_t,i, v_t+k,j) + alpha IoU(b_t,i, b_t+k,j), NEG where either
-    box is padding. features (F, N, D), boxes (F, N, 4), valid (F, N)."""
+    box is padding or the boxes overlap by IoU <= min_iou. features (F, N, D), boxes (F, N, 4), valid (F, N)."""
     v = features.astype(np.float32)
     v = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-8)
     out = []
     for k in range(1, max_gap + 2):
         if k >= len(v):
             break
-        s = np.einsum("fnd,fmd->fnm", v[:-k], v[k:]) + alpha * pairwise_iou(boxes[:-k], boxes[k:])
-        ok = valid[:-k, :, None] & valid[k:, None, :]
+        iou = pairwise_iou(boxes[:-k], boxes[k:])
+        s = np.einsum("fnd,fmd->fnm", v[:-k], v[k:]) + alpha * iou
+        ok = valid[:-k, :, None] & valid[k:, None, :] & (iou > min_iou)
         out.append(np.where(ok, s, NEG).astype(np.float32))
     return out
 
 
-def viterbi(scores: list[np.ndarray], valid: np.ndarray, gap_penalty: float) -> tuple[np.ndarray, float]:
+def viterbi(scores: list[np.ndarray], valid: np.ndarray, gap_discount: float) -> tuple[np.ndarray, float]:
     """Best path over the valid boxes: (index (F,) with -1 where the path has no box, total score).
-    A path starts anywhere at 0; a k-frame link adds k * S_k - gap_penalty * (k - 1)."""
+    A path starts anywhere at 0; a k-frame link adds k * S_k * gap_discount ** (k - 1)."""
     F, N = valid.shape
     best = np.full((F, N), NEG, np.float64)
     back_k = np.zeros((F, N), np.int64)      # 0: the path starts here
@@ -74,7 +78,7 @@ def viterbi(scores: list[np.ndarray], valid: np.ndarray, gap_penalty: float) -> 
         for k, s in enumerate(scores, start=1):
             if t - k < 0:
                 break
-            cand = best[t - k][:, None] + k * s[t - k].astype(np.float64) - gap_penalty * (k - 1)  # (N from, N to)
+            cand = best[t - k][:, None] + k * s[t - k].astype(np.float64) * gap_discount ** (k - 1)  # (N from, N to)
             arg = cand.argmax(0)
             val = cand[arg, np.arange(N)]
             better = valid[t] & (val > cur) & (best[t - k][arg] > NEG / 2) & (s[t - k][arg, np.arange(N)] > NEG / 2)
@@ -107,13 +111,13 @@ def _tube(frames: np.ndarray, boxes: np.ndarray, path: np.ndarray, score: float)
 
 
 def link_tubes(frames: np.ndarray, features: np.ndarray, boxes: np.ndarray, valid: np.ndarray, m: int = 10,
-               alpha: float = 0.5, max_gap: int = 2, gap_penalty: float = 0.5) -> list[Tube]:
+               alpha: float = 0.5, max_gap: int = 2, gap_discount: float = 0.8, min_iou: float = 0.3) -> list[Tube]:
     """Up to m tubes, best first; each proposal belongs to at most one tube."""
-    scores = link_scores(features, boxes, valid, alpha, max_gap)
+    scores = link_scores(features, boxes, valid, alpha, max_gap, min_iou)
     left = valid.copy()
     tubes = []
     while len(tubes) < m and left.any():
-        path, total = viterbi(scores, left, gap_penalty)
+        path, total = viterbi(scores, left, gap_discount)
         tubes.append(_tube(frames, boxes, path, total))
         on = path >= 0
         left[np.flatnonzero(on), path[on]] = False

@@ -20,7 +20,8 @@ class TubeConfig:
     tubes: int = 10           # M tubes per video (VCMA keeps 10 regions per frame; the paper's M)
     alpha: float = 0.5        # IoU weight in the link score (VCMA Eq. 4, Sec. 4.1)
     max_gap: int = 2          # missed frames a link may bridge
-    gap_penalty: float = 0.5  # score lost per bridged frame
+    gap_discount: float = 0.8  # a link bridging k-1 missed frames counts k x score x this^(k-1)
+    min_iou: float = 0.3        # a link needs IoU above this (gating, as SORT); -1: any link (Eq. 4 as written)
     roi_output: int = 2       # RoI-Align bins per side before the mean
     batch_frames: int = 64    # frames per encoder call
 
@@ -55,7 +56,7 @@ def video_tubes(model, vid: str, path: str, props: Proposals, width: int, height
     else:
         regions, glob = data["regions"].astype(np.float32), data["frames"].astype(np.float32)
     tubes = link_tubes(props.frames, regions, props.boxes, props.valid, cfg.tubes, cfg.alpha, cfg.max_gap,
-                       cfg.gap_penalty)
+                       cfg.gap_discount, cfg.min_iou)
     return VideoTubes(vid, props, regions, glob, tubes)
 
 
