@@ -9,6 +9,7 @@ Rows (each: m_tIoU, m_vIoU, vIoU@0.3, vIoU@0.5, overall and per sentence type):
 - zero_shot: the export alone. Span: Sec. 3.5 temporal detection (global frame-query similarity over the video's
   query pool, per-query standardisation, each frame takes its best query; the query's longest run). Tube: the
   linked tube whose region features are most similar to the query's words (mean word-region cosine over the span);
+- zero_shot_true_span: the zero-shot tube choice given the true span (the spatial half alone);
 - ceiling_true_span / ceiling_predicted_span: the best of the M linked tubes against the truth with the true span
   and with the zero-shot span (the most a tube-selection head can reach).
 Without --export a randomly initialised stg-micro export (seed 0) is used, like the tests' fixtures: its
@@ -144,7 +145,8 @@ def main(argv=None) -> int:
     by_video: dict[str, list] = {}
     for q in queries:
         by_video.setdefault(q.video, []).append(q)
-    preds = {k: {} for k in ("random", "zero_shot", "ceiling_true_span", "ceiling_predicted_span")}
+    preds = {k: {} for k in ("random", "zero_shot", "zero_shot_true_span", "ceiling_true_span",
+                             "ceiling_predicted_span")}
     pur_all, pur_obj, pur_iou = [], [], []
     t0 = time.perf_counter()
     for vid, qs in by_video.items():
@@ -164,6 +166,8 @@ def main(argv=None) -> int:
             s = int(rng.integers(0, n))
             preds["random"][q.key] = prediction(vt, int(rng.integers(len(vt.tubes))), (s, int(rng.integers(s + 1, n + 1))))
             preds["zero_shot"][q.key] = prediction(vt, int(np.argmax(tube_scores(model, vt, q.sentence, span))), span)
+            preds["zero_shot_true_span"][q.key] = prediction(
+                vt, int(np.argmax(tube_scores(model, vt, q.sentence, q.tube))), q.tube)
             preds["ceiling_true_span"][q.key] = prediction(vt, best_tube(vt, q, q.tube), q.tube)
             preds["ceiling_predicted_span"][q.key] = prediction(vt, best_tube(vt, q, span), span)
     wall = time.perf_counter() - t0
