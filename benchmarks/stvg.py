@@ -35,7 +35,8 @@ from grounding.evaluate import evaluate  # noqa: E402
 from grounding.inference import InferenceConfig, label_frames, segments_from_labels  # noqa: E402
 from grounding.readers.stvg import read_vidstg  # noqa: E402
 from tubes.linking import link_tubes  # noqa: E402
-from tubes.pipeline import TubeConfig, filled, video_tubes  # noqa: E402
+from tubes.config import TubeConfig  # noqa: E402
+from tubes.pipeline import filled, video_tubes  # noqa: E402
 from tubes.proposals import synthetic  # noqa: E402
 from tubes.purity import purity  # noqa: E402
 from tubes.regions import RegionCache  # noqa: E402
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     truth = json.load(open(ann))
     source = synthetic(args.corpus, args.split)
     cache = RegionCache(args.cache or os.path.join(tmp, "cache"), export, source.name)
-    cfg = TubeConfig(tubes=args.tubes)
+    cfg = TubeConfig(tubes=args.tubes).validate()
     rng = np.random.default_rng(args.seed)
     by_video: dict[str, list] = {}
     for q in queries:

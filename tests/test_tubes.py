@@ -206,7 +206,8 @@ def one_video(tmp_path_factory):
 def test_region_features_batched_equal_per_frame_and_cache(one_video):
     from finetune.features import decode
     from pretrain.model import load_model
-    from tubes.pipeline import TubeConfig, video_tubes
+    from tubes.config import TubeConfig
+    from tubes.pipeline import video_tubes
     from tubes.proposals import synthetic
     from tubes.regions import RegionCache, frames_for, region_features
 
@@ -278,3 +279,17 @@ def test_synthetic_proposals_link_into_pure_tubes(one_video):
     own = np.array([[x, y, x + w, y + h] for x, y, w, h in (traj[str(int(f))] for f in props.frames)], np.float32)
     ideal = link_tubes(props.frames, np.ones((len(own), 1, 1), np.float32), own[:, None], np.ones((len(own), 1), bool))
     assert purity(ideal, props.frames, {"0": traj})[0] == 1.0
+
+
+def test_bad_link_setting_is_one_error_line(tmp_path):
+    path = _write(tmp_path, "ok.json", {"videos": {"v": {"frames": {"0": {"boxes": [[0, 0, 4, 4]], "scores": [1]}}}}})
+    res = subprocess.run([sys.executable, "-m", "tubes", "--detections", path, "link.gap_discount=2"],
+                         capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "gap_discount" in lines[0]
+    ok = subprocess.run([sys.executable, "-m", "tubes", "--detections", path, "--out", str(tmp_path / "t.json")],
+                        capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert ok.returncode == 0 and json.loads(ok.stdout.strip().splitlines()[-1]) == {"videos": 1, "tubes": 1,
+                                                                                      "proposals": 1}
+    assert json.load(open(tmp_path / "t.json"))["v"][0]["boxes"] == {"0": [0.0, 0.0, 4.0, 4.0]}

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from common import cli, fsio
 from common.config import load, parser
+from tubes.config import TubeConfig
 from tubes.linking import link_tubes
 from tubes.proposals import read_detections
 
@@ -19,11 +20,7 @@ from tubes.proposals import read_detections
 class LinkConfig:
     detections: str = ""      # detections file (.json or .npz)
     out: str = ""             # where to write {video: [{"score", "start_frame", "end_frame", "boxes": {frame: box}}]}
-    tubes: int = 10           # M tubes per video
-    alpha: float = 0.5        # IoU weight of the link score (VCMA Eq. 4; the paper's value)
-    max_gap: int = 2          # longest run of missed frames a link may bridge
-    gap_discount: float = 0.8  # a link bridging k-1 missed frames counts k x score x this^(k-1)
-    min_iou: float = 0.3        # a link needs IoU above this (gating, as SORT); -1: any link (Eq. 4 as written)
+    link: TubeConfig = field(default_factory=TubeConfig)  # linking knobs (link.min_iou=0.2, ...)
 
 
 def main(argv=None) -> int:
@@ -34,12 +31,13 @@ def main(argv=None) -> int:
     cfg = load(LinkConfig, args.config, args.overrides)
     cfg.detections = args.detections or cfg.detections
     cfg.out = args.out or cfg.out
+    cfg.link.validate()
     videos = read_detections(cfg.detections)
     result, n_tubes = {}, 0
     for vid, pr in videos.items():
         feats = pr.features if pr.features is not None else np.zeros((*pr.valid.shape, 1), np.float32)
-        tubes = link_tubes(pr.frames, feats, pr.boxes, pr.valid, cfg.tubes, cfg.alpha, cfg.max_gap, cfg.gap_discount,
-                           cfg.min_iou)
+        k = cfg.link
+        tubes = link_tubes(pr.frames, feats, pr.boxes, pr.valid, k.tubes, k.alpha, k.max_gap, k.gap_discount, k.min_iou)
         n_tubes += len(tubes)
         result[vid] = [{"score": t.score, "start_frame": int(pr.frames[t.start]), "end_frame": int(pr.frames[t.end]),
                         "boxes": {str(int(f)): [round(float(c), 2) for c in b]

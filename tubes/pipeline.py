@@ -10,20 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from grounding.inference import CropGeometry
+from tubes.config import TubeConfig
 from tubes.linking import Tube, link_tubes
 from tubes.proposals import Proposals
 from tubes.regions import RegionCache, frames_for, region_features
-
-
-@dataclass
-class TubeConfig:
-    tubes: int = 10           # M tubes per video (VCMA keeps 10 regions per frame; the paper's M)
-    alpha: float = 0.5        # IoU weight in the link score (VCMA Eq. 4, Sec. 4.1)
-    max_gap: int = 2          # missed frames a link may bridge
-    gap_discount: float = 0.8  # a link bridging k-1 missed frames counts k x score x this^(k-1)
-    min_iou: float = 0.3        # a link needs IoU above this (gating, as SORT); -1: any link (Eq. 4 as written)
-    roi_output: int = 2       # RoI-Align bins per side before the mean
-    batch_frames: int = 64    # frames per encoder call
 
 
 @dataclass
