@@ -5,7 +5,8 @@ purity and how linking time grows with frames x proposals. Prints one JSON objec
   python -m benchmarks.stvg --corpus runs/stvg/corpus [--export DIR] [--split test]
 
 Rows (each: m_tIoU, m_vIoU, vIoU@0.3, vIoU@0.5, overall and per sentence type):
-- random: a uniform random span and one of the M linked tubes at random;
+- random: a uniform random span and one of the M linked tubes at random; random_true_span: a random tube with the
+  true span (the bar for the spatial half);
 - zero_shot: the export alone. Span: Sec. 3.5 temporal detection (global frame-query similarity over the video's
   query pool, per-query standardisation, each frame takes its best query; the query's longest run). Tube: the
   linked tube whose region features are most similar to the query's words (mean word-region cosine over the span);
@@ -51,12 +52,13 @@ def random_export(folder: str) -> str:
     return folder
 
 
-def zero_shot_spans(model, glob: np.ndarray, frame_ids: np.ndarray, sentences: list[str]) -> list[tuple[int, int]]:
+def zero_shot_spans(model, glob: np.ndarray, frame_ids: np.ndarray, sentences: list[str], smooth: int = 1
+                    ) -> list[tuple[int, int]]:
     """Sec. 3.5 temporal detection over the video's query pool: each query's longest run of frames."""
     with torch.no_grad():
         tg, _, _ = model.encode_text(model.tokenize(sentences))
     scores = glob @ tg.float().cpu().numpy().T
-    labels, best = label_frames(scores, InferenceConfig(normalize="query", tau=0.0))
+    labels, best = label_frames(scores, InferenceConfig(normalize="query", tau=0.0, smooth=smooth))
     runs = segments_from_labels(labels, frame_ids.astype(float), 1.0)
     out = []
     for q in range(len(sentences)):
@@ -129,6 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--cache", help="region-feature cache folder (default: a temporary one)")
     p.add_argument("--tubes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smooth", type=int, default=1, help="zero-shot: frames in the moving mean of each query's "
+                   "scores before the per-frame argmax (odd; 1 = the paper's per-frame decision)")
     args = p.parse_args(argv)
     from pretrain.model import load_model
 
@@ -146,7 +150,7 @@ def main(argv=None) -> int:
     by_video: dict[str, list] = {}
     for q in queries:
         by_video.setdefault(q.video, []).append(q)
-    preds = {k: {} for k in ("random", "zero_shot", "zero_shot_true_span", "ceiling_true_span",
+    preds = {k: {} for k in ("random", "random_true_span", "zero_shot", "zero_shot_true_span", "ceiling_true_span",
                              "ceiling_predicted_span")}
     pur_all, pur_obj, pur_iou = [], [], []
     t0 = time.perf_counter()
@@ -161,11 +165,12 @@ def main(argv=None) -> int:
         blind = link_tubes(pr.frames, np.zeros((*pr.valid.shape, 1), np.float32), pr.boxes, pr.valid, cfg.tubes,
                            cfg.alpha, cfg.max_gap, cfg.gap_discount, cfg.min_iou)
         pur_iou.append(purity(blind, pr.frames, truth["trajectories"][vid])[1])
-        spans = zero_shot_spans(model, vt.frames, vt.proposals.frames, [q.sentence for q in qs])
+        spans = zero_shot_spans(model, vt.frames, vt.proposals.frames, [q.sentence for q in qs], args.smooth)
         n = int(meta["frame_count"])
         for q, span in zip(qs, spans):
             s = int(rng.integers(0, n))
             preds["random"][q.key] = prediction(vt, int(rng.integers(len(vt.tubes))), (s, int(rng.integers(s + 1, n + 1))))
+            preds["random_true_span"][q.key] = prediction(vt, int(rng.integers(len(vt.tubes))), q.tube)
             preds["zero_shot"][q.key] = prediction(vt, int(np.argmax(tube_scores(model, vt, q.sentence, span))), span)
             preds["zero_shot_true_span"][q.key] = prediction(
                 vt, int(np.argmax(tube_scores(model, vt, q.sentence, q.tube))), q.tube)
@@ -182,6 +187,7 @@ def main(argv=None) -> int:
     corpus = json.load(open(os.path.join(args.corpus, "corpus.json")))
     print(json.dumps({"corpus": args.corpus, "split": args.split, "queries": len(queries), "videos": len(by_video),
                       "export": args.export or "random-init stg-micro (seed 0)", "tubes_per_video": args.tubes,
+                      "smooth": args.smooth,
                       "mix": corpus.get("stvg", {}).get("mix"), "rows": rows,
                       "tube_purity": {"all_tubes": round(float(np.mean(pur_all)), 4),
                                       "first_n_objects_tubes": round(float(np.mean(pur_obj)), 4),
