@@ -40,6 +40,8 @@ def video_tubes(model, vid: str, path: str, props: Proposals, width: int, height
         frames = frames_for(decoded, times, fps, props.frames)
         regions, glob = region_features(model, frames, props, CropGeometry(width, height, size), cfg.roi_output,
                                         cfg.batch_frames)
+        # the cache keeps float16: round fresh features the same way, so a cached run gives the same results
+        regions, glob = regions.astype(np.float16).astype(np.float32), glob.astype(np.float16).astype(np.float32)
         if cache is not None:
             cache.put(vid, size_bytes, regions=regions.astype(np.float16), frames=glob.astype(np.float16),
                       frame_ids=props.frames)
