@@ -50,6 +50,24 @@ def labelled_frames(shards: str, truth_dir: str):
     return np.stack(frames), steps
 
 
+def decoded_frames(corpus_split: str, size: int):
+    """The same labelled frames decoded from the split's mp4s at `size` (for resolutions the shards lack)."""
+    from grounding.predict import decode
+
+    boxes = json.load(open(os.path.join(corpus_split, "truth", "GroundingYouTubeBox.json")))
+    frames, steps = [], []
+    for vid, secs in sorted(boxes.items()):
+        if not secs:
+            continue
+        clip = decode(vid, os.path.join(corpus_split, "videos", f"{vid}.mp4"), 1.0, size)
+        for i, t in enumerate(np.rint(clip.times).astype(int)):
+            entry = secs.get(str(int(t)))
+            if entry:
+                frames.append(clip.frames[i])
+                steps.append(entry["step"])
+    return np.stack(frames), steps
+
+
 def main() -> int:
     import torch
     import torch.nn.functional as F
@@ -76,7 +94,10 @@ def main() -> int:
     cfg = C.load(PretrainConfig, args.config, [f"data.shards={args.shards}", *args.overrides])
     torch.manual_seed(args.seed)
     model = build_model(cfg.model)
-    frames, steps = labelled_frames(args.shards, os.path.join(args.corpus, "train", "truth"))
+    if model.image_size == int(json.load(open(os.path.join(args.shards, "manifest.json")))["config"]["size"]):
+        frames, steps = labelled_frames(args.shards, os.path.join(args.corpus, "train", "truth"))
+    else:  # e.g. model.backbone=stg-micro64 on 32 px shards
+        frames, steps = decoded_frames(os.path.join(args.corpus, "train"), model.image_size)
     verbs = sorted({actions.verb(s) for s in steps})
     colours = sorted({actions.obj(s).split(" ")[0] for s in steps})
     nouns = sorted({actions.obj(s).split(" ")[-1] for s in steps})
