@@ -13,6 +13,7 @@ import numpy as np
 
 from common import fsio
 from index import embshards
+from index.errors import IndexInputError
 from shards import reader
 
 
@@ -105,4 +106,5 @@ def recorded_checkpoint(emb_dir: str) -> str:
     for _, stats in complete:
         if stats.get("checkpoint"):
             return stats["checkpoint"]
-    raise FileNotFoundError(f"{emb_dir}: no stats marker records a checkpoint; give embed.checkpoint=<export dir>")
+    raise IndexInputError(f"embeddings [{emb_dir}]: no stats marker records a checkpoint; give "
+                          f"embed.checkpoint=<export dir>")
