@@ -29,24 +29,20 @@ sys.path.insert(0, ROOT)
 
 def labelled_frames(shards: str, truth_dir: str):
     """(frames (n, H, W, 3) uint8, steps [n]) for every shard frame whose second carries a true step."""
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
-
-    from pretrain.data import decode_sample
+    from shards.reader import read_samples
 
     boxes = json.load(open(os.path.join(truth_dir, "GroundingYouTubeBox.json")))
     frames, steps, seen = [], [], set()
-    for tar in sorted(glob.glob(os.path.join(shards, "*.tar"))):
-        with open(tar, "rb") as fh:
-            for raw in group_by_keys({**f, "__url__": tar} for f in tar_file_iterator(fh)):
-                clip, _, meta = decode_sample(raw)
-                vid = meta["video_id"]
-                for i, t in enumerate(meta["frame_times"][: meta["valid_frames"]]):
-                    sec = str(int(round(t)))
-                    entry = boxes.get(vid, {}).get(sec)
-                    if entry and (vid, sec) not in seen:
-                        seen.add((vid, sec))
-                        frames.append(clip[i])
-                        steps.append(entry["step"])
+    for sample in read_samples(sorted(glob.glob(os.path.join(shards, "*.tar")))):
+        clip, meta = sample["frames"], sample["json"]
+        vid = meta["video_id"]
+        for i, t in enumerate(meta["frame_times"][: meta["valid_frames"]]):
+            sec = str(int(round(t)))
+            entry = boxes.get(vid, {}).get(sec)
+            if entry and (vid, sec) not in seen:
+                seen.add((vid, sec))
+                frames.append(clip[i])
+                steps.append(entry["step"])
     return np.stack(frames), steps
 
 

@@ -27,18 +27,14 @@ sys.path.insert(0, ROOT)
 
 def load_clips(shards: str):
     import numpy as np
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-    from pretrain.data import decode_sample
+    from shards.reader import read_samples
 
     frames, captions, videos = [], [], []
-    for tar in sorted(glob.glob(os.path.join(shards, "*.tar"))):
-        with open(tar, "rb") as fh:
-            for raw in group_by_keys({**f, "__url__": tar} for f in tar_file_iterator(fh)):
-                clip, caption, _ = decode_sample(raw)
-                frames.append(clip)
-                captions.append(caption)
-                videos.append(raw["__key__"].rsplit("__", 1)[0])
+    for s in read_samples(sorted(glob.glob(os.path.join(shards, "*.tar")))):
+        frames.append(s["frames"])
+        captions.append(s["json"]["caption"])
+        videos.append(s["json"]["video_id"])
     return np.stack(frames), captions, np.asarray(videos)
 
 

@@ -14,16 +14,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
 
+if __package__ in (None, ""):  # run as a script (ray job submit -- python cluster/index.py): import the project
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import cli
 from common import config as C
 from common import fsio
 from index.config import IndexConfig
 
 COMMANDS = ("embed", "build", "add", "mine", "search")
 _DATA_SHARD = re.compile(r"^shard-(\d{6})\.tar$")
+log = logging.getLogger("cluster.index")
 
 
 def ray_mapper(ray):
@@ -50,40 +56,67 @@ def data_shards(shards_url: str) -> list[str]:
     return [n for n in sorted(names) if _DATA_SHARD.match(n) and n[: -len(".tar")] + ".stats.json" in names]
 
 
-def run_embed(cfg: IndexConfig, ray=None) -> dict:
-    from index import embshards
+def plan_embed(cfg: IndexConfig) -> tuple[list[str], list[str], str]:
+    """(data shards to embed, those already embedded, the export's key), checked before any cluster starts.
 
-    if not cfg.shards:
-        raise C.ConfigError("embed needs shards=<shard set URL>")
-    if not cfg.embed.checkpoint:
-        raise C.ConfigError("embed needs embed.checkpoint=<pretrain export dir>")
-    ray = ray or _ray(cfg)
+    The tag's embeddings belong to one export: shards embedded by another are refused (StaleEmbeddings) unless
+    embed.overwrite=true re-embeds every shard; they are never mixed."""
+    from index import embshards
+    from index.errors import StaleEmbeddings
+    from pretrain.export_key import export_key
+
+    cfg.validate("embed")
+    if not fsio.exists(cfg.shards):
+        raise C.ConfigError(f"shard set [{cfg.shards}]: not found (shards= names the output of cluster.shard)")
+    shards = data_shards(cfg.shards)
+    if not shards:
+        raise C.ConfigError(f"shard set [{cfg.shards}]: holds no finished data shard (shard-NNNNNN.tar with its "
+                            f".stats.json); run cluster.shard first")
+    export = export_key(cfg.embed.checkpoint)
     emb_dir = cfg.embeddings_url()
-    fsio.makedirs(emb_dir)
+    complete = {name: stats for name, stats in embshards.list_shards(emb_dir)[0]}
+    if not cfg.embed.overwrite:
+        made_by = {str(st.get("export") or "") for st in complete.values()} - {export}
+        if made_by:
+            raise StaleEmbeddings(
+                f"model tag [{cfg.model_tag}]: {emb_dir} holds embeddings of export {sorted(made_by)[0] or 'unrecorded'}"
+                f", not of {cfg.embed.checkpoint} (export {export}); re-embed with embed.overwrite=true or use "
+                f"another model_tag")
     todo, done = [], []
-    for shard in data_shards(cfg.shards):
-        name = embshards.name_for(shard)
-        marked = fsio.exists(embshards.stats_url(emb_dir, name))
+    for shard in shards:
+        marked = embshards.name_for(shard) in complete
         (done if marked and not cfg.embed.overwrite else todo).append(shard)
-    report = {"embeddings": emb_dir, "already_done": len(done), "embedded": 0, "samples": 0, "failures": {}}
-    if todo:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        n_actors = cfg.embed.actors or (max(1, int(gpus / cfg.embed.gpus_per_actor)) if gpus else 2)
-        n_actors = min(n_actors, len(todo))
-        opts = {"num_cpus": 1, "num_gpus": cfg.embed.gpus_per_actor if gpus else 0}
-        actor_cls = ray.remote(EmbedWorker)
-        actors = [actor_cls.options(**opts).remote(cfg.embed.checkpoint, cfg.embed.batch_size, bool(gpus))
-                  for _ in range(n_actors)]
-        pool = ray.util.ActorPool(actors)
-        t0 = time.time()
-        for stats in pool.map_unordered(lambda a, s: a.embed.remote(cfg.shards, s, emb_dir, cfg.model_tag), todo):
-            report["embedded"] += 1
-            report["samples"] += stats["samples"]
-            for k, v in stats["failures"].items():
-                report["failures"][k] = report["failures"].get(k, 0) + v
-        report["wall_seconds"] = round(time.time() - t0, 3)
-        for a in actors:
-            ray.kill(a)
+    return todo, done, export
+
+
+def run_embed(cfg: IndexConfig, ray=None) -> dict:
+    todo, done, export = plan_embed(cfg)
+    emb_dir = cfg.embeddings_url()
+    report = {"embeddings": emb_dir, "export": export, "already_done": len(done), "embedded": 0, "samples": 0,
+              "failures": {}}
+    if not todo:  # finished work: nothing is written, the records stay byte-identical
+        log.info("every shard of %s is embedded by export %s already: nothing to do", cfg.shards, export)
+        return report
+    ray = ray or _ray(cfg)
+    fsio.makedirs(emb_dir)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    n_actors = cfg.embed.actors or (max(1, int(gpus / cfg.embed.gpus_per_actor)) if gpus else 2)
+    n_actors = min(n_actors, len(todo))
+    opts = {"num_cpus": 1, "num_gpus": cfg.embed.gpus_per_actor if gpus else 0}
+    actor_cls = ray.remote(EmbedWorker)
+    actors = [actor_cls.options(**opts).remote(cfg.embed.checkpoint, cfg.embed.batch_size, bool(gpus))
+              for _ in range(n_actors)]
+    pool = ray.util.ActorPool(actors)
+    t0 = time.time()
+    for stats in pool.map_unordered(lambda a, s: a.embed.remote(cfg.shards, s, emb_dir, cfg.model_tag, export),
+                                    todo):
+        report["embedded"] += 1
+        report["samples"] += stats["samples"]
+        for k, v in stats["failures"].items():
+            report["failures"][k] = report["failures"].get(k, 0) + v
+    report["wall_seconds"] = round(time.time() - t0, 3)
+    for a in actors:
+        ray.kill(a)
     C.dump(cfg, fsio.join(emb_dir, "config.yaml"))
     return report
 
@@ -96,43 +129,85 @@ class EmbedWorker:
 
         self.embedder = ShardEmbedder(checkpoint, batch_size, device="cuda" if use_gpu else "cpu")
 
-    def embed(self, shards_url: str, shard: str, emb_dir: str, model_tag: str) -> dict:
-        return self.embedder.embed_shard(shards_url, shard, emb_dir, model_tag)
+    def embed(self, shards_url: str, shard: str, emb_dir: str, model_tag: str, export: str) -> dict:
+        return self.embedder.embed_shard(shards_url, shard, emb_dir, model_tag, export)
+
+
+def _need_embeddings(cfg: IndexConfig) -> str:
+    from index import embshards
+
+    emb_dir = cfg.embeddings_url()
+    if not embshards.list_shards(emb_dir)[0]:
+        raise C.ConfigError(f"embeddings [{emb_dir}]: no complete embedding shard (model_tag={cfg.model_tag}); "
+                            f"run `cluster.index embed` first")
+    return emb_dir
 
 
 def run_build(cfg: IndexConfig, incremental: bool, ray=None) -> dict:
-    from index import build
+    from index import build, store
 
-    ray = ray or _ray(cfg)
-    emb_dir, url = cfg.embeddings_url(), cfg.index_url()
+    cfg.validate("add" if incremental else "build")
+    emb_dir, url = _need_embeddings(cfg), cfg.index_url()
     if incremental:
-        report = build.add(cfg.build, emb_dir, url, mapper=ray_mapper(ray))
+        prev = store.read_meta(url)  # NoIndex before any cluster starts
+        todo, _, _ = build.plan(emb_dir, skip_names={s["name"] for s in prev.shards}, dim=prev.dim)
+        build.check_export(prev, emb_dir, url)
+        if not todo:
+            log.info("index %s holds every embedding shard already: nothing to add", url)
+            return {"index": url, "version": prev.version, "count": prev.count, "shards_added": 0,
+                    "already_built": True}
+        report = build.add(cfg.build, emb_dir, url, mapper=ray_mapper(ray or _ray(cfg)))
     else:
-        report = build.build(cfg.build, emb_dir, url, seed=cfg.seed, mapper=ray_mapper(ray))
+        done = build.existing(cfg.build, emb_dir, url)
+        if done is not None:
+            log.info("index %s holds every embedding shard already (version %d): nothing to do; "
+                     "build.rebuild=true replaces it", url, done["version"])
+            return done
+        report = build.build(cfg.build, emb_dir, url, seed=cfg.seed, mapper=ray_mapper(ray or _ray(cfg)))
     C.dump(cfg, fsio.join(url, "config.yaml"))
     return report
 
 
-def run_mine(cfg: IndexConfig, ray=None) -> dict:
-    from index import mining
+_MINED_WITH = ("index_version", "k", "tau", "search_k", "nprobe", "export")
 
+
+def run_mine(cfg: IndexConfig, ray=None) -> dict:
+    from index import build, mining, store
+
+    cfg.validate("mine")
+    m, url, out = cfg.mine, cfg.index_url(), cfg.table_url()
+    meta = store.read_meta(url)  # NoIndex before any cluster starts
+    build.check_export(meta, meta.embeddings, url)
+    want = {"index_version": meta.version, "k": m.k, "tau": m.tau, "search_k": m.search_k,
+            "nprobe": cfg.search.nprobe, "export": meta.extra.get("export", "")}
+    if fsio.exists(out) and not m.overwrite:
+        old = mining.load_table(out)
+        have = {k: old.get(k) for k in _MINED_WITH}
+        if have == want and old.get("captions") is not None:
+            log.info("table %s was mined from this index version with these settings: nothing to do", out)
+            return {k: v for k, v in old.items() if k not in ("table", "captions")} | {
+                "table": out, "clips_in_table": len(old["table"]), "already_mined": True}
+        differ = sorted(k for k in _MINED_WITH if have[k] != want[k]) or ["captions"]
+        raise C.ConfigError(f"pseudo-positive table [{out}]: mined with other {', '.join(differ)} "
+                            f"({ {k: have.get(k) for k in differ} }); mine.overwrite=true replaces it, mine.out= "
+                            f"writes another")
     ray = ray or _ray(cfg)
-    m = cfg.mine
-    result = mining.mine(cfg.index_url(), m.k, m.tau, m.search_k, m.clips_per_task, cfg.search.nprobe,
-                         mapper=ray_mapper(ray), put=ray.put)
-    out = cfg.table_url()
+    shards = cfg.shards if not cfg.shards or "://" in cfg.shards else os.path.abspath(cfg.shards)
+    result = mining.mine(url, m.k, m.tau, m.search_k, m.clips_per_task, cfg.search.nprobe,
+                         mapper=ray_mapper(ray), put=ray.put, shards=shards)
     mining.write_table(out, result)
     C.dump(cfg, out + ".config.yaml")
-    return {k: v for k, v in result.items() if k != "table"} | {"table": out, "clips_in_table": len(result["table"])}
+    return {k: v for k, v in result.items() if k not in ("table", "captions")} | {
+        "table": out, "clips_in_table": len(result["table"])}
 
 
 def run_search(cfg: IndexConfig) -> str:
+    from index import build
     from index.search import Searcher, format_hits
 
-    s = cfg.search
-    if bool(s.text) == bool(s.clip):
-        raise C.ConfigError("search needs exactly one of search.text=<query> or search.clip=<sample key>")
+    s = cfg.validate("search").search
     searcher = Searcher(cfg.index_url(), nprobe=s.nprobe)
+    build.check_export(searcher.meta, searcher.meta.embeddings, searcher.url)
     if s.clip:
         query = searcher.clip_vector(s.clip)
         what = f"clip {s.clip}"
@@ -146,14 +221,24 @@ def run_search(cfg: IndexConfig) -> str:
     return f"{len(hits)} neighbours of {what} in {searcher.url} ({searcher.meta.count} clips)\n" + format_hits(hits)
 
 
+def help_text() -> str:
+    return C.parser(IndexConfig, __doc__, prog="python -m cluster.index {%s}" % ",".join(COMMANDS)
+                    ).format_help()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(help_text())
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        print(__doc__, file=sys.stderr)
-        return 2
+        got = f"unknown command {argv[0]!r}" if argv else "no command"
+        raise C.ConfigError(f"command [{argv[0] if argv else ''}]: {got}; use one of {', '.join(COMMANDS)} "
+                            f"(python -m cluster.index --help)")
     command, rest = argv[0], argv[1:]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = C.parse(IndexConfig, rest, description=f"cluster.index {command}")
+    args = C.parser(IndexConfig, f"cluster.index {command}", prog=f"python -m cluster.index {command}").parse_args(rest)
+    cfg = C.load(IndexConfig, args.config, args.overrides)
     if command == "search":
         print(run_search(cfg))
         return 0
@@ -168,4 +253,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

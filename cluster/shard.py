@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 if __package__ in (None, ""):  # run as a script (ray job submit -- python cluster/shard.py): import the project
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common import cli
 from common import config as C
 from shards.config import ShardConfig
 from shards.distribute import Outcome, SequentialDistributor
@@ -62,13 +63,24 @@ def make_distributor(cfg: ShardConfig, ray=None):
     return RayDistributor(ray, cfg.num_cpus_per_task)
 
 
+def check_inputs(cfg: ShardConfig) -> None:
+    """The manifest and captions must exist and parse (a bad video is counted and skipped later, not fatal)."""
+    from shards.corpus import default_captions, read_captions, read_manifest
+
+    if not read_manifest(cfg.manifest):
+        raise C.ConfigError(f"manifest [{cfg.manifest}]: lists no video")
+    read_captions(cfg.captions or default_captions(cfg.manifest))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = C.parse(ShardConfig, argv, description=__doc__.splitlines()[0]).validate()
+    args = C.parser(ShardConfig, __doc__, prog="python -m cluster.shard").parse_args(argv)
+    cfg = C.load(ShardConfig, args.config, args.overrides).validate()
+    check_inputs(cfg)  # before any cluster starts
     summary = run(cfg, make_distributor(cfg))
     print(json.dumps(summary, indent=1), flush=True)
     return 1 if summary["shards_failed"] else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

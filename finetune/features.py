@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from common import fsio
+from pretrain.export_key import export_key as model_key  # noqa: F401 - the feature store's key
 
 log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
@@ -61,20 +62,6 @@ def centered(f: VideoFeatures) -> VideoFeatures:
     x = x - x.mean(0, keepdims=True)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
     return VideoFeatures(f.vid, x.astype(np.float16), f.times, f.duration, f.regions, f.pixels)
-
-
-def model_key(checkpoint: str) -> str:
-    """sha256 over model.pt and model_config.json of an export (first 16 hex digits)."""
-    folder = checkpoint.rstrip("/")
-    if folder.endswith(".pt"):
-        folder = folder.rsplit("/", 1)[0] if "/" in folder else "."
-    h = hashlib.sha256()
-    for name in ("model_config.json", "model.pt"):
-        fs, path = fsio.filesystem(fsio.join(folder, name))
-        with fs.open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
 
 
 def file_name(vid: str) -> str:

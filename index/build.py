@@ -17,7 +17,7 @@ import numpy as np
 
 from index import embshards, store
 from index.config import BuildSection
-from index.errors import DimensionMismatch, EmbeddingShardError
+from index.errors import DimensionMismatch, EmbeddingShardError, IndexExists, StaleEmbeddings
 from index.factory import choose_factory, is_ivf, make_index, train_size
 
 log = logging.getLogger(__name__)
@@ -210,14 +210,54 @@ def _check_keys(known: set[str], maps: list[dict], where: str) -> None:
         seen.update(m["keys"])
 
 
+def check_export(meta: store.Meta, emb_dir: str, index_url: str) -> str:
+    """The export key of the embeddings; StaleEmbeddings when the index was built from another export's."""
+    export = embshards.export_of(embshards.list_shards(emb_dir)[0], emb_dir)
+    built = str(meta.extra.get("export", ""))
+    if built != export:
+        raise StaleEmbeddings(f"index [{index_url}]: built from the embeddings of export {built or 'unrecorded'}, "
+                              f"{emb_dir} now holds export {export or 'unrecorded'}; rebuild it with "
+                              f"`cluster.index build build.rebuild=true`")
+    return export
+
+
+def existing(cfg: BuildSection, emb_dir: str, index_url: str) -> dict | None:
+    """What `build` does over an index that is already there (without build.rebuild): None when there is none;
+    a no-op report when it holds every complete embedding shard; otherwise an IndexExists naming what to run."""
+    if cfg.rebuild or not store.exists(index_url):
+        return None
+    prev = store.read_meta(index_url)
+    how = "`cluster.index build build.rebuild=true` replaces it"
+    if prev.embeddings != emb_dir:
+        raise IndexExists(f"index [{index_url}]: built from {prev.embeddings}, not {emb_dir}; {how}")
+    if prev.vectors != cfg.vectors or cfg.factory not in ("auto", prev.factory):
+        raise IndexExists(f"index [{index_url}]: built over {prev.vectors} vectors with {prev.factory}, asked for "
+                          f"{cfg.vectors} with {cfg.factory}; {how}")
+    check_export(prev, emb_dir, index_url)
+    todo, _, _ = plan(emb_dir, skip_names={s["name"] for s in prev.shards}, dim=prev.dim)
+    if todo:
+        raise IndexExists(f"index [{index_url}]: exists without {len(todo)} new embedding shard(s) (e.g. "
+                          f"{todo[0][0]}); `cluster.index add` adds them, {how}")
+    return {"index": index_url, "version": prev.version, "factory": prev.factory, "count": prev.count,
+            "shards_added": 0, "already_built": True}
+
+
 def build(cfg: BuildSection, emb_dir: str, index_url: str, seed: int = 0, mapper: Mapper = local_map) -> dict:
-    """A new index over every complete embedding shard. Refuses to replace an existing one unless cfg.rebuild."""
+    """A new index over every complete embedding shard. Over an existing one (without cfg.rebuild) this is a no-op
+    when it already holds every shard, else IndexExists (see `existing`)."""
     t0 = time.time()
+    done = existing(cfg, emb_dir, index_url)
+    if done is not None:
+        log.info("index %s already holds every embedding shard (version %d): nothing to do", index_url,
+                 done["version"])
+        return done
     with store.Stage(index_url, overwrite=cfg.rebuild) as stage:
         todo, dim, skipped = plan(emb_dir)
         if not todo:
-            raise EmbeddingShardError(f"{emb_dir}: no complete, non-empty embedding shards to index "
-                                      f"(skipped: { {k: len(v) for k, v in skipped.items()} })")
+            raise EmbeddingShardError(f"embeddings [{emb_dir}]: no complete, non-empty embedding shards to index "
+                                      f"(skipped: { {k: len(v) for k, v in skipped.items()} }); run "
+                                      f"`cluster.index embed` first")
+        export = embshards.export_of(embshards.list_shards(emb_dir)[0], emb_dir)
         trained, factory, n_train = _train(cfg, emb_dir, todo, dim, seed, mapper)
         t_train = time.time()
         partials, maps = _partials(cfg, emb_dir, todo, 0, dim, trained, mapper)
@@ -230,7 +270,7 @@ def build(cfg: BuildSection, emb_dir: str, index_url: str, seed: int = 0, mapper
         else:
             raise ValueError(f"build.merge must be memory or ondisk, got {cfg.merge!r}")
         meta = store.Meta(factory=factory, dim=dim, vectors=cfg.vectors, embeddings=emb_dir, shards=[], keys=[],
-                          video_ids=[], times=[])
+                          video_ids=[], times=[], extra={"export": export} if export else {})
         _extend(meta, maps)
         meta = stage.commit(index, meta, trained=trained)
     t_end = time.time()
@@ -242,18 +282,19 @@ def build(cfg: BuildSection, emb_dir: str, index_url: str, seed: int = 0, mapper
 
 def add(cfg: BuildSection, emb_dir: str, index_url: str, mapper: Mapper = local_map) -> dict:
     """Add embedding shards not yet in the index (incremental: the trained quantiser is reused, nothing is retrained).
-    The previous version stays live until the new one is committed."""
+    The previous version stays live until the new one is committed; with nothing new it is a no-op."""
     t0 = time.time()
     with store.Stage(index_url, overwrite=None) as stage:
         prev = stage.previous
         if prev.embeddings != emb_dir:  # shard names are only unique within one embedding dir
-            raise ValueError(f"{index_url} was built from {prev.embeddings}, not {emb_dir}")
+            raise IndexExists(f"index [{index_url}]: built from {prev.embeddings}, not {emb_dir}")
         if prev.vectors != cfg.vectors:
-            raise ValueError(f"{index_url} indexes {prev.vectors} vectors, build.vectors={cfg.vectors}")
+            raise IndexExists(f"index [{index_url}]: indexes {prev.vectors} vectors, build.vectors={cfg.vectors}")
+        check_export(prev, emb_dir, index_url)
         todo, _, skipped = plan(emb_dir, skip_names={s["name"] for s in prev.shards}, dim=prev.dim)
         if not todo:
             return {"index": index_url, "version": prev.version, "count": prev.count, "shards_added": 0,
-                    "skipped": {k: len(v) for k, v in skipped.items()}}
+                    "already_built": True, "skipped": {k: len(v) for k, v in skipped.items()}}
         trained = store.load_trained(index_url, prev)
         base, _ = store.load(index_url, meta=prev)
         partials, maps = _partials(cfg, emb_dir, todo, prev.count, prev.dim, trained, mapper)

@@ -7,66 +7,14 @@ the text vector is the caption's global embedding, L2-normalised. This module kn
 from __future__ import annotations
 
 import collections
-import io
-import json
-import posixpath
-import tarfile
 import time
-from typing import Iterator
 
 import numpy as np
 
 from common import fsio
 from index import embshards
-
-
-def read_samples(url: str) -> Iterator[tuple[str, dict, list[bytes] | None, str | None]]:
-    """(key, json, [jpeg bytes per frame] , error) for each sample of a WebDataset tar, streamed."""
-    fs, path = fsio.filesystem(url)
-    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        cur, members = None, {}
-
-        def emit():
-            return _sample(cur, members)
-
-        for m in tar:
-            if not m.isfile():
-                continue
-            base = posixpath.basename(m.name)
-            key, _, ext = base.partition(".")
-            if key != cur and cur is not None:
-                yield emit()
-                members = {}
-            cur = key
-            members[ext] = tar.extractfile(m).read()
-        if cur is not None:
-            yield emit()
-
-
-def _sample(key: str, members: dict) -> tuple[str, dict, list[bytes] | None, str | None]:
-    try:
-        meta = json.loads(members["json"])
-    except (KeyError, ValueError, UnicodeDecodeError) as e:
-        return key, {}, None, f"bad_json: {e}"
-    frames = [members.get(f"f{i:02d}.jpg") for i in range(len(meta.get("frame_times", [])))]
-    if not frames or any(f is None for f in frames):
-        return key, meta, None, "missing_frames"
-    return key, meta, frames, None
-
-
-def _guarded(samples, shard: str):
-    """The samples of a tar up to where it breaks (cut short or garbled): the break becomes one `corrupt_shard`
-    failure instead of losing the samples before it (the training loader keeps those too)."""
-    try:
-        yield from samples
-    except (OSError, EOFError, tarfile.TarError) as e:
-        yield f"{shard}:end", {}, None, f"corrupt_shard: {e}"
-
-
-def _decode(frames: list[bytes]) -> np.ndarray:
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in frames])
+from index.errors import IndexInputError
+from shards import reader
 
 
 def _to(x, device):
@@ -106,43 +54,33 @@ class ShardEmbedder:
             tokens = _to(self.model.tokenize(texts), self.device)
             return embshards.l2_normalise(self.model.encode_text(tokens)[0].float().cpu().numpy())
 
-    def embed_shard(self, shards_url: str, shard: str, emb_dir: str, model_tag: str) -> dict:
+    def embed_shard(self, shards_url: str, shard: str, emb_dir: str, model_tag: str, export: str = "") -> dict:
+        """Embed one data shard into its embedding shard; `export` is the export's key (pretrain.export_key)."""
         t0 = time.time()
         name = embshards.name_for(shard)
-        keys, vids, times, video, text = [], [], [], [], []
+        keys, vids, times, captions, video, text = [], [], [], [], [], []
         failures: collections.Counter = collections.Counter()
-        failed = []
-        batch: list[tuple[str, dict, np.ndarray]] = []
+        failed: list[dict] = []
+        batch: list[dict] = []
 
         def flush():
             if not batch:
                 return
-            frames = np.stack([b[2] for b in batch])
-            valid = np.array([int(b[1].get("valid_frames", frames.shape[1])) for b in batch])
+            frames = np.stack([b["frames"] for b in batch])
+            valid = np.array([int(b["json"].get("valid_frames", frames.shape[1])) for b in batch])
             video.append(self.encode_clips(frames, valid))
-            text.append(self.encode_texts([b[1]["caption"] for b in batch]))
-            for key, meta, _ in batch:
-                keys.append(key)
-                vids.append(meta["video_id"])
-                times.append([meta["window_start"], meta["window_end"]])
+            text.append(self.encode_texts([b["json"]["caption"] for b in batch]))
+            for b in batch:
+                keys.append(b["key"])
+                vids.append(b["json"]["video_id"])
+                times.append([b["json"]["window_start"], b["json"]["window_end"]])
+                captions.append(b["json"]["caption"])
             batch.clear()
 
-        for key, meta, frames, error in _guarded(read_samples(fsio.join(shards_url, shard)), shard):
-            if error is None:
-                try:
-                    arr = _decode(frames)
-                    if not isinstance(meta.get("caption"), str) or "video_id" not in meta:
-                        raise ValueError("json lacks caption or video_id")
-                except (OSError, ValueError) as e:
-                    error = f"bad_sample: {e}"
-            if error is not None:
-                reason = error.split(":")[0]
-                failures[reason] += 1
-                failed.append({"key": key, "reason": reason, "detail": error})
-                continue
-            if batch and arr.shape != batch[0][2].shape:
+        for sample in reader.read_samples([fsio.join(shards_url, shard)], failures, failed):
+            if batch and sample["frames"].shape != batch[0]["frames"].shape:
                 flush()  # frames of another size cannot share a batch
-            batch.append((key, meta, arr))
+            batch.append(sample)
             if len(batch) >= self.batch_size:
                 flush()
         flush()
@@ -150,9 +88,10 @@ class ShardEmbedder:
         out = embshards.EmbShard(
             name, np.array(keys, dtype=str), np.array(vids, dtype=str), np.array(times, np.float32).reshape(-1, 2),
             np.concatenate(video) if video else np.zeros((0, d), np.float32),
-            np.concatenate(text) if text else np.zeros((0, d), np.float32))
-        stats = {"shard": shard, "model_tag": model_tag, "checkpoint": self.checkpoint, "device": self.device,
-                 "failures": dict(failures), "failed": failed[:100], "wall_seconds": round(time.time() - t0, 3)}
+            np.concatenate(text) if text else np.zeros((0, d), np.float32), np.array(captions, dtype=str))
+        stats = {"shard": shard, "model_tag": model_tag, "checkpoint": self.checkpoint, "export": export,
+                 "device": self.device, "failures": dict(failures), "failed": failed[:100],
+                 "wall_seconds": round(time.time() - t0, 3)}
         embshards.write_shard(emb_dir, out, stats)
         return {**stats, "samples": len(out), "dim": d}
 
@@ -167,4 +106,5 @@ def recorded_checkpoint(emb_dir: str) -> str:
     for _, stats in complete:
         if stats.get("checkpoint"):
             return stats["checkpoint"]
-    raise FileNotFoundError(f"{emb_dir}: no stats marker records a checkpoint; give embed.checkpoint=<export dir>")
+    raise IndexInputError(f"embeddings [{emb_dir}]: no stats marker records a checkpoint; give "
+                          f"embed.checkpoint=<export dir>")

@@ -13,9 +13,10 @@ import zipfile
 import numpy as np
 
 from common import fsio
-from index.errors import EmbeddingShardError
+from index.errors import EmbeddingShardError, StaleEmbeddings
 
 ARRAYS = ("keys", "video_ids", "times", "video", "text")
+OPTIONAL = ("captions",)  # embedding shards written before captions were stored lack it
 _NAME = re.compile(r"^emb-(\d{6})\.npz$")
 
 
@@ -27,6 +28,7 @@ class EmbShard:
     times: np.ndarray         # (n, 2) float32, window start/end in seconds
     video: np.ndarray         # (n, d) float32, L2-normalised mean of the frame embeddings
     text: np.ndarray          # (n, d) float32, L2-normalised caption embedding
+    captions: np.ndarray | None = None  # (n,) str caption text (read by mining for the pseudo-positive table)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -65,7 +67,8 @@ def write_shard(emb_dir: str, shard: EmbShard, stats: dict) -> None:
     buf = io.BytesIO()
     np.savez(buf, keys=shard.keys.astype(str), video_ids=shard.video_ids.astype(str),
              times=shard.times.astype(np.float32), video=shard.video.astype(np.float32),
-             text=shard.text.astype(np.float32))
+             text=shard.text.astype(np.float32),
+             **({} if shard.captions is None else {"captions": shard.captions.astype(str)}))
     fsio.write_bytes_atomic(npz_url(emb_dir, shard.name), buf.getvalue())
     stats = dict(stats, embedding=f"{shard.name}.npz", samples=len(shard),
                  dim=int(shard.video.shape[1]) if shard.video.ndim == 2 else 0)
@@ -77,6 +80,7 @@ def read_shard(emb_dir: str, name: str) -> EmbShard:
     try:
         data = np.load(io.BytesIO(fsio.read_bytes(url)), allow_pickle=False)
         arrays = {k: data[k] for k in ARRAYS}
+        arrays.update({k: data[k] for k in OPTIONAL if k in data.files})
     except FileNotFoundError as e:
         raise EmbeddingShardError(f"{url}: missing (its stats marker exists)") from e
     except KeyError as e:
@@ -95,7 +99,7 @@ def _check(s: EmbShard, where: str) -> None:
     if s.video.shape[1] != s.text.shape[1] and n:
         raise EmbeddingShardError(f"{where}: video dim {s.video.shape[1]} != text dim {s.text.shape[1]}")
     lengths = {"keys": n, "video_ids": len(s.video_ids), "times": len(s.times), "video": len(s.video),
-               "text": len(s.text)}
+               "text": len(s.text), **({} if s.captions is None else {"captions": len(s.captions)})}
     if len(set(lengths.values())) != 1:
         raise EmbeddingShardError(f"{where}: arrays disagree in length {lengths}")
     if n and not (np.isfinite(s.video).all() and np.isfinite(s.text).all()):
@@ -119,3 +123,13 @@ def list_shards(emb_dir: str) -> tuple[list[tuple[str, dict]], list[str]]:
         else:
             unmarked.append(name)
     return complete, unmarked
+
+
+def export_of(complete: list[tuple[str, dict]], where: str) -> str:
+    """The export key (pretrain.export_key) that made the complete shards of one embedding dir; "" for none or
+    for shards written before the key was recorded. Shards of two exports in one dir are refused."""
+    keys = {str(stats.get("export") or "") for _, stats in complete}
+    if len(keys) > 1:
+        raise StaleEmbeddings(f"embeddings [{where}]: shards of different exports {sorted(keys)} under one tag; "
+                              f"re-embed with embed.overwrite=true")
+    return keys.pop() if keys else ""

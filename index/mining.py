@@ -19,12 +19,19 @@ from index.build import Mapper, _read, local_map
 from index.errors import IndexInputError, UnknownKeys
 from index.search import set_nprobe
 
-TABLE_FORMAT = 1
+TABLE_FORMAT = 2  # 2: the table carries the neighbours' captions ("captions"); 1 held keys only
+READABLE_FORMATS = (1, 2)
 BLOCK = 512  # queries per vectorised caption-gate step (bounds the (BLOCK, search_k, d) gather)
 
 
 def shard_vectors(emb_dir: str, name: str, count: int, dim: int, which: str) -> np.ndarray:
     return embshards.l2_normalise(_read(emb_dir, name, count, dim).vectors(which))
+
+
+def shard_text(emb_dir: str, name: str, count: int, dim: int) -> tuple[np.ndarray, list[str] | None]:
+    """Caption vectors and caption texts (None for a shard embedded before texts were stored) of one shard."""
+    shard = _read(emb_dir, name, count, dim)
+    return embshards.l2_normalise(shard.text), None if shard.captions is None else shard.captions.tolist()
 
 
 def mine_block(index, queries: np.ndarray, qids: np.ndarray, text: np.ndarray, video_codes: np.ndarray, k: int,
@@ -67,19 +74,22 @@ def mine_task(index_url: str, group: Sequence[tuple[str, int, int]], text: np.nd
 
 
 def mine(index_url: str, k: int, tau: float, search_k: int, clips_per_task: int, nprobe: int | None = None,
-         mapper: Mapper = local_map, put=lambda x: x) -> dict:
+         mapper: Mapper = local_map, put=lambda x: x, shards: str = "") -> dict:
     """The pseudo-positive table of every clip in the index (not written; see write_table).
 
-    `put` lets a Ray caller place the shared arrays in the object store once."""
+    `put` lets a Ray caller place the shared arrays in the object store once; `shards` (the shard set the
+    embeddings were made from) is recorded for the table's readers."""
     if not 0 < k <= search_k:
-        raise ValueError(f"need 0 < k <= search_k, got k={k}, search_k={search_k}")
+        raise IndexInputError(f"need 0 < k <= search_k, got k={k}, search_k={search_k}")
     if not -1.0 <= tau <= 1.0:
-        raise ValueError(f"tau is a cosine threshold in [-1, 1], got {tau}")
+        raise IndexInputError(f"tau is a cosine threshold in [-1, 1], got {tau}")
     t0 = time.time()
     meta = store.read_meta(index_url)
     store.load(index_url, meta=meta)  # verify checksums once, before fanning out
-    text = np.concatenate(mapper(shard_vectors, [(meta.embeddings, s["name"], s["count"], meta.dim, "text")
-                                                 for s in meta.shards]))
+    texts = mapper(shard_text, [(meta.embeddings, s["name"], s["count"], meta.dim) for s in meta.shards])
+    text = np.concatenate([t for t, _ in texts])
+    # the neighbours' captions go into the table, so pretraining reads them from there, not from the shard tars
+    captions = None if any(c is None for _, c in texts) else [c for _, cs in texts for c in cs]
     _, video_codes = np.unique(np.asarray(meta.video_ids), return_inverse=True)
     groups, cur, size = [], [], 0
     for s in meta.shards:
@@ -93,30 +103,44 @@ def mine(index_url: str, k: int, tau: float, search_k: int, clips_per_task: int,
     text_ref, codes_ref = put(text), put(video_codes.astype(np.int64))
     results = mapper(mine_task, [(index_url, g, text_ref, codes_ref, k, tau, search_k, nprobe or meta.nprobe)
                                  for g in groups])
-    table, counts = {}, collections.Counter()
+    table, counts, used = {}, collections.Counter(), set()
     for rows, c in results:
         counts.update(c)
         for qid, pos in rows:
             if pos:
                 table[meta.keys[qid]] = [[meta.keys[n], round(s, 6), round(t, 6)] for n, s, t in pos]
+                used.update(n for n, _, _ in pos)
     return {"format": TABLE_FORMAT, "index": index_url, "index_version": meta.version, "vectors": meta.vectors,
+            "export": meta.extra.get("export", ""), "shards": shards,
             "k": k, "tau": tau, "search_k": search_k, "nprobe": nprobe or meta.nprobe,
-            "counts": dict(counts), "seconds": round(time.time() - t0, 3), "table": table}
+            "counts": dict(counts), "seconds": round(time.time() - t0, 3), "table": table,
+            "captions": None if captions is None else {meta.keys[i]: captions[i] for i in sorted(used)}}
 
 
 def write_table(url: str, result: dict) -> None:
     fsio.write_json_atomic(url, result)
 
 
-def read_table(url: str, known_keys: set[str] | None = None, strict: bool = True) -> tuple[dict, dict]:
-    """(table, counts). Keys (clips or neighbours) absent from `known_keys` raise UnknownKeys when strict;
-    otherwise those entries are dropped and counted."""
+def load_table(url: str) -> dict:
+    """The whole table file (format 1 or 2), checked for shape; IndexInputError naming the file otherwise."""
     try:
         raw = fsio.read_json(url)
+    except FileNotFoundError as e:
+        raise IndexInputError(f"pseudo-positive table [{url}]: not found; run `cluster.index mine`") from e
     except (ValueError, UnicodeDecodeError) as e:
         raise IndexInputError(f"{url}: not a pseudo-positive table ({e})") from e
-    if not isinstance(raw, dict) or raw.get("format") != TABLE_FORMAT or not isinstance(raw.get("table"), dict):
+    if not isinstance(raw, dict) or raw.get("format") not in READABLE_FORMATS or not isinstance(raw.get("table"), dict):
         raise IndexInputError(f"{url}: not a pseudo-positive table (format {TABLE_FORMAT} with a 'table' mapping)")
+    if raw.get("captions") is not None and not isinstance(raw["captions"], dict):
+        raise IndexInputError(f"pseudo-positive table [{url}]: 'captions' must map sample keys to captions")
+    return raw
+
+
+def read_table(url: str, known_keys: set[str] | None = None, strict: bool = True,
+               raw: dict | None = None) -> tuple[dict, dict]:
+    """(table, counts). Keys (clips or neighbours) absent from `known_keys` raise UnknownKeys when strict;
+    otherwise those entries are dropped and counted. `raw`: the file as load_table read it (not read again)."""
+    raw = load_table(url) if raw is None else raw
     table: dict[str, list] = {}
     counts = collections.Counter()
     unknown: list[str] = []

@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from common import fsio
-from index.errors import CorruptIndex, IndexExists
+from index.errors import CorruptIndex, IndexExists, NoIndex
 
 SIDECAR = "index.json"
 FORMAT = 1
@@ -70,7 +70,7 @@ def exists(url: str) -> bool:
 def read_meta(url: str) -> Meta:
     side = sidecar_url(url)
     if not fsio.exists(side):
-        raise FileNotFoundError(f"no index at {url} (missing {SIDECAR})")
+        raise NoIndex(f"index [{url}]: no index there (missing {SIDECAR}); run `cluster.index build` first")
     try:
         raw = fsio.read_json(side)
         if raw.get("format") != FORMAT:
@@ -101,9 +101,10 @@ class Stage:
         self.url = url
         self.previous = read_meta(url) if exists(url) else None
         if self.previous is not None and overwrite is False:
-            raise IndexExists(f"an index already exists at {url}; use `add` for new shards or build.rebuild=true")
+            raise IndexExists(f"index [{url}]: an index already exists there; use `add` for new shards or "
+                              f"build.rebuild=true")
         if self.previous is None and overwrite is None:
-            raise FileNotFoundError(f"no index at {url} to add to; run `build` first")
+            raise NoIndex(f"index [{url}]: no index to add to; run `cluster.index build` first")
         self.version = (self.previous.version + 1) if self.previous else 1
         self.dir = tempfile.mkdtemp(prefix="stg-index-")
         self.data = f"index-{self.version:06d}.faiss"

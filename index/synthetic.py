@@ -48,8 +48,9 @@ def write_shards(emb_dir: str, data: dict, clips_per_shard: int, first_shard: in
     for i, lo in enumerate(range(0, n, clips_per_shard)):
         sl = slice(lo, lo + clips_per_shard)
         name = f"emb-{first_shard + i:06d}"
+        captions = np.array([f"caption of action {a}" for a in data["action"][sl]]) if "action" in data else None
         shard = embshards.EmbShard(name, data["keys"][sl], data["video_ids"][sl], data["times"][sl],
-                                   data["video"][sl], data["text"][sl])
+                                   data["video"][sl], data["text"][sl], captions)
         embshards.write_shard(emb_dir, shard, {"shard": f"shard-{first_shard + i:06d}.tar", **(stats or {})})
         names.append(name)
     return names

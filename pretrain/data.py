@@ -14,8 +14,9 @@ groups go through the shuffle buffer (shuffle_buffer / k groups, about as many s
 B samples holds B / k videos with k clips each: same-video negatives, which share the scene and differ in the
 action (docs/pretraining.md). The position still counts samples handed out, so resume stays exact.
 
-A shard that cannot be opened or is cut short, and a sample with bad JSON, missing frames, an undecodable JPEG
-or a shape unlike the others, is skipped with a warning and counted; the counts ride along with the batches.
+Shards are read and samples checked by shards.reader, the one reader of the contract: a bad shard or sample is
+skipped with a warning and counted under its reason there (docs/contracts.md section 2); the counts ride along with
+the batches.
 
 Each sample also carries a seed, a hash of (seed, epoch, rank, stream, position in the stream): randomness that
 belongs to one draw of one sample (which pseudo-positive caption it gets, pretrain/pseudo_positives.py) is a
@@ -23,35 +24,23 @@ function of it, so it survives a resume without any extra state.
 """
 from __future__ import annotations
 
-import io
-import json
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from common import fsio
+from shards import reader
+from shards.reader import SampleError
 
 log = logging.getLogger(__name__)
-FRAME_RE = re.compile(r"^f(\d+)\.jpg$")
 
 
 class DataError(RuntimeError):
     pass
-
-
-class SampleError(ValueError):
-    """A sample that cannot be used; `reason` is the counter it is logged under."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -87,30 +76,9 @@ def steps_per_epoch(samples_per_epoch: int, micro_batch: int, grad_accum: int, w
 
 
 def decode_sample(raw: dict) -> tuple[np.ndarray, str, dict]:
-    """(frames (U, H, W, 3) uint8, caption, meta) of one raw WebDataset sample, or SampleError."""
-    key = raw.get("__key__", "?")
-    if "json" not in raw:
-        raise SampleError("missing_json", key)
-    try:
-        meta = json.loads(raw["json"])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SampleError("bad_json", f"{key}: {exc}") from None
-    caption = meta.get("caption") if isinstance(meta, dict) else None
-    if not isinstance(caption, str) or not caption.strip():
-        raise SampleError("no_caption", key)
-    index = {int(m.group(1)): name for name in raw if (m := FRAME_RE.match(name))}
-    if not index or sorted(index) != list(range(len(index))):
-        raise SampleError("missing_frames", f"{key}: frames {sorted(index)}")
-    frames = []
-    for i in range(len(index)):
-        try:
-            with Image.open(io.BytesIO(raw[index[i]])) as im:
-                frames.append(np.asarray(im.convert("RGB")))
-        except Exception as exc:  # PIL raises many types for broken JPEGs
-            raise SampleError("bad_jpeg", f"{key}/{index[i]}: {exc}") from None
-    if any(f.shape != frames[0].shape for f in frames):
-        raise SampleError("shape_mismatch", f"{key}: frames of different sizes")
-    return np.stack(frames), caption, meta
+    """(frames (U, H, W, 3) uint8, caption, meta) of one raw WebDataset sample, or SampleError (shards.reader)."""
+    sample = reader.decode_sample(raw)
+    return sample["frames"], sample["json"]["caption"], sample["json"]
 
 
 class StreamDataset(torch.utils.data.IterableDataset):
@@ -163,11 +131,11 @@ class StreamDataset(torch.utils.data.IterableDataset):
                 if shape is None:
                     shape = clip.shape
                 elif clip.shape != shape:
-                    raise SampleError("shape_mismatch", f"{sample['__key__']}: {clip.shape} != {shape}")
+                    raise SampleError("bad_shape", f"{sample['__key__']}: {clip.shape} != {shape}")
             except SampleError as exc:
                 skipped[exc.reason] += 1
-                _warn_once((sample.get("__url__"), sample.get("__key__")), "skipping sample from %s: %s",
-                           sample.get("__url__"), exc)
+                reader.warn_once((sample.get("__url__"), sample.get("__key__")), "skipping sample from %s: %s",
+                                 sample.get("__url__"), exc)
                 continue
             frames.append(clip)
             captions.append(caption)
@@ -196,25 +164,9 @@ def _raw_samples(shards: ShardSet, rng: np.random.Generator, skipped: Counter, m
         pick = int(rng.choice(len(shards.urls), p=weights))
         url = shards.urls[pick]
         got = 0
-        try:
-            fs, path = fsio.filesystem(url)
-            stream = fs.open(path, "rb")
-        except Exception as exc:
-            skipped["unreadable_shard"] += 1
-            _warn_once(url, "skipping unreadable shard %s: %s", url, exc)
-        else:
-            try:
-                with stream:
-                    files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
-                    for sample in group_by_keys(files):
-                        got += 1
-                        yield sample
-                if got < shards.samples[pick]:  # tarfile ends quietly when a shard is cut at a header
-                    skipped["short_shard"] += 1
-                    _warn_once(url, "shard %s gave %d of its %d samples", url, got, shards.samples[pick])
-            except Exception as exc:  # tarfile/zlib errors of a truncated or garbled shard
-                skipped["corrupt_shard"] += 1
-                _warn_once(url, "shard %s is corrupt after %d samples, going on with the next: %s", url, got, exc)
+        for sample in reader.raw_samples(url, skipped, expected=shards.samples[pick]):
+            got += 1
+            yield sample
         bad_in_a_row = 0 if got else bad_in_a_row + 1
         if bad_in_a_row >= max_bad:
             raise DataError(f"{bad_in_a_row} shards in a row gave no sample (last {url}); counts {dict(skipped)}")
@@ -270,16 +222,6 @@ def _shuffled_groups(groups: Iterator[list[dict]], rng: np.random.Generator, siz
             yield take()
     while buf:
         yield take()
-
-
-_warned: set = set()
-
-
-def _warn_once(what, msg: str, *args) -> None:
-    """Warn the first time a bad shard or sample is met in this process; resampling meets it again (counted)."""
-    if what not in _warned:
-        _warned.add(what)
-        log.warning(msg, *args)
 
 
 def _shuffled(samples: Iterator[dict], rng: np.random.Generator, size: int) -> Iterator[dict]:

@@ -1,10 +1,13 @@
 """Pseudo-positive captions for the cross-video term (L_crov, pretrain/losses.py).
 
 The table is the output of `cluster.index mine` (docs/contracts.md section 4): {sample key: [[neighbour key, index
-score, caption cosine], ...]}. Pretraining needs the caption *text* of the neighbours, which neither the table nor
-the index holds; it comes from the shard set itself: one pass over the tars' headers and JSON members (no JPEG is
-read or decoded), which also gives the set of keys the table is checked against (`index.mining.read_table`: keys
-of another corpus are an error, or with data.pseudo_positives_strict=false counted and dropped).
+score, caption cosine], ...]} plus, since format 2, the caption of every neighbour ("captions", taken at mining time
+from the embedding shards, which store the captions they embedded). A training process reads that one file and no
+shard tar: at HowTo100M scale on s3 a caption pass over the tars would read the data set again per rank.
+
+The table names the shard set it was mined from ("shards"); one from another shard set is refused (with
+data.pseudo_positives_strict=false: warned about, counted and used), and so is a neighbour without a caption
+(dropped and counted when not strict). A format-1 table (keys only) is refused with what to re-run.
 
 Which neighbour a sample gets is a pure function of the sample's seed (pretrain.data: seed, epoch, rank, stream and
 the sample's position in its stream), so every draw of a clip may pick another of its k neighbours while a resumed
@@ -12,48 +15,20 @@ run picks exactly what the uninterrupted one did.
 """
 from __future__ import annotations
 
-import json
 import logging
-import posixpath
-import re
-import tarfile
-from collections import Counter
+import os
 from dataclasses import dataclass, field
 
-from common import fsio
+from index.errors import IndexInputError, UnknownKeys
 
 log = logging.getLogger(__name__)
-_MEMBER = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key.extension split
 
 
-def scan_captions(urls: tuple[str, ...] | list[str]) -> tuple[dict[str, str], Counter]:
-    """{sample key: caption} of every sample of the shard tars at `urls`, and counts of what could not be read.
+def _same_place(a: str, b: str) -> bool:
+    def place(u: str) -> str:
+        return u.rstrip("/") if "://" in u else os.path.abspath(u)
 
-    The tar is opened seekable, so member data other than the JSON is skipped, not read."""
-    captions: dict[str, str] = {}
-    counts: Counter = Counter()
-    for url in urls:
-        try:
-            fs, path = fsio.filesystem(url)
-            with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-                for m in tar:
-                    parsed = _MEMBER.match(m.name)
-                    if not m.isfile() or not parsed or parsed.group(2) != "json":
-                        continue
-                    try:
-                        meta = json.loads(tar.extractfile(m).read())
-                        caption = meta["caption"]
-                        if not isinstance(caption, str) or not caption.strip():
-                            raise ValueError("empty caption")
-                    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-                        counts["bad_json"] += 1
-                        continue
-                    captions[parsed.group(1)] = caption
-        except (OSError, EOFError, tarfile.TarError) as exc:  # the training loader counts these shards too
-            counts["unreadable_shard"] += 1
-            log.warning("pseudo-positives: cannot scan %s for captions (%s); its keys count as unknown",
-                        posixpath.basename(url), exc)
-    return captions, counts
+    return place(a) == place(b)
 
 
 @dataclass
@@ -63,18 +38,33 @@ class PseudoPositives:
     counts: dict = field(default_factory=dict)
 
     @classmethod
-    def load(cls, url: str, shard_urls, strict: bool = True) -> "PseudoPositives":
-        from index.mining import read_table  # the contract's reader (docs/contracts.md section 4)
+    def load(cls, url: str, shards_url: str, strict: bool = True) -> "PseudoPositives":
+        from index.mining import load_table, read_table  # the contract's reader (docs/contracts.md section 4)
 
-        captions, scan_counts = scan_captions(shard_urls)
-        table, dropped = read_table(url, set(captions), strict=strict)
+        raw = load_table(url)
+        captions = raw.get("captions")
+        if raw["format"] < 2 or captions is None:
+            raise IndexInputError(
+                f"pseudo-positive table [{url}]: holds no captions (format {raw['format']}, or mined from embeddings "
+                f"made before captions were stored); re-run `cluster.index mine mine.overwrite=true` (after "
+                f"`cluster.index embed embed.overwrite=true` for such embeddings)")
+        counts: dict = {}
+        mined_from = str(raw.get("shards") or "")
+        if mined_from and not _same_place(mined_from, shards_url):
+            msg = f"pseudo-positive table [{url}]: mined from shard set {mined_from}, data.shards is {shards_url}"
+            if strict:
+                raise UnknownKeys(msg + " (set data.pseudo_positives_strict=false to use it anyway)")
+            log.warning("%s; using it (data.pseudo_positives_strict=false)", msg)
+            counts["other_shard_set"] = 1
+        known = set(captions) | set(raw["table"])  # a neighbour is usable only with its caption
+        table, dropped = read_table(url, known, strict=strict, raw=raw)
         neighbours = {k: [p[0] for p in pos] for k, pos in table.items()}
         needed = {n for pos in neighbours.values() for n in pos}
-        counts = {"clips": len(neighbours), "pairs": sum(map(len, neighbours.values())),
-                  "shard_samples": len(captions), **dropped, **{f"scan_{k}": v for k, v in scan_counts.items()}}
+        counts.update({"clips": len(neighbours), "pairs": sum(map(len, neighbours.values())),
+                       "captions": len(needed), **dropped})
         if dropped:
-            log.warning("pseudo-positives %s: dropped keys not in the shard set %s", url, dropped)
-        return cls(neighbours, {k: captions[k] for k in needed}, counts)
+            log.warning("pseudo-positives %s: dropped neighbours without a caption in the table %s", url, dropped)
+        return cls(neighbours, {k: str(captions[k]) for k in needed}, counts)
 
     def choose(self, key: str, seed: int) -> str | None:
         """The caption of one pseudo-positive of `key` (None if it has none), picked by `seed`."""
@@ -95,9 +85,7 @@ def cached(url: str, shards_url: str, strict: bool) -> PseudoPositives:
     """Loaded once per process (a training rank keeps it for the whole run)."""
     key = (url, shards_url, strict)
     if key not in _cache:
-        from pretrain.data import read_manifest
-
-        pp = PseudoPositives.load(url, read_manifest(shards_url).urls, strict)
+        pp = PseudoPositives.load(url, shards_url, strict)
         log.info("pseudo-positives %s: %s", url, pp.counts)
         _cache[key] = pp
     return _cache[key]

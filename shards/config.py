@@ -19,29 +19,32 @@ class ShardConfig:
     fps: float = 1.0                 # frames per second sampled from each video
     size: int = 224                  # short side resize, then centre crop to size x size
     window_frames: int = 16          # U: frames per sample, reaching beyond the ASR boundaries
-    videos_per_shard: int = 32
-    jpeg_quality: int = 90
+    videos_per_shard: int = 32       # videos per shard tar, in manifest order
+    jpeg_quality: int = 90           # JPEG quality of the stored frames, 1..100
     ffmpeg_threads: int = 1          # decoder threads per video; 1 matches one task per core
     retries: int = 2                 # extra attempts for a shard task that raised (bad input never raises)
     distributor: str = "ray"         # ray | sequential (in-process, for debugging)
     ray_address: str = ""            # empty: RAY_ADDRESS, else a local Ray
-    num_cpus_per_task: float = 1.0
+    num_cpus_per_task: float = 1.0   # Ray CPUs reserved per shard task
     max_shards: int = 0              # 0: all; otherwise only the first n shards of the plan (debugging)
-    progress: bool = True
+    progress: bool = True            # a progress bar on stderr
 
     def validate(self) -> "ShardConfig":
         if not self.manifest:
-            raise ConfigError("manifest=<manifest.csv> is required")
+            raise ConfigError("config [manifest]: manifest=<manifest.csv> is required")
         if not self.output:
-            raise ConfigError("output=<folder or s3:// URL> is required")
-        if self.fps <= 0 or self.size <= 0 or self.window_frames <= 0 or self.videos_per_shard <= 0:
-            raise ConfigError("fps, size, window_frames and videos_per_shard must be positive")
+            raise ConfigError("config [output]: output=<folder or s3:// URL> is required")
+        for key in ("fps", "size", "window_frames", "videos_per_shard", "ffmpeg_threads", "num_cpus_per_task"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"config [{key}]: must be > 0, got {getattr(self, key)!r}")
+        if self.max_shards < 0:
+            raise ConfigError(f"config [max_shards]: must be >= 0, got {self.max_shards!r}")
         if not 1 <= self.jpeg_quality <= 100:
-            raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+            raise ConfigError(f"config [jpeg_quality]: must be in 1..100, got {self.jpeg_quality}")
         if self.distributor not in DISTRIBUTORS:
-            raise ConfigError(f"distributor must be one of {DISTRIBUTORS}, got {self.distributor!r}")
+            raise ConfigError(f"config [distributor]: must be one of {DISTRIBUTORS}, got {self.distributor!r}")
         if self.retries < 0:
-            raise ConfigError("retries must be >= 0")
+            raise ConfigError(f"config [retries]: must be >= 0, got {self.retries!r}")
         return self
 
     def output_hash(self) -> str:

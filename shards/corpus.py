@@ -14,10 +14,18 @@ import posixpath
 from dataclasses import dataclass, field
 
 from common import fsio
+from common.errors import UserError
 
 
-class CorpusError(ValueError):
-    pass
+class CorpusError(UserError, ValueError):
+    """A manifest or caption file that cannot be read as contract 1 (one `error:` line at the CLI)."""
+
+
+def _read(url: str, what: str) -> bytes:
+    try:
+        return fsio.read_bytes(url)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        raise CorpusError(f"{what} [{url}]: not found") from e
 
 
 @dataclass(frozen=True)
@@ -57,10 +65,17 @@ def resolve(base_dir: str, path: str) -> str:
 
 
 def read_manifest(url: str) -> list[Video]:
-    text = fsio.read_bytes(url).decode("utf-8-sig")
+    try:
+        text = _read(url, "manifest").decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"manifest [{url}]: not UTF-8 text ({e.reason} at byte {e.start})") from e
     reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or "video_id" not in reader.fieldnames or "path" not in reader.fieldnames:
-        raise CorpusError(f"{url}: header must hold video_id,path (got {reader.fieldnames})")
+    try:
+        fields = reader.fieldnames
+    except csv.Error as e:
+        raise CorpusError(f"manifest [{url}]: not CSV ({e})") from e
+    if not fields or "video_id" not in fields or "path" not in fields:
+        raise CorpusError(f"manifest [{url}]: header must hold video_id,path (got {fields})")
     base = _parent(url)
     videos = []
     for row in reader:
@@ -76,13 +91,13 @@ def default_captions(manifest_url: str) -> str:
 
 
 def read_captions(url: str) -> dict:
-    raw = fsio.read_bytes(url).decode("utf-8", errors="surrogateescape")
+    raw = _read(url, "captions").decode("utf-8", errors="surrogateescape")
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise CorpusError(f"{url}: not JSON ({e})") from e
+        raise CorpusError(f"captions [{url}]: not JSON ({e})") from e
     if not isinstance(data, dict):
-        raise CorpusError(f"{url}: top level must map video_id -> {{start, end, text}}")
+        raise CorpusError(f"captions [{url}]: top level must map video_id -> {{start, end, text}}")
     return data
 
 

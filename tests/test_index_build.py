@@ -143,11 +143,13 @@ def test_bad_input(tmp_path, data):
     s = Searcher(url)
     with pytest.raises(DimensionMismatch, match="16"):
         s.search(np.ones((2, 16), np.float32), 5)
-    with pytest.raises(IndexExists):
-        build.build(_ivf(), emb, url)
+    # building again over finished work: a no-op that says so, not a byte rewritten
+    before = {n: open(os.path.join(url, n), "rb").read() for n in os.listdir(url)}
+    again = build.build(_ivf(), emb, url)
+    assert again["already_built"] and again["count"] == 3000 and again["version"] == rep["version"]
+    assert {n: open(os.path.join(url, n), "rb").read() for n in os.listdir(url)} == before
 
     # a shard of another dimension: clear error, the index is untouched
-    before = {n: open(os.path.join(url, n), "rb").read() for n in os.listdir(url)}
     odd = synthetic.corpus(videos=5, clips_per_video=4, d=D * 2, actions=2, seed=9)
     odd["keys"] = np.array([f"odd{i}__s0000" for i in range(20)])
     synthetic.write_shards(emb, odd, 100, first_shard=20)
@@ -155,7 +157,17 @@ def test_bad_input(tmp_path, data):
         build.add(_ivf(), emb, url)
     after = {n: open(os.path.join(url, n), "rb").read() for n in os.listdir(url)}
     assert after == before
+    with pytest.raises(DimensionMismatch, match="emb-000020"):
+        build.build(_ivf(), emb, url)
     os.remove(os.path.join(emb, "emb-000020.stats.json"))
+    # new shards of the right dimension: `build` names `add` instead of rebuilding or failing obscurely
+    more = synthetic.corpus(videos=5, clips_per_video=4, d=D, actions=2, seed=9)
+    more["keys"] = np.array([f"more{i}__s0000" for i in range(20)])
+    synthetic.write_shards(emb, more, 100, first_shard=30)
+    with pytest.raises(IndexExists, match="cluster.index add"):
+        build.build(_ivf(), emb, url)
+    assert {n: open(os.path.join(url, n), "rb").read() for n in os.listdir(url)} == before
+    os.remove(os.path.join(emb, "emb-000030.stats.json"))
 
     # a shard whose arrays disagree with its stats marker
     bad = embshards.stats_url(emb, "emb-000001")
@@ -215,34 +227,3 @@ def test_search_cli_by_clip(tmp_path, data):
     bad = subprocess.run([sys.executable, "-m", "cluster.index", "search", f"index={url}", "embeddings=x",
                           "search.clip=nope__s0000"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "not in the index" in bad.stderr
-
-
-def test_read_samples_from_a_real_shard(tmp_path):
-    """The embedding job's tar reader on a WebDataset shard laid out as in contract 2 (real JPEG frames)."""
-    import io
-
-    import webdataset as wds
-    from PIL import Image
-
-    from index.embed import read_samples, _decode
-
-    rng = np.random.default_rng(0)
-    url = str(tmp_path / "shard-000000.tar")
-    with wds.TarWriter(url) as w:
-        for s in range(3):
-            sample = {"__key__": f"vidA__s{s:04d}"}
-            for u in range(4):
-                buf = io.BytesIO()
-                Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, format="JPEG")
-                sample[f"f{u:02d}.jpg"] = buf.getvalue()
-            if s == 2:
-                del sample["f03.jpg"]
-            sample["json"] = json.dumps({"video_id": "vidA", "segment": s, "caption": "cut red cube",
-                                         "window_start": s * 4.0, "window_end": s * 4.0 + 4,
-                                         "frame_times": [0.5, 1.5, 2.5, 3.5], "valid_frames": 4}).encode()
-            w.write(sample)
-    got = list(read_samples(url))
-    assert [g[0] for g in got] == ["vidA__s0000", "vidA__s0001", "vidA__s0002"]
-    assert got[0][3] is None and got[0][1]["caption"] == "cut red cube"
-    assert _decode(got[0][2]).shape == (4, 16, 16, 3)
-    assert got[2][3] == "missing_frames"

@@ -4,9 +4,11 @@ embeddings feed build, mine and search."""
 from __future__ import annotations
 
 import collections
+import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 
 import numpy as np
@@ -78,9 +80,9 @@ def test_embed_report_and_failures(embedded):
     stats = {n: s for n, s in embshards.list_shards(emb)[0]}
     assert sorted(stats) == [f"emb-{i:06d}" for i in range(SHARDS)]
     for name in sorted(stats)[:-1]:  # whole shards: all but the broken sample
-        assert stats[name]["samples"] == PER_SHARD - 1 and stats[name]["failures"] == {"bad_sample": 1}
+        assert stats[name]["samples"] == PER_SHARD - 1 and stats[name]["failures"] == {"bad_jpeg": 1}
         (bad,) = stats[name]["failed"]
-        assert bad["key"].endswith("__s0000") and "bad_sample" in bad["detail"]
+        assert bad["key"].endswith("__s0000") and bad["reason"] == "bad_jpeg" and "f01.jpg" in bad["detail"]
         assert stats[name]["checkpoint"] == cfg.embed.checkpoint and stats[name]["dim"] == 64
     cut = stats[f"emb-{SHARDS - 1:06d}"]
     # the cut tar keeps what precedes the cut; the break itself is one counted failure
@@ -88,7 +90,11 @@ def test_embed_report_and_failures(embedded):
     assert 0 < cut["samples"] == readable < PER_SHARD - 1
     assert cut["failures"].get("corrupt_shard") == 1
     assert report["samples"] == sum(s["samples"] for s in stats.values())
-    assert report["failures"]["bad_sample"] == SHARDS
+    assert report["failures"]["bad_jpeg"] == SHARDS
+    from pretrain.export_key import export_key
+
+    assert report["export"] == export_key(cfg.embed.checkpoint) and {s["export"] for s in stats.values()} == \
+        {report["export"]}
     assert os.path.exists(os.path.join(emb, "config.yaml"))
 
 
@@ -123,11 +129,15 @@ def test_embed_resumes(embedded, export, capsys):
     emb = cfg.embeddings_url()
     before = _read_all(emb)
     mtimes = {n: os.path.getmtime(embshards.npz_url(emb, n)) for n in before}
-    # the job entry, a second time: everything is marked done, nothing is embedded again
-    assert main(["embed", f"shards={shards}", "model_tag=micro", f"embed.checkpoint={export}"]) == 0
+    # the job entry, a second time: everything is marked done, nothing is embedded again, not a byte rewritten
+    # (config.yaml included), also when the same export is named by another path
+    digest = _folder_digest(emb)
+    copy = shutil.copytree(export, os.path.join(os.path.dirname(shards), "same-export-elsewhere"))
+    assert main(["embed", f"shards={shards}", "model_tag=micro", f"embed.checkpoint={copy}"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["already_done"] == SHARDS and again["embedded"] == 0
     assert {n: os.path.getmtime(embshards.npz_url(emb, n)) for n in before} == mtimes
+    assert _folder_digest(emb) == digest
     # a run that died after the npz but before the marker: only that shard is redone, to the same vectors
     os.remove(embshards.stats_url(emb, "emb-000002"))
     redo = run_embed(cfg)
@@ -135,6 +145,52 @@ def test_embed_resumes(embedded, export, capsys):
     after = embshards.read_shard(emb, "emb-000002")
     assert after.keys.tolist() == before["emb-000002"].keys.tolist()
     np.testing.assert_allclose(after.video, before["emb-000002"].video, atol=1e-6)
+
+
+def _folder_digest(folder: str) -> dict[str, str]:
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for f in files:
+            path = os.path.join(dirpath, f)
+            out[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out
+
+
+def test_another_export_under_the_same_tag_is_refused_or_reembedded(embedded, export, ray_cluster, tmp_path):
+    """Stale embeddings: another export under a used tag is refused before anything is written (not mixed, config
+    untouched); embed.overwrite=true re-embeds every shard with it; the index built from the old ones is then
+    refused by add/mine/search until rebuilt."""
+    from cluster.index import run_build, run_embed, run_mine, run_search
+    from index.errors import StaleEmbeddings
+    from pretrain.export_key import export_key
+    from pretrain.model import build_model, save_export
+    from pretrain.model_config import ModelConfig
+
+    shards, cfg, _ = embedded
+    emb = cfg.embeddings_url()
+    torch.manual_seed(1)
+    other = str(tmp_path / "other-export")
+    save_export(build_model(ModelConfig(backbone="stg-micro", embed_dim=64, local_heads=2, frames_in=FRAMES,
+                                        frames_selected=2, max_words=12)), other)
+    old, new = export_key(export), export_key(other)
+    assert old != new
+    built = run_build(cfg, incremental=False, ray=ray_cluster)
+    digest = _folder_digest(emb)
+    with pytest.raises(StaleEmbeddings, match=f"micro.*{old}.*{new}"):
+        run_embed(_cfg(shards, other), ray=ray_cluster)
+    assert _folder_digest(emb) == digest
+    redo = run_embed(_cfg(shards, other, "embed.overwrite=true"), ray=ray_cluster)
+    assert redo["embedded"] == SHARDS and redo["already_done"] == 0
+    assert {s["export"] for _, s in embshards.list_shards(emb)[0]} == {new}
+    for stale in (lambda: run_build(cfg, incremental=True, ray=ray_cluster), lambda: run_build(cfg, False),
+                  lambda: run_mine(cfg), lambda: run_search(_cfg(shards, other, "search.clip=x"))):
+        with pytest.raises(StaleEmbeddings, match="rebuild"):
+            stale()
+    rebuilt = run_build(_cfg(shards, other, "build.rebuild=true"), incremental=False, ray=ray_cluster)
+    assert rebuilt["version"] == built["version"] + 1
+    # back to the fixture's export for the tests that follow
+    run_embed(_cfg(shards, export, "embed.overwrite=true"), ray=ray_cluster)
+    run_build(_cfg(shards, export, "build.rebuild=true"), incremental=False, ray=ray_cluster)
 
 
 def test_build_mine_search_on_embeddings(embedded, ray_cluster):
@@ -145,13 +201,22 @@ def test_build_mine_search_on_embeddings(embedded, ray_cluster):
     keys = [k for s in emb.values() for k in s.keys.tolist()]
     built = run_build(cfg, incremental=False, ray=ray_cluster)
     assert built["count"] == len(keys) and built["factory"] == "Flat"
+    index_files = _folder_digest(cfg.index_url())
 
     report = run_mine(cfg, ray=ray_cluster)
+    # finished work: build, add and mine again are no-ops that say so and rewrite nothing
+    assert run_build(cfg, incremental=False)["already_built"] and run_build(cfg, incremental=True)["already_built"]
+    table_files = _folder_digest(cfg.index_url())
+    assert run_mine(cfg)["already_mined"] and _folder_digest(cfg.index_url()) == table_files
+    assert {k: v for k, v in table_files.items() if k in index_files} == index_files
     captions = {}
     for i in range(SHARDS):
         captions.update({k: m["caption"] for k, (m, _) in _samples(os.path.join(shards, f"shard-{i:06d}.tar")).items()})
     table, dropped = mining.read_table(report["table"], set(captions))
     assert dropped == {} and report["counts"]["clips"] == len(keys)
+    # the table carries the neighbours' captions, as the tars hold them
+    carried = json.load(open(report["table"]))["captions"]
+    assert carried and carried == {n: captions[n] for pos in table.values() for n, _, _ in pos}
     video_of = {k: k.split("__")[0] for k in keys}
     for key, pos in table.items():
         assert 1 <= len(pos) <= 3 and all(video_of[n] != video_of[key] and cos > 0.9 for n, _, cos in pos)

@@ -122,7 +122,8 @@ def test_decode_rejects_bad_samples():
         data.decode_sample({"__key__": "k", "json": b"{", "f00.jpg": b""})
     assert e.value.reason == "bad_json"
     with pytest.raises(data.SampleError) as e:
-        data.decode_sample({"__key__": "k", "json": b'{"caption": "x"}', "f01.jpg": b""})
+        data.decode_sample({"__key__": "k", "f01.jpg": b"", "json": json.dumps(
+            {"video_id": "v", "caption": "x", "frame_times": [0.0, 1.0], "window_start": 0, "window_end": 2}).encode()})
     assert e.value.reason == "missing_frames"
     with pytest.raises(data.SampleError) as e:
         data.decode_sample({"__key__": "k", "json": b'{"caption": ""}'})

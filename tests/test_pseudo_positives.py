@@ -12,9 +12,10 @@ import os
 import pytest
 import torch
 
-from index.errors import UnknownKeys
+from index.errors import IndexInputError, UnknownKeys
 from pretrain import data, losses
-from pretrain.pseudo_positives import PseudoPositives, scan_captions
+from pretrain.pseudo_positives import PseudoPositives
+from shards.reader import read_samples
 from pretrain_fixtures import make_shards
 from two_ranks import one_process, share, two_ranks
 
@@ -94,18 +95,24 @@ def shard_dir(tmp_path_factory):
     return make_shards(str(tmp_path_factory.mktemp("shards")), shards=3, per_shard=12, frames=4, size=32, seed=2)
 
 
-def _hand_table(shard_dir: str, path: str, extra: dict | None = None) -> tuple[str, dict, dict]:
+def _captions(shard_dir: str) -> dict[str, str]:
+    return {x["key"]: x["json"]["caption"] for x in read_samples(data.read_manifest(shard_dir).urls)}
+
+
+def _hand_table(shard_dir: str, path: str, extra: dict | None = None, **fields) -> tuple[str, dict, dict]:
     """Every other clip gets two clips of other videos whose caption differs from its own (so an attached caption
-    can only have come from the table)."""
-    captions, _ = scan_captions(data.read_manifest(shard_dir).urls)
+    can only have come from the table); the table carries their captions, as `cluster.index mine` writes it."""
+    captions = _captions(shard_dir)
     keys = sorted(captions)
     table = {}
     for key in keys[::2]:
         others = [o for o in keys if o.split("__")[0] != key.split("__")[0] and captions[o] != captions[key]]
         table[key] = [[others[0], 0.9, 0.95], [others[-1], 0.8, 0.93]]
     table.update(extra or {})
+    needed = {n for pos in table.values() for n, _, _ in pos if n in captions}
     with open(path, "w") as f:
-        json.dump({"format": 1, "k": 2, "tau": 0.9, "table": table}, f)
+        json.dump({"format": 2, "k": 2, "tau": 0.9, "shards": shard_dir, "table": table,
+                   "captions": {n: captions[n] for n in needed}, **fields}, f)
     return path, table, captions
 
 
@@ -116,8 +123,8 @@ def _loader(shard_dir, **kw):
 
 def test_loader_attaches_a_neighbours_caption_deterministically(shard_dir, tmp_path):
     url, table, captions = _hand_table(shard_dir, str(tmp_path / "pp.json"))
-    pp = PseudoPositives.load(url, data.read_manifest(shard_dir).urls)
-    assert pp.counts["clips"] == len(table) and pp.counts["shard_samples"] == 36
+    pp = PseudoPositives.load(url, shard_dir)
+    assert pp.counts["clips"] == len(table) and pp.counts["captions"] == len(pp.captions) > 0
 
     def draws(loader, n):
         out = []
@@ -163,16 +170,45 @@ def test_model_inputs_follow_the_config(shard_dir, tmp_path):
 
 
 def test_unknown_keys_are_an_error_or_counted(shard_dir, tmp_path):
-    urls = data.read_manifest(shard_dir).urls
-    keys = sorted(scan_captions(urls)[0])
-    url, _, _ = _hand_table(shard_dir, str(tmp_path / "pp.json"),
-                            {"elsewhere__s0000": [[keys[0], 0.9, 0.99]], keys[1]: [["ghost__s0003", 0.9, 0.99]]})
-    with pytest.raises(UnknownKeys, match="elsewhere__s0000|ghost__s0003"):
-        PseudoPositives.load(url, urls)
-    pp = PseudoPositives.load(url, urls, strict=False)
-    assert pp.counts["unknown_clip"] == 1 and pp.counts["unknown_neighbour"] == 1
-    assert "elsewhere__s0000" not in pp.neighbours and keys[1] not in pp.neighbours
+    keys = sorted(_captions(shard_dir))
+    # a neighbour the table holds no caption for (mined elsewhere): refused, or dropped and counted
+    url, _, _ = _hand_table(shard_dir, str(tmp_path / "pp.json"), {keys[1]: [["ghost__s0003", 0.9, 0.99]]})
+    with pytest.raises(UnknownKeys, match="ghost__s0003"):
+        PseudoPositives.load(url, shard_dir)
+    pp = PseudoPositives.load(url, shard_dir, strict=False)
+    assert pp.counts["unknown_neighbour"] == 1 and keys[1] not in pp.neighbours
     assert all(n in pp.captions for pos in pp.neighbours.values() for n in pos)
+    # a table mined from another shard set
+    other, _, _ = _hand_table(shard_dir, str(tmp_path / "other.json"), shards=str(tmp_path / "elsewhere"))
+    with pytest.raises(UnknownKeys, match="elsewhere"):
+        PseudoPositives.load(other, shard_dir)
+    assert PseudoPositives.load(other, shard_dir, strict=False).counts["other_shard_set"] == 1
+
+
+def test_old_table_without_captions_is_refused_clearly(shard_dir, tmp_path):
+    url, _, _ = _hand_table(shard_dir, str(tmp_path / "pp.json"), format=1, captions=None)
+    with pytest.raises(IndexInputError, match=r"pp\.json.*holds no captions.*cluster.index mine"):
+        PseudoPositives.load(url, shard_dir)
+
+
+def test_the_table_is_read_without_any_shard_tar(shard_dir, tmp_path):
+    """The caption pass is gone: with every tar of the shard set removed, the table still gives each clip the
+    caption of one of its neighbours (what a rank used to read from all tars now comes from the table file)."""
+    import shutil
+
+    url, table, captions = _hand_table(shard_dir, str(tmp_path / "pp.json"))
+    bare = str(tmp_path / "shards_without_tars")
+    shutil.copytree(shard_dir, bare, ignore=shutil.ignore_patterns("*.tar"))
+    assert not [n for n in os.listdir(bare) if n.endswith(".tar")]
+    with open(url) as f:
+        raw = json.load(f)
+    raw["shards"] = bare
+    with open(url, "w") as f:
+        json.dump(raw, f)
+    pp = PseudoPositives.load(url, bare)
+    key = next(iter(table))
+    got = pp.choose(key, 7)
+    assert got in [captions[n] for n, _, _ in table[key]]
 
 
 # --- pretraining under Ray Train with a mined table -----------------------------------------------------------
@@ -198,6 +234,8 @@ def mined(ray_cluster, tmp_path_factory):
     run_build(cfg, incremental=False, ray=ray_cluster)
     report = run_mine(cfg, ray=ray_cluster)
     assert report["clips_in_table"] > 0
+    mined = json.load(open(report["table"]))
+    assert mined["format"] == 2 and mined["shards"] == os.path.abspath(shards) and mined["captions"]
     return shards, report["table"], root
 
 
