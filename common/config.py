@@ -60,6 +60,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if value is None:  # `key:` or `key=null`: "None" as a string would pass as a path or a query
+            raise ConfigError(f"{where}: expected a string, got null")
         return str(value)
     if isinstance(tp, type) and isinstance(value, tp):
         return value
@@ -163,7 +165,8 @@ def load(cls: type[T], path: str | None = None, overrides: Sequence[str] = ()) -
         if "=" not in ov:
             raise ConfigError(f"override [{ov}]: not of the form key=value")
         key, raw = ov.split("=", 1)
-        _set_dotted(data, key.strip(), yaml_load(raw, f"override [{ov}]") if raw != "" else "")
+        # a blank value is the empty string (YAML would read it as null)
+        _set_dotted(data, key.strip(), yaml_load(raw, f"override [{ov}]") if raw.strip() != "" else raw)
     return from_dict(cls, data)
 
 

@@ -80,3 +80,10 @@ def test_entry_point_malformed_yaml_is_one_line(tmp_path):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: config file [") and str(bad) in lines[0], r.stderr
+
+
+def test_blank_override_is_a_blank_string_and_null_is_refused_for_strings():
+    cfg = C.load(PretrainConfig, None, ["run= "])
+    assert cfg.run == " "
+    with pytest.raises(C.ConfigError, match="expected a string, got null"):
+        C.load(PretrainConfig, None, ["run=null"])
