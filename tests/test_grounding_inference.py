@@ -187,3 +187,17 @@ def test_smoothing_changes_labels_only_at_isolated_flips():
     assert smooth_scores(s, 1) is s
     with pytest.raises(ValueError):
         smooth_scores(s, 2)
+
+
+def test_calibrate_tau_picks_the_threshold_that_separates_background():
+    from grounding.inference import InferenceConfig, calibrate_tau
+
+    # one description; frames 0-2 are its action (high scores), 3-5 background (low), z-scored per description
+    s = np.array([[3.0], [2.5], [2.8], [0.1], [0.3], [0.2]])
+    truth = np.array([0, 0, 0, -1, -1, -1])
+    tau, acc = calibrate_tau([s], [truth], InferenceConfig(normalize="query"))
+    assert acc == 1.0
+    z = (s - s.mean()) / s.std()
+    assert z[3:].max() < tau <= z[:3].min()
+    tau0, acc0 = calibrate_tau([s], [np.zeros(6, int)], InferenceConfig(normalize="query"))
+    assert acc0 == 1.0 and tau0 <= z.min() + 1e-6  # no background at all: tau at or below every frame
