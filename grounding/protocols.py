@@ -39,6 +39,11 @@ def charades_sta(queries: Sequence[CharadesQuery], dropped: Sequence[tuple[str, 
                  nms_thresh: float | None, iou_thresholds: Sequence[float], recalls: Sequence[int],
                  url: str = "predictions") -> Result:
     check_keys(preds, [q.key for q in queries] + [k for k, _ in dropped], url, "line numbers")
+    for q in queries:  # 2D-TAN clips a moment's end to the video; one that starts after its end cannot be meant
+        late = np.nonzero(preds.get(q.key, np.zeros((0, 2)))[:, 0] > q.duration)[0]
+        if len(late):
+            raise InputError(f"{url} [{q.key!r}][{late[0]}]: starts at {preds[q.key][late[0], 0]:g} s, after the "
+                             f"end of video {q.video} ({q.duration:g} s)")
     missing = [q.key for q in queries if q.key not in preds]
     empty = np.zeros((0, 2))
     scores = M.charades_metrics(
@@ -56,6 +61,11 @@ def stvg(queries: Sequence[StvgQuery], preds: dict[str, TubePrediction], fps: fl
     rows, qtypes = [], []
     for q in queries:
         p = preds.get(q.key, TubePrediction((0, 0), {}))
+        if q.frames is not None:
+            outside = [f for f in [p.sted[1] - 1, *p.boxes] if f >= q.frames]
+            if outside:
+                raise InputError(f"{url} [{q.key!r}]: frame {outside[0]} is outside video {q.video} "
+                                 f"({q.frames} frames)")
         frames = M.sample_frame_ids(q.span[0], q.span[1], q.video_fps, fps, max_frames)
         try:
             rows.append(M.stvg_query_metrics(frames, q.tube, p.sted, q.boxes if with_boxes else None, p.boxes))

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT, shared_path
+from common import cli
 from grounding.evaluate import main
 
 
@@ -18,7 +19,7 @@ def run_module(*args):
 
 
 def run_main(capsys, *args):
-    code = main([str(a) for a in args])
+    code = cli.run(main, [str(a) for a in args])
     out = capsys.readouterr()
     last = out.out.strip().splitlines()[-1] if out.out.strip() else ""
     return code, (json.loads(last) if code == 0 else None), out.err
@@ -139,7 +140,11 @@ def test_groundingyoutube_hand_worked(tmp_path, capsys):
 def test_groundingyoutube_real_oracle(tmp_path, capsys):
     root = shared_path("benchmarks", "groundingyoutube")
     boxes = json.loads((root / "GroundingYouTubeBox.json").read_text())
-    preds = {vid: {k: {"step": e["step"], "score": 1.0, "box": e["box"],
+
+    def ordered(b):  # a prediction's box must have x1 <= x2, y1 <= y2; 18 real truth boxes do not
+        return [min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])]
+
+    preds = {vid: {k: {"step": e["step"], "score": 1.0, "box": ordered(e["box"]),
                        "point": [(e["box"][0] + e["box"][2]) / 2, (e["box"][1] + e["box"][3]) / 2]}
                    for k, e in d.items()} for vid, d in boxes.items()}
     code, m, _ = run_main(capsys, "groundingyoutube", "--annotations", root,
@@ -158,7 +163,7 @@ def test_youcook_interactions_real(tmp_path, capsys):
     code, m, _ = run_main(capsys, "youcook_interactions", "--annotations", root,
                           "--predictions", write(tmp_path / "p.json", centre))
     assert code == 0 and m == {"pointing_game": 100.0}
-    corner = {vid: {k: {"point": [b[0] - 1, b[1]]} for k, b in d.items()} for vid, d in boxes.items()}
+    corner = {vid: {k: {"point": [b[2] + 1, b[1]]} for k, b in d.items()} for vid, d in boxes.items()}
     code, m, _ = run_main(capsys, "youcook_interactions", "--annotations", root / "segments.json",
                           "--predictions", write(tmp_path / "c.json", corner))
     assert code == 0 and m == {"pointing_game": 0.0}
@@ -228,3 +233,127 @@ def test_import_stays_light():
     code = "import sys, grounding, grounding.evaluate; assert 'torch' not in sys.modules, 'torch imported'"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def _didemo_key():
+    return str(json.loads(shared_path("benchmarks", "didemo", "test_data.json").read_text())[0]["annotation_id"])
+
+
+def _charades_first():
+    return shared_path("benchmarks", "charades_sta", "charades_sta_test.txt").read_text().splitlines()[0].split()[0]
+
+
+# impossible predictions on the real annotation files: (benchmark, annotation path parts, predictions, needle)
+IMPOSSIBLE_PREDICTIONS = [
+    ("didemo", ("didemo", "test_data.json"), lambda: {_didemo_key(): [[9, 9]]}, "DiDeMo chunks are 0..5"),
+    ("didemo", ("didemo", "test_data.json"), lambda: {_didemo_key(): [[0, 1], [2, 6]]}, "][1]: chunk index 6"),
+    ("didemo", ("didemo", "test_data.json"), lambda: {_didemo_key(): [[-1, 2]]}, "negative start"),
+    ("charades_sta", ("charades_sta", "charades_sta_test.txt"), lambda: {"0": [[-3.0, 2.0]]}, "negative start"),
+    ("charades_sta", ("charades_sta", "charades_sta_test.txt"), lambda: {"0": [[1.0, 2.0], [900.0, 950.0]]},
+     "['0'][1]: starts at 900 s, after the end of video"),
+    ("charades_sta", ("charades_sta", "charades_sta_test.txt"), lambda: {"0": [[float("nan"), 2.0]]},
+     "finite number"),
+    ("vidstg", ("vidstg", "test_annotations.json"), lambda: {"0": {"sted": [40, 10]}}, "start_frame <= end_frame"),
+    ("vidstg", ("vidstg", "test_annotations.json"), lambda: {"0": {"sted": [-5, 10]}}, "start_frame <= end_frame"),
+    ("vidstg", ("vidstg", "test_annotations.json"), lambda: {"0": {"sted": [0, 10 ** 6]}},
+     "['0']: frame 999999 is outside video"),
+    ("vidstg", ("vidstg", "test_annotations.json"), lambda: {"0": {"sted": [0, 5], "boxes": {"3": [9, 0, 2, 4]}}},
+     "x2 < x1"),
+    ("vidstg", ("vidstg", "test_annotations.json"),
+     lambda: {"0": {"sted": [0, 5], "boxes": {"3": [0, 0, float("nan"), 4]}}}, "finite number"),
+    ("vidstg", ("vidstg", "test_annotations.json"), lambda: {"0": {"sted": [0, 5], "boxes": {"-2": [0, 0, 1, 1]}}},
+     "negative frame"),
+    ("groundingyoutube", ("groundingyoutube",), lambda: {"-1okAudsnAc": {"3": {"point": [-4, 5]}}},
+     "outside the frame"),
+    ("groundingyoutube", ("groundingyoutube",), lambda: {"-1okAudsnAc": {"3": {"box": [5, 9, 6, 2]}}}, "y2 < y1"),
+    ("groundingyoutube", ("groundingyoutube",), lambda: {"-1okAudsnAc": {"3": {"score": float("inf")}}},
+     "finite number"),
+    ("youcook_interactions", ("youcook_interactions",), lambda: {"iqcnbNqVc7U": {"22": {"point": [3, -1]}}},
+     "['iqcnbNqVc7U']['22'].point: point [3, -1] lies outside the frame"),
+    ("miningyoutube", ("miningyoutube", "srt"), lambda: {"-1okAudsnAc": {"-3": {"step": "x"}}}, "negative second"),
+    ("miningyoutube", ("miningyoutube", "srt"), lambda: {"-1okAudsnAc": {"100000000": {"step": "x"}}},
+     "past 24 h"),
+]
+
+
+@pytest.mark.parametrize("benchmark,ann,preds,needle", IMPOSSIBLE_PREDICTIONS,
+                         ids=[f"{b}-{i}" for i, (b, *_) in enumerate(IMPOSSIBLE_PREDICTIONS)])
+def test_impossible_predictions_refused(tmp_path, capsys, benchmark, ann, preds, needle):
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(preds()))  # NaN and Infinity as JSON writes them: Python's json reads them back
+    code, _, err = run_main(capsys, benchmark, "--annotations", shared_path("benchmarks", *ann), "--predictions", p)
+    assert code == 2 and err.startswith("error: ") and str(p) in err and needle in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_didemo_nine_nine_refused_by_the_command(tmp_path):
+    """The issue's case, as a user runs it."""
+    p = write(tmp_path / "p.json", {_didemo_key(): [[9, 9]]})
+    r = run_module("didemo", "--annotations", shared_path("benchmarks", "didemo", "test_data.json"),
+                   "--predictions", p)
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and f"{p} [{_didemo_key()!r}][0]" in r.stderr
+
+
+def _vidstg_item(**over):
+    item = {"vid": "v1", "fps": 5.0, "frame_count": 10, "used_segment": {"begin_fid": 0, "end_fid": 10},
+            "temporal_gt": {"begin_fid": 2, "end_fid": 6}, "captions": [{"description": "a cat", "target_id": 0}],
+            "questions": []}
+    for k, v in over.items():
+        item[k] = v
+    return [item]
+
+
+def _gyt(segment=(2, 4), box=(0, 0, 10, 10), second="3", wh=(64, 48)):
+    return {"ground_seg.json": {"v0": [{"segment": list(segment), "sentence": "cut"}]},
+            "GroundingYouTubeBox.json": {"v0": {second: {"box": list(box), "step": "cut"}}},
+            "id2wh.json": {"v0": list(wh)}}
+
+
+# impossible annotations, hand-written: (benchmark, files, needle); the first file is --annotations
+IMPOSSIBLE_ANNOTATIONS = [
+    ("didemo", {"a.json": [{"annotation_id": 1, "times": [[2, 7]]}]}, "outside 0 <= s <= e <= 5"),
+    ("charades_sta", {"charades_sta_test.txt": "A -2.0 5.0##a.\n", "Charades_v1_test.csv": "id,length\nA,10\n"},
+     "line 0: need 0 <= start <= end"),
+    ("charades_sta", {"charades_sta_test.txt": "A 6.0 5.0##a.\n", "Charades_v1_test.csv": "id,length\nA,10\n"},
+     "line 0: need 0 <= start <= end"),
+    ("charades_sta", {"charades_sta_test.txt": "A 1.0 5.0##a.\n", "Charades_v1_test.csv": "id,length\nA,nan\n"},
+     "row 1 (id 'A'): length 'nan' is not a positive"),
+    ("vidstg", {"a.json": _vidstg_item(fps=0)}, "fps must be a positive"),
+    ("vidstg", {"a.json": _vidstg_item(temporal_gt={"begin_fid": 6, "end_fid": 2})}, "tube [6, 2)"),
+    ("vidstg", {"a.json": _vidstg_item(used_segment={"begin_fid": 0, "end_fid": 40})}, "past the video's 10 frames"),
+    ("hcstvg", {"a.json": {"c.mp4": {"bbox": [[1, 1, -5, 3]], "st_frame": 2, "img_num": 40}}},
+     "negative width or height"),
+    ("hcstvg", {"a.json": {"c.mp4": {"bbox": [[1, 1, 5, 3]], "st_frame": 60, "img_num": 40}}},
+     "past the video's 40 frames"),
+    ("groundingyoutube", _gyt(segment=(5, 2)), "need 0 <= start <= end"),
+    ("groundingyoutube", _gyt(second="-3"), "negative second"),
+    ("groundingyoutube", _gyt(box=(0, 0, float("nan"), 3)), "finite number"),
+    ("groundingyoutube", _gyt(wh=(0, 48)), "is not [width, height]"),
+    ("youcook_interactions", {"segments.json": [["v", 9, 3]], "boxes.json": {"v": {"4": [0, 0, 1, 1]}}},
+     "segments.json[0]: need whole seconds 0 <= start <= end"),
+    ("youcook_interactions", {"segments.json": [["v", "x", 3]], "boxes.json": {}}, "expected a number"),
+    ("miningyoutube", {"v.srt": "1\n00:00:05,000 --> 00:00:03,000\ncrack_eggs\n"}, "ends before it starts"),
+]
+
+
+@pytest.mark.parametrize("benchmark,files,needle", IMPOSSIBLE_ANNOTATIONS,
+                         ids=[f"{b}-{i}" for i, (b, *_) in enumerate(IMPOSSIBLE_ANNOTATIONS)])
+def test_impossible_annotations_refused(tmp_path, capsys, benchmark, files, needle):
+    paths = []
+    for name, content in files.items():
+        paths.append(tmp_path / name)
+        paths[-1].write_text(content if isinstance(content, str) else json.dumps(content))
+    ann = tmp_path if benchmark == "miningyoutube" else paths[0]
+    code, _, err = run_main(capsys, benchmark, "--annotations", ann, "--predictions", write(tmp_path / "p.json", {}))
+    assert code == 2 and err.startswith("error: ") and str(tmp_path) in err and needle in err, err
+
+
+@pytest.mark.parametrize("override,needle", [("charades_nms=3", "charades_nms"), ("stvg_fps=0", "stvg_fps"),
+                                             ("viou_thresholds=[0.3,1.5]", "viou_thresholds"),
+                                             ("charades_recalls=[0]", "charades_recalls"),
+                                             ("map_thresholds=[]", "map_thresholds")])
+def test_out_of_range_config_refused(tmp_path, capsys, override, needle):
+    code, _, err = run_main(capsys, "didemo", "--annotations", shared_path("benchmarks", "didemo", "test_data.json"),
+                            "--predictions", write(tmp_path / "p.json", {}), override)
+    assert code == 2 and err.startswith(f"error: EvalConfig [{needle}]"), err

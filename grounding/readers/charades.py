@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from dataclasses import dataclass
 
@@ -31,10 +32,14 @@ def read_charades_durations(url: str) -> dict[str, float]:
     out = {}
     for n, row in enumerate(rows):
         try:
-            out[row["id"]] = float(row["length"])
+            length = float(row["length"])
         except (TypeError, ValueError):
             raise InputError(f"{url} row {n + 1} (id {row.get('id')!r}): "
                              f"length {row.get('length')!r} is not a number") from None
+        if not (math.isfinite(length) and length > 0):
+            raise InputError(f"{url} row {n + 1} (id {row.get('id')!r}): length {row['length']!r} is not a "
+                             f"positive number of seconds")
+        out[row["id"]] = length
     return out
 
 
@@ -69,6 +74,8 @@ def read_charades_sta(url: str, durations_url: str | None = None) -> tuple[list[
             start, end = float(parts[1]), float(parts[2])
         except ValueError:
             raise InputError(f"{url} line {n}: start/end are not numbers: {anno!r}") from None
+        if not (math.isfinite(start) and math.isfinite(end) and 0 <= start <= end):
+            raise InputError(f"{url} line {n}: need 0 <= start <= end in seconds, got {anno!r}")
         if vid not in durations:
             dropped.append((key, "no duration for video"))
             continue

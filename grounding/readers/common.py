@@ -64,6 +64,22 @@ def as_box(value: Any, where: str) -> list[float]:
     return [as_number(v, f"{where}[{i}]") for i, v in enumerate(value)]
 
 
+def as_ordered_box(value: Any, where: str) -> list[float]:
+    """A box a prediction can mean: finite, x1 <= x2 and y1 <= y2 (a zero-width box is allowed)."""
+    b = as_box(value, where)
+    if b[2] < b[0] or b[3] < b[1]:
+        raise InputError(f"{where}: box {value!r} has x2 < x1 or y2 < y1 (boxes are [x1, y1, x2, y2])")
+    return b
+
+
+def as_point(value: Any, where: str) -> tuple[float, float]:
+    """A pixel position: finite and not left of or above the frame."""
+    x, y = as_pair(value, where)
+    if x < 0 or y < 0:
+        raise InputError(f"{where}: point {value!r} lies outside the frame (negative pixel coordinate)")
+    return x, y
+
+
 def as_int_key(key: Any, where: str) -> int:
     try:
         return int(str(key))

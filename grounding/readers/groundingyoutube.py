@@ -60,6 +60,8 @@ def read_groundingyoutube(url: str) -> dict[str, GytVideo]:
             if not isinstance(s, dict) or "segment" not in s or "sentence" not in s:
                 raise InputError(f"{where}: needs 'segment' and 'sentence'")
             a, b = as_pair(s["segment"], f"{where}.segment")
+            if not 0 <= a <= b:
+                raise InputError(f"{where}.segment: need 0 <= start <= end in seconds, got {s['segment']!r}")
             out.append((math.ceil(a), math.floor(b), norm_label(s["sentence"])))
         videos[vid] = GytVideo(vid, out)
 
@@ -71,7 +73,7 @@ def read_groundingyoutube(url: str) -> dict[str, GytVideo]:
                 where = f"{box_url} [{vid!r}][{k!r}]"
                 if not isinstance(v, dict) or "box" not in v:
                     raise InputError(f"{where}: expected {{'box': [x1, y1, x2, y2], 'step': ...}}")
-                t = as_int_key(k, where)
+                t = _second(k, where)
                 step = norm_label(v["step"]) if v.get("step") is not None else _step_at(video, t)
                 video.boxes[t] = (step, as_box(v["box"], f"{where}.box"))
     elif fsio.exists(fsio.join(root, POINT_BOXES)):
@@ -79,7 +81,7 @@ def read_groundingyoutube(url: str) -> dict[str, GytVideo]:
         for vid, per_sec in _mapping(read_json(xy_url, "GroundingYouTube boxes"), xy_url).items():
             video = _video(videos, vid, xy_url)
             for k, v in _mapping(per_sec, f"{xy_url} [{vid!r}]").items():
-                t = as_int_key(k, f"{xy_url} [{vid!r}]")
+                t = _second(k, f"{xy_url} [{vid!r}]")
                 video.boxes[t] = (_step_at(video, t), as_box(v, f"{xy_url} [{vid!r}][{k!r}]"))
 
     pool_url = fsio.join(root, "vid2step.json")
@@ -92,8 +94,17 @@ def read_groundingyoutube(url: str) -> dict[str, GytVideo]:
         for vid, wh in _mapping(read_json(wh_url, "GroundingYouTube frame sizes"), wh_url).items():
             if vid in videos:
                 w, h = as_pair(wh, f"{wh_url} [{vid!r}]")
+                if w < 1 or h < 1:
+                    raise InputError(f"{wh_url} [{vid!r}]: frame size {wh!r} is not [width, height] in pixels")
                 videos[vid].size = (int(w), int(h))
     return videos
+
+
+def _second(key, where: str) -> int:
+    t = as_int_key(key, where)
+    if t < 0:
+        raise InputError(f"{where}: negative second {key!r}")
+    return t
 
 
 def _mapping(obj, where: str) -> dict:

@@ -9,13 +9,16 @@ import numpy as np
 from grounding.readers.common import (
     BACKGROUND,
     InputError,
-    as_box,
     as_int_key,
     as_number,
+    as_ordered_box,
     as_pair,
+    as_point,
     norm_label,
     read_json,
 )
+
+MAX_SECOND = 24 * 3600  # a per-second key past a day is no video's second (and would size the arrays)
 
 
 def _top(url: str) -> dict:
@@ -44,18 +47,24 @@ def _ranked_pairs(value: Any, where: str) -> np.ndarray:
     for i, (s, e) in enumerate(rows):
         if s > e:
             raise InputError(f"{where}[{i}]: start {s} is after end {e}")
+        if s < 0:
+            raise InputError(f"{where}[{i}]: negative start {s}")
     return np.asarray(rows, dtype=np.float64).reshape(-1, 2)
 
 
-def read_moment_predictions(url: str, integer: bool = False) -> dict[str, np.ndarray]:
-    """{key: [[s, e], ...]} ranked best first. integer=True (DiDeMo chunks) requires whole numbers."""
+def read_moment_predictions(url: str, chunks: int | None = None) -> dict[str, np.ndarray]:
+    """{key: [[s, e], ...]} ranked best first, 0 <= s <= e. chunks=N (DiDeMo): whole chunk indices below N."""
     out = {}
     for key, value in _top(url).items():
         where = f"{url} [{key!r}]"
         arr = _ranked_pairs(value, where)
-        if integer:
+        if chunks is not None:
             if not np.all(arr == np.round(arr)):
                 raise InputError(f"{where}: DiDeMo moments are integer chunk indices [s, e], got {value!r}")
+            beyond = np.nonzero(arr[:, 1] >= chunks)[0]
+            if len(beyond):
+                raise InputError(f"{where}[{beyond[0]}]: chunk index {int(arr[beyond[0], 1])} is outside the video "
+                                 f"(DiDeMo chunks are 0..{chunks - 1}), got {value[beyond[0]]!r}")
             arr = arr.astype(np.int64)
         out[str(key)] = arr
     return out
@@ -77,11 +86,17 @@ def read_stvg_predictions(url: str) -> dict[str, TubePrediction]:
         s, e = as_pair(value["sted"], f"{where}.sted")
         if s != int(s) or e != int(e):
             raise InputError(f"{where}.sted: frame indices must be integers, got {value['sted']!r}")
+        if s < 0 or e < s:
+            raise InputError(f"{where}.sted: need 0 <= start_frame <= end_frame, got {value['sted']!r}")
         boxes_raw = value.get("boxes", {})
         if not isinstance(boxes_raw, dict):
             raise InputError(f"{where}.boxes: expected {{frame: [x1, y1, x2, y2]}}, got {type(boxes_raw).__name__}")
-        boxes = {as_int_key(f, f"{where}.boxes"): np.asarray(as_box(b, f"{where}.boxes[{f!r}]"))
-                 for f, b in boxes_raw.items()}
+        boxes = {}
+        for f, b in boxes_raw.items():
+            frame = as_int_key(f, f"{where}.boxes")
+            if frame < 0:
+                raise InputError(f"{where}.boxes[{f!r}]: negative frame index")
+            boxes[frame] = np.asarray(as_ordered_box(b, f"{where}.boxes[{f!r}]"))
         out[str(key)] = TubePrediction((int(s), int(e)), boxes)
     return out
 
@@ -108,13 +123,15 @@ def read_per_second_predictions(url: str) -> dict[str, dict[int, SecondPredictio
             t = as_int_key(k, where)
             if t < 0:
                 raise InputError(f"{w}: negative second")
+            if t > MAX_SECOND:
+                raise InputError(f"{w}: second {t} is past 24 h, no video's second")
             if not isinstance(v, dict):
                 raise InputError(f"{w}: expected an object with step/score/point/box, got {v!r}")
             step = v.get("step", BACKGROUND)
             if step is None or not isinstance(step, str):
                 raise InputError(f"{w}.step: expected a string, got {step!r}")
-            point = as_pair(v["point"], f"{w}.point") if v.get("point") is not None else None
-            box = as_box(v["box"], f"{w}.box") if v.get("box") is not None else None
+            point = as_point(v["point"], f"{w}.point") if v.get("point") is not None else None
+            box = as_ordered_box(v["box"], f"{w}.box") if v.get("box") is not None else None
             score = as_number(v["score"], f"{w}.score") if "score" in v else 1.0
             secs[t] = SecondPrediction(norm_label(step) or BACKGROUND, score, point, box)
         out[str(vid)] = secs

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from grounding.readers.common import InputError, read_json
+from grounding.readers.common import InputError, as_box, read_json
 
 HCSTVG_SECONDS = 20  # TubeDETR: HC-STVG clips are 20 s, fps = frame count / 20
 
@@ -25,6 +25,22 @@ class StvgQuery:
     span: tuple[int, int]  # frames [start, end) the evaluator samples from
     tube: tuple[int, int]  # ground-truth tube, half-open
     boxes: dict[int, np.ndarray] | None = field(default=None, repr=False)  # None: no boxes in the annotation
+    frames: int | None = None  # frames in the video, where the annotation says; predictions must lie inside
+
+    def check(self, where: str) -> "StvgQuery":
+        """Refuse what no video can hold: fps <= 0, a span or tube with end <= start or negative, one past the
+        video's frames. (VidSTG's temporal_gt.end_fid may be used_segment.end_fid + 1; TubeDETR keeps it.)"""
+        (s0, s1), (t0, t1) = self.span, self.tube
+        if not (np.isfinite(self.video_fps) and self.video_fps > 0):
+            raise InputError(f"{where}: fps must be a positive number, got {self.video_fps!r}")
+        if not 0 <= s0 < s1:
+            raise InputError(f"{where}: frame span [{s0}, {s1}) must have 0 <= start < end")
+        if not 0 <= t0 < t1:
+            raise InputError(f"{where}: ground-truth tube [{t0}, {t1}) must have 0 <= start < end")
+        if self.frames is not None and max(s1, t1) > self.frames + 1:
+            raise InputError(f"{where}: frames [{min(s0, t0)}, {max(s1, t1)}) lie past the video's "
+                             f"{self.frames} frames")
+        return self
 
 
 def _xywh_tube(traj, tube: tuple[int, int], where: str) -> dict[int, np.ndarray]:
@@ -39,7 +55,9 @@ def _xywh_tube(traj, tube: tuple[int, int], where: str) -> dict[int, np.ndarray]
         b = v["bbox"] if isinstance(v, dict) else v
         if not isinstance(b, (list, tuple)) or len(b) != 4:
             raise InputError(f"{where} frame {k}: bbox must be [x, y, w, h], got {b!r}")
-        x, y, w, h = (float(c) for c in b)
+        x, y, w, h = as_box(b, f"{where} frame {k}")
+        if w < 0 or h < 0:
+            raise InputError(f"{where} frame {k}: bbox [x, y, w, h] has a negative width or height: {b!r}")
         out[f] = np.array([x, y, x + w, y + h])
     return out
 
@@ -68,9 +86,11 @@ def read_vidstg(url: str, boxes_url: str | None = None) -> list[StvgQuery]:
             try:
                 q = StvgQuery(str(v["video_id"]), str(v["original_video_id"]), v.get("caption", ""), v.get("qtype"),
                               float(v["fps"]), (int(v["start_frame"]), int(v["end_frame"])),
-                              (int(v["tube_start_frame"]), int(v["tube_end_frame"])))
+                              (int(v["tube_start_frame"]), int(v["tube_end_frame"])),
+                              frames=int(v["frame_count"]) if v.get("frame_count") is not None else None)
             except (KeyError, TypeError, ValueError) as e:
                 raise InputError(f"{url} videos[{i}]: missing or bad field {e}") from None
+            q.check(f"{url} videos[{i}]")
             if trajectories is not None:
                 q.boxes = _boxes_for(trajectories, q.video, v.get("target_id"), q.tube, f"{url} videos[{i}]")
             out.append(q)
@@ -86,11 +106,13 @@ def read_vidstg(url: str, boxes_url: str | None = None) -> list[StvgQuery]:
             span = (int(a["used_segment"]["begin_fid"]), int(a["used_segment"]["end_fid"]))
             tube = (int(a["temporal_gt"]["begin_fid"]), int(a["temporal_gt"]["end_fid"]))
             groups = (("interrogative", a["questions"]), ("declarative", a["captions"]))
+            frames = int(a["frame_count"]) if a.get("frame_count") is not None else None
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"{where}: missing or bad field {e}") from None
         for qtype, sentences in groups:
             for s in sentences:
-                q = StvgQuery(str(len(out)), vid, str(s.get("description", "")), qtype, fps, span, tube)
+                q = StvgQuery(str(len(out)), vid, str(s.get("description", "")), qtype, fps, span, tube,
+                              frames=frames).check(f"{where} ({vid})")
                 if trajectories is not None:
                     q.boxes = _boxes_for(trajectories, vid, s.get("target_id"), tube, f"{where} ({vid})")
                 out.append(q)
@@ -135,7 +157,10 @@ def read_hcstvg(url: str) -> list[StvgQuery]:
 def _hcstvg_query(key, video, caption, count, st, traj, where) -> StvgQuery:
     if not isinstance(traj, list) or not traj:
         raise InputError(f"{where}: 'bbox' must be a non-empty list of [x, y, w, h]")
+    if count < 2 or st < 0:
+        raise InputError(f"{where}: need img_num >= 2 and st_frame >= 0, got {count} and {st}")
     tube = (st, st + len(traj))  # st_frame is 1-based in the files; TubeDETR keeps it as is
     boxes = _xywh_tube({st + i: b for i, b in enumerate(traj)}, tube, where)
     # TubeDETR samples frames 0 .. img_num - 2 (range(0, img_num - 1)) at fps = img_num / 20
-    return StvgQuery(key, video, str(caption), None, count / HCSTVG_SECONDS, (0, count - 1), tube, boxes)
+    return StvgQuery(key, video, str(caption), None, count / HCSTVG_SECONDS, (0, count - 1), tube, boxes,
+                     frames=count).check(where)

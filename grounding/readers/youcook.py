@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common import fsio
-from grounding.readers.common import InputError, as_box, as_int_key, is_dir, parent, read_json
+from grounding.readers.common import InputError, as_box, as_int_key, as_pair, is_dir, parent, read_json
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,10 @@ def read_youcook_interactions(url: str) -> tuple[list[PointingFrame], list[str]]
     for i, s in enumerate(segments):
         if not isinstance(s, list) or len(s) != 3:
             raise InputError(f"{seg_url}[{i}]: expected [video, start, end], got {s!r}")
-        vid, start, end = str(s[0]), int(s[1]), int(s[2])
+        start, end = as_pair(s[1:], f"{seg_url}[{i}]")
+        if start != int(start) or end != int(end) or not 0 <= start <= end:
+            raise InputError(f"{seg_url}[{i}]: need whole seconds 0 <= start <= end, got {s!r}")
+        vid, start, end = str(s[0]), int(start), int(end)
         per_sec = boxes.get(vid, {})
         for t in range(start, end + 1):
             if str(t) in per_sec:
