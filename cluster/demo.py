@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -145,11 +144,10 @@ def index(cfg: DemoConfig, shards: str, export: str, ray) -> dict:
 
 
 def _evaluate(annotations: str, predictions: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "grounding.evaluate", "groundingyoutube", "--annotations",
-                           annotations, "--predictions", predictions], cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"grounding.evaluate failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """GroundingYouTube metrics in percent, from grounding.evaluate in process."""
+    from grounding import evaluate as G
+
+    return G.in_percent(G.evaluate("groundingyoutube", annotations, predictions)[0])
 
 
 def evaluate(cfg: DemoConfig, corpus_dir: str, models: dict[str, str]) -> dict:

@@ -12,10 +12,6 @@ frames out of the rest of the video); a moment that holds no frame takes the fra
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import torch
 
@@ -133,15 +129,10 @@ def chance_predictions(benchmark: str, queries: list[EvalQuery], videos: dict[st
     return out
 
 
-def evaluate(benchmark: str, files: dict[str, str], predictions: str, cwd: str | None = None) -> tuple[dict, dict]:
-    """Run `python -m grounding.evaluate` (the project's evaluator CLI); (metrics in percent, counts)."""
-    cmd = [sys.executable, "-m", "grounding.evaluate", benchmark, "--annotations", files["annotations"],
-           "--predictions", predictions]
-    if files.get("durations"):
-        cmd += ["--durations", files["durations"]]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
-    if proc.returncode != 0:
-        raise RuntimeError(f"grounding.evaluate {benchmark} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    lines = proc.stdout.strip().splitlines()
-    counts = json.loads(lines[-2][len("counts: "):]) if len(lines) > 1 and lines[-2].startswith("counts: ") else {}
-    return json.loads(lines[-1]), counts
+def evaluate(benchmark: str, files: dict[str, str], predictions: str) -> tuple[dict, dict]:
+    """The project's evaluator (grounding.evaluate) in process: (metrics in percent as its CLI prints them, counts).
+    Malformed or impossible predictions raise its InputError."""
+    from grounding import evaluate as G
+
+    scores, counts = G.evaluate(benchmark, files["annotations"], predictions, durations=files.get("durations"))
+    return G.in_percent(scores), counts

@@ -30,6 +30,20 @@ class InferenceConfig:
                                      # (centred, odd) before the argmax: actions last seconds, so a one-frame
                                      # flip is noise; 1 = off (the paper's per-frame decision)
 
+    def validate(self, prefix: str = "inference.") -> "InferenceConfig":
+        from common.config import ConfigError
+
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"PredictConfig [{prefix}{key}]: {what}, got {getattr(self, key)!r}")
+
+        need(np.isfinite(self.tau), "tau", "must be a finite number")
+        need(self.normalize in ("none", "zscore", "query"), "normalize", "must be none, zscore or query")
+        need(0 < self.box_threshold <= 1, "box_threshold", "must be in (0, 1]")
+        need(self.batch_frames >= 1, "batch_frames", "must be >= 1")
+        need(self.min_segment >= 1, "min_segment", "must be >= 1")
+        return self
+
 
 @dataclass
 class FramePrediction:

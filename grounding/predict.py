@@ -13,6 +13,7 @@ pixels. Each video is decoded once at `fps` (default 1: the benchmarks annotate 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -20,21 +21,42 @@ import sys
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from common import config as C
-from common import fsio
 import torch
 
+from common import cli, fsio
+from common import config as C
 from grounding.inference import CropGeometry, FramePrediction, InferenceConfig, ground_video, locate, spatial_heatmaps
+from grounding.readers import InputError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class PredictConfig:
-    fps: float = 1.0
+    fps: float = 1.0                  # frames decoded per second of video
     size: int = 0                     # decode size (short side + centre crop); 0: the model's image size
-    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    max_decode_mb: float = 4096.0     # raw frames one video's decode may produce (frames x size^2 x 3 bytes)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)  # per-frame labelling and boxes
+
+    def validate(self) -> "PredictConfig":
+        check_rate(self.fps, "PredictConfig [fps]")
+        if self.size < 0:
+            raise C.ConfigError(f"PredictConfig [size]: must be >= 0 (0: the model's image size), got {self.size}")
+        check_decode_mb(self.max_decode_mb, "PredictConfig [max_decode_mb]")
+        self.inference.validate()
+        return self
+
+
+def check_rate(fps: float, where: str) -> float:
+    if not (np.isfinite(fps) and fps > 0):
+        raise C.ConfigError(f"{where}: frames per second must be a positive number, got {fps!r}")
+    return fps
+
+
+def check_decode_mb(mb: float, where: str) -> float:
+    if not (np.isfinite(mb) and mb > 0):
+        raise C.ConfigError(f"{where}: must be a positive number of MB, got {mb!r}")
+    return mb
 
 
 @dataclass
@@ -58,23 +80,46 @@ def list_videos(args: list[str]) -> list[tuple[str, str]]:
 
 def read_pools(pool_arg: str | None, videos_arg: list[str]) -> tuple[dict[str, list[str]] | None, list[str] | None]:
     """(per-video pools, shared pool): exactly one is not None."""
-    if pool_arg:
+    if pool_arg is not None:
         if fsio.exists(pool_arg) and not (fsio.is_local(pool_arg) and os.path.isdir(pool_arg)):
-            data = json.loads(fsio.read_text(pool_arg))
-            if isinstance(data, dict):
-                return {k: list(v) for k, v in data.items()}, None
-            return None, [str(x) for x in data]
-        return None, [p.strip() for p in pool_arg.split(";") if p.strip()]
+            return _pool_file(pool_arg)
+        shared = [p.strip() for p in pool_arg.split(";") if p.strip()]
+        if not shared:
+            raise InputError(f"--pool [{pool_arg!r}]: no action description in it (';'-separated)")
+        return None, shared
     base = videos_arg[0] if os.path.isdir(videos_arg[0]) else os.path.dirname(videos_arg[0])
     for cand in (os.path.join(base, "truth", "vid2step.json"), os.path.join(base, "vid2step.json")):
         if os.path.exists(cand):
-            return {k: list(v) for k, v in json.load(open(cand)).items()}, None
-    raise SystemExit("error: no action pool: pass --pool or put vid2step.json beside the videos")
+            return _pool_file(cand)
+    raise InputError(f"--pool: no action pool for {videos_arg[0]}: pass --pool or put vid2step.json beside the "
+                     f"videos")
 
 
-def decode(video_id: str, path: str, fps: float, size: int) -> DecodedClip:
-    from shards.decode import decode_video
+def _pool_file(url: str) -> tuple[dict[str, list[str]] | None, list[str] | None]:
+    from grounding.readers.common import read_json
 
+    data = read_json(url, "action pool")
+    if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
+        return {str(k): [str(s) for s in v] for k, v in data.items()}, None
+    if isinstance(data, list) and data:
+        return None, [str(x) for x in data]
+    raise InputError(f"action pool [{url}]: expected a non-empty JSON list of descriptions or {{video: [steps]}}")
+
+
+class VideoError(InputError):
+    """A video that cannot be decoded; `reason` is a failure reason of docs/contracts.md section 2."""
+
+    def __init__(self, path: str, reason: str, detail: str):
+        super().__init__(f"video [{path}]: {reason}: {detail}")
+        self.reason = reason
+
+
+def decode(video_id: str, path: str, fps: float, size: int, max_decode_mb: float | None = None) -> DecodedClip:
+    """One video as frames; InputError naming the file when it is missing, no video, or over the decode bound."""
+    from shards.decode import DecodeError, decode_video
+
+    if not fsio.exists(path):
+        raise VideoError(path, "missing_file", "not found")
     local = path
     if not fsio.is_local(path):
         import tempfile
@@ -83,8 +128,12 @@ def decode(video_id: str, path: str, fps: float, size: int) -> DecodedClip:
         fs, remote = fsio.filesystem(path)
         fs.get_file(remote, tmp.name)
         local = tmp.name
+    limit = None if max_decode_mb is None else int(max_decode_mb * 2**20)
     try:
-        dec = decode_video(local, fps=fps, size=size)
+        dec = decode_video(local, fps=fps, size=size, max_bytes=limit)
+    except DecodeError as e:
+        hint = "; raise max_decode_mb or lower the fps if this is meant" if e.reason == "too_large" else ""
+        raise VideoError(path, e.reason, e.detail + hint) from None
     finally:
         if local != path:
             os.remove(local)
@@ -134,7 +183,7 @@ def predict_videos(model, videos: list[tuple[str, str]], pools: dict | None, sha
     With `truth_steps` ({vid: {second: true step}}) only the spatial part runs, on the true steps (pointing)."""
     size = cfg.size or model.image_size
     result: dict[str, dict] = {}
-    counts = {"videos": 0, "skipped": {}}
+    counts: dict = {"videos": 0, "skipped": {}, "failed": []}
     for vid, path in videos:
         pool = shared if shared is not None else (pools or {}).get(vid)
         if not pool and truth_steps is None:
@@ -142,10 +191,10 @@ def predict_videos(model, videos: list[tuple[str, str]], pools: dict | None, sha
             log.warning("%s: no action pool, skipped", vid)
             continue
         try:
-            clip = decode(vid, path, cfg.fps, size)
-        except Exception as e:  # noqa: BLE001 - bad video: count, go on
-            reason = getattr(e, "reason", type(e).__name__)
-            counts["skipped"][reason] = counts["skipped"].get(reason, 0) + 1
+            clip = decode(vid, path, cfg.fps, size, cfg.max_decode_mb)
+        except VideoError as e:  # bad video: count, go on
+            counts["skipped"][e.reason] = counts["skipped"].get(e.reason, 0) + 1
+            counts["failed"].append(str(e))
             log.warning("%s: %s, skipped", vid, e)
             continue
         if truth_steps is not None:
@@ -167,15 +216,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="spatial grounding alone: point the true step of every annotated second (GroundingYouTube "
                         "annotations); read the pointing_game metric of the result")
     p.add_argument("--config", help="YAML of PredictConfig")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of expected errors too (or STG_DEBUG=1)")
     p.add_argument("overrides", nargs="*", help="key=value (e.g. inference.tau=0.5, fps=2)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    overrides = [o if "." in o.split("=")[0] or o.split("=")[0] in ("fps", "size") else f"inference.{o}"
+    top = {f.name for f in dataclasses.fields(PredictConfig)}
+    overrides = [o if "." in o.split("=")[0] or o.split("=")[0] in top else f"inference.{o}"
                  for o in args.overrides]
-    cfg = C.load(PredictConfig, args.config, overrides)
-    from pretrain import load_model
-
-    model = load_model(args.checkpoint)
+    cfg = C.load(PredictConfig, args.config, overrides).validate()
+    # everything the user named is checked before the model loads
+    videos = list_videos(args.videos)
+    if not videos:
+        raise InputError(f"--videos [{' '.join(args.videos)}]: no video listed")
+    explicit = not (len(args.videos) == 1 and (os.path.isdir(args.videos[0]) or args.videos[0].endswith(".csv")))
+    for _, path in videos if explicit else []:
+        if not fsio.exists(path):
+            raise InputError(f"video [{path}]: not found")
     truth_steps = None
     if args.pointing:
         from grounding.readers.groundingyoutube import read_groundingyoutube
@@ -185,11 +241,18 @@ def main(argv: list[str] | None = None) -> int:
         pools, shared = None, None
     else:
         pools, shared = read_pools(args.pool, args.videos)
-    preds, counts = predict_videos(model, list_videos(args.videos), pools, shared, cfg, truth_steps)
+    from pretrain import load_model
+
+    model = load_model(args.checkpoint)
+    preds, counts = predict_videos(model, videos, pools, shared, cfg, truth_steps)
+    if not counts["videos"]:
+        first = counts["failed"][0] if counts["failed"] else "no action pool"
+        raise InputError(f"--videos: none of the {len(videos)} video(s) could be grounded "
+                         f"({counts['skipped']}), e.g. {first}")
     fsio.write_json_atomic(args.out, preds)
     print(json.dumps({"out": args.out, **counts}))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

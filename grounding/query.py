@@ -16,15 +16,32 @@ import sys
 
 import numpy as np
 
+from common import cli, fsio
 from grounding.inference import InferenceConfig, ground_video, segments_of
+from grounding.readers import InputError
 
 
-def ground_query(checkpoint, video: str, text: str, fps: float = 1.0, tau: float = 0.5, model=None) -> dict:
+def check_request(video: str, text: str, fps: float, tau: float = 0.0, max_decode_mb: float = 1.0) -> None:
+    """What query and visualize refuse before loading a model: each a one-line InputError/ConfigError."""
+    from grounding.predict import check_decode_mb, check_rate
+
+    if not text.strip():
+        raise InputError(f"--text [{text!r}]: the description is empty")
+    check_rate(fps, "--fps")
+    if not np.isfinite(tau):
+        raise InputError(f"--tau [{tau}]: must be a finite number")
+    check_decode_mb(max_decode_mb, "--max-decode-mb (max_decode_mb)")
+    if not fsio.exists(video):
+        raise InputError(f"video [{video}]: not found")
+
+
+def ground_query(checkpoint, video: str, text: str, fps: float = 1.0, tau: float = 0.5, model=None,
+                 max_decode_mb: float | None = None) -> dict:
     from grounding.predict import decode
     from pretrain import load_model
 
     model = model if model is not None else load_model(checkpoint)
-    clip = decode(os.path.splitext(os.path.basename(video))[0], video, fps, model.image_size)
+    clip = decode(os.path.splitext(os.path.basename(video))[0], video, fps, model.image_size, max_decode_mb)
     preds = ground_video(model, clip.frames, clip.times, [text], clip.geometry, InferenceConfig(tau=tau))
     period = 1.0 / fps
     segments = []
@@ -45,19 +62,31 @@ def main(argv: list[str] | None = None) -> int:
     from grounding.visualize import render
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--video", required=True)
-    p.add_argument("--text", required=True)
+    add_common_args(p)
     p.add_argument("--picture", help="PNG to write (default: <video stem>.query.png in the cwd)")
-    p.add_argument("--fps", type=float, default=1.0)
-    p.add_argument("--tau", type=float, default=0.5)
+    p.add_argument("--tau", type=float, default=0.5, help="foreground threshold on the z-scored similarity")
     args = p.parse_args(argv)
-    res = ground_query(args.checkpoint, args.video, args.text, args.fps, args.tau)
+    check_request(args.video, args.text, args.fps, args.tau, args.max_decode_mb)
+    res = ground_query(args.checkpoint, args.video, args.text, args.fps, args.tau,
+                       max_decode_mb=args.max_decode_mb)
     png = args.picture or os.path.splitext(os.path.basename(args.video))[0] + ".query.png"
     render(res["frames"], res["times"], res["predictions"], args.text, res["geometry"], [], png)
     print(json.dumps({**res["summary"], "picture": png}))
     return 0
 
 
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The arguments grounding.query and grounding.visualize share."""
+    from grounding.predict import PredictConfig
+
+    p.add_argument("--checkpoint", required=True, help="export folder (model.pt + model_config.json) or model.pt")
+    p.add_argument("--video", required=True)
+    p.add_argument("--text", required=True, help="the description to ground")
+    p.add_argument("--fps", type=float, default=1.0, help="frames decoded per second of video")
+    p.add_argument("--max-decode-mb", type=float, default=PredictConfig.max_decode_mb,
+                   help="raw frames the decode may produce (frames x size^2 x 3 bytes), default %(default)s")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of expected errors too (or STG_DEBUG=1)")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -128,18 +128,22 @@ def write_mp4(frames: list[np.ndarray], path: str, fps: float = 1.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from grounding.query import ground_query
+    from grounding.query import add_common_args, check_request, ground_query
+    from grounding.readers import InputError
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--video", required=True)
-    p.add_argument("--text", required=True)
+    add_common_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--truth", nargs=2, type=float, action="append", default=[], metavar=("START", "END"),
                    help="a true segment in seconds (repeatable)")
-    p.add_argument("--fps", type=float, default=1.0)
     args = p.parse_args(argv)
-    res = ground_query(args.checkpoint, args.video, args.text, fps=args.fps)
+    for s, e in args.truth:
+        if not (np.isfinite(s) and np.isfinite(e) and 0 <= s < e):
+            raise InputError(f"--truth [{s:g} {e:g}]: a true segment needs 0 <= START < END in seconds")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise InputError(f"--out [{args.out}]: exists and is not a folder")
+    check_request(args.video, args.text, args.fps, max_decode_mb=args.max_decode_mb)
+    res = ground_query(args.checkpoint, args.video, args.text, fps=args.fps, max_decode_mb=args.max_decode_mb)
     stem = os.path.splitext(os.path.basename(args.video))[0]
     written = render(res["frames"], res["times"], res["predictions"], args.text, res["geometry"],
                      [tuple(t) for t in args.truth], os.path.join(args.out, f"{stem}.png"),
@@ -149,4 +153,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from common import cli
+
+    sys.exit(cli.run(main))

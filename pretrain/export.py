@@ -5,29 +5,71 @@ ZeRO keeps the fp32 master weights sharded in the optimizer files; DeepSpeed's z
 stage-0 checkpoint without optimizer shards holds the whole module (fp32 on CPU) in its model-states file.
 
     python -m pretrain.export --run RUN_URL [--step N]
+
+Every file is read with torch.load(weights_only=True): a checkpoint on shared storage can hold tensors and plain
+containers (and DeepSpeed's four bookkeeping classes, allowed by name), never code. A file that holds anything else,
+or is cut short, is refused in one line naming it.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
+import sys
 import tempfile
 
 import torch
 
-from common import fsio
+from common import cli, fsio
 from pretrain import checkpoint
+from pretrain.model import ExportError, ExportMissing, load_weights
+
+
+@contextlib.contextmanager
+def _weights_only_loads():
+    """deepspeed.utils.zero_to_fp32 calls torch.load(weights_only=False) on every shard and has no option for
+    anything else: for the duration of the merge, torch.load loads weights only, with the classes DeepSpeed
+    pickles into its ZeRO optimizer states allowed by name."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    real = torch.load
+
+    def load(f, *args, **kwargs):
+        kwargs["weights_only"] = True
+        return real(f, *args, **kwargs)
+
+    torch.load = load
+    try:
+        with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
+            yield
+    finally:
+        torch.load = real
 
 
 def consolidated_state_dict(local_root: str, tag: str) -> dict[str, torch.Tensor]:
+    import pickle
+
     folder = os.path.join(local_root, tag)
     if glob.glob(os.path.join(folder, "*zero_pp_rank_*_optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(local_root, tag=tag)
+        try:
+            with _weights_only_loads():
+                state = get_fp32_state_dict_from_zero_checkpoint(local_root, tag=tag)
+        except pickle.UnpicklingError as e:
+            raise ExportError(f"checkpoint [{folder}]: a ZeRO shard holds pickled objects, not only tensors; "
+                              f"refused ({str(e).splitlines()[-1].strip()[:200]})") from None
+        except (RuntimeError, OSError, EOFError) as e:
+            raise ExportError(f"checkpoint [{folder}]: a ZeRO shard is truncated or not a torch file "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     else:
-        states = torch.load(os.path.join(folder, "mp_rank_00_model_states.pt"), map_location="cpu",
-                            weights_only=False)
+        path = os.path.join(folder, "mp_rank_00_model_states.pt")
+        states = load_weights(path)
+        if not isinstance(states, dict) or not isinstance(states.get("module"), dict):
+            raise ExportError(f"checkpoint [{path}]: no 'module' state_dict in it")
         state = states["module"]
     return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
 
@@ -36,7 +78,7 @@ def export_run(run: str, step: int | None = None) -> str:
     """Write the export of checkpoint `step` (default: the newest complete one); returns the model.pt URL."""
     step = checkpoint.latest(run) if step is None else step
     if step is None or step not in checkpoint.complete_steps(run):
-        raise FileNotFoundError(f"no complete checkpoint {'' if step is None else step} under {run}")
+        raise ExportMissing(f"run [{run}]: no complete checkpoint" + ("" if step is None else f" at step {step}"))
     marker = checkpoint.read_marker(run, step)
     out = fsio.join(run, "export")
     with tempfile.TemporaryDirectory(prefix="stg-export-") as tmp:
@@ -55,13 +97,15 @@ def export_run(run: str, step: int | None = None) -> str:
     return fsio.join(out, "model.pt")
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run storage URL (local folder or s3://...)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest complete)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of expected errors too (or STG_DEBUG=1)")
     args = p.parse_args(argv)
     print(export_run(args.run, args.step))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -28,9 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import UserError
 from pretrain import losses, sinkhorn
-from pretrain.backbone import Backbone
+from pretrain.backbone import Backbone, weights_follow
 from pretrain.model_config import ModelConfig
+
+
+class ExportError(UserError, ValueError):
+    """An export that cannot be loaded: truncated, not a plain state_dict, not matching its model_config.json."""
+
+
+class ExportMissing(UserError, FileNotFoundError):
+    """No export where one was named."""
 
 
 class CrossModalAttention(nn.Module):
@@ -327,23 +336,52 @@ def load_model(export_dir_or_file: str, map_location: str | torch.device = "cpu"
         weights, folder = fsio.join(path, "model.pt"), path
     conf_url = fsio.join(folder, "model_config.json")
     if not fsio.exists(conf_url):
-        raise FileNotFoundError(f"{conf_url} not found (an export holds model.pt and model_config.json)")
-    data = dict(fsio.read_json(conf_url))
+        raise ExportMissing(f"export [{conf_url}]: not found (an export holds model.pt and model_config.json)")
+    if not fsio.exists(weights):
+        raise ExportMissing(f"export [{weights}]: not found (an export holds model.pt and model_config.json)")
+    try:
+        data = dict(fsio.read_json(conf_url))
+    except (ValueError, TypeError) as e:
+        raise ExportError(f"export [{conf_url}]: not a JSON object of model config fields ({e})") from None
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{conf_url}: unknown model config keys {unknown}")
+        raise ExportError(f"export [{conf_url}]: unknown model config keys {unknown}")
     data["pretrained"] = None  # the export's weights replace the backbone initialisation
     cfg = ModelConfig(**data)
-    model = build_model(cfg)
-    blob = fsio.read_bytes(weights) if not os.path.isfile(weights) else None
-    state = torch.load(io.BytesIO(blob) if blob is not None else weights, map_location=map_location,
-                       weights_only=True)
+    with weights_follow():
+        model = build_model(cfg)
+    state = load_weights(weights, map_location)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ExportError(f"export [{weights}]: not a state_dict of tensors")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ExportError(f"export [{weights}]: does not match {conf_url}: {str(e).splitlines()[0]}") from None
     return model.eval()
+
+
+def load_weights(url: str, map_location: str | torch.device = "cpu"):
+    """torch.load(weights_only=True) of a local path or fsspec URL: tensors and plain containers only, never
+    code. A truncated file or one holding pickled objects is an ExportError naming the file, in one line."""
+    import pickle
+
+    from common import fsio
+
+    blob = fsio.read_bytes(url) if not os.path.isfile(url) else None
+    try:
+        return torch.load(io.BytesIO(blob) if blob is not None else url, map_location=map_location,
+                          weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = next((ln for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+        raise ExportError(f"export [{url}]: holds pickled objects, not only tensors; refused (weights_only "
+                          f"load: {first.strip().split('. ')[0][:200]})") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise ExportError(f"export [{url}]: truncated or not a torch file "
+                          f"({type(e).__name__}: {str(e).splitlines()[0].split('. ')[0][:200]})") from None
 
 
 def save_export(model: GlobalLocalModel, folder: str) -> None:

@@ -4,11 +4,20 @@ Frame times are not computed from the frame index: ffmpeg's `showinfo` filter re
 every frame it passes, and we read those reports from stderr. The same stderr gives the container duration and the
 source size. Frames are handed to `transform` (e.g. a JPEG encoder) as they arrive, so a long video never sits in
 memory as raw pixels.
+
+A decode is bounded: `max_bytes` caps the raw frames it may produce (frames x size x size x 3), checked against the
+container duration before the frames come and against the frames as they come; over it, ffmpeg is killed and
+DecodeError("too_large") raised. The ffmpeg child never outlives its caller: it is killed when the decode stops
+early (an exception, Ctrl-C) and, on Linux, the kernel kills it when the calling thread dies (SIGTERM, SIGKILL).
 """
 from __future__ import annotations
 
+import ctypes
+import os
 import re
+import signal
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
@@ -21,6 +30,8 @@ _SHOWINFO = re.compile(r"\[Parsed_showinfo_\d+ @ [^\]]+\] n:\s*(\d+) pts:\s*(-?\
 _DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
 _VIDEO = re.compile(r"Stream #\d+:\d+\S*: Video: .*?(\d{2,5})x(\d{2,5})")
 # stderr lines that mean the file ended early or held damaged packets: the frames before them are still good
+# raw frames one decode may produce unless the caller says otherwise (4 GiB: an hour at 1 fps and 224 px is 0.5 GiB)
+DEFAULT_MAX_BYTES = int(os.environ.get("STG_DECODE_MAX_BYTES", 4 << 30))
 _DAMAGE = ("partial file", "Invalid NAL", "Decoding error", "error while decoding", "Invalid data found",
            "corrupt", "missing picture", "Error splitting")
 
@@ -69,35 +80,72 @@ def _probe_text(stderr: str) -> tuple[float, int, int]:
     return duration, width, height
 
 
+def _die_with_parent() -> None:
+    """In the ffmpeg child before exec: SIGKILL when the thread that started it dies (Linux prctl)."""
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the caller died before the prctl took effect
+        os._exit(1)
+
+
 def _tail(stderr: str, n: int = 3) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and "showinfo" not in ln]
     return " | ".join(lines[-n:])[:400]
 
 
 def decode_video(path: str, fps: float = 1.0, size: int = 224, threads: int = 1,
-                 transform: Callable[[np.ndarray], object] | None = None) -> DecodedVideo:
-    """Decode a local video file once. Raises DecodeError when nothing usable comes out."""
-    cmd = build_command(path, fps, size, threads)
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    err_chunks: list[bytes] = []
-    # stderr is drained on its own thread: with both pipes unread ffmpeg would block once one fills
-    reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
-    reader.start()
+                 transform: Callable[[np.ndarray], object] | None = None,
+                 max_bytes: int | None = None) -> DecodedVideo:
+    """Decode a local video file once. Raises DecodeError when nothing usable comes out, or ("too_large") when
+    the raw frames would exceed `max_bytes` (default DEFAULT_MAX_BYTES, env STG_DECODE_MAX_BYTES)."""
+    if not (fps > 0 and fps != float("inf")) or size < 1:
+        raise DecodeError("decode_error", f"fps must be a positive number and size >= 1, got fps={fps} size={size}")
+    if not os.path.isfile(path):
+        raise DecodeError("missing_file", f"{path} is not a file")
+    limit = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
     frame_bytes = size * size * 3
+
+    def too_large(frames: float) -> DecodeError:
+        return DecodeError("too_large", f"{fps:g} fps at {size}x{size} px would produce {frames:.0f} frames "
+                                        f"({frames * frame_bytes / 2**20:.0f} MB), over the limit of "
+                                        f"{limit / 2**20:g} MB")
+
+    cmd = build_command(path, fps, size, threads)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    err_lines: list[bytes] = []
+    probed: dict = {}
+
+    def drain() -> None:
+        # stderr is drained on its own thread: with both pipes unread ffmpeg would block once one fills; the
+        # container duration comes first, before any frame
+        for line in proc.stderr:
+            err_lines.append(line)
+            if "duration" not in probed and line.lstrip().startswith(b"Duration:"):
+                probed["duration"] = _probe_text(line.decode("utf-8", "replace"))[0]
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     frames = []
     try:
         while True:
+            expected = probed.get("duration", 0.0) * fps
+            if max(expected, len(frames) + 1) * frame_bytes > limit:
+                raise too_large(max(expected, len(frames) + 1))
             buf = proc.stdout.read(frame_bytes)
             if len(buf) < frame_bytes:
                 break
             arr = np.frombuffer(buf, np.uint8).reshape(size, size, 3)
             frames.append(transform(arr) if transform else arr.copy())
+    except BaseException:
+        proc.kill()  # stopped early (too large, a failing transform, Ctrl-C): ffmpeg must not run on
+        raise
     finally:
         proc.stdout.close()
         rc = proc.wait()
         reader.join()
         proc.stderr.close()
-    stderr = b"".join(err_chunks).decode("utf-8", "replace")
+    stderr = b"".join(err_lines).decode("utf-8", "replace")
     duration, width, height = _probe_text(stderr)
     if rc != 0 and not frames:
         if width == 0:

@@ -90,3 +90,17 @@ def make_shards(out: str, *, shards: int = 4, per_shard: int = 16, frames: int =
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f)
     return out
+
+
+def tiny_export(out: str, seed: int = 0) -> str:
+    """A randomly initialised stg-micro export (model.pt + model_config.json) written by the project's own
+    save_export: the model the grounding tests load."""
+    import torch
+
+    from pretrain.model import ModelConfig, build_model, save_export
+
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(backbone="stg-micro", embed_dim=32, local_heads=2, frames_in=4,
+                                    frames_selected=2, max_words=8))
+    save_export(model, out)
+    return out

@@ -357,3 +357,34 @@ def test_out_of_range_config_refused(tmp_path, capsys, override, needle):
     code, _, err = run_main(capsys, "didemo", "--annotations", shared_path("benchmarks", "didemo", "test_data.json"),
                             "--predictions", write(tmp_path / "p.json", {}), override)
     assert code == 2 and err.startswith(f"error: EvalConfig [{needle}]"), err
+
+
+def test_finetune_and_demo_evaluate_in_process(tmp_path, monkeypatch):
+    """finetune.predict.evaluate and cluster.demo._evaluate call grounding.evaluate's function: same percent
+    metrics as the CLI prints, no process started, and impossible predictions raise the evaluator's InputError."""
+    import subprocess as sp
+
+    from cluster import demo
+    from finetune import predict as P
+    from grounding.readers import InputError
+
+    ann = shared_path("benchmarks", "didemo", "test_data.json")
+    key = _didemo_key()
+    preds = write(tmp_path / "p.json", {key: [[0, 0], [1, 1]]})
+    cli_run = run_module("didemo", "--annotations", ann, "--predictions", preds)
+    expected = json.loads(cli_run.stdout.strip().splitlines()[-1])
+    gyt = _gyt_truth(tmp_path / "gyt")
+    gpreds = write(tmp_path / "g.json", {"v0": {"2": {"step": "cut red cube", "point": [5, 5], "box": [0, 0, 9, 9]}}})
+    gyt_cli = json.loads(run_module("groundingyoutube", "--annotations", gyt, "--predictions", gpreds)
+                         .stdout.strip().splitlines()[-1])
+
+    def no_process(*a, **k):
+        raise AssertionError(f"a process was started: {a[:1]}")
+
+    monkeypatch.setattr(sp, "Popen", no_process)
+    monkeypatch.setattr(sp, "run", no_process)
+    metrics, counts = P.evaluate("didemo", {"annotations": str(ann)}, str(preds))
+    assert metrics == expected and counts["missing_predictions"] == counts["queries"] - 1
+    assert demo._evaluate(str(gyt), str(gpreds)) == gyt_cli
+    with pytest.raises(InputError, match="DiDeMo chunks are 0..5"):
+        P.evaluate("didemo", {"annotations": str(ann)}, str(write(tmp_path / "bad.json", {key: [[9, 9]]})))

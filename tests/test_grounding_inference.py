@@ -77,14 +77,9 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    from pretrain.model import ModelConfig, build_model, save_export
+    from pretrain_fixtures import tiny_export
 
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone="stg-micro", embed_dim=32, local_heads=2, frames_in=4,
-                                    frames_selected=2, max_words=8))
-    out = str(tmp_path_factory.mktemp("export"))
-    save_export(model, out)
-    return out
+    return tiny_export(str(tmp_path_factory.mktemp("export")))
 
 
 def test_ground_video_is_well_formed(corpus, export):

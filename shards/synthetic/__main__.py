@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
-from common.config import ConfigError, load, parser
+from common import cli
+from common.config import load, parser
+from common.errors import UserError
 from shards.synthetic.config import SyntheticConfig
 from shards.synthetic.encode import EncodeError
 from shards.synthetic.generate import generate
@@ -16,17 +18,16 @@ def main(argv: list[str] | None = None) -> int:
     p.prog = "python -m shards.synthetic"
     p.add_argument("--out", help="output folder (local path or fsspec URL); same as out=DIR")
     args = p.parse_args(argv)
+    cfg = load(SyntheticConfig, args.config, args.overrides)
+    if args.out:
+        cfg.out = args.out  # set directly: a key=value override would parse the path as YAML
     try:
-        cfg = load(SyntheticConfig, args.config, args.overrides)
-        if args.out:
-            cfg.out = args.out  # set directly: a key=value override would parse the path as YAML
         summary = generate(cfg.validate())
-    except (ConfigError, EncodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except EncodeError as e:
+        raise UserError(str(e)) from None
     print(json.dumps(summary))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

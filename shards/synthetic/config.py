@@ -3,8 +3,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import os
+
+from common import fsio
 from common.config import ConfigError
 from shards.synthetic import sprites, vocab
+
+# a synthetic video is rendered in memory frame by frame: past these no run finishes in a sitting
+MAX_SIDE = 1920
+MAX_FPS = 60
+MAX_SECONDS = 3600
 
 
 @dataclass
@@ -66,10 +74,15 @@ class SyntheticConfig:
                 raise ConfigError(f"SyntheticConfig: {msg}")
 
         need(bool(self.out), "out is required (--out DIR)")
+        need(not (fsio.is_local(self.out) and os.path.exists(self.out) and not os.path.isdir(self.out)),
+             f"out [{self.out}] exists and is not a folder")
+        need(self.seed >= 0, "seed must be >= 0")
         need(self.n_train >= 0 and self.n_test >= 0, "n_train and n_test must be >= 0")
         need(self.width % 2 == 0 and self.height % 2 == 0, "width and height must be even (yuv420p)")
-        need(self.width >= 48 and self.height >= 48, "width and height must be >= 48")
-        need(self.fps >= 1, "fps must be >= 1")
+        need(48 <= self.width <= MAX_SIDE and 48 <= self.height <= MAX_SIDE,
+             f"width and height must be in 48..{MAX_SIDE}")
+        need(1 <= self.fps <= MAX_FPS, f"fps must be in 1..{MAX_FPS}")
+        need(self.max_seconds <= MAX_SECONDS, f"max_seconds must be <= {MAX_SECONDS} (an hour per video)")
         need(1 <= self.verbs <= len(vocab.VERBS), f"verbs must be in 1..{len(vocab.VERBS)}")
         need(1 <= self.nouns <= len(vocab.NOUNS), f"nouns must be in 1..{len(vocab.NOUNS)}")
         need(1 <= self.colours <= len(vocab.COLOURS), f"colours must be in 1..{len(vocab.COLOURS)}")
