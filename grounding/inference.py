@@ -42,6 +42,7 @@ class InferenceConfig:
         need(0 < self.box_threshold <= 1, "box_threshold", "must be in (0, 1]")
         need(self.batch_frames >= 1, "batch_frames", "must be >= 1")
         need(self.min_segment >= 1, "min_segment", "must be >= 1")
+        need(self.smooth >= 1 and self.smooth % 2 == 1, "smooth", "must be an odd number of frames >= 1")
         return self
 
 

@@ -103,6 +103,7 @@ CASES = [
     ("predict-size-negative", P, PA + ["--pool", "cut", "size=-5"], "size"),
     ("predict-box-threshold-out-of-range", P, PA + ["--pool", "cut", "inference.box_threshold=2"],
      "box_threshold"),
+    ("predict-smooth-even", P, PA + ["--pool", "cut", "inference.smooth=2"], "smooth"),
     ("predict-normalize-unknown", P, PA + ["--pool", "cut", "inference.normalize=minmax"], "normalize"),
     ("predict-unknown-key", P, PA + ["--pool", "cut", "inference.nope=1"], "nope"),
     ("predict-malformed-yaml", P, PA + ["--pool", "cut", "--config", "{badyaml}"], "bad.yaml"),
