@@ -84,8 +84,9 @@ def read_pools(pool_arg: str | None, videos_arg: list[str]) -> tuple[dict[str, l
         if fsio.exists(pool_arg) and not (fsio.is_local(pool_arg) and os.path.isdir(pool_arg)):
             return _pool_file(pool_arg)
         shared = [p.strip() for p in pool_arg.split(";") if p.strip()]
-        if not shared:
-            raise InputError(f"--pool [{pool_arg!r}]: no action description in it (';'-separated)")
+        if not [p for p in shared if p != "background"]:
+            raise InputError(f"--pool [{pool_arg!r}]: no action description in it (';'-separated, besides "
+                             f"'background')")
         return None, shared
     base = videos_arg[0] if os.path.isdir(videos_arg[0]) else os.path.dirname(videos_arg[0])
     for cand in (os.path.join(base, "truth", "vid2step.json"), os.path.join(base, "vid2step.json")):
@@ -224,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [o if "." in o.split("=")[0] or o.split("=")[0] in top else f"inference.{o}"
                  for o in args.overrides]
     cfg = C.load(PredictConfig, args.config, overrides).validate()
+    if fsio.is_local(args.out) and os.path.isdir(args.out):
+        raise InputError(f"--out [{args.out}]: is a folder; give the prediction file's path")
     # everything the user named is checked before the model loads
     videos = list_videos(args.videos)
     if not videos:
