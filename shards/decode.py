@@ -29,9 +29,9 @@ import numpy as np
 _SHOWINFO = re.compile(r"\[Parsed_showinfo_\d+ @ [^\]]+\] n:\s*(\d+) pts:\s*(-?\d+) pts_time:(-?[\d.eE+-]+)")
 _DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
 _VIDEO = re.compile(r"Stream #\d+:\d+\S*: Video: .*?(\d{2,5})x(\d{2,5})")
-# stderr lines that mean the file ended early or held damaged packets: the frames before them are still good
 # raw frames one decode may produce unless the caller says otherwise (4 GiB: an hour at 1 fps and 224 px is 0.5 GiB)
 DEFAULT_MAX_BYTES = int(os.environ.get("STG_DECODE_MAX_BYTES", 4 << 30))
+# stderr lines that mean the file ended early or held damaged packets: the frames before them are still good
 _DAMAGE = ("partial file", "Invalid NAL", "Decoding error", "error while decoding", "Invalid data found",
            "corrupt", "missing picture", "Error splitting")
 
