@@ -80,10 +80,14 @@ def _probe_text(stderr: str) -> tuple[float, int, int]:
     return duration, width, height
 
 
-def _die_with_parent() -> None:
-    """In the ffmpeg child before exec: SIGKILL when the thread that started it dies (Linux prctl)."""
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+# looked up here, not in the forked child: a child of a threaded process should only call, never load
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the ffmpeg child before exec: SIGKILL when the thread that started it dies."""
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the caller died before the prctl took effect
         os._exit(1)
 
@@ -111,8 +115,9 @@ def decode_video(path: str, fps: float = 1.0, size: int = 224, threads: int = 1,
                                         f"{limit / 2**20:g} MB")
 
     cmd = build_command(path, fps, size, threads)
+    parent = os.getpid()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                            preexec_fn=(lambda: _die_with_parent(parent)) if _PRCTL is not None else None)
     err_lines: list[bytes] = []
     probed: dict = {}
 
