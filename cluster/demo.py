@@ -225,7 +225,7 @@ def finetune_wsra(cfg: DemoConfig, corpus_dir: str, export: str, ray) -> dict:
     return rows
 
 
-KEYS = ("IoU+Point", "mAP@0.3", "mAP@0.1:0.5", "pointing_game")
+KEYS = ("IoU+Point", "mAP@0.3", "mAP@0.1:0.5", "pointing_game", "action_acc", "action_chance")
 
 
 def main(argv: list[str] | None = None) -> int:
