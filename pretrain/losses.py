@@ -101,10 +101,11 @@ def contrastive(video: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | f
     targets = torch.arange(video.shape[0], device=video.device) + rank * video.shape[0]
     logits = video @ all_text.t()
     if hard_text is not None:
-        # one more column per row: its own hard negative caption (pretrain/hard_negatives.py); -inf where none,
-        # which leaves that row's loss as it was
+        # one more column per row: its own hard negative caption (pretrain/hard_negatives.py). Where a row has
+        # none the column is a cosine of -1e4, which exp() turns into an exact 0 (-inf would too, but the scale's
+        # gradient multiplies it by its zero softmax weight: 0 * inf = NaN)
         hard = (video * hard_text).sum(-1, keepdim=True)
-        logits = torch.cat([logits, hard.masked_fill(~hard_mask.view(-1, 1).bool(), float("-inf"))], dim=1)
+        logits = torch.cat([logits, hard.masked_fill(~hard_mask.view(-1, 1).bool(), -1e4)], dim=1)
     v2t = nce(logits, targets, margin, scale)
     t2v = nce(text @ all_video.t(), targets, margin, scale)
     return 0.5 * (v2t + t2v)

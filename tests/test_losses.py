@@ -139,3 +139,8 @@ def test_contrastive_hard_negative_column_by_hand():
     row1 = -math.log(math.exp(0.8) / (math.exp(0.6) + math.exp(0.8)))
     t2v = 0.5 * (-math.log(math.exp(0.8) / (math.exp(0.8) + math.exp(0.6))) * 2)
     assert got.item() == pytest.approx(0.5 * ((row0 + row1) / 2 + t2v), rel=1e-6)
+    # gradients stay finite, the learnt temperature's too (a -inf mask made it NaN through 0 * inf)
+    scale = torch.tensor(10.0, requires_grad=True)
+    v = video.clone().requires_grad_(True)
+    contrastive(v, text, scale, 0.1, gather=False, hard_text=hard, hard_mask=torch.tensor([True, False])).backward()
+    assert torch.isfinite(scale.grad) and torch.isfinite(v.grad).all()
