@@ -173,6 +173,34 @@ def validate(cfg: FinetuneConfig) -> None:
         raise err("features.center applies to cached features; it cannot be combined with features.end_to_end")
     if cfg.features.fps <= 0:
         raise err("features.fps must be > 0")
+    o = cfg.optim
+    if not o.lr > 0 or o.weight_decay < 0 or not 0 < o.eps < 1 or o.warmup_steps < 0 or o.grad_clip < 0:
+        raise err("optim: lr and eps must be > 0 (eps < 1), weight_decay, warmup_steps and grad_clip >= 0")
+    if not 0 <= o.min_lr_ratio <= 1 or not all(0 <= b < 1 for b in o.betas):
+        raise err("optim: min_lr_ratio must be in [0, 1] and betas in [0, 1)")
+    if cfg.features.batch_frames < 1 or cfg.features.max_frames < 0 or cfg.features.size < 0:
+        raise err("features: batch_frames must be >= 1, max_frames and size >= 0")
+    if cfg.cluster.cpus_per_task < 0 or cfg.cluster.gpus_per_task < 0:
+        raise err("cluster: cpus_per_task and gpus_per_task must be >= 0")
+
+
+# What a re-launch into an existing finetune run may change (docs/cluster.md "Resuming a run"); any other
+# difference from the run's config.yaml is refused before anything is written.
+RESUMABLE = ("max_steps", "checkpoint_every", "keep_last", "log_every", "evaluate", "cluster", "sweep",
+             "features.batch_frames")
+
+
+def train_settings(cfg: FinetuneConfig):
+    """The trainer's view of this config (trainer/settings.py): one rank, fp32 (the heads are small and their
+    inputs are fp32 features), torch Adam handed to DeepSpeed."""
+    from trainer.settings import TrainSettings
+
+    o = cfg.optim
+    return TrainSettings(run=cfg.run, name="finetune", max_steps=cfg.max_steps, micro_batch=cfg.batch_size,
+                         deepspeed=cfg.deepspeed, optimizer="torch", lr=o.lr, weight_decay=o.weight_decay,
+                         betas=tuple(o.betas), eps=o.eps, warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio,
+                         grad_clip=o.grad_clip, precision="fp32", checkpoint_every=cfg.checkpoint_every,
+                         keep_last=cfg.keep_last, log_every=cfg.log_every)
 
 
 def load(path: str | None = None, overrides=()) -> FinetuneConfig:

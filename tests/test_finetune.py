@@ -148,7 +148,7 @@ def test_batcher_marks_rows_of_the_same_video():
 
 def test_finetune_in_process_resumes_uses_the_cache_and_the_table(export, corpus, tmp_path):
     from finetune.train import run
-    from pretrain import checkpoint
+    from trainer import checkpoint
     from shards.tarwriter import sample_key
 
     cache, run_dir = str(tmp_path / "cache"), str(tmp_path / "run")

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from common import fsio
-from pretrain import checkpoint
-from pretrain.config import load
-from pretrain.engine import ds_config, lr_lambda
+from pretrain.config import load, train_settings
+from trainer import checkpoint
+from trainer.engine import ds_config, lr_lambda
 from pretrain_fixtures import make_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -208,15 +208,15 @@ def test_lr_schedule():
 def test_deepspeed_files(stage, shards):
     cfg = load(TINY, [f"data.shards={shards}", f"deepspeed=configs/deepspeed/zero{stage}.json",
                       "optim.grad_accum=3", "optim.grad_clip=0.5"])
-    cpu = ds_config(cfg, world=2, gpu=False)
+    cpu = ds_config(train_settings(cfg), world=2, gpu=False)
     assert cpu["zero_optimization"]["stage"] == stage and cpu["train_batch_size"] == cfg.data.micro_batch * 3 * 2
     assert cpu["gradient_clipping"] == 0.5 and not cpu["bf16"]["enabled"] and "optimizer" not in cpu
-    gpu = ds_config(cfg, world=2, gpu=True)
+    gpu = ds_config(train_settings(cfg), world=2, gpu=True)
     assert gpu["bf16"]["enabled"]
     with pytest.raises(ValueError, match="GPU"):
-        ds_config(load(TINY, [f"data.shards={shards}", "precision=bf16"]), world=1, gpu=False)
-    dsopt = ds_config(load(TINY, [f"data.shards={shards}", "optim.optimizer=deepspeed", "optim.lr=0.01",
-                                  f"deepspeed=configs/deepspeed/zero{stage}.json"]), world=1, gpu=True)
+        ds_config(train_settings(load(TINY, [f"data.shards={shards}", "precision=bf16"])), world=1, gpu=False)
+    dsopt = ds_config(train_settings(load(TINY, [f"data.shards={shards}", "optim.optimizer=deepspeed", "optim.lr=0.01",
+                                                 f"deepspeed=configs/deepspeed/zero{stage}.json"])), world=1, gpu=True)
     assert dsopt["optimizer"]["params"]["lr"] == 0.01
 
 
