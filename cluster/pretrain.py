@@ -89,10 +89,12 @@ def _worker(config: dict) -> None:
 
 
 def quiet_ray_train() -> None:
-    """Ray Train logs every ray.train.report at INFO ("Reporting training result ...: TrainingReport(...)"), per
-    rank per log step; RunConfig's LoggingConfig filters its console handler, this also covers the logger in
-    processes whose logging Ray Train configured before it read that config."""
-    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
+    """Ray Train (2.60) logs every ray.train.report at INFO ("Reporting training result N: TrainingReport(...)"),
+    per rank per log step, through a logger named by its file's path (`getLogger(__file__)`), which is outside
+    `ray.train` and so escapes RunConfig's LoggingConfig level: that logger is set to warnings here."""
+    from ray.train.v2._internal.execution import context
+
+    context.logger.setLevel(logging.WARNING)
 
 
 def prepare(cfg: PretrainConfig) -> tuple[PretrainConfig, dict, dict]:

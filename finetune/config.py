@@ -173,15 +173,20 @@ def validate(cfg: FinetuneConfig) -> None:
         raise err("features.center applies to cached features; it cannot be combined with features.end_to_end")
     if cfg.features.fps <= 0:
         raise err("features.fps must be > 0")
-    o = cfg.optim
-    if not o.lr > 0 or o.weight_decay < 0 or not 0 < o.eps < 1 or o.warmup_steps < 0 or o.grad_clip < 0:
-        raise err("optim: lr and eps must be > 0 (eps < 1), weight_decay, warmup_steps and grad_clip >= 0")
-    if not 0 <= o.min_lr_ratio <= 1 or not all(0 <= b < 1 for b in o.betas):
-        raise err("optim: min_lr_ratio must be in [0, 1] and betas in [0, 1)")
-    if cfg.features.batch_frames < 1 or cfg.features.max_frames < 0 or cfg.features.size < 0:
-        raise err("features: batch_frames must be >= 1, max_frames and size >= 0")
-    if cfg.cluster.cpus_per_task < 0 or cfg.cluster.gpus_per_task < 0:
-        raise err("cluster: cpus_per_task and gpus_per_task must be >= 0")
+    o, f = cfg.optim, cfg.features
+    cfglib.check_ranges([
+        ("optim.lr", o.lr, o.lr > 0, "> 0"), ("optim.eps", o.eps, 0 < o.eps < 1, "in (0, 1)"),
+        ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
+        ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, ">= 0"),
+        ("optim.grad_clip", o.grad_clip, o.grad_clip >= 0, ">= 0"),
+        ("optim.min_lr_ratio", o.min_lr_ratio, 0 <= o.min_lr_ratio <= 1, "in [0, 1]"),
+        ("optim.betas", list(o.betas), all(0 <= b < 1 for b in o.betas), "in [0, 1)"),
+        ("features.batch_frames", f.batch_frames, f.batch_frames >= 1, ">= 1"),
+        ("features.max_frames", f.max_frames, f.max_frames >= 0, ">= 0"),
+        ("features.size", f.size, f.size >= 0, ">= 0"),
+        ("cluster.cpus_per_task", cfg.cluster.cpus_per_task, cfg.cluster.cpus_per_task >= 0, ">= 0"),
+        ("cluster.gpus_per_task", cfg.cluster.gpus_per_task, cfg.cluster.gpus_per_task >= 0, ">= 0"),
+    ])
 
 
 # What a re-launch into an existing finetune run may change (docs/cluster.md "Resuming a run"); any other

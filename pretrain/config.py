@@ -108,21 +108,25 @@ def validate(cfg: PretrainConfig) -> None:
                   f"got {cfg.data.clips_per_video}")
     if cfg.max_steps < 1 or cfg.checkpoint_every < 1 or cfg.log_every < 1 or cfg.keep_last < 1:
         raise err("max_steps, checkpoint_every, log_every and keep_last must be >= 1")
-    o = cfg.optim
-    if not o.lr > 0 or o.weight_decay < 0 or not 0 < o.eps < 1 or o.warmup_steps < 0 or o.grad_clip < 0:
-        raise err("optim: lr and eps must be > 0 (eps < 1), weight_decay, warmup_steps and grad_clip >= 0")
-    if not 0 <= o.min_lr_ratio <= 1 or not all(0 <= b < 1 for b in o.betas):
-        raise err("optim: min_lr_ratio must be in [0, 1] and betas in [0, 1)")
-    d = cfg.data
-    if d.samples_per_epoch < 0 or d.loader_workers < 0 or d.shuffle_buffer < 0 or d.prefetch < 1 \
-            or d.max_bad_shards < 1:
-        raise err("data: samples_per_epoch, loader_workers and shuffle_buffer must be >= 0, prefetch and "
-                  "max_bad_shards >= 1")
-    c = cfg.cluster
-    if c.workers < 1 or c.cpus_per_worker < 0 or c.gpus_per_worker < 0 or c.max_failures < 0:
-        raise err("cluster: workers must be >= 1, cpus_per_worker, gpus_per_worker and max_failures >= 0")
-    if cfg.comm_timeout_s < 1:
-        raise err("comm_timeout_s must be >= 1")
+    o, d, c = cfg.optim, cfg.data, cfg.cluster
+    cfglib.check_ranges([
+        ("optim.lr", o.lr, o.lr > 0, "> 0"), ("optim.eps", o.eps, 0 < o.eps < 1, "in (0, 1)"),
+        ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
+        ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, ">= 0"),
+        ("optim.grad_clip", o.grad_clip, o.grad_clip >= 0, ">= 0"),
+        ("optim.min_lr_ratio", o.min_lr_ratio, 0 <= o.min_lr_ratio <= 1, "in [0, 1]"),
+        ("optim.betas", list(o.betas), all(0 <= b < 1 for b in o.betas), "in [0, 1)"),
+        ("data.samples_per_epoch", d.samples_per_epoch, d.samples_per_epoch >= 0, ">= 0"),
+        ("data.loader_workers", d.loader_workers, d.loader_workers >= 0, ">= 0"),
+        ("data.shuffle_buffer", d.shuffle_buffer, d.shuffle_buffer >= 0, ">= 0"),
+        ("data.prefetch", d.prefetch, d.prefetch >= 1, ">= 1"),
+        ("data.max_bad_shards", d.max_bad_shards, d.max_bad_shards >= 1, ">= 1"),
+        ("cluster.workers", c.workers, c.workers >= 1, ">= 1"),
+        ("cluster.cpus_per_worker", c.cpus_per_worker, c.cpus_per_worker >= 0, ">= 0"),
+        ("cluster.gpus_per_worker", c.gpus_per_worker, c.gpus_per_worker >= 0, ">= 0"),
+        ("cluster.max_failures", c.max_failures, c.max_failures >= 0, ">= 0"),
+        ("comm_timeout_s", cfg.comm_timeout_s, cfg.comm_timeout_s >= 1, ">= 1"),
+    ])
     if not 0 <= cfg.stop_at_step <= cfg.max_steps:
         raise err(f"stop_at_step must be in [0, max_steps={cfg.max_steps}]")
     if cfg.precision not in ("auto", "bf16", "fp16", "fp32"):

@@ -137,7 +137,9 @@ def fit(engine, task: Task, s: TrainSettings, report: Report | None = None) -> O
                 bar.set_postfix(loss=f"{out.metrics.get('loss', float('nan')):.4f}",
                                 wait=f"{out.metrics['data_wait_frac']:.2f}")
                 if rank == 0 and s.print_metrics:
-                    print(json.dumps(out.metrics), file=sys.stderr, flush=True)
+                    # written, not print()ed: Ray Train's print patch would log each line a second time
+                    sys.stderr.write(json.dumps(out.metrics) + "\n")
+                    sys.stderr.flush()
                 if step % s.checkpoint_every != 0 and step != s.stop:
                     runlog.flush()
                     if report:
