@@ -113,7 +113,7 @@ def prepare(cfg: PretrainConfig) -> tuple[PretrainConfig, dict, dict]:
         init=_absolute(cfg.init) if cfg.init else "")
     ds_base = load_ds_file(cfg.deepspeed)
     ds = ds_config(train_settings(cfg), cfg.cluster.workers, gpu=cfg.cluster.gpus_per_worker > 0, base=ds_base)
-    refuse_changes(cfg.run, to_dict(cfg), RESUMABLE, ds)
+    refuse_changes(cfg.run, to_dict(cfg), RESUMABLE, ds, defaults=to_dict(PretrainConfig()))
     return cfg, ds_base, ds
 
 

@@ -243,7 +243,8 @@ def check_relaunch(cfg: FinetuneConfig) -> None:
     from trainer.engine import ds_config, load_ds_file
     from trainer.run_folder import refuse_changes
 
-    refuse_changes(cfg.run, to_dict(cfg), RESUMABLE, ds_config(train_settings(cfg), 1, base=load_ds_file(cfg.deepspeed)))
+    refuse_changes(cfg.run, to_dict(cfg), RESUMABLE, ds_config(train_settings(cfg), 1, base=load_ds_file(cfg.deepspeed)),
+                   defaults=to_dict(FinetuneConfig()))
 
 
 def run(cfg: FinetuneConfig) -> dict:

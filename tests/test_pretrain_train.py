@@ -292,7 +292,10 @@ def test_relaunch_with_another_contract_is_refused_untouched(cli_run):
     assert done.returncode == 2, done.stderr[-3000:]
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert "model.frames_selected" in errors[0] and "optim.lr" in errors[0] and "config.yaml" in errors[0]
+    import re
+
+    named = re.search(r"stored config in (.*?); a resume", errors[0]).group(1).split(", ")
+    assert sorted(named) == ["model.frames_selected", "optim.lr"] and "config.yaml" in errors[0], errors[0]
     assert "Started a local Ray" not in done.stderr  # refused before Ray
     assert tree_digest(run) == before
 

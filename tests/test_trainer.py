@@ -152,3 +152,13 @@ def test_a_head_or_dataset_missing_a_method_fails_when_built():
 
     assert isinstance(WSRAHead(8, WsraConfig()), GroundingHead)  # the real ones still build
     assert not getattr(SyntheticAdapter, "__abstractmethods__", set())
+
+
+def test_relaunch_differences_name_keys_and_spare_resumable_ones():
+    from trainer.run_folder import differences
+
+    stored = {"max_steps": 8, "optim": {"lr": 0.1, "betas": [0.9, 0.98]}, "cluster": {"workers": 2}}
+    new = {"max_steps": 12, "optim": {"lr": 0.2, "betas": (0.9, 0.99)}, "cluster": {"workers": 4}, "added": 1}
+    assert differences(stored, new, ("max_steps", "cluster")) == ["added", "optim.betas", "optim.lr"]
+    # a field newer than the stored config counts only when it is not at its default
+    assert differences(stored, new, ("max_steps", "cluster", "optim"), defaults={"added": 1}) == []

@@ -34,22 +34,27 @@ def _allowed(key: str, resumable: tuple[str, ...]) -> bool:
     return any(key == r or key.startswith(r + ".") for r in resumable)
 
 
-def differences(stored: dict, new: dict, resumable: tuple[str, ...] = ()) -> list[str]:
-    """Dotted keys whose values differ (or exist on one side only), resumable ones left out."""
+def differences(stored: dict, new: dict, resumable: tuple[str, ...] = (), defaults: dict | None = None) -> list[str]:
+    """Dotted keys whose values differ (or exist on one side only), resumable ones left out. A key the stored
+    config lacks (written before the field existed) counts only if the new value is not the field's default."""
     a, b = _flat(stored), _flat(new)
-    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>")
-                  and not _allowed(k, resumable))
+    d = _flat(defaults) if defaults is not None else {}
+    absent = object()
+    return sorted(k for k in set(a) | set(b)
+                  if a.get(k, d.get(k, absent)) != b.get(k, absent) and not _allowed(k, resumable))
 
 
-def refuse_changes(run: str, config: dict, resumable: tuple[str, ...], deepspeed: dict | None = None) -> bool:
+def refuse_changes(run: str, config: dict, resumable: tuple[str, ...], deepspeed: dict | None = None,
+                   defaults: dict | None = None) -> bool:
     """Raise RunConflict when `run` holds a config.yaml (or deepspeed.json) this launch differs from outside
-    `resumable`; returns whether the run existed. Reads only."""
+    `resumable`; returns whether the run existed. Reads only. `defaults`: the config class's defaults."""
     url = fsio.join(run, "config.yaml")
     if not fsio.exists(url):
         return False
     stored = yaml.safe_load(fsio.read_text(url)) or {}
     # YAML turns tuples into lists; compare what the file would hold
-    diff = differences(stored, yaml.safe_load(yaml.safe_dump(config, sort_keys=False)), resumable)
+    as_yaml = (lambda d: yaml.safe_load(yaml.safe_dump(d, sort_keys=False)))
+    diff = differences(stored, as_yaml(config), resumable, as_yaml(defaults) if defaults is not None else None)
     ds_url = fsio.join(run, "deepspeed.json")
     if deepspeed is not None and fsio.exists(ds_url):
         diff += [f"deepspeed.json:{k}" for k in differences(fsio.read_json(ds_url), json.loads(json.dumps(deepspeed)))]
