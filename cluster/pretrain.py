@@ -117,6 +117,25 @@ def prepare(cfg: PretrainConfig) -> tuple[PretrainConfig, dict, dict]:
     return cfg, ds_base, ds
 
 
+def prune_unreported(run: str) -> list[int]:
+    """Delete complete checkpoints Ray Train was never told of, except the newest: a job whose cluster died
+    between a checkpoint's marker and its report leaves one that Ray's num_to_keep would never prune. Reads Ray's
+    run snapshot (checkpoint_manager_snapshot.json, Ray 2.60's format); in any other format it leaves them all."""
+    from trainer import checkpoint
+
+    url = fsio.join(run, "checkpoint_manager_snapshot.json")
+    if not fsio.exists(url):
+        return []
+    try:
+        listed = {r["checkpoint_dir_name"] for r in fsio.read_json(url)["checkpoint_results"]}
+    except (KeyError, TypeError, ValueError):
+        return []
+    gone = [s for s in checkpoint.complete_steps(run)[:-1] if f"checkpoints/{checkpoint.tag(s)}" not in listed]
+    for step in gone:
+        checkpoint.delete(run, step)
+    return gone
+
+
 def run_pretrain(cfg: PretrainConfig):
     """Run (or resume) the job described by cfg; returns Ray Train's Result."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -134,6 +153,7 @@ def run_pretrain(cfg: PretrainConfig):
     prebuild_ops()
     init_ray(c.address)
 
+    prune_unreported(cfg.run)
     # echo what this run uses into its own folder
     fsio.makedirs(cfg.run)
     cfglib.dump(cfg, fsio.join(cfg.run, "config.yaml"))

@@ -156,12 +156,17 @@ def prune(run: str, keep_last: int) -> None:
     for step in _steps(run):
         if step in keep or step > newest:  # a newer unmarked folder may be a save in progress
             continue
-        url = url_of(run, step)
-        marker = fsio.join(url, MARKER)
-        if fsio.exists(marker):
-            fsio.remove(marker)
-        fsio.remove(url)
-        log.info("deleted checkpoint %s", url)
+        delete(run, step)
+
+
+def delete(run: str, step: int) -> None:
+    """Marker first: a deletion cut short leaves an unmarked folder, never a marked one with shards missing."""
+    url = url_of(run, step)
+    marker = fsio.join(url, MARKER)
+    if fsio.exists(marker):
+        fsio.remove(marker)
+    fsio.remove(url)
+    log.info("deleted checkpoint %s", url)
 
 
 def load(engine, run: str, step: int, *, rank: int, world: int) -> dict:
