@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from common import config as cfglib
+from trainer.settings import optimizer_ranges
 from common import fsio
 
 DATASETS = ("synthetic", "charades_sta", "didemo")
@@ -174,13 +175,7 @@ def validate(cfg: FinetuneConfig) -> None:
     if cfg.features.fps <= 0:
         raise err("features.fps must be > 0")
     o, f = cfg.optim, cfg.features
-    cfglib.check_ranges([
-        ("optim.lr", o.lr, o.lr > 0, "> 0"), ("optim.eps", o.eps, 0 < o.eps < 1, "in (0, 1)"),
-        ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
-        ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, ">= 0"),
-        ("optim.grad_clip", o.grad_clip, o.grad_clip >= 0, ">= 0"),
-        ("optim.min_lr_ratio", o.min_lr_ratio, 0 <= o.min_lr_ratio <= 1, "in [0, 1]"),
-        ("optim.betas", list(o.betas), all(0 <= b < 1 for b in o.betas), "in [0, 1)"),
+    cfglib.check_ranges(optimizer_ranges(o) + [
         ("features.batch_frames", f.batch_frames, f.batch_frames >= 1, ">= 1"),
         ("features.max_frames", f.max_frames, f.max_frames >= 0, ">= 0"),
         ("features.size", f.size, f.size >= 0, ">= 0"),

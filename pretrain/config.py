@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from common import config as cfglib
+from trainer.settings import optimizer_ranges
 from pretrain.model_config import ModelConfig
 
 
@@ -109,13 +110,7 @@ def validate(cfg: PretrainConfig) -> None:
     if cfg.max_steps < 1 or cfg.checkpoint_every < 1 or cfg.log_every < 1 or cfg.keep_last < 1:
         raise err("max_steps, checkpoint_every, log_every and keep_last must be >= 1")
     o, d, c = cfg.optim, cfg.data, cfg.cluster
-    cfglib.check_ranges([
-        ("optim.lr", o.lr, o.lr > 0, "> 0"), ("optim.eps", o.eps, 0 < o.eps < 1, "in (0, 1)"),
-        ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
-        ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, ">= 0"),
-        ("optim.grad_clip", o.grad_clip, o.grad_clip >= 0, ">= 0"),
-        ("optim.min_lr_ratio", o.min_lr_ratio, 0 <= o.min_lr_ratio <= 1, "in [0, 1]"),
-        ("optim.betas", list(o.betas), all(0 <= b < 1 for b in o.betas), "in [0, 1)"),
+    cfglib.check_ranges(optimizer_ranges(o) + [
         ("data.samples_per_epoch", d.samples_per_epoch, d.samples_per_epoch >= 0, ">= 0"),
         ("data.loader_workers", d.loader_workers, d.loader_workers >= 0, ">= 0"),
         ("data.shuffle_buffer", d.shuffle_buffer, d.shuffle_buffer >= 0, ">= 0"),

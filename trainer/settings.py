@@ -34,3 +34,15 @@ class TrainSettings:
     @property
     def stop(self) -> int:
         return self.stop_at_step or self.max_steps
+
+
+def optimizer_ranges(o, section: str = "optim") -> list[tuple]:
+    """common.config.check_ranges rows for a stage's optimizer section (lr, eps, weight_decay, warmup_steps,
+    grad_clip, min_lr_ratio, betas: both stages' OptimConfig have them)."""
+    k = (lambda name: f"{section}.{name}")
+    return [(k("lr"), o.lr, o.lr > 0, "> 0"), (k("eps"), o.eps, 0 < o.eps < 1, "in (0, 1)"),
+            (k("weight_decay"), o.weight_decay, o.weight_decay >= 0, ">= 0"),
+            (k("warmup_steps"), o.warmup_steps, o.warmup_steps >= 0, ">= 0"),
+            (k("grad_clip"), o.grad_clip, o.grad_clip >= 0, ">= 0"),
+            (k("min_lr_ratio"), o.min_lr_ratio, 0 <= o.min_lr_ratio <= 1, "in [0, 1]"),
+            (k("betas"), list(o.betas), all(0 <= b < 1 for b in o.betas), "in [0, 1)")]
