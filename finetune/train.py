@@ -288,7 +288,7 @@ def run(cfg: FinetuneConfig) -> dict:
     fsio.write_json_atomic(fsio.join(cfg.run, "deepspeed.json"), ds_config(settings, 1, base=ds_base))
     step, first_loss, last_metrics = 0, None, {}
     if cfg.train:
-        init_distributed()
+        init_distributed(single=True)
         engine, _ = build_engine(module, settings, 1, base=ds_base)
         out = fit(engine, BatchTask(batcher, engine.device), settings)
         step, first_loss, last_metrics = out.step, out.first_loss, out.metrics

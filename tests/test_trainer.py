@@ -54,7 +54,7 @@ def settings(run: str, **kw) -> TrainSettings:
 
 
 def train(run: str, **kw):
-    init_distributed()
+    init_distributed(single=True)
     torch.manual_seed(0)
     engine, _ = build_engine(Regression(), settings(run, **kw), 1)
     return fit(engine, NoiseTask(), settings(run, **kw))
@@ -106,7 +106,7 @@ def test_pickled_trainer_state_is_refused(straight, tmp_path, monkeypatch):
     path = os.path.join(run, "checkpoints", checkpoint.tag(6), "trainer-rank0.pt")
     good = checkpoint.read_trainer_state(path)
     torch.save({**good, "task": Payload()}, path)  # what a writer of the bucket could plant
-    init_distributed()
+    init_distributed(single=True)
     engine, _ = build_engine(Regression(), settings(run), 1)
     with pytest.raises(checkpoint.UnsafeCheckpoint, match=r"trainer-rank0.pt\]: refused"):
         checkpoint.load(engine, run, 6, rank=0, world=1)

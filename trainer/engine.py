@@ -122,14 +122,15 @@ def build_engine(model: torch.nn.Module, s: TrainSettings, world: int, base: dic
     return engine, ds
 
 
-def init_distributed(timeout_s: int = 600) -> None:
-    """The process group DeepSpeed uses: an existing one (Ray Train) as it is, the usual RANK/WORLD_SIZE/MASTER_*
-    variables (torchrun, the deepspeed launcher) when set, else a one-rank group of this process (a finetune),
-    kept for later runs in the same process (a reused Ray worker)."""
+def init_distributed(timeout_s: int = 600, single: bool = False) -> None:
+    """The process group DeepSpeed uses: an existing one (Ray Train) as it is; else, with `single`, a one-rank
+    group of this process (a finetune), kept for later runs in the same process (a reused Ray worker); else the
+    usual RANK/WORLD_SIZE/MASTER_* variables (torchrun, the deepspeed launcher). A one-rank group sets those
+    variables itself, whatever the process inherited (a Ray worker inherits its driver's)."""
     import deepspeed
     import torch.distributed as dist
 
-    if not dist.is_initialized() and "RANK" not in os.environ:
+    if single and not dist.is_initialized():
         os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
                            "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu() else "gloo",
