@@ -42,7 +42,8 @@ def step_overhead(cfg, blocks: int, per_block: int) -> dict:
     import torch
 
     from pretrain import data
-    from pretrain.engine import build_engine, lr_lambda, param_groups
+    from pretrain.config import train_settings
+    from trainer.engine import build_engine, lr_lambda, param_groups
     from pretrain.model import build_model
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
@@ -54,7 +55,7 @@ def step_overhead(cfg, blocks: int, per_block: int) -> dict:
     torch.manual_seed(0)
     model = build_model(cfg.model)
     plain = copy.deepcopy(model)
-    engine, _ = build_engine(model, cfg, world=1)
+    engine, _ = build_engine(model, train_settings(cfg), world=1)
     inputs = {"frames": batch["frames"], "tokens": model.tokenize(batch["captions"])}
 
     o = cfg.optim

@@ -22,6 +22,7 @@ import sys
 
 import yaml
 
+from common import cli
 from common import config as cfglib
 from common import fsio
 from finetune.config import FinetuneConfig, SweepConfig, from_dict, resolve, to_dict
@@ -92,10 +93,14 @@ def extract_features(cfg: FinetuneConfig, ray, chunk: int = 64) -> dict:
 def run_finetunes(cfg: FinetuneConfig, ray=None) -> dict:
     """Run cfg's job(s) as Ray tasks; returns {"jobs": [summary or {"run", "error"}], "features": counts}."""
     from cluster.runtime import init_ray
-    from pretrain.engine import prebuild_ops
+    from trainer.engine import prebuild_ops
+
+    from finetune.train import check_relaunch
 
     cfg = resolve(cfg)
     jobs = expand(cfg)
+    for job in jobs:  # before Ray starts: a job that would overwrite another run's records stops them all
+        check_relaunch(resolve(job))
     if cfg.cluster.gpus_per_task <= 0:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # forwarded to the tasks by init_ray
     prebuild_ops()  # DeepSpeed's CPU op built once here; the tasks load it from the cache
@@ -138,4 +143,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

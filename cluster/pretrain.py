@@ -4,10 +4,14 @@
     python -m cluster.pretrain --config configs/pretrain/vitb32.yaml --address auto --workers 16 \
         --gpus-per-worker 1 data.shards=s3://bucket/shards run=s3://bucket/runs/vitb32
 
-The run URL is Ray's storage_path/name, so Ray's own run state sits beside our checkpoints. A worker that dies
+The run URL is Ray's storage_path/name, so Ray's own run state sits beside our checkpoints, and Ray prunes them
+(CheckpointConfig(num_to_keep=keep_last)) so that its run snapshot never lists a deleted one. A worker that dies
 makes Ray restart the whole worker group (FailureConfig.max_failures); the restarted workers resume from the
-newest complete checkpoint, as does a re-submitted job with the same `run`. With no --address (and no
-RAY_ADDRESS) a local Ray is started (cluster.runtime.init_ray); token authentication stays on.
+newest complete checkpoint, as does a re-submitted job with the same `run` (after a crash, a stopped cluster, or
+with a larger max_steps). A re-launch may change only pretrain.config.RESUMABLE; any other difference from the
+run's config.yaml is refused before anything is written (docs/cluster.md). The config and the shard set are
+checked before Ray starts. With no --address (and no RAY_ADDRESS) a local Ray is started
+(cluster.runtime.init_ray); token authentication stays on.
 """
 from __future__ import annotations
 
@@ -18,9 +22,10 @@ import os
 import posixpath
 import sys
 
+from common import cli
 from common import config as cfglib
 from common import fsio
-from pretrain.config import PretrainConfig, from_dict, to_dict, validate
+from pretrain.config import RESUMABLE, PretrainConfig, check_shards, from_dict, to_dict, train_settings, validate
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,7 @@ def _worker(config: dict) -> None:
     from pretrain import train
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    quiet_ray_train()
     cfg = from_dict(config["config"])
     ctx = ray.train.get_context()
     storage = ctx.get_storage()
@@ -79,24 +85,66 @@ def _worker(config: dict) -> None:
         ckpt = Checkpoint(path=posixpath.join(storage.experiment_fs_path, rel), filesystem=storage.storage_filesystem)
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
 
-    train.run(cfg, report=report, ds_base=config["deepspeed"])
+    train.run(cfg, report=report, ds_base=config["deepspeed"], pruned_elsewhere=True)
 
 
-def run_pretrain(cfg: PretrainConfig):
-    """Run (or resume) the job described by cfg; returns Ray Train's Result."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+def quiet_ray_train() -> None:
+    """Ray Train (2.60) logs every ray.train.report at INFO ("Reporting training result N: TrainingReport(...)"),
+    per rank per log step, through a logger named by its file's path (`getLogger(__file__)`), which is outside
+    `ray.train` and so escapes RunConfig's LoggingConfig level: that logger is set to warnings here."""
+    from ray.train.v2._internal.execution import context
 
-    from cluster.runtime import init_ray
-    from pretrain.engine import ds_config, load_ds_file, prebuild_ops
+    context.logger.setLevel(logging.WARNING)
+
+
+def prepare(cfg: PretrainConfig) -> tuple[PretrainConfig, dict, dict]:
+    """Everything checked before Ray starts and nothing written: (cfg with absolute URLs, the DeepSpeed file's
+    content, the DeepSpeed config this run uses). Raises a UserError for a bad config, a missing or empty shard
+    set, or a re-launch into an existing run with a different contract."""
+    from trainer.engine import ds_config, load_ds_file
+    from trainer.run_folder import refuse_changes
 
     validate(cfg)
+    check_shards(cfg)
     # workers run elsewhere (another cwd, maybe another machine): send them absolute URLs and the DeepSpeed file
     cfg = dataclasses.replace(cfg, run=_absolute(cfg.run), data=dataclasses.replace(
         cfg.data, shards=_absolute(cfg.data.shards),
         pseudo_positives=_absolute(cfg.data.pseudo_positives) if cfg.data.pseudo_positives else ""),
         init=_absolute(cfg.init) if cfg.init else "")
     ds_base = load_ds_file(cfg.deepspeed)
+    ds = ds_config(train_settings(cfg), cfg.cluster.workers, gpu=cfg.cluster.gpus_per_worker > 0, base=ds_base)
+    refuse_changes(cfg.run, to_dict(cfg), RESUMABLE, ds, defaults=to_dict(PretrainConfig()))
+    return cfg, ds_base, ds
+
+
+def prune_unreported(run: str) -> list[int]:
+    """Delete complete checkpoints Ray Train was never told of, except the newest: a job whose cluster died
+    between a checkpoint's marker and its report leaves one that Ray's num_to_keep would never prune. Reads Ray's
+    run snapshot (checkpoint_manager_snapshot.json, Ray 2.60's format); in any other format it leaves them all."""
+    from trainer import checkpoint
+
+    url = fsio.join(run, "checkpoint_manager_snapshot.json")
+    if not fsio.exists(url):
+        return []
+    try:
+        listed = {r["checkpoint_dir_name"] for r in fsio.read_json(url)["checkpoint_results"]}
+    except (KeyError, TypeError, ValueError):
+        return []
+    gone = [s for s in checkpoint.complete_steps(run)[:-1] if f"checkpoints/{checkpoint.tag(s)}" not in listed]
+    for step in gone:
+        checkpoint.delete(run, step)
+    return gone
+
+
+def run_pretrain(cfg: PretrainConfig):
+    """Run (or resume) the job described by cfg; returns Ray Train's Result."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from cluster.runtime import init_ray
+    from trainer.engine import prebuild_ops
+
+    cfg, ds_base, ds = prepare(cfg)
     c = cfg.cluster
     gpu = c.gpus_per_worker > 0
     if not gpu:
@@ -105,10 +153,11 @@ def run_pretrain(cfg: PretrainConfig):
     prebuild_ops()
     init_ray(c.address)
 
+    prune_unreported(cfg.run)
     # echo what this run uses into its own folder
     fsio.makedirs(cfg.run)
     cfglib.dump(cfg, fsio.join(cfg.run, "config.yaml"))
-    fsio.write_json_atomic(fsio.join(cfg.run, "deepspeed.json"), ds_config(cfg, c.workers, gpu=gpu, base=ds_base))
+    fsio.write_json_atomic(fsio.join(cfg.run, "deepspeed.json"), ds)
 
     storage_path, name = _split_run(cfg.run)
     resources = {"CPU": c.cpus_per_worker}
@@ -125,14 +174,17 @@ def run_pretrain(cfg: PretrainConfig):
             storage_path=storage_path,
             storage_filesystem=storage_filesystem(cfg.run),
             failure_config=FailureConfig(max_failures=c.max_failures),
-            # keep_last is enforced by pretrain/checkpoint.py (it also sees runs resumed by a new job)
-            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            # Ray prunes: it writes its run snapshot before it deletes, so the snapshot a re-submitted job reads
+            # never lists a deleted checkpoint (ours would; docs/cluster.md "Resuming a run")
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_last),
+            # Ray Train's INFO lines (a TrainingReport dump per report per rank) drown the progress bar
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
     return trainer.fit()
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     p = cfglib.parser(PretrainConfig, __doc__.split("\n\n")[0])
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--workers", type=int, help="Ray Train workers (DeepSpeed ranks)")
@@ -151,9 +203,8 @@ def main(argv=None) -> None:
            "checkpoint": result.checkpoint.path if result.checkpoint else None,
            "export": fsio.join(cfg.run, "export", "model.pt") if cfg.export else None}
     print(json.dumps(out, default=str))
-    if result.error:
-        sys.exit(1)
+    return 1 if result.error else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -28,6 +28,14 @@ FORWARDED_ENV = (
 _LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
+def quiet_worker_logs() -> None:
+    """Runs in every Ray worker process (runtime_env worker_process_setup_hook). Ray Train's placement-group
+    cleaner asks the State API whether the controller is alive; the State API lives in the dashboard, which a
+    local Ray starts without, so every check logs "Failed to query Ray Train Controller actor state" as a
+    warning. Without the dashboard that check can never succeed: its logger is set to errors only."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
 def worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
@@ -86,7 +94,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
 
     if ray.is_initialized():
         return ray
-    runtime_env = {"env_vars": worker_env()}
+    runtime_env = {"env_vars": worker_env(), "worker_process_setup_hook": "cluster.runtime.quiet_worker_logs"}
     if address:
         ray.init(address=address, runtime_env=runtime_env, **kwargs)
     else:

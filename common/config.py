@@ -103,6 +103,13 @@ def from_dict(cls: type[T], data: dict, where: str = "", root: type | None = Non
     return cls(**kwargs)
 
 
+def check_ranges(rules: Sequence[tuple[str, Any, bool, str]]) -> None:
+    """(dotted key, value, holds, rule) rows; the first that does not hold is a ConfigError naming its key."""
+    for key, value, holds, rule in rules:
+        if not holds:
+            raise ConfigError(f"config [{key}]: {value!r} is out of range, must be {rule}")
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 

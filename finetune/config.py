@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from common import config as cfglib
+from trainer.settings import optimizer_ranges
 from common import fsio
 
 DATASETS = ("synthetic", "charades_sta", "didemo")
@@ -173,6 +174,33 @@ def validate(cfg: FinetuneConfig) -> None:
         raise err("features.center applies to cached features; it cannot be combined with features.end_to_end")
     if cfg.features.fps <= 0:
         raise err("features.fps must be > 0")
+    o, f = cfg.optim, cfg.features
+    cfglib.check_ranges(optimizer_ranges(o) + [
+        ("features.batch_frames", f.batch_frames, f.batch_frames >= 1, ">= 1"),
+        ("features.max_frames", f.max_frames, f.max_frames >= 0, ">= 0"),
+        ("features.size", f.size, f.size >= 0, ">= 0"),
+        ("cluster.cpus_per_task", cfg.cluster.cpus_per_task, cfg.cluster.cpus_per_task >= 0, ">= 0"),
+        ("cluster.gpus_per_task", cfg.cluster.gpus_per_task, cfg.cluster.gpus_per_task >= 0, ">= 0"),
+    ])
+
+
+# What a re-launch into an existing finetune run may change (docs/cluster.md "Resuming a run"); any other
+# difference from the run's config.yaml is refused before anything is written.
+RESUMABLE = ("max_steps", "checkpoint_every", "keep_last", "log_every", "evaluate", "cluster", "sweep",
+             "features.batch_frames")
+
+
+def train_settings(cfg: FinetuneConfig):
+    """The trainer's view of this config (trainer/settings.py): one rank, fp32 (the heads are small and their
+    inputs are fp32 features), torch Adam handed to DeepSpeed."""
+    from trainer.settings import TrainSettings
+
+    o = cfg.optim
+    return TrainSettings(run=cfg.run, name="finetune", max_steps=cfg.max_steps, micro_batch=cfg.batch_size,
+                         deepspeed=cfg.deepspeed, optimizer="torch", lr=o.lr, weight_decay=o.weight_decay,
+                         betas=tuple(o.betas), eps=o.eps, warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio,
+                         grad_clip=o.grad_clip, precision="fp32", checkpoint_every=cfg.checkpoint_every,
+                         keep_last=cfg.keep_last, log_every=cfg.log_every)
 
 
 def load(path: str | None = None, overrides=()) -> FinetuneConfig:

@@ -18,6 +18,7 @@ not produce. `write_eval_files` writes a Charades-style annotation (`vid start e
 """
 from __future__ import annotations
 
+import abc
 import csv
 import io
 from dataclasses import dataclass
@@ -40,24 +41,27 @@ class EvalQuery:
     sentence: str
 
 
-class Adapter:
-    """What a finetune needs from a benchmark. `benchmark` names grounding.evaluate's protocol."""
+class Adapter(abc.ABC):
+    """What a finetune needs from a benchmark. `benchmark` names grounding.evaluate's protocol; an adapter that
+    lacks one of the methods below cannot be built."""
 
     benchmark: str = ""
 
+    @abc.abstractmethod
     def train_samples(self) -> list[WeakSample]:
-        raise NotImplementedError
+        """The weak (video, sentence) training pairs."""
 
+    @abc.abstractmethod
     def eval_queries(self) -> list[EvalQuery]:
-        raise NotImplementedError
+        """The queries predictions are made for."""
 
+    @abc.abstractmethod
     def videos(self, split: str) -> dict[str, str]:
         """video id -> path (local or URL) of the split's videos ("train" | "test")."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def write_eval_files(self, out_dir: str, durations: dict[str, float]) -> dict[str, str]:
         """The evaluator's inputs besides the predictions: {"annotations": URL[, "durations": URL]}."""
-        raise NotImplementedError
 
 
 def _video_folder(folder: str, names: set[str], exts=(".mp4", "")) -> dict[str, str]:

@@ -3,23 +3,21 @@
     python -m finetune.train --config configs/finetune/wsra_synthetic.yaml checkpoint=RUN/export \
         dataset.root=CORPUS [key=value ...]
 
-Runs in one process without Ray (cluster/finetune.py runs the same `run` as Ray tasks). The optimizer step is
-DeepSpeed's (pretrain.engine.build_engine: torch Adam handed to the engine, ZeRO from the JSON, fp32); a
-single process gets its own one-rank gloo group (nccl on GPU). Checkpoints are pretrain.checkpoint's (complete
-marker, keep_last, exact resume: the batch of step s is drawn from a generator seeded with (seed, s)), logs are
-pretrain.train.RunLog's. Everything lands in the run folder:
+Runs in one process without Ray (cluster/finetune.py runs the same `run` as Ray tasks). Training is the trainer
+package's (trainer.loop.fit on FinetuneConfig's trainer settings: torch Adam handed to DeepSpeed, ZeRO from the
+JSON, fp32, one-rank gloo group, nccl on GPU; checkpoints with the complete marker and keep_last; the run log).
+This file keeps what is finetuning's: features, batches (the batch of step s is drawn from a generator seeded
+with (seed, s), so a resume needs no data state), the head, predictions and evaluation. A new head plugs in
+through finetune/heads, never through the trainer. Everything lands in the run folder:
     config.yaml, deepspeed.json, logs/, tensorboard/, checkpoints/, head.pt + head.json,
     eval/ (annotation files the evaluator reads, when the dataset needs them written), predictions.json,
     eval.json (the evaluator's metrics and counts), summary.json.
 """
 from __future__ import annotations
 
-import datetime
 import io
 import json
 import logging
-import os
-import socket
 import sys
 import time
 
@@ -27,13 +25,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from common import cli
 from common import config as cfglib
 from common import fsio
 from finetune import predict as P
-from finetune.config import FinetuneConfig, resolve, to_dict
+from finetune.config import FinetuneConfig, resolve, to_dict, train_settings
 from finetune.datasets import Adapter, WeakSample, build_adapter
 from finetune.features import FeatureStore, TextFeatures, VideoFeatures, centered, encode_video, load_encoder
 from finetune.heads import GroundingHead, TextBatch, TrainBatch, VideoBatch, build_head, head_class
+from trainer.loop import Task
 
 log = logging.getLogger(__name__)
 
@@ -190,39 +190,18 @@ class FinetuneModule(nn.Module):
         return self.head.loss(batch)
 
 
-# --- DeepSpeed ------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class BatchTask(Task):
+    """The trainer's view of a finetune: step s's batch from the Batcher, on the engine's device."""
 
+    def __init__(self, batcher: Batcher, device):
+        self.batcher, self.device = batcher, device
 
-def init_distributed() -> None:
-    """A one-rank process group for this process (kept for later finetunes in the same process, e.g. a reused
-    Ray worker); an existing group (torchrun, Ray Train) is used as it is."""
-    import deepspeed
-    import torch.distributed as dist
-
-    from pretrain.engine import on_gpu
-
-    if not dist.is_initialized():
-        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
-                           "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu() else "gloo",
-                               timeout=datetime.timedelta(seconds=600))
-
-
-def engine_config(cfg: FinetuneConfig):
-    """The PretrainConfig fields pretrain.engine reads (batch, optimizer, schedule, DeepSpeed file), from ours.
-    fp32 always: the heads are small and their inputs are fp32 features."""
-    from pretrain.config import DataConfig, OptimConfig, PretrainConfig
-
-    o = cfg.optim
-    return PretrainConfig(run=cfg.run, data=DataConfig(shards="-", micro_batch=cfg.batch_size),
-                          optim=OptimConfig(optimizer="torch", lr=o.lr, weight_decay=o.weight_decay,
-                                            betas=tuple(o.betas), eps=o.eps, warmup_steps=o.warmup_steps,
-                                            min_lr_ratio=o.min_lr_ratio, grad_accum=1, grad_clip=o.grad_clip),
-                          deepspeed=cfg.deepspeed, precision="fp32", max_steps=cfg.max_steps, seed=cfg.seed)
+    def inputs(self, step: int, micro: int) -> dict:
+        batch, _, tokens = self.batcher.batch(step)
+        inputs = {"batch": batch.to(self.device)}
+        if tokens is not None:
+            inputs["tokens"] = tokens.to(self.device)
+        return inputs
 
 
 # --- the run --------------------------------------------------------------------------------------------------
@@ -258,14 +237,24 @@ def _state_bytes(module: nn.Module) -> bytes:
     return buf.getvalue()
 
 
+def check_relaunch(cfg: FinetuneConfig) -> None:
+    """A (resolved) finetune into an existing run folder may change only finetune.config.RESUMABLE."""
+    from finetune.config import RESUMABLE
+    from trainer.engine import ds_config, load_ds_file
+    from trainer.run_folder import refuse_changes
+
+    refuse_changes(cfg.run, to_dict(cfg), RESUMABLE, ds_config(train_settings(cfg), 1, base=load_ds_file(cfg.deepspeed)),
+                   defaults=to_dict(FinetuneConfig()))
+
+
 def run(cfg: FinetuneConfig) -> dict:
     """Train (or resume) and evaluate one finetune; returns its summary (also written to summary.json)."""
-    from pretrain import checkpoint
-    from pretrain.engine import build_engine, ds_config, load_ds_file
-    from pretrain.train import RunLog
+    from trainer.engine import build_engine, ds_config, init_distributed, load_ds_file
+    from trainer.loop import fit
 
     t0 = time.time()
     cfg = resolve(cfg)
+    check_relaunch(cfg)
     fsio.makedirs(cfg.run)
     cfglib.dump(cfg, fsio.join(cfg.run, "config.yaml"))
     adapter = build_adapter(cfg.dataset)
@@ -294,46 +283,15 @@ def run(cfg: FinetuneConfig) -> dict:
     batcher = Batcher(cfg, samples, train_feats, text_of, table, encoder.tokenize if encoder is not None else None,
                       regions=head.needs_regions and encoder is None)
 
-    ecfg = engine_config(cfg)
+    settings = train_settings(cfg)
     ds_base = load_ds_file(cfg.deepspeed)
-    fsio.write_json_atomic(fsio.join(cfg.run, "deepspeed.json"), ds_config(ecfg, 1, base=ds_base))
+    fsio.write_json_atomic(fsio.join(cfg.run, "deepspeed.json"), ds_config(settings, 1, base=ds_base))
     step, first_loss, last_metrics = 0, None, {}
     if cfg.train:
-        init_distributed()
-        engine, _ = build_engine(module, ecfg, 1, base=ds_base)
-        resumed = checkpoint.latest(cfg.run)
-        if resumed is not None:
-            step = checkpoint.load(engine, cfg.run, resumed, rank=0, world=1)["step"]
-        runlog = RunLog(cfg.run, step + 1, True)
-        window: dict[str, float] = {}
-        try:
-            while step < cfg.max_steps:
-                batch, _, tokens = batcher.batch(step)
-                inputs = {"batch": batch.to(engine.device)}
-                if tokens is not None:
-                    inputs["tokens"] = tokens.to(engine.device)
-                out = engine(inputs)
-                engine.backward(out["loss"])
-                engine.step()
-                step += 1
-                scalars = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.dim() == 0}
-                first_loss = scalars["loss"] if first_loss is None else first_loss
-                runlog.step({"step": step, "t": time.time(), **scalars})
-                for k, v in scalars.items():
-                    window[k] = window.get(k, 0.0) + v
-                window["n"] = window.get("n", 0) + 1
-                if step % cfg.log_every == 0 or step == cfg.max_steps:
-                    last_metrics = {k: v / window["n"] for k, v in window.items() if k != "n"}
-                    last_metrics["step"] = step
-                    runlog.scalars(step, last_metrics)
-                    runlog.flush()
-                    window = {}
-                if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                    runlog.flush()  # before the marker: a resume does not re-run these steps (pretrain/train.py)
-                    checkpoint.save(engine, cfg.run, step, {"step": step}, rank=0, world=1,
-                                    keep_last=cfg.keep_last)
-        finally:
-            runlog.close()
+        init_distributed(single=True)
+        engine, _ = build_engine(module, settings, 1, base=ds_base)
+        out = fit(engine, BatchTask(batcher, engine.device), settings)
+        step, first_loss, last_metrics = out.step, out.first_loss, out.metrics
     module.eval()
 
     fsio.write_bytes_atomic(fsio.join(cfg.run, "head.pt"), _state_bytes(head))
@@ -374,5 +332,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))
 

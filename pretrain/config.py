@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from common import config as cfglib
+from trainer.settings import optimizer_ranges
 from pretrain.model_config import ModelConfig
 
 
@@ -89,7 +90,15 @@ def from_dict(data: dict) -> PretrainConfig:
     return cfg
 
 
+# What a re-launch into an existing run may change (docs/cluster.md "Resuming a run"); any other difference from
+# the run's config.yaml is refused before anything is written. Dotted names; a section name covers its fields.
+RESUMABLE = ("run", "max_steps", "stop_at_step", "checkpoint_every", "keep_last", "log_every", "progress", "export",
+             "comm_timeout_s", "cluster", "data.loader_workers", "data.prefetch", "data.max_bad_shards")
+
+
 def validate(cfg: PretrainConfig) -> None:
+    """Everything that can be checked without workers: ranges, and the shard set's manifest (so that a wrong
+    shard folder fails here, in one line, not in every Ray Train worker)."""
     err = cfglib.ConfigError
     if not cfg.data.shards:
         raise err("data.shards is required (a shard set URL with manifest.json)")
@@ -100,6 +109,19 @@ def validate(cfg: PretrainConfig) -> None:
                   f"got {cfg.data.clips_per_video}")
     if cfg.max_steps < 1 or cfg.checkpoint_every < 1 or cfg.log_every < 1 or cfg.keep_last < 1:
         raise err("max_steps, checkpoint_every, log_every and keep_last must be >= 1")
+    o, d, c = cfg.optim, cfg.data, cfg.cluster
+    cfglib.check_ranges(optimizer_ranges(o) + [
+        ("data.samples_per_epoch", d.samples_per_epoch, d.samples_per_epoch >= 0, ">= 0"),
+        ("data.loader_workers", d.loader_workers, d.loader_workers >= 0, ">= 0"),
+        ("data.shuffle_buffer", d.shuffle_buffer, d.shuffle_buffer >= 0, ">= 0"),
+        ("data.prefetch", d.prefetch, d.prefetch >= 1, ">= 1"),
+        ("data.max_bad_shards", d.max_bad_shards, d.max_bad_shards >= 1, ">= 1"),
+        ("cluster.workers", c.workers, c.workers >= 1, ">= 1"),
+        ("cluster.cpus_per_worker", c.cpus_per_worker, c.cpus_per_worker >= 0, ">= 0"),
+        ("cluster.gpus_per_worker", c.gpus_per_worker, c.gpus_per_worker >= 0, ">= 0"),
+        ("cluster.max_failures", c.max_failures, c.max_failures >= 0, ">= 0"),
+        ("comm_timeout_s", cfg.comm_timeout_s, cfg.comm_timeout_s >= 1, ">= 1"),
+    ])
     if not 0 <= cfg.stop_at_step <= cfg.max_steps:
         raise err(f"stop_at_step must be in [0, max_steps={cfg.max_steps}]")
     if cfg.precision not in ("auto", "bf16", "fp16", "fp32"):
@@ -112,5 +134,40 @@ def validate(cfg: PretrainConfig) -> None:
         raise err(f"cluster.placement {cfg.cluster.placement!r} is not a Ray placement strategy")
 
 
+def check_shards(cfg: PretrainConfig) -> None:
+    """The shard set has a manifest listing samples and at least one of its tars exists (one listing of the
+    folder; a tar that is missing among others is the loader's to count and skip)."""
+    from common import fsio
+    from pretrain import data
+
+    url = cfg.data.shards
+    if not fsio.exists(fsio.join(url, "manifest.json")):
+        raise cfglib.ConfigError(f"data.shards [{url}]: no manifest.json there (not a finished shard set, "
+                                 "docs/contracts.md section 2)")
+    try:
+        shards = data.read_manifest(url)
+    except (data.DataError, ValueError, KeyError, TypeError) as e:
+        raise cfglib.ConfigError(f"data.shards [{fsio.join(url, 'manifest.json')}]: {e}") from None
+    local = {fsio.join(url, n) for n in fsio.listdir(url)}
+    if not any(u in local or fsio.exists(u) for u in shards.urls[:1]) and not any(u in local for u in shards.urls):
+        raise cfglib.ConfigError(f"data.shards [{url}]: none of the {len(shards.urls)} shards the manifest lists "
+                                 "exists")
+
+
 def to_dict(cfg: PretrainConfig) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def train_settings(cfg: PretrainConfig, keep_last: int | None = None):
+    """The trainer's view of this config (trainer/settings.py)."""
+    from trainer.settings import TrainSettings
+
+    o = cfg.optim
+    return TrainSettings(run=cfg.run, name="pretrain", max_steps=cfg.max_steps, stop_at_step=cfg.stop_at_step,
+                         micro_batch=cfg.data.micro_batch, grad_accum=o.grad_accum, deepspeed=cfg.deepspeed,
+                         optimizer=o.optimizer, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas),
+                         eps=o.eps, warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio,
+                         grad_clip=o.grad_clip, zero_stage=cfg.zero_stage, precision=cfg.precision,
+                         checkpoint_every=cfg.checkpoint_every,
+                         keep_last=cfg.keep_last if keep_last is None else keep_last, log_every=cfg.log_every,
+                         progress=cfg.progress, print_metrics=not cfg.progress, comm_timeout_s=cfg.comm_timeout_s)

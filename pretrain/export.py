@@ -22,7 +22,7 @@ import tempfile
 import torch
 
 from common import cli, fsio
-from pretrain import checkpoint
+from trainer import checkpoint
 from pretrain.model import ExportError, ExportMissing, load_weights
 
 

@@ -80,3 +80,23 @@ def s3_bucket(s3_server):
     name = f"test-{uuid.uuid4().hex[:10]}"
     fs.mkdir(name)
     yield f"s3://{name}"
+
+
+def tree_digest(root) -> dict[str, str]:
+    """Relative path -> sha256 of every file under root (what 'every byte as it was' compares)."""
+    import hashlib
+
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment a user's shell gives an entry point: this checkout first on the path, no session Ray."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+    env.pop("RAY_ADDRESS", None)
+    return env

@@ -148,7 +148,7 @@ def test_batcher_marks_rows_of_the_same_video():
 
 def test_finetune_in_process_resumes_uses_the_cache_and_the_table(export, corpus, tmp_path):
     from finetune.train import run
-    from pretrain import checkpoint
+    from trainer import checkpoint
     from shards.tarwriter import sample_key
 
     cache, run_dir = str(tmp_path / "cache"), str(tmp_path / "run")
@@ -171,6 +171,26 @@ def test_finetune_in_process_resumes_uses_the_cache_and_the_table(export, corpus
     assert all(r["loss_crov"] >= 0 and r["crov_rows"] > 0 for a in attempts for r in a)  # L_crov is on
     assert {"loss_bg", "loss_vas", "loss_ins_vas"} <= set(attempts[0][0])
     assert checkpoint.complete_steps(run_dir) == [4]                                       # keep_last 1
+
+    # a re-launch into this run with another optimizer and head is refused before anything is written
+    import subprocess
+    import sys
+
+    from conftest import ROOT, tree_digest, user_env
+
+    before = tree_digest(run_dir)
+    args = [f"checkpoint={export}", f"dataset.root={corpus}", f"features.cache={cache}", f"run={run_dir}",
+            "batch_size=4", "max_steps=6", "checkpoint_every=2", "log_every=1", "optim.lr=0.01", "wsra.hidden=32",
+            f"pseudo_positives={table_url}"]
+    done = subprocess.run([sys.executable, "-m", "finetune.train", *args], cwd=ROOT, env=user_env(),
+                          capture_output=True, text=True, timeout=600)
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    import re
+
+    named = re.search(r"stored config in (.*?); a resume", errors[0]).group(1).split(", ")
+    assert sorted(named) == ["optim.lr", "wsra.hidden"], errors[0]  # max_steps may change, so it is not named
+    assert tree_digest(run_dir) == before
     ev = json.load(open(os.path.join(run_dir, "eval.json")))
     assert ev["counts"]["queries"] == len(SyntheticAdapter(corpus).eval_queries())
     assert ev["counts"]["missing_predictions"] == 0 and 0 <= ev["metrics"]["mIoU"] <= 100

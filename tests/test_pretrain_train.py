@@ -1,8 +1,12 @@
 """Pretraining under Ray Train with real DeepSpeed workers (CPU, gloo) and the real tiny model.
 
-One straight run feeds several tests (learning, checkpoints, export); the resume run stores on the loopback S3
-server; the fault run has a worker process killed by the test; the two-node run uses its own Ray
-(ray.cluster_utils.Cluster) in a subprocess, as the session already holds one.
+One straight run feeds several tests (learning, checkpoints, export) and is the uninterrupted reference every
+interrupted run is compared with (per-step losses, final export): the resume run stores on the loopback S3
+server and is pruned before it is resumed; the fault run has a worker process killed by the test; the CLI run
+(`python -m cluster.pretrain` with its own local Ray, as a user starts it) has its whole Ray cluster killed, is
+resubmitted, and extended past its finished max_steps. The LR is constant after warmup
+(optim.min_lr_ratio=1), so a run extended to STEPS follows the schedule of one planned that long. The two-node
+run uses its own Ray (ray.cluster_utils.Cluster) in a subprocess, as the session already holds one.
 """
 from __future__ import annotations
 
@@ -20,19 +24,38 @@ import pytest
 import torch
 
 from common import fsio
-from pretrain import checkpoint
-from pretrain.config import load
-from pretrain.engine import ds_config, lr_lambda
+from pretrain.config import load, train_settings
+from trainer import checkpoint
+from trainer.engine import ds_config, lr_lambda
+from conftest import tree_digest, user_env
 from pretrain_fixtures import make_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "pretrain", "tiny.yaml")
-STEPS = 8
+STEPS = 12
+# every run of this module, as key=value overrides of tiny.yaml (the CLI run passes them on its command line)
+COMMON = ("checkpoint_every=4", "log_every=1", "progress=false", "cluster.workers=2", "cluster.max_failures=2",
+          "optim.min_lr_ratio=1.0")
 
 
 def tiny(run: str, shards: str, *extra: str):
-    return load(TINY, [f"run={run}", f"data.shards={shards}", f"max_steps={STEPS}", "checkpoint_every=4",
-                       "log_every=1", "progress=false", "cluster.workers=2", "cluster.max_failures=2", *extra])
+    return load(TINY, [f"run={run}", f"data.shards={shards}", f"max_steps={STEPS}", *COMMON, *extra])
+
+
+def losses_by_step(run: str) -> dict[int, float]:
+    """Each step's loss as the run finally holds it (a later attempt's record of a step replaces an earlier one)."""
+    out = {}
+    for attempt in history(run):
+        out.update({r["step"]: r["loss"] for r in attempt})
+    return out
+
+
+def assert_same_export(a_run: str, b_run: str) -> None:
+    a, b = exported(a_run), exported(b_run)
+    assert a.keys() == b.keys()
+    diffs = {k: (b[k].double() - a[k].double()).abs().max().item() for k in a}
+    worst = max(diffs, key=diffs.get)
+    assert diffs[worst] <= 1e-6, (worst, diffs[worst], sum(d > 1e-6 for d in diffs.values()), len(diffs))
 
 
 def history(run: str) -> list[list[dict]]:
@@ -87,10 +110,14 @@ def test_workers_learn(straight):
 
 def test_checkpoints_complete_and_pruned(straight):
     run, result = straight
-    assert checkpoint.complete_steps(run) == [4, 8]  # keep_last 2
-    marker = checkpoint.read_marker(run, 8)
+    assert checkpoint.complete_steps(run) == [8, 12]  # keep_last 2 (Ray Train pruned step 4)
+    marker = checkpoint.read_marker(run, 12)
     assert marker["world_size"] == 2 and "trainer-rank1.pt" in marker["files"]
-    assert result.checkpoint is not None and result.checkpoint.path.endswith(checkpoint.tag(8))
+    assert result.checkpoint is not None and result.checkpoint.path.endswith(checkpoint.tag(12))
+    # Ray's run snapshot lists exactly the checkpoints that exist (a re-submitted job checks it)
+    snapshot = json.load(open(os.path.join(run, "checkpoint_manager_snapshot.json")))
+    listed = sorted(r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"])
+    assert listed == [f"checkpoints/{checkpoint.tag(8)}", f"checkpoints/{checkpoint.tag(12)}"], listed
 
 
 def test_export_loads_into_the_model(straight):
@@ -108,40 +135,39 @@ def test_export_loads_into_the_model(straight):
     assert any(not torch.equal(fresh[k], state[k]) for k in state)  # trained weights, not the initial ones
 
 
-def test_resume_is_exact_on_s3(straight, shards, s3_bucket):
-    """N steps straight == N/2 steps, stop, resume, N/2 steps (run storage on S3)."""
+def test_resume_after_a_prune_is_exact_on_s3(straight, shards, s3_bucket):
+    """N steps straight == N/3 steps (a checkpoint every 2, keep_last 1: step 2 pruned), stop, the same job
+    submitted again, N steps (run storage on S3)."""
     from cluster.pretrain import run_pretrain
 
     straight_run, _ = straight
     run = f"{s3_bucket}/runs/resumed"
-    first = run_pretrain(tiny(run, shards, f"stop_at_step={STEPS // 2}", "export=false"))
-    assert first.error is None and checkpoint.complete_steps(run) == [STEPS // 2]
+    cadence = ("checkpoint_every=2", "keep_last=1")
+    first = run_pretrain(tiny(run, shards, "stop_at_step=4", "export=false", *cadence))
+    assert first.error is None and checkpoint.complete_steps(run) == [4]  # step 2 pruned
     # a save that died half-way must be ignored on resume
-    fsio.write_bytes_atomic(fsio.join(checkpoint.url_of(run, STEPS // 2 + 2), "mp_rank_00_model_states.pt"), b"x")
-    second = run_pretrain(tiny(run, shards))
+    fsio.write_bytes_atomic(fsio.join(checkpoint.url_of(run, 6), "mp_rank_00_model_states.pt"), b"x")
+    second = run_pretrain(tiny(run, shards, *cadence))
     assert second.error is None
     attempts = history(run)
-    assert [a[0]["step"] for a in attempts] == [1, STEPS // 2 + 1]
+    assert [a[0]["step"] for a in attempts] == [1, 5]
     straight_losses = [r["loss"] for r in history(straight_run)[0]]
     resumed_losses = [r["loss"] for r in attempts[0] + attempts[1]]
     assert resumed_losses == pytest.approx(straight_losses, abs=1e-6)
-    a, b = exported(straight_run), exported(run)
-    assert a.keys() == b.keys()
-    diffs = {k: (b[k].double() - a[k].double()).abs().max().item() for k in a}
-    worst = max(diffs, key=diffs.get)
-    assert diffs[worst] <= 1e-6, (worst, diffs[worst], sum(d > 1e-6 for d in diffs.values()), len(diffs))
+    assert_same_export(straight_run, run)
 
 
-def test_killed_worker_restarts_from_last_checkpoint(ray_cluster, shards, tmp_path):
+def test_killed_worker_restarts_from_last_checkpoint(ray_cluster, straight, shards, tmp_path):
     from cluster.pretrain import run_pretrain
 
+    straight_run, _ = straight
     run = str(tmp_path / "fault")
-    steps, every = 16, 4
-    cfg = tiny(run, shards, f"max_steps={steps}", f"checkpoint_every={every}", "export=false")
+    every = 4
+    cfg = tiny(run, shards)
     killed = {}
 
     def kill_after_first_checkpoint():
-        deadline = time.time() + 300
+        deadline = time.time() + 900
         while time.time() < deadline and not checkpoint.complete_steps(run):
             time.sleep(0.05)
         logs = glob.glob(os.path.join(run, "logs", "attempt-*.jsonl"))
@@ -162,9 +188,133 @@ def test_killed_worker_restarts_from_last_checkpoint(ray_cluster, shards, tmp_pa
     # restarted exactly after a complete checkpoint, no earlier: nothing before it ran twice
     assert resumed_at % every == 0 and resumed_at >= killed["at"]
     assert before[-1]["step"] >= resumed_at
-    assert [r["step"] for r in after] == list(range(resumed_at + 1, steps + 1))
-    assert result.metrics["step"] == steps
-    assert checkpoint.latest(run) == steps
+    assert [r["step"] for r in after] == list(range(resumed_at + 1, STEPS + 1))
+    assert result.metrics["step"] == STEPS
+    assert checkpoint.latest(run) == STEPS
+    # the restart read the weights, optimizer and data position, not only the step: the same losses and export
+    reference = losses_by_step(straight_run)
+    assert [r["loss"] for r in after] == pytest.approx([reference[r["step"]] for r in after], abs=1e-6)
+    assert [r["loss"] for r in before] == pytest.approx([reference[r["step"]] for r in before], abs=1e-6)
+    assert_same_export(straight_run, run)
+
+
+# --- the CLI as a user runs it: its own local Ray, killed whole, resubmitted, extended, refused -------------------
+
+QUIET = ("Failed to query Ray Train Controller actor state", "TrainingReport(")
+
+
+def cli(run: str, shards: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "cluster.pretrain", "--config", TINY, f"run={run}", f"data.shards={shards}",
+            "max_steps=8", "keep_last=1", *COMMON, *extra]
+
+
+def _descendants(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.fixture(scope="module")
+def cli_run(shards, tmp_path_factory):
+    """Launch 1 is killed with its whole local Ray (SIGKILL to the process group and every descendant) once a
+    checkpoint exists; launch 2 is the same command; launch 3 extends the finished run to STEPS."""
+    run = str(tmp_path_factory.mktemp("cli") / "run")
+    env = user_env()
+    out = {"run": run}
+    t0 = time.time()
+    proc = subprocess.Popen(cli(run, shards), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 900
+    while time.time() < deadline and not checkpoint.complete_steps(run) and proc.poll() is None:
+        time.sleep(0.1)
+    out["killed_at"] = checkpoint.complete_steps(run)
+    family = _descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for p in family:  # Ray's own processes too, wherever they put themselves
+        try:
+            p.kill()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+    out["first_rc"] = proc.wait(timeout=60)
+    proc.stdout.close(), proc.stderr.close()
+    out["first_s"] = time.time() - t0
+    for name, extra in (("resubmitted", ()), ("extended", (f"max_steps={STEPS}",))):
+        t0 = time.time()
+        done = subprocess.run(cli(run, shards, *extra), cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=1200)
+        out[name] = done
+        out[f"{name}_s"] = time.time() - t0
+    return out
+
+
+def test_resubmit_after_the_cluster_was_killed_and_extend_a_finished_run(cli_run, straight):
+    straight_run, _ = straight
+    run = cli_run["run"]
+    assert cli_run["killed_at"] == [4] and cli_run["first_rc"] == -signal.SIGKILL
+    for name in ("resubmitted", "extended"):
+        done = cli_run[name]
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout.strip().splitlines()[-1])["metrics"]["step"] == (8 if name == "resubmitted"
+                                                                                       else STEPS)
+    attempts = history(run)
+    firsts = [a[0]["step"] for a in attempts]
+    # the resubmitted job continued after the killed one's checkpoint; the extension after the finished step 8
+    # (whose step-4 checkpoint had been pruned: Ray's snapshot agreed)
+    assert firsts == [1, 5, 9], firsts
+    reference = losses_by_step(straight_run)
+    assert losses_by_step(run) == pytest.approx(reference, abs=1e-6)
+    assert_same_export(straight_run, run)
+    assert checkpoint.complete_steps(run) == [STEPS]
+
+
+def test_cli_logs_hold_progress_not_ray_noise(cli_run):
+    for name in ("resubmitted", "extended"):
+        err = cli_run[name].stderr
+        for noise in QUIET:
+            assert noise not in err, (name, noise)
+        # our per-step metrics (progress=false) once per step, not twice (Ray Train's print patch)
+        steps = [json.loads(line[line.index("{"):])["step"] for line in err.splitlines()
+                 if '"samples_per_s"' in line and "{" in line]
+        first = 5 if name == "resubmitted" else 9
+        last = 8 if name == "resubmitted" else STEPS
+        assert steps == list(range(first, last + 1)), (name, steps)
+
+
+def test_relaunch_with_another_contract_is_refused_untouched(cli_run):
+    run = cli_run["run"]
+    before = tree_digest(run)
+    done = subprocess.run(cli(run, load(os.path.join(run, "config.yaml")).data.shards, f"max_steps={STEPS}",
+                              "optim.lr=0.01", "model.frames_selected=1"),
+                          cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    import re
+
+    named = re.search(r"stored config in (.*?); a resume", errors[0]).group(1).split(", ")
+    assert sorted(named) == ["model.frames_selected", "optim.lr"] and "config.yaml" in errors[0], errors[0]
+    assert "Started a local Ray" not in done.stderr  # refused before Ray
+    assert tree_digest(run) == before
+
+
+@pytest.mark.parametrize("case", ["empty_folder", "missing_folder", "optim.lr=-1"])
+def test_cli_refuses_bad_configs_before_ray(case, shards, tmp_path):
+    where = {"empty_folder": str(tmp_path / "empty"), "missing_folder": str(tmp_path / "nope")}
+    os.makedirs(tmp_path / "empty")
+    extra = () if case in where else (case,)
+    run = str(tmp_path / "run")
+    done = subprocess.run(cli(run, where.get(case, shards), *extra), cwd=ROOT, env=user_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    key = {"empty_folder": "data.shards", "missing_folder": "data.shards"}.get(case, case.split("=")[0])
+    assert key in errors[0], errors[0]
+    assert not os.path.exists(run)  # nothing written
 
 
 def test_two_nodes(shards, tmp_path):
@@ -208,15 +358,15 @@ def test_lr_schedule():
 def test_deepspeed_files(stage, shards):
     cfg = load(TINY, [f"data.shards={shards}", f"deepspeed=configs/deepspeed/zero{stage}.json",
                       "optim.grad_accum=3", "optim.grad_clip=0.5"])
-    cpu = ds_config(cfg, world=2, gpu=False)
+    cpu = ds_config(train_settings(cfg), world=2, gpu=False)
     assert cpu["zero_optimization"]["stage"] == stage and cpu["train_batch_size"] == cfg.data.micro_batch * 3 * 2
     assert cpu["gradient_clipping"] == 0.5 and not cpu["bf16"]["enabled"] and "optimizer" not in cpu
-    gpu = ds_config(cfg, world=2, gpu=True)
+    gpu = ds_config(train_settings(cfg), world=2, gpu=True)
     assert gpu["bf16"]["enabled"]
     with pytest.raises(ValueError, match="GPU"):
-        ds_config(load(TINY, [f"data.shards={shards}", "precision=bf16"]), world=1, gpu=False)
-    dsopt = ds_config(load(TINY, [f"data.shards={shards}", "optim.optimizer=deepspeed", "optim.lr=0.01",
-                                  f"deepspeed=configs/deepspeed/zero{stage}.json"]), world=1, gpu=True)
+        ds_config(train_settings(load(TINY, [f"data.shards={shards}", "precision=bf16"])), world=1, gpu=False)
+    dsopt = ds_config(train_settings(load(TINY, [f"data.shards={shards}", "optim.optimizer=deepspeed", "optim.lr=0.01",
+                                                 f"deepspeed=configs/deepspeed/zero{stage}.json"])), world=1, gpu=True)
     assert dsopt["optimizer"]["params"]["lr"] == 0.01
 
 

@@ -8,6 +8,7 @@ formats: per-frame scores rank moments (didemo, charades_sta), per-region scores
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
@@ -54,20 +55,20 @@ class TrainBatch:
                           move(self.positive_gate), move(self.groups))
 
 
-class GroundingHead(nn.Module):
+class GroundingHead(nn.Module, metaclass=abc.ABCMeta):
     """Subclasses set `name`, `needs_regions` and implement `loss` and `frame_scores` (and `region_scores` when
-    they ground in space)."""
+    they ground in space); one that lacks an abstract method cannot be built."""
 
     name = "base"
     needs_regions = False
 
+    @abc.abstractmethod
     def loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         """{"loss": scalar with graph, other scalars (detached) for the logs}."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def frame_scores(self, video: VideoBatch, text: TextBatch) -> torch.Tensor:
         """(B, T): how much frame t of video b shows query b (higher = more); padded frames arbitrary."""
-        raise NotImplementedError
 
     def region_scores(self, video: VideoBatch, text: TextBatch) -> torch.Tensor | None:
         """(B, T, N) per-region scores of query b in video b, or None for a temporal-only head."""

@@ -1,7 +1,9 @@
 """Sharded DeepSpeed checkpoints under `<run>/checkpoints/step-XXXXXXXX/`, local or s3.
 
 Every rank saves its DeepSpeed shards plus `trainer-rank<r>.pt` (step, data position, RNG states, counters) and,
-for s3 runs, uploads them from a local scratch folder. After a barrier, rank 0 writes `complete` (JSON), last:
+for s3 runs, uploads them from a local scratch folder. The trainer file holds only plain values and tensors (the
+python and numpy RNG states as lists, torch's as a tensor) and is read with `weights_only=True`: a file from run
+storage that carries a pickled object is refused, not run. After a barrier, rank 0 writes `complete` (JSON), last:
 only a folder with that marker is ever resumed from, so a save cut short by a crash is invisible. Pruning
 deletes the marker of an old checkpoint before its shards for the same reason.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -20,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from common import fsio
+from common.errors import UserError
 
 log = logging.getLogger(__name__)
 MARKER = "complete"
@@ -57,18 +61,43 @@ def read_marker(run: str, step: int) -> dict:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states as lists, numbers and tensors (what weights_only loading accepts)."""
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "state": list(words), "gauss_next": gauss},
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+class UnsafeCheckpoint(UserError):
+    """A trainer-state file that holds more than plain values and tensors."""
+
+
+def read_trainer_state(path: str) -> dict:
+    """A trainer-rank file, loaded without unpickling arbitrary objects."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is a page of advice; the line naming the refused global is the one that matters
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln or "GLOBAL" in ln]
+        why = f" ({lines[0].split(' Please')[0]})" if lines else ""
+        raise UnsafeCheckpoint(f"checkpoint file [{path}]: refused, it holds more than plain values and "
+                               f"tensors{why}") from None
 
 
 def _barrier() -> None:
@@ -93,7 +122,8 @@ def _local_dir(run: str):
 
 def save(engine, run: str, step: int, trainer_state: dict, *, rank: int, world: int, keep_last: int,
          extra_marker: dict | None = None) -> str:
-    """Collective: every rank calls it. Returns the checkpoint URL once it is complete."""
+    """Collective: every rank calls it. Returns the checkpoint URL once it is complete. `keep_last` 0 prunes
+    nothing (Ray Train prunes the checkpoints of its runs itself, cluster/pretrain.py)."""
     name = tag(step)
     url = url_of(run, step)
     if rank == 0 and fsio.exists(url):  # a half-written save of an earlier attempt
@@ -113,7 +143,8 @@ def save(engine, run: str, step: int, trainer_state: dict, *, rank: int, world: 
         marker = {"step": step, "world_size": world, "zero_stage": engine.zero_optimization_stage(),
                   "files": files, **(extra_marker or {})}
         fsio.write_json_atomic(fsio.join(url, MARKER), marker)
-        prune(run, keep_last)
+        if keep_last > 0:
+            prune(run, keep_last)
     _barrier()
     return url
 
@@ -125,12 +156,17 @@ def prune(run: str, keep_last: int) -> None:
     for step in _steps(run):
         if step in keep or step > newest:  # a newer unmarked folder may be a save in progress
             continue
-        url = url_of(run, step)
-        marker = fsio.join(url, MARKER)
-        if fsio.exists(marker):
-            fsio.remove(marker)
-        fsio.remove(url)
-        log.info("deleted checkpoint %s", url)
+        delete(run, step)
+
+
+def delete(run: str, step: int) -> None:
+    """Marker first: a deletion cut short leaves an unmarked folder, never a marked one with shards missing."""
+    url = url_of(run, step)
+    marker = fsio.join(url, MARKER)
+    if fsio.exists(marker):
+        fsio.remove(marker)
+    fsio.remove(url)
+    log.info("deleted checkpoint %s", url)
 
 
 def load(engine, run: str, step: int, *, rank: int, world: int) -> dict:
@@ -155,7 +191,7 @@ def load(engine, run: str, step: int, *, rank: int, world: int) -> dict:
                                               load_lr_scheduler_states=True)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {url_of(run, step)}")
-        state = torch.load(os.path.join(local_root, name, f"trainer-rank{rank}.pt"), weights_only=False)
+        state = read_trainer_state(os.path.join(local_root, name, f"trainer-rank{rank}.pt"))
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,7 +1,7 @@
-"""DeepSpeed engine set-up: the user's DeepSpeed JSON/YAML, completed from PretrainConfig, and the LR schedule.
+"""DeepSpeed engine set-up: the user's DeepSpeed JSON/YAML, completed from TrainSettings, and the LR schedule.
 
 The DeepSpeed file owns ZeRO and communication settings; batch sizes, accumulation, clipping and precision come
-from PretrainConfig so there is one place to change them. On CPU (DS_ACCELERATOR=cpu) training runs in fp32
+from the stage's config (through TrainSettings) so there is one place to change them. On CPU (DS_ACCELERATOR=cpu) training runs in fp32
 with torch's AdamW handed to DeepSpeed as an object, which needs no JIT-built op; optim.optimizer=deepspeed uses
 the file's "optimizer" section (FusedAdam etc. on GPU). The only op DeepSpeed builds on CPU is its shared-memory
 collective (deepspeed_shm_comm, at init_distributed); `prebuild_ops` builds it once into TORCH_EXTENSIONS_DIR
@@ -10,6 +10,7 @@ before workers start, so they load it from the cache instead of compiling it sid
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import logging
 import math
@@ -19,7 +20,8 @@ import torch
 import yaml
 
 from common import fsio
-from pretrain.config import PretrainConfig
+from common.config import ConfigError
+from trainer.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,39 +38,42 @@ def load_ds_file(url: str) -> dict:
     if fsio.is_local(url) and not os.path.isabs(url) and not os.path.exists(url):
         url = os.path.join(PROJECT_ROOT, url)
     text = fsio.read_text(url)
-    data = json.loads(text) if url.endswith(".json") else yaml.safe_load(text)
+    try:
+        data = json.loads(text) if url.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        raise ConfigError(f"deepspeed file [{url}]: not valid JSON/YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{url}: a DeepSpeed config must be a mapping")
+        raise ConfigError(f"deepspeed file [{url}]: a DeepSpeed config must be a mapping")
     return data
 
 
-def ds_config(cfg: PretrainConfig, world: int, gpu: bool | None = None, base: dict | None = None) -> dict:
+def ds_config(s: TrainSettings, world: int, gpu: bool | None = None, base: dict | None = None) -> dict:
     """The DeepSpeed config this run uses (echoed into the run directory). `base` is the user's file, already
     read (the Ray entry reads it on the driver, where relative paths mean something)."""
     gpu = on_gpu() if gpu is None else gpu
-    ds = copy.deepcopy(base if base is not None else load_ds_file(cfg.deepspeed))
-    ds["train_micro_batch_size_per_gpu"] = cfg.data.micro_batch
-    ds["gradient_accumulation_steps"] = cfg.optim.grad_accum
-    ds["train_batch_size"] = cfg.data.micro_batch * cfg.optim.grad_accum * world
-    ds["gradient_clipping"] = cfg.optim.grad_clip
+    ds = copy.deepcopy(base if base is not None else load_ds_file(s.deepspeed))
+    ds["train_micro_batch_size_per_gpu"] = s.micro_batch
+    ds["gradient_accumulation_steps"] = s.grad_accum
+    ds["train_batch_size"] = s.micro_batch * s.grad_accum * world
+    ds["gradient_clipping"] = s.grad_clip
     ds.setdefault("steps_per_print", 10**9)  # our own logging; DeepSpeed's would interleave with the bar
     ds.setdefault("wall_clock_breakdown", False)
     zero = ds.setdefault("zero_optimization", {"stage": 0})
-    if cfg.zero_stage >= 0:
-        zero["stage"] = cfg.zero_stage
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if gpu else "fp32")
+    if s.zero_stage >= 0:
+        zero["stage"] = s.zero_stage
+    precision = s.precision if s.precision != "auto" else ("bf16" if gpu else "fp32")
     if precision in ("bf16", "fp16") and not gpu:
-        raise ValueError(f"precision={precision} needs a GPU; use fp32 (or auto) on CPU")
+        raise ConfigError(f"precision [precision]: {precision} needs a GPU; use fp32 (or auto) on CPU")
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16"}
     ds["fp16"] = {**ds.get("fp16", {}), "enabled": precision == "fp16"}
-    if cfg.optim.optimizer == "torch":
+    if s.optimizer == "torch":
         ds.pop("optimizer", None)
     elif "optimizer" not in ds:
-        raise ValueError(f"optim.optimizer=deepspeed but {cfg.deepspeed} has no optimizer section")
+        raise ConfigError(f"deepspeed file [{s.deepspeed}]: optim.optimizer=deepspeed but it has no optimizer "
+                          "section")
     else:
         params = ds["optimizer"].setdefault("params", {})
-        params.update(lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=list(cfg.optim.betas),
-                      eps=cfg.optim.eps)
+        params.update(lr=s.lr, weight_decay=s.weight_decay, betas=list(s.betas), eps=s.eps)
     ds.pop("scheduler", None)  # one schedule, ours (below), so checkpoints and logs agree
     if not gpu:
         # ZeRO's overlap and pinned-memory paths are CUDA stream features.
@@ -96,26 +101,48 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_engine(model: torch.nn.Module, cfg: PretrainConfig, world: int, base: dict | None = None):
+def build_engine(model: torch.nn.Module, s: TrainSettings, world: int, base: dict | None = None):
     """(engine, ds_config). The scheduler is the engine's lr_scheduler and is stepped by engine.step()."""
     import deepspeed
 
-    ds = ds_config(cfg, world, base=base)
-    o = cfg.optim
+    ds = ds_config(s, world, base=base)
     kwargs = {}
-    if o.optimizer == "torch":
-        kwargs["optimizer"] = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas),
-                                                eps=o.eps)
+    if s.optimizer == "torch":
+        kwargs["optimizer"] = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.lr, betas=tuple(s.betas),
+                                                eps=s.eps)
         kwargs["model_parameters"] = None
     else:
-        kwargs["model_parameters"] = param_groups(model, o.weight_decay)
+        kwargs["model_parameters"] = param_groups(model, s.weight_decay)
 
     def schedule(optimizer):
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_lambda(s, o.warmup_steps, cfg.max_steps, o.min_lr_ratio))
+            optimizer, lambda step: lr_lambda(step, s.warmup_steps, s.max_steps, s.min_lr_ratio))
 
     engine, _, _, _ = deepspeed.initialize(model=model, config=ds, lr_scheduler=schedule, **kwargs)
     return engine, ds
+
+
+def init_distributed(timeout_s: int = 600, single: bool = False) -> None:
+    """The process group DeepSpeed uses: an existing one (Ray Train) as it is; else, with `single`, a one-rank
+    group of this process (a finetune), kept for later runs in the same process (a reused Ray worker); else the
+    usual RANK/WORLD_SIZE/MASTER_* variables (torchrun, the deepspeed launcher). A one-rank group sets those
+    variables itself, whatever the process inherited (a Ray worker inherits its driver's)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if single and not dist.is_initialized():
+        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
+                           "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu() else "gloo",
+                               timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def prebuild_ops() -> None:
