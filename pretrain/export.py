@@ -13,7 +13,6 @@ or is cut short, is refused in one line naming it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import glob
 import os
 import sys
@@ -26,29 +25,6 @@ from trainer import checkpoint
 from pretrain.model import ExportError, ExportMissing, load_weights
 
 
-@contextlib.contextmanager
-def _weights_only_loads():
-    """deepspeed.utils.zero_to_fp32 calls torch.load(weights_only=False) on every shard and has no option for
-    anything else: for the duration of the merge, torch.load loads weights only, with the classes DeepSpeed
-    pickles into its ZeRO optimizer states allowed by name."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    real = torch.load
-
-    def load(f, *args, **kwargs):
-        kwargs["weights_only"] = True
-        return real(f, *args, **kwargs)
-
-    torch.load = load
-    try:
-        with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
-            yield
-    finally:
-        torch.load = real
-
-
 def consolidated_state_dict(local_root: str, tag: str) -> dict[str, torch.Tensor]:
     import pickle
 
@@ -57,7 +33,7 @@ def consolidated_state_dict(local_root: str, tag: str) -> dict[str, torch.Tensor
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         try:
-            with _weights_only_loads():
+            with checkpoint.weights_only_loads():
                 state = get_fp32_state_dict_from_zero_checkpoint(local_root, tag=tag)
         except pickle.UnpicklingError as e:
             raise ExportError(f"checkpoint [{folder}]: a ZeRO shard holds pickled objects, not only tensors; "

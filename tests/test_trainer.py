@@ -113,6 +113,25 @@ def test_pickled_trainer_state_is_refused(straight, tmp_path, monkeypatch):
     assert not sentinel.exists()  # nothing of the payload ran
 
 
+def test_pickled_deepspeed_states_are_refused_on_resume(straight, tmp_path, monkeypatch):
+    """DeepSpeed's own load_checkpoint unpickles by default; resume loads its files weights-only too."""
+    run0, _ = straight
+    run = str(tmp_path / "tampered-ds")
+    import shutil
+
+    shutil.copytree(run0, run)
+    sentinel = tmp_path / "ran"
+    monkeypatch.setenv("STG_TEST_SENTINEL", str(sentinel))
+    path = os.path.join(run, "checkpoints", checkpoint.tag(6), "mp_rank_00_model_states.pt")
+    states = torch.load(path, weights_only=False)
+    torch.save({**states, "planted": Payload()}, path)
+    init_distributed(single=True)
+    engine, _ = build_engine(Regression(), settings(run), 1)
+    with pytest.raises(checkpoint.UnsafeCheckpoint, match="a DeepSpeed file holds pickled objects"):
+        checkpoint.load(engine, run, 6, rank=0, world=1)
+    assert not sentinel.exists()
+
+
 def test_rng_state_is_plain_data():
     random.seed(3), np.random.seed(3), torch.manual_seed(3)
     np.random.normal()  # a cached gaussian in numpy's state

@@ -169,6 +169,30 @@ def delete(run: str, step: int) -> None:
     log.info("deleted checkpoint %s", url)
 
 
+@contextmanager
+def weights_only_loads():
+    """DeepSpeed's engine.load_checkpoint and zero_to_fp32 call torch.load(weights_only=False) on files from run
+    storage and have no option for anything else: inside this block torch.load loads weights only, with the
+    classes DeepSpeed pickles into its checkpoints allowed by name, so a tampered shard is refused instead of
+    running code on every rank."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    real = torch.load
+
+    def load(f, *args, **kwargs):
+        kwargs["weights_only"] = True
+        return real(f, *args, **kwargs)
+
+    torch.load = load
+    try:
+        with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
+            yield
+    finally:
+        torch.load = real
+
+
 def load(engine, run: str, step: int, *, rank: int, world: int) -> dict:
     """Collective: restores module, optimizer and LR scheduler into `engine`; returns this rank's trainer state
     (its RNG states already applied)."""
@@ -187,8 +211,13 @@ def load(engine, run: str, step: int, *, rank: int, world: int) -> dict:
         for fname in _files_for_rank(marker["files"], rank):
             fs.get_file(f"{path}/{fname}", os.path.join(tmp, name, fname))
     try:
-        load_path, _ = engine.load_checkpoint(local_root, tag=name, load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+        try:
+            with weights_only_loads():
+                load_path, _ = engine.load_checkpoint(local_root, tag=name, load_optimizer_states=True,
+                                                      load_lr_scheduler_states=True)
+        except pickle.UnpicklingError as e:
+            raise UnsafeCheckpoint(f"checkpoint [{url_of(run, step)}]: refused, a DeepSpeed file holds pickled "
+                                   f"objects, not only tensors ({str(e).splitlines()[-1].strip()[:160]})") from None
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {url_of(run, step)}")
         state = read_trainer_state(os.path.join(local_root, name, f"trainer-rank{rank}.pt"))
