@@ -95,41 +95,39 @@ class Payload:
         return (open, (os.environ["STG_TEST_SENTINEL"], "w"))
 
 
-def test_pickled_trainer_state_is_refused(straight, tmp_path, monkeypatch):
-    run0, _ = straight
-    run = str(tmp_path / "tampered")
+def _plant_and_resume(straight, tmp_path, monkeypatch, member: str, plant) -> str:
+    """Copy the straight run, let `plant` rewrite one checkpoint file as a writer of the bucket could, resume
+    from it; returns the refusal's message after checking that nothing of the payload ran."""
     import shutil
 
-    shutil.copytree(run0, run)
+    run = str(tmp_path / "tampered")
+    shutil.copytree(straight[0], run)
     sentinel = tmp_path / "ran"
     monkeypatch.setenv("STG_TEST_SENTINEL", str(sentinel))
-    path = os.path.join(run, "checkpoints", checkpoint.tag(6), "trainer-rank0.pt")
-    good = checkpoint.read_trainer_state(path)
-    torch.save({**good, "task": Payload()}, path)  # what a writer of the bucket could plant
+    plant(os.path.join(run, "checkpoints", checkpoint.tag(6), member))
     init_distributed(single=True)
     engine, _ = build_engine(Regression(), settings(run), 1)
-    with pytest.raises(checkpoint.UnsafeCheckpoint, match=r"trainer-rank0.pt\]: refused"):
+    with pytest.raises(checkpoint.UnsafeCheckpoint) as e:
         checkpoint.load(engine, run, 6, rank=0, world=1)
     assert not sentinel.exists()  # nothing of the payload ran
+    return str(e.value)
+
+
+def test_pickled_trainer_state_is_refused(straight, tmp_path, monkeypatch):
+    def plant(path):
+        torch.save({**checkpoint.read_trainer_state(path), "task": Payload()}, path)
+
+    assert "trainer-rank0.pt]: refused" in _plant_and_resume(straight, tmp_path, monkeypatch, "trainer-rank0.pt",
+                                                             plant)
 
 
 def test_pickled_deepspeed_states_are_refused_on_resume(straight, tmp_path, monkeypatch):
     """DeepSpeed's own load_checkpoint unpickles by default; resume loads its files weights-only too."""
-    run0, _ = straight
-    run = str(tmp_path / "tampered-ds")
-    import shutil
+    def plant(path):
+        torch.save({**torch.load(path, weights_only=False), "planted": Payload()}, path)
 
-    shutil.copytree(run0, run)
-    sentinel = tmp_path / "ran"
-    monkeypatch.setenv("STG_TEST_SENTINEL", str(sentinel))
-    path = os.path.join(run, "checkpoints", checkpoint.tag(6), "mp_rank_00_model_states.pt")
-    states = torch.load(path, weights_only=False)
-    torch.save({**states, "planted": Payload()}, path)
-    init_distributed(single=True)
-    engine, _ = build_engine(Regression(), settings(run), 1)
-    with pytest.raises(checkpoint.UnsafeCheckpoint, match="a DeepSpeed file holds pickled objects"):
-        checkpoint.load(engine, run, 6, rank=0, world=1)
-    assert not sentinel.exists()
+    msg = _plant_and_resume(straight, tmp_path, monkeypatch, "mp_rank_00_model_states.pt", plant)
+    assert "a DeepSpeed file holds pickled objects" in msg
 
 
 def test_rng_state_is_plain_data():
