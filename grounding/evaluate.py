@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from common import cli
-from common.config import ConfigError, load
+from common.config import ConfigError, describe_fields, load
 from grounding import protocols, readers
 from grounding.readers import InputError
 
@@ -87,7 +87,9 @@ def evaluate(benchmark: str, annotations: str, predictions: str, cfg: EvalConfig
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m grounding.evaluate", description=__doc__.split("\n\n")[0],
-                                epilog="key=value overrides set EvalConfig fields, e.g. charades_nms=0.45")
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="key=value overrides set EvalConfig fields, e.g. charades_nms=0.45:\n"
+                                       + "\n".join(describe_fields(EvalConfig)))
     p.add_argument("benchmark", choices=BENCHMARKS)
     p.add_argument("--annotations", required=True, help="annotation file or folder (local path or fsspec URL)")
     p.add_argument("--predictions", required=True, help="prediction JSON (docs/evaluation.md)")

@@ -208,7 +208,9 @@ def predict_videos(model, videos: list[tuple[str, str]], pools: dict | None, sha
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="PredictConfig fields (key=value; inference.* may drop its prefix):\n"
+                                       + "\n".join(C.describe_fields(PredictConfig)))
     p.add_argument("--checkpoint", required=True, help="export folder (model.pt + model_config.json) or model.pt")
     p.add_argument("--videos", nargs="+", required=True)
     p.add_argument("--pool", help="';'-separated descriptions, or a JSON list / {vid: [steps]} file")

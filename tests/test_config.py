@@ -87,3 +87,27 @@ def test_blank_override_is_a_blank_string_and_null_is_refused_for_strings():
     assert cfg.run == " "
     with pytest.raises(C.ConfigError, match="expected a string, got null"):
         C.load(PretrainConfig, None, ["run=null"])
+
+
+ENTRY_POINTS = {  # module: a field its --help must list (None: the command takes no config)
+    "cluster.demo": "n_train=", "cluster.pretrain": "optim.lr=", "cluster.finetune": "max_steps=",
+    "cluster.index": "mine.k=", "cluster.shard": "fps=", "grounding.predict": "inference.tau=",
+    "grounding.evaluate": "charades_nms=", "shards.synthetic.__main__": "n_train=", "finetune.train": "max_steps=",
+    "tubes.__main__": None, "grounding.query": None, "grounding.visualize": None, "pretrain.export": None,
+}
+
+
+@pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
+def test_every_entry_point_help_exits_0_and_lists_its_fields(module, capsys):
+    import importlib
+
+    mod = importlib.import_module(module)
+    try:
+        code = mod.main(["--help"])
+    except SystemExit as e:  # argparse's own --help
+        code = e.code
+    assert code in (0, None)
+    out = capsys.readouterr().out
+    assert out.startswith("usage:")
+    if ENTRY_POINTS[module]:
+        assert any(line.strip().startswith(ENTRY_POINTS[module]) for line in out.splitlines()), out[-2000:]
