@@ -11,7 +11,8 @@ import numpy as np
 
 from grounding.inference import CropGeometry
 from tubes.config import TubeConfig
-from tubes.linking import Tube, link_tubes
+from grounding.tube import Tube
+from tubes.linking import link_tubes
 from tubes.proposals import Proposals
 from tubes.regions import RegionCache, frames_for, region_features
 
@@ -54,7 +55,4 @@ def video_tubes(model, vid: str, path: str, props: Proposals, width: int, height
 
 def filled(tube: Tube) -> np.ndarray:
     """(F, 4) boxes of a tube on every frame: before its start its first box, after its end its last."""
-    b = tube.boxes.copy()
-    b[:tube.start] = b[tube.start]
-    b[tube.end + 1:] = b[tube.end]
-    return b
+    return tube.filled().boxes
