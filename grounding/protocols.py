@@ -62,7 +62,7 @@ def stvg(queries: Sequence[StvgQuery], preds: dict[str, Tube], fps: float, max_f
     for q in queries:
         p = preds.get(q.key, Tube.empty((0, 0)))
         if q.frames is not None:
-            outside = [f for f in [p.sted[1] - 1, *p.boxes] if f >= q.frames]
+            outside = [f for f in [p.sted[1] - 1, *p] if f >= q.frames]
             if outside:
                 raise InputError(f"{url} [{q.key!r}]: frame {outside[0]} is outside video {q.video} "
                                  f"({q.frames} frames)")
