@@ -167,8 +167,8 @@ def validate(cfg: FinetuneConfig) -> None:
     if cfg.head not in HEADS:
         raise err(f"head must be one of {HEADS}, not {cfg.head!r}")
     if (cfg.dataset.kind in STVG_DATASETS) != (cfg.head in STVG_HEADS):
-        raise err(f"head {cfg.head!r} does not fit dataset.kind {cfg.dataset.kind!r}: STVG datasets {STVG_DATASETS} "
-                  f"take the STVG heads {STVG_HEADS}, the others the temporal ones")
+        raise err(f"FinetuneConfig [head]: {cfg.head!r} does not fit dataset.kind {cfg.dataset.kind!r} (STVG "
+                  f"datasets {STVG_DATASETS} take the STVG heads {STVG_HEADS}, the others the temporal ones)")
     if cfg.dataset.kind in STVG_DATASETS:
         cfg.tubes.validate()
         if cfg.features.end_to_end or cfg.features.center:
