@@ -123,11 +123,13 @@ class Tube(Mapping):
         frames = np.arange(s, e) if frames is None else np.asarray([f for f in frames if s <= int(f) < e], np.int64)
         return Tube(frames, self.at_frames(frames), (s, e), self.score)
 
-    def to_json(self, digits: int = 2) -> dict:
-        """The vidstg prediction entry: {"sted": [s, e], "boxes": {"<frame>": [x1, y1, x2, y2]}}."""
+    def to_json(self, digits: int | None = 2) -> dict:
+        """The vidstg prediction entry: {"sted": [s, e], "boxes": {"<frame>": [x1, y1, x2, y2]}} (coordinates
+        rounded to `digits`; None: as they are)."""
         s, e = self.span
+        r = (lambda c: float(c)) if digits is None else (lambda c: round(float(c), digits))
         return {"sted": [int(s), int(e)],
-                "boxes": {str(int(f)): [round(float(c), digits) for c in self.boxes[i]]
+                "boxes": {str(int(f)): [r(c) for c in self.boxes[i]]
                           for i, f in enumerate(self.frames) if not np.isnan(self.boxes[i, 0])}}
 
 

@@ -68,7 +68,3 @@ def _linked(vid, props, regions, glob, size, cfg: TubeConfig) -> VideoTubes:
                        cfg.gap_discount, cfg.min_iou)
     return VideoTubes(vid, props, regions, glob, tubes, size)
 
-
-def filled(tube: Tube) -> np.ndarray:
-    """(F, 4) boxes of a tube on every frame: before its start its first box, after its end its last."""
-    return tube.filled().boxes
