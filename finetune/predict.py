@@ -173,6 +173,8 @@ def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray):
     if out.boxes is not None:
         return Tube(frame_ids, out.boxes[row].float().cpu().numpy()).with_span(sted)
     m = len(vt.tubes)
+    if m == 0:  # no proposal anywhere in the video: the span alone (its vIoU is 0)
+        return Tube.empty(sted)
     if out.tube_scores is not None:
         choice = int(torch.argmax(out.tube_scores[row, :m]))
     else:

@@ -46,10 +46,12 @@ def token_spans(tokenizer, sentence: str, k: int) -> list[tuple[int, int]]:
     return out
 
 
+class _NoDetections(UserError):
+    """A video the detections file does not list (counted and skipped)."""
+
+
 class StvgStore:
     def __init__(self, cfg, adapter, key: str | None = None):
-        from tubes.regions import RegionCache
-
         f = cfg.features
         self.text_store = FeatureStore(f.cache, cfg.checkpoint, f.fps, f.size, key=key)
         self.key = self.text_store.key
@@ -57,8 +59,19 @@ class StvgStore:
         self.tube_cfg = cfg.tubes
         self.adapter = adapter
         self._split: dict[str, str] | None = None
-        self.sources = {s: adapter.proposals(s) for s in ("train", "test")}
-        self.caches = {s: RegionCache(f.cache, cfg.checkpoint, src.name, self.key) for s, src in self.sources.items()}
+        self._cache_root = f.cache
+        self.sources: dict = {}   # split -> proposal source, opened when a video of that split is first asked for
+        self.caches: dict = {}
+
+    def _source(self, split: str):
+        from tubes.regions import RegionCache
+
+        if split not in self.sources:
+            # a missing or malformed detections file is the user's one-line error, not a per-video skip
+            self.sources[split] = self.adapter.proposals(split)
+            self.sources[split].videos()
+            self.caches[split] = RegionCache(self._cache_root, self.checkpoint, self.sources[split].name, self.key)
+        return self.sources[split], self.caches[split]
 
     def split_of(self, vid: str) -> str:
         if self._split is None:
@@ -67,7 +80,14 @@ class StvgStore:
         return self._split.get(vid, "test")
 
     def _props(self, vid: str):
-        return self.sources[self.split_of(vid)].video(vid)
+        """The video's proposals; UserError (counted as no_detections) when the file has none for it."""
+        src, _ = self._source(self.split_of(vid))
+        if vid not in src.videos():
+            raise _NoDetections(f"detections file [{src.url} video {vid}]: no detections for this video")
+        return src.video(vid)
+
+    def _cache(self, vid: str):
+        return self._source(self.split_of(vid))[1]
 
     # --- videos ---------------------------------------------------------------------------------------------
     def missing(self, videos: dict[str, str]) -> dict[str, str]:
@@ -77,10 +97,10 @@ class StvgStore:
         for vid, path in videos.items():
             try:
                 props = self._props(vid)
-            except UserError:
+            except _NoDetections:
                 out[vid] = path  # extract() counts it as failed
                 continue
-            if cached_tubes(vid, path, props, self.tube_cfg, self.caches[self.split_of(vid)]) is None:
+            if cached_tubes(vid, path, props, self.tube_cfg, self._cache(vid)) is None:
                 out[vid] = path
         return out
 
@@ -94,11 +114,10 @@ class StvgStore:
         if todo and model is None:
             model = load_encoder(self.checkpoint)
         for vid, path in todo.items():
-            split = self.split_of(vid)
             try:
-                video_tubes(model, vid, path, self._props(vid), None, None, self.tube_cfg, self.caches[split])
+                video_tubes(model, vid, path, self._props(vid), None, None, self.tube_cfg, self._cache(vid))
             except Exception as e:  # noqa: BLE001 - a bad video is counted and skipped
-                reason = "no_detections" if isinstance(e, UserError) else getattr(e, "reason", type(e).__name__)
+                reason = "no_detections" if isinstance(e, _NoDetections) else getattr(e, "reason", type(e).__name__)
                 counts["failed"][reason] = counts["failed"].get(reason, 0) + 1
                 log.warning("%s: %s, skipped", vid, e)
                 continue
@@ -114,9 +133,9 @@ class StvgStore:
         for vid, path in paths.items():
             try:
                 props = self._props(vid)
-            except UserError:
+            except _NoDetections:
                 continue
-            found = cached_tubes(vid, path, props, self.tube_cfg, self.caches[self.split_of(vid)])
+            found = cached_tubes(vid, path, props, self.tube_cfg, self._cache(vid))
             if found is not None:
                 out[vid] = found
         return out

@@ -297,3 +297,30 @@ def test_a_temporal_head_on_an_stvg_dataset_is_one_error_line(tmp_path, export, 
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(lines) == 1 and lines[0].startswith("error:") and "[head]" in lines[0], proc.stderr
     assert not os.path.exists(tmp_path / "r")
+
+
+def test_vidstg_adapter_reads_tubedetr_files(corpus):
+    """The synthetic corpus's truth is TubeDETR's preprocessed VidSTG format, so the VidSTG adapter reads it."""
+    from finetune.datasets_stvg import VidstgAdapter
+
+    split = lambda s: os.path.join(corpus, s, "truth", "vidstg.json")  # noqa: E731
+    a = VidstgAdapter(split("train"), split("test"), os.path.join(corpus, "test", "videos"), "", "")
+    syn = SyntheticStvgAdapter(corpus)
+    assert a.train_samples() == syn.train_samples() and a.eval_queries() == syn.eval_queries()
+    assert a.benchmark == "vidstg" and set(a.videos("test")) == {q.video for q in syn.eval_queries()}
+    t, s = a.train_truth(), syn.train_truth()
+    assert t.keys() == s.keys() and all(t[k].sted == s[k].sted and dict(t[k].tube.items()).keys() ==
+                                        dict(s[k].tube.items()).keys() for k in t)
+
+
+def test_vidstg_without_detections_is_one_error_line(tmp_path, export, corpus):
+    split = lambda s: os.path.join(corpus, s, "truth", "vidstg.json")  # noqa: E731
+    proc = subprocess.run([sys.executable, "-m", "finetune.train", f"checkpoint={export}", "dataset.kind=vidstg",
+                           f"dataset.train={split('train')}", f"dataset.test={split('test')}",
+                           f"dataset.videos={os.path.join(corpus, 'test', 'videos')}", "head=tube_sim",
+                           f"dataset.detections={os.path.join(corpus, 'train', 'detections.json')}",
+                           f"run={tmp_path / 'r'}", f"features.cache={tmp_path / 'c'}"],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "[dataset.test_detections]" in lines[0], proc.stderr
