@@ -93,16 +93,23 @@ def query_frame_scores(head: GroundingHead, feats: VideoFeatures, text: TextFeat
     return head.frame_scores(video, batch).float().cpu().numpy()
 
 
+def _by_video(queries: list[EvalQuery], videos: dict) -> dict[str, list[EvalQuery]]:
+    """The queries whose video has features, grouped by video (the others are left out: the evaluator counts them
+    as missing)."""
+    out: dict[str, list[EvalQuery]] = {}
+    for q in queries:
+        if q.video in videos:
+            out.setdefault(q.video, []).append(q)
+    return out
+
+
 def predict(head: GroundingHead, benchmark: str, queries: list[EvalQuery], videos: dict[str, VideoFeatures],
             text_of, fps: float, durations: dict[str, float] | None = None, mode: str = "contrast") -> dict:
     """{query key: ranked moments}. `text_of(sentences) -> TextFeatures`. Queries whose video has no features are
     left out (the evaluator counts them as missing)."""
     was_training = head.training
     head.eval()
-    by_video: dict[str, list[EvalQuery]] = {}
-    for q in queries:
-        if q.video in videos:
-            by_video.setdefault(q.video, []).append(q)
+    by_video = _by_video(queries, videos)
     out = {}
     try:
         for vid, qs in by_video.items():
@@ -198,10 +205,7 @@ def predict_stvg(head: GroundingHead, queries: list[EvalQuery], videos: dict, te
     was_training = head.training
     head.eval()
     device = next(head.parameters()).device
-    by_video: dict[str, list[EvalQuery]] = {}
-    for q in queries:
-        if q.video in videos:
-            by_video.setdefault(q.video, []).append(q)
+    by_video = _by_video(queries, videos)
     out = {}
     try:
         for vid, qs in by_video.items():

@@ -49,13 +49,9 @@ def weak_corpus(corpus, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    from pretrain.model import ModelConfig, build_model, save_export
+    from pretrain_fixtures import tiny_export
 
-    out = str(tmp_path_factory.mktemp("pretrain") / "export")
-    torch.manual_seed(0)
-    save_export(build_model(ModelConfig(backbone="stg-micro", embed_dim=64, local_heads=2, frames_in=4,
-                                        frames_selected=2, max_words=12)), out)
-    return out
+    return tiny_export(str(tmp_path_factory.mktemp("pretrain") / "export"))
 
 
 def cfg_for(export, corpus, cache, run, *extra) -> FinetuneConfig:
@@ -272,7 +268,7 @@ def test_zero_shot_head_picks_the_benchmarks_zero_shot_tube(features, corpus, ex
     from pretrain.model import load_model
 
     cfg, store, _, test = features
-    head = build_head("tube_sim", 64, cfg).eval()
+    head = build_head("tube_sim", next(iter(test.values())).regions.shape[-1], cfg).eval()
     model = load_model(export)
     picks = 0
     for q in read_vidstg(os.path.join(corpus, "test", "truth", "vidstg.json")):
