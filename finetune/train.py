@@ -292,7 +292,8 @@ def run(cfg: FinetuneConfig) -> dict:
         from finetune.stvg_features import tokenizer_of
 
         tokenizer = tokenizer_of(cfg.checkpoint)
-        batcher = StvgBatcher(cfg, samples, train_feats, text_of, tokenizer,
+        # text from the sentence cache alone: nothing the batcher holds leads back to the adapter
+        batcher = StvgBatcher(cfg, samples, train_feats, store.text_store.text, tokenizer,
                               truth=adapter.train_truth() if head.supervised else None)
     else:
         batcher = Batcher(cfg, samples, train_feats, text_of, table,

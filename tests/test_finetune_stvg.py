@@ -111,6 +111,9 @@ def _reachable(obj, seen=None):
         return
     seen.add(id(obj))
     yield obj
+    if hasattr(obj, "__self__"):  # a bound method leads to its object
+        yield from _reachable(obj.__self__, seen)
+        return
     children = (list(obj.values()) + list(obj.keys()) if isinstance(obj, dict) else
                 list(obj) if isinstance(obj, (list, tuple, set)) else list(vars(obj).values())
                 if hasattr(obj, "__dict__") and not isinstance(obj, torch.nn.Module) else [])
@@ -121,7 +124,8 @@ def _reachable(obj, seen=None):
 def test_weak_adapter_exposes_no_truth(weak_corpus, corpus, export, tmp_path):
     from common.errors import UserError
     from finetune.datasets import WeakSample
-    from finetune.datasets_stvg import TrainTruth
+    from finetune.datasets_stvg import StvgAdapter, TrainTruth
+    from finetune.features import FeatureStore
     from finetune.stvg_batches import StvgBatcher
     from finetune.stvg_features import tokenizer_of
     from finetune.train import feature_store, prepare
@@ -139,10 +143,12 @@ def test_weak_adapter_exposes_no_truth(weak_corpus, corpus, export, tmp_path):
     counts = prepare(cfg, weak)
     store = feature_store(cfg, counts["model_key"])
     videos = store.load_all(weak.videos("train"))
-    batcher = StvgBatcher(cfg, samples, videos, store.text, tokenizer_of(export))
+    batcher = StvgBatcher(cfg, samples, videos, store.text_store.text, tokenizer_of(export))   # as train.run does
     batch, rows, _ = batcher.batch(0)
     assert batch.targets is None and batch.video.geometry is not None
-    leaked = [o for o in _reachable((batcher, batch, rows)) if isinstance(o, (TrainTruth, StvgQuery))]
+    reachable = list(_reachable((batcher, batch, rows)))
+    assert any(isinstance(o, FeatureStore) for o in reachable)                   # the walk follows bound methods
+    leaked = [o for o in reachable if isinstance(o, (TrainTruth, StvgQuery, StvgAdapter))]
     assert leaked == []
     # the same batcher for a supervised head gets the truth, and only through train_truth()
     truth = SyntheticStvgAdapter(corpus).train_truth()
