@@ -242,25 +242,31 @@ def test_boxes_or_scores_become_scored_vidstg_predictions(features, corpus, tmp_
 
 
 # --- a finetune under Ray that resumes ----------------------------------------------------------------------------
-def test_stvg_finetune_under_ray_writes_evaluator_output_and_resumes(ray_cluster, export, weak_corpus, tmp_path):
+def test_stvg_sweep_under_ray_writes_evaluator_output_and_resumes(ray_cluster, export, weak_corpus, tmp_path):
     from cluster.finetune import run_finetunes
 
     cache, run = str(tmp_path / "cache"), str(tmp_path / "run")
-    first = run_finetunes(cfg_for(export, weak_corpus, cache, run), ray_cluster)
+    first = run_finetunes(cfg_for(export, weak_corpus, cache, run, "sweep.seeds=[0, 1]"), ray_cluster)
     assert first["features"][0]["extracted"] == 6                     # region features by Ray tasks
-    second = run_finetunes(cfg_for(export, weak_corpus, cache, run, "max_steps=4"), ray_cluster)
-    job = second["jobs"][0]
-    assert job.get("error") is None and job["steps"] == 4 and second["features"][0]["extracted"] == 0
-    logs = sorted(glob.glob(os.path.join(run, "logs", "*.jsonl")))
-    steps = [[json.loads(x)["step"] for x in open(f) if x.strip()] for f in logs]
-    assert sorted(steps) == [[1, 2], [3, 4]]                          # the second attempt resumed after step 2
-    ev = json.load(open(os.path.join(run, "eval.json")))
-    assert ev["benchmark"] == "vidstg" and {"m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5"} <= set(ev["metrics"])
-    assert ev["counts"]["missing_predictions"] == 0
-    preds = json.load(open(os.path.join(run, "predictions.json")))
-    assert set(preds) == {q.key for q in SyntheticStvgAdapter(weak_corpus).eval_queries()}
-    head = torch.load(os.path.join(run, "head.pt"))
-    assert not torch.equal(head["proj.weight"], torch.eye(head["proj.weight"].shape[0]))   # it trained
+    second = run_finetunes(cfg_for(export, weak_corpus, cache, run, "sweep.seeds=[0, 1]", "max_steps=4"),
+                           ray_cluster)
+    assert second["features"][0]["extracted"] == 0 and [j.get("error") for j in second["jobs"]] == [None, None]
+    heads = []
+    for job in second["jobs"]:
+        assert job["steps"] == 4 and os.path.basename(job["run"]) in ("seed0", "seed1")
+        logs = sorted(glob.glob(os.path.join(job["run"], "logs", "*.jsonl")))
+        steps = [[json.loads(x)["step"] for x in open(f) if x.strip()] for f in logs]
+        assert sorted(steps) == [[1, 2], [3, 4]]                      # the second attempt resumed after step 2
+        ev = json.load(open(os.path.join(job["run"], "eval.json")))
+        assert ev["benchmark"] == "vidstg" and {"m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5"} <= set(ev["metrics"])
+        assert ev["counts"]["missing_predictions"] == 0
+        preds = json.load(open(os.path.join(job["run"], "predictions.json")))
+        assert set(preds) == {q.key for q in SyntheticStvgAdapter(weak_corpus).eval_queries()}
+        heads.append(torch.load(os.path.join(job["run"], "head.pt"))["proj.weight"])
+        assert not torch.equal(heads[-1], torch.eye(heads[-1].shape[0]))   # it trained
+    assert not torch.equal(heads[0], heads[1])                                # the seeds differ
+    sweep = json.load(open(second["sweep"]))
+    assert [s["seed"] for s in sweep["jobs"]] == [0, 1] and all(s["metrics"] for s in sweep["jobs"])
 
 
 def test_zero_shot_head_picks_the_benchmarks_zero_shot_tube(features, corpus, export):
