@@ -19,6 +19,7 @@ Evaluation: `eval_queries()` are the test split's queries, `write_eval_files` na
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 from common import fsio
@@ -39,13 +40,13 @@ class StvgAdapter(Adapter):
 
     benchmark = "vidstg"
 
+    @abc.abstractmethod
     def proposals(self, split: str):
         """The split's proposal source (tubes.proposals.DetectionsFile)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def train_truth(self) -> dict[str, TrainTruth]:
         """{train sample key: its truth}. Read on demand; only supervised heads may call it."""
-        raise NotImplementedError
 
 
 def _truth_of(queries) -> dict[str, TrainTruth]:

@@ -332,3 +332,22 @@ def test_vidstg_without_detections_is_one_error_line(tmp_path, export, corpus):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error:") and "[dataset.test_detections]" in lines[0], proc.stderr
+
+
+def test_span_and_tube_pooling_on_hand_made_cases():
+    from finetune.heads.stvg import tube_pool
+
+    # the best segment of mean-centred scores; a shallow dip inside is bridged, a deep one is not
+    assert P.best_segment(np.array([0, 0, 1, 1, 0.6, 1, 0, 0])) == (2, 5)
+    assert P.best_segment(np.array([1, 1, -5, 0.2, 0, 0])) == (0, 1)
+    # sparse feature frames (every 5th native frame): the last frame of the segment stands until the next one
+    ids = np.array([0, 5, 10, 15, 20])
+    assert P._span(ids, 1, 2) == (5, 15) and P._span(ids, 3, 4) == (15, 21)
+    # tubes average their own regions only, optionally inside a window of frames
+    values = torch.tensor([[[1.0, 5.0], [3.0, 7.0], [2.0, 9.0]]])       # (B=1, T=3, N=2)
+    tube_ids = torch.tensor([[[0, 1], [0, -1], [1, 0]]])
+    mean, counts = tube_pool(values, tube_ids, 3)
+    assert mean[0].tolist() == pytest.approx([(1 + 3 + 9) / 3, (5 + 2) / 2, 0.0]) and counts[0].tolist() == [3, 2, 0]
+    window = torch.tensor([[[1, 1], [1, 1], [0, 0]]])
+    mean, counts = tube_pool(values, tube_ids, 3, window)
+    assert mean[0].tolist() == [2.0, 5.0, 0.0] and counts[0].tolist() == [2, 1, 0]
