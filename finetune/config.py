@@ -26,8 +26,8 @@ HEADS = ("wsra",) + STVG_HEADS
 class DatasetConfig:
     kind: str = "synthetic"          # synthetic | charades_sta | didemo | synthetic_stvg | vidstg | hcstvg
     root: str = ""                   # synthetic, synthetic_stvg: corpus folder holding train/ and test/
-    train: str = ""                  # charades_sta: charades_sta_train.txt; didemo: train_data.json; vidstg: train.json
-    test: str = ""                   # charades_sta: charades_sta_test.txt; didemo: val/test_data.json; vidstg: test.json
+    train: str = ""                  # charades_sta_train.txt | didemo train_data.json | vidstg/hcstvg train file
+    test: str = ""                   # charades_sta_test.txt | didemo val/test_data.json | vidstg/hcstvg test file
     detections: str = ""             # vidstg / hcstvg: detections file of the train videos (docs/stvg.md)
     test_detections: str = ""        # vidstg / hcstvg: detections file of the test videos
     durations: str = ""              # charades_sta: Charades_v1_test.csv (default: beside `test`)
