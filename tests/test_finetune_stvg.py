@@ -351,3 +351,16 @@ def test_span_and_tube_pooling_on_hand_made_cases():
     window = torch.tensor([[[1, 1], [1, 1], [0, 0]]])
     mean, counts = tube_pool(values, tube_ids, 3, window)
     assert mean[0].tolist() == [2.0, 5.0, 0.0] and counts[0].tolist() == [2, 1, 0]
+
+
+def test_region_cache_is_redone_for_another_roi_size(features):
+    import dataclasses
+
+    from finetune.stvg_features import StvgStore
+
+    cfg, store, train, _ = features
+    videos = store.adapter.videos("train")
+    assert store.missing(videos) == {} and set(train) == set(videos)
+    other = StvgStore(dataclasses.replace(cfg, tubes=dataclasses.replace(cfg.tubes, roi_output=1)), store.adapter,
+                      store.key)
+    assert set(other.missing(videos)) == set(videos)       # features pooled at another size are not reused

@@ -49,15 +49,18 @@ def video_tubes(model, vid: str, path: str, props: Proposals, width: int | None,
     regions, glob = regions.astype(np.float16).astype(np.float32), glob.astype(np.float16).astype(np.float32)
     if cache is not None:
         cache.put(vid, size_bytes, regions=regions.astype(np.float16), frames=glob.astype(np.float16),
-                  frame_ids=props.frames, size=np.asarray([width, height], np.float64))
+                  frame_ids=props.frames, size=np.asarray([width, height], np.float64),
+                  roi_output=np.int64(cfg.roi_output))
     return _linked(vid, props, regions, glob, (width, height), cfg)
 
 
 def cached_tubes(vid: str, path: str, props: Proposals, cfg: TubeConfig, cache: RegionCache) -> VideoTubes | None:
-    """The video's tubes from cached region features alone (no model), or None when the cache lacks them."""
+    """The video's tubes from cached region features alone (no model), or None when the cache lacks them (or holds
+    them for other proposals or another RoI-Align output size)."""
     size_bytes = os.path.getsize(path) if os.path.exists(path) else 0
     data = cache.get(vid, size_bytes)
-    if data is None or data["regions"].shape[:2] != props.valid.shape or "size" not in data:
+    if (data is None or data["regions"].shape[:2] != props.valid.shape or "size" not in data
+            or int(data.get("roi_output", -1)) != cfg.roi_output):
         return None
     size = (float(data["size"][0]), float(data["size"][1]))
     return _linked(vid, props, data["regions"].astype(np.float32), data["frames"].astype(np.float32), size, cfg)
