@@ -213,7 +213,7 @@ def validate(cfg: FinetuneConfig) -> None:
 # What a re-launch into an existing finetune run may change (docs/cluster.md "Resuming a run"); any other
 # difference from the run's config.yaml is refused before anything is written.
 RESUMABLE = ("max_steps", "checkpoint_every", "keep_last", "log_every", "evaluate", "cluster", "sweep",
-             "features.batch_frames")
+             "features.batch_frames", "tubes.batch_frames")
 
 
 def train_settings(cfg: FinetuneConfig):
