@@ -364,3 +364,18 @@ def test_region_cache_is_redone_for_another_roi_size(features):
     other = StvgStore(dataclasses.replace(cfg, tubes=dataclasses.replace(cfg.tubes, roi_output=1)), store.adapter,
                       store.key)
     assert set(other.missing(videos)) == set(videos)       # features pooled at another size are not reused
+
+
+def test_tube_features_are_the_mean_of_their_regions():
+    from finetune.heads.stvg import tube_pool
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 5, 3, 4, generator=g)                    # (B, T, N, d)
+    ids = torch.randint(-1, 4, (2, 5, 3), generator=g)
+    pooled, counts = tube_pool(feats, ids, 4)
+    for b in range(2):
+        for m in range(4):
+            mine = feats[b][ids[b] == m]
+            assert counts[b, m] == len(mine)
+            expected = mine.mean(0) if len(mine) else torch.zeros(4)
+            torch.testing.assert_close(pooled[b, m], expected)

@@ -60,14 +60,18 @@ class TubeOutput:
 
 def tube_pool(values: torch.Tensor, tube_ids: torch.Tensor, m: int, weight: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean of `values` (B, T, N) over each tube's regions (B, M), regions counted (B, M)); `weight` (B, T, N)
-    in {0, 1} restricts the regions (e.g. to a span's frames)."""
-    b = values.shape[0]
-    on = (tube_ids >= 0).to(values.dtype) * (1.0 if weight is None else weight.to(values.dtype))
-    idx = tube_ids.clamp_min(0).reshape(b, -1)
-    sums = values.new_zeros(b, m).scatter_add(1, idx, (values * on).reshape(b, -1))
-    counts = values.new_zeros(b, m).scatter_add(1, idx, on.reshape(b, -1))
-    return sums / counts.clamp_min(1.0), counts
+    """(mean of `values` (B, T, N, ...) over each tube's regions (B, M, ...), regions counted (B, M)): region scores
+    become tube scores, region features (B, T, N, d) tube features (WINNER's f_m^v). `weight` (B, T, N) in {0, 1}
+    restricts the regions (e.g. to a span's frames); a tube without regions gets 0."""
+    b, t, n = tube_ids.shape
+    rest = values.shape[3:]
+    v = values.reshape(b, t * n, -1)
+    on = (tube_ids >= 0).to(v.dtype) * (1.0 if weight is None else weight.to(v.dtype))
+    on = on.reshape(b, t * n, 1)
+    idx = tube_ids.clamp_min(0).reshape(b, t * n, 1)
+    sums = v.new_zeros(b, m, v.shape[-1]).scatter_add(1, idx.expand(-1, -1, v.shape[-1]), v * on)
+    counts = v.new_zeros(b, m, 1).scatter_add(1, idx, on)
+    return (sums / counts.clamp_min(1.0)).reshape(b, m, *rest), counts.reshape(b, m)
 
 
 __all__ = ["StvgTargets", "TubeGeometry", "TubeOutput", "tube_pool"]
