@@ -37,7 +37,7 @@ from grounding.inference import InferenceConfig, label_frames, segments_from_lab
 from grounding.readers.stvg import read_vidstg  # noqa: E402
 from tubes.linking import NEG, link_scores, link_tubes, pairwise_iou  # noqa: E402
 from tubes.config import TubeConfig  # noqa: E402
-from tubes.pipeline import filled, video_tubes  # noqa: E402
+from tubes.pipeline import video_tubes  # noqa: E402
 from tubes.proposals import synthetic  # noqa: E402
 from tubes.purity import purity  # noqa: E402
 from tubes.regions import RegionCache  # noqa: E402
@@ -90,19 +90,16 @@ def tube_scores(model, vt, sentence: str, span: tuple[int, int]) -> np.ndarray:
 
 
 def prediction(vt, tube_idx: int, span: tuple[int, int]) -> dict:
-    boxes = filled(vt.tubes[tube_idx])
-    fr = vt.proposals.frames
-    return {"sted": [int(span[0]), int(span[1])],
-            "boxes": {str(int(f)): [float(c) for c in b] for f, b in zip(fr, boxes) if span[0] <= f < span[1]}}
+    """The tube on the span's proposal frames (its first/last box held outside its extent), as the file holds it."""
+    return vt.tubes[tube_idx].with_span(span, vt.proposals.frames).to_json(digits=None)
 
 
 def best_tube(vt, q, span) -> int:
     frames = M.sample_frame_ids(q.span[0], q.span[1], q.video_fps)
     best, arg = -1.0, 0
     for m in range(len(vt.tubes)):
-        p = prediction(vt, m, span)
-        v = M.stvg_query_metrics(frames, q.tube, span, q.boxes, {int(k): np.asarray(b) for k, b in p["boxes"].items()}
-                                 )["vIoU"]
+        p = vt.tubes[m].with_span(span, vt.proposals.frames)
+        v = M.stvg_query_metrics(frames, q.tube, span, q.boxes, p)["vIoU"]
         if v > best:
             best, arg = v, m
     return arg

@@ -14,17 +14,22 @@ from typing import Optional
 from common import config as cfglib
 from trainer.settings import optimizer_ranges
 from common import fsio
+from tubes.config import TubeConfig
 
-DATASETS = ("synthetic", "charades_sta", "didemo")
-HEADS = ("wsra",)
+STVG_DATASETS = ("synthetic_stvg", "vidstg", "hcstvg")   # finetune/datasets_stvg.py
+DATASETS = ("synthetic", "charades_sta", "didemo") + STVG_DATASETS
+STVG_HEADS = ("tube_sim",)                              # heads that answer tube_output (docs/stvg.md)
+HEADS = ("wsra",) + STVG_HEADS
 
 
 @dataclass
 class DatasetConfig:
-    kind: str = "synthetic"          # synthetic | charades_sta | didemo
-    root: str = ""                   # synthetic: corpus folder holding train/ and test/
-    train: str = ""                  # charades_sta: charades_sta_train.txt; didemo: train_data.json
-    test: str = ""                   # charades_sta: charades_sta_test.txt; didemo: val_data.json or test_data.json
+    kind: str = "synthetic"          # synthetic | charades_sta | didemo | synthetic_stvg | vidstg | hcstvg
+    root: str = ""                   # synthetic, synthetic_stvg: corpus folder holding train/ and test/
+    train: str = ""                  # charades_sta_train.txt | didemo train_data.json | vidstg/hcstvg train file
+    test: str = ""                   # charades_sta_test.txt | didemo val/test_data.json | vidstg/hcstvg test file
+    detections: str = ""             # vidstg / hcstvg: detections file of the train videos (docs/stvg.md)
+    test_detections: str = ""        # vidstg / hcstvg: detections file of the test videos
     durations: str = ""              # charades_sta: Charades_v1_test.csv (default: beside `test`)
     videos: str = ""                 # charades_sta / didemo: folder of the videos (<id>.mp4 or DiDeMo's file names)
     max_train_videos: int = 0        # > 0: only the first N training videos (smoke runs)
@@ -66,6 +71,14 @@ class WsraConfig:
 
 
 @dataclass
+class TubeSimConfig:
+    """The similarity STVG head (finetune/heads/tube_sim.py): untrained, the zero-shot baseline as a head; trained,
+    a video-sentence contrastive loss on its tube scores."""
+    temperature: float = 0.05        # logit temperature of the video-sentence NCE (cosines lie in [-1, 1])
+    words: bool = True               # region score: mean word-region cosine (true) or region-sentence cosine
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-4                 # the paper: Adam, constant 1e-4, betas (0.9, 0.999)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -99,6 +112,8 @@ class FinetuneConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     wsra: WsraConfig = field(default_factory=WsraConfig)
+    tube_sim: TubeSimConfig = field(default_factory=TubeSimConfig)
+    tubes: TubeConfig = field(default_factory=TubeConfig)  # STVG: proposals -> region features -> M linked tubes
     optim: OptimConfig = field(default_factory=OptimConfig)
     pseudo_positives: str = ""       # pseudo-positive table (contracts.md section 4) for L_crov; "" = term off
     batch_size: int = 32             # videos per step
@@ -132,7 +147,8 @@ def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
     absolute = (lambda u: os.path.abspath(u) if u and fsio.is_local(u) else u)
     ds = cfg.dataset
     ds = dataclasses.replace(ds, root=absolute(ds.root), train=absolute(ds.train), test=absolute(ds.test),
-                             durations=absolute(ds.durations), videos=absolute(ds.videos))
+                             durations=absolute(ds.durations), videos=absolute(ds.videos),
+                             detections=absolute(ds.detections), test_detections=absolute(ds.test_detections))
     return dataclasses.replace(cfg, run=absolute(run), checkpoint=absolute(cfg.checkpoint), dataset=ds,
                                pseudo_positives=absolute(cfg.pseudo_positives),
                                features=dataclasses.replace(cfg.features, cache=absolute(cache)))
@@ -144,12 +160,22 @@ def validate(cfg: FinetuneConfig) -> None:
         raise err("checkpoint is required (a pretrain export folder: model.pt + model_config.json)")
     if cfg.dataset.kind not in DATASETS:
         raise err(f"dataset.kind must be one of {DATASETS}, not {cfg.dataset.kind!r}")
-    if cfg.dataset.kind == "synthetic" and not cfg.dataset.root:
+    if cfg.dataset.kind in ("synthetic", "synthetic_stvg") and not cfg.dataset.root:
         raise err("dataset.root is required for the synthetic corpus (the folder with train/ and test/)")
-    if cfg.dataset.kind != "synthetic" and not cfg.dataset.test:
+    if cfg.dataset.kind not in ("synthetic", "synthetic_stvg") and not cfg.dataset.test:
         raise err(f"dataset.test is required for {cfg.dataset.kind}")
     if cfg.head not in HEADS:
         raise err(f"head must be one of {HEADS}, not {cfg.head!r}")
+    if (cfg.dataset.kind in STVG_DATASETS) != (cfg.head in STVG_HEADS):
+        raise err(f"FinetuneConfig [head]: {cfg.head!r} does not fit dataset.kind {cfg.dataset.kind!r} (STVG "
+                  f"datasets {STVG_DATASETS} take the STVG heads {STVG_HEADS}, the others the temporal ones)")
+    if cfg.dataset.kind in STVG_DATASETS:
+        cfg.tubes.validate()
+        if cfg.features.end_to_end or cfg.features.center:
+            raise err("features.end_to_end and features.center are not available for STVG datasets (region "
+                      "features are cached as they are)")
+    if cfg.tube_sim.temperature <= 0:
+        raise err("tube_sim.temperature must be > 0")
     if cfg.batch_size < 2:
         raise err("batch_size must be >= 2 (the in-batch queries are the negatives)")
     if cfg.queries_per_video < 1:
@@ -187,7 +213,7 @@ def validate(cfg: FinetuneConfig) -> None:
 # What a re-launch into an existing finetune run may change (docs/cluster.md "Resuming a run"); any other
 # difference from the run's config.yaml is refused before anything is written.
 RESUMABLE = ("max_steps", "checkpoint_every", "keep_last", "log_every", "evaluate", "cluster", "sweep",
-             "features.batch_frames")
+             "features.batch_frames", "tubes.batch_frames")
 
 
 def train_settings(cfg: FinetuneConfig):

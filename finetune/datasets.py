@@ -202,6 +202,10 @@ def build_adapter(cfg: DatasetConfig) -> Adapter:
         return CharadesAdapter(cfg.train, cfg.test, cfg.durations, cfg.videos)
     if cfg.kind == "didemo":
         return DidemoAdapter(cfg.train, cfg.test, cfg.videos)
+    if cfg.kind in ("synthetic_stvg", "vidstg", "hcstvg"):
+        from finetune.datasets_stvg import build_stvg_adapter
+
+        return build_stvg_adapter(cfg)
     raise ValueError(f"unknown dataset kind {cfg.kind!r}")
 
 

@@ -93,16 +93,23 @@ def query_frame_scores(head: GroundingHead, feats: VideoFeatures, text: TextFeat
     return head.frame_scores(video, batch).float().cpu().numpy()
 
 
+def _by_video(queries: list[EvalQuery], videos: dict) -> dict[str, list[EvalQuery]]:
+    """The queries whose video has features, grouped by video (the others are left out: the evaluator counts them
+    as missing)."""
+    out: dict[str, list[EvalQuery]] = {}
+    for q in queries:
+        if q.video in videos:
+            out.setdefault(q.video, []).append(q)
+    return out
+
+
 def predict(head: GroundingHead, benchmark: str, queries: list[EvalQuery], videos: dict[str, VideoFeatures],
             text_of, fps: float, durations: dict[str, float] | None = None, mode: str = "contrast") -> dict:
     """{query key: ranked moments}. `text_of(sentences) -> TextFeatures`. Queries whose video has no features are
     left out (the evaluator counts them as missing)."""
     was_training = head.training
     head.eval()
-    by_video: dict[str, list[EvalQuery]] = {}
-    for q in queries:
-        if q.video in videos:
-            by_video.setdefault(q.video, []).append(q)
+    by_video = _by_video(queries, videos)
     out = {}
     try:
         for vid, qs in by_video.items():
@@ -136,3 +143,78 @@ def evaluate(benchmark: str, files: dict[str, str], predictions: str) -> tuple[d
 
     scores, counts = G.evaluate(benchmark, files["annotations"], predictions, durations=files.get("durations"))
     return G.in_percent(scores), counts
+
+
+# --- STVG: a head's TubeOutput -> vidstg predictions ----------------------------------------------------------------
+def best_segment(scores: np.ndarray) -> tuple[int, int]:
+    """[a, b] positions of the contiguous run with the largest sum of mean-centred scores (the frames that score
+    above the video's average, joined where the dips between them are shallow); parameter-free."""
+    x = np.asarray(scores, np.float64)
+    x = x - x.mean()
+    best, cur, start, out = -np.inf, 0.0, 0, (0, 0)
+    for i, v in enumerate(x):
+        if cur <= 0:
+            cur, start = 0.0, i
+        cur += v
+        if cur > best:
+            best, out = cur, (start, i)
+    return out
+
+
+def _span(frame_ids: np.ndarray, a: int, b: int) -> tuple[int, int]:
+    """Native frames [start, end) covered by feature frames a..b (frame t stands until the next one)."""
+    end = int(frame_ids[b + 1]) if b + 1 < len(frame_ids) else int(frame_ids[b]) + 1
+    return int(frame_ids[a]), end
+
+
+def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray):
+    """Query `row`'s predicted tube (grounding.tube.Tube with its sted, a box on every native frame of it) from a
+    head's TubeOutput over one video's frames (frame_ids (T,), tube_ids (T, N))."""
+    from finetune.heads.stvg import tube_pool
+    from grounding.tube import Tube
+
+    if out.sted is not None:
+        sted = tuple(int(x) for x in out.sted[row].tolist())
+    else:
+        sted = _span(frame_ids, *best_segment(out.frame_scores[row].float().cpu().numpy()))
+    if out.boxes is not None:
+        return Tube(frame_ids, out.boxes[row].float().cpu().numpy()).with_span(sted)
+    m = len(vt.tubes)
+    if m == 0:  # no proposal anywhere in the video: the span alone (its vIoU is 0)
+        return Tube.empty(sted)
+    if out.tube_scores is not None:
+        choice = int(torch.argmax(out.tube_scores[row, :m]))
+    else:
+        scores = out.region_scores[row:row + 1].float().cpu()
+        ids = torch.from_numpy(tube_ids)[None]
+        inside = torch.from_numpy((frame_ids >= sted[0]) & (frame_ids < sted[1]))[None, :, None].expand_as(ids)
+        pooled, counts = tube_pool(scores, ids, m, inside)
+        if not bool((counts > 0).any()):  # no tube reaches into the span: judge them over the whole video
+            pooled, counts = tube_pool(scores, ids, m)
+        choice = int(torch.argmax(pooled[0].masked_fill(counts[0] == 0, -float("inf"))))
+    return vt.tubes[choice].with_span(sted)
+
+
+@torch.no_grad()
+def predict_stvg(head: GroundingHead, queries: list[EvalQuery], videos: dict, text_of, tokenizer) -> dict:
+    """{query key: {"sted": [s, e], "boxes": {frame: box}}} (the vidstg prediction format, docs/evaluation.md) from
+    a head's tube_output on each test video (all its proposal frames); queries whose video has no features are
+    left out (the evaluator counts them as missing)."""
+    from finetune.stvg_batches import text_batch, tube_ids, video_batch
+
+    was_training = head.training
+    head.eval()
+    device = next(head.parameters()).device
+    by_video = _by_video(queries, videos)
+    out = {}
+    try:
+        for vid, qs in by_video.items():
+            vt = videos[vid]
+            sentences = [q.sentence for q in qs]
+            video = video_batch([vt] * len(qs)).to(device)
+            answer = head.tube_output(video, text_batch(text_of(sentences), sentences, tokenizer).to(device))
+            for i, q in enumerate(qs):
+                out[q.key] = stvg_tube(answer, i, vt, vt.proposals.frames, tube_ids(vt)).to_json()
+    finally:
+        head.train(was_training)
+    return out

@@ -29,7 +29,7 @@ from common import cli
 from common import config as cfglib
 from common import fsio
 from finetune import predict as P
-from finetune.config import FinetuneConfig, resolve, to_dict, train_settings
+from finetune.config import STVG_DATASETS, FinetuneConfig, resolve, to_dict, train_settings
 from finetune.datasets import Adapter, WeakSample, build_adapter
 from finetune.features import FeatureStore, TextFeatures, VideoFeatures, centered, encode_video, load_encoder
 from finetune.heads import GroundingHead, TextBatch, TrainBatch, VideoBatch, build_head, head_class
@@ -40,7 +40,13 @@ log = logging.getLogger(__name__)
 
 # --- features -------------------------------------------------------------------------------------------------
 def feature_store(cfg: FinetuneConfig, key: str | None = None) -> FeatureStore:
+    """The cache this finetune reads: frame features, or for an STVG dataset region features and tubes
+    (finetune/stvg_features.py, the same calls)."""
     f = cfg.features
+    if cfg.dataset.kind in STVG_DATASETS:
+        from finetune.stvg_features import StvgStore
+
+        return StvgStore(cfg, build_adapter(cfg.dataset), key)
     return FeatureStore(f.cache, cfg.checkpoint, f.fps, f.size, regions=f.regions or head_class(cfg.head).needs_regions,
                         pixels=f.end_to_end, key=key)
 
@@ -280,8 +286,19 @@ def run(cfg: FinetuneConfig) -> dict:
     head = build_head(cfg.head, dim, cfg)
     module = FinetuneModule(head, encoder)
     table, table_counts = _read_table(cfg, samples)
-    batcher = Batcher(cfg, samples, train_feats, text_of, table, encoder.tokenize if encoder is not None else None,
-                      regions=head.needs_regions and encoder is None)
+    stvg = cfg.dataset.kind in STVG_DATASETS
+    if stvg:  # the train truth is read only for a supervised head (finetune/datasets_stvg.py)
+        from finetune.stvg_batches import StvgBatcher
+        from finetune.stvg_features import tokenizer_of
+
+        tokenizer = tokenizer_of(cfg.checkpoint)
+        # text from the sentence cache alone: nothing the batcher holds leads back to the adapter
+        batcher = StvgBatcher(cfg, samples, train_feats, store.text_store.text, tokenizer,
+                              truth=adapter.train_truth() if head.supervised else None)
+    else:
+        batcher = Batcher(cfg, samples, train_feats, text_of, table,
+                          encoder.tokenize if encoder is not None else None,
+                          regions=head.needs_regions and encoder is None)
 
     settings = train_settings(cfg)
     ds_base = load_ds_file(cfg.deepspeed)
@@ -301,10 +318,13 @@ def run(cfg: FinetuneConfig) -> dict:
         fsio.write_bytes_atomic(fsio.join(cfg.run, "encoder.pt"), _state_bytes(encoder))
         test_feats, text_of = _live_features(module, test_feats, cfg.features.batch_frames)
 
-    durations = {v: f.duration for v, f in test_feats.items()}
+    durations = {} if stvg else {v: f.duration for v, f in test_feats.items()}
     files = adapter.write_eval_files(fsio.join(cfg.run, "eval"), durations)
-    preds = P.predict(head, adapter.benchmark, queries, test_feats, text_of, cfg.features.fps,
-                      mode=cfg.wsra.moment_score)
+    if stvg:
+        preds = P.predict_stvg(head, queries, test_feats, text_of, tokenizer)
+    else:
+        preds = P.predict(head, adapter.benchmark, queries, test_feats, text_of, cfg.features.fps,
+                          mode=cfg.wsra.moment_score)
     pred_url = fsio.join(cfg.run, "predictions.json")
     fsio.write_json_atomic(pred_url, preds)
     summary = {"run": cfg.run, "head": cfg.head, "seed": cfg.seed, "benchmark": adapter.benchmark,

@@ -20,10 +20,10 @@ from grounding.readers import (
     PointingFrame,
     SecondPrediction,
     StvgQuery,
-    TubePrediction,
     labels_per_second,
 )
 from grounding.readers.predictions import check_keys
+from grounding.tube import Tube
 
 Result = tuple[dict[str, float], dict[str, int]]
 
@@ -54,21 +54,21 @@ def charades_sta(queries: Sequence[CharadesQuery], dropped: Sequence[tuple[str, 
     return scores, {"queries": len(queries), "missing_predictions": len(missing), "dropped_lines": len(dropped)}
 
 
-def stvg(queries: Sequence[StvgQuery], preds: dict[str, TubePrediction], fps: float, max_frames: int,
+def stvg(queries: Sequence[StvgQuery], preds: dict[str, Tube], fps: float, max_frames: int,
          thresholds: Sequence[float], url: str = "predictions") -> Result:
     missing = check_keys(preds, (q.key for q in queries), url, "query ids")
     with_boxes = all(q.boxes is not None for q in queries)
     rows, qtypes = [], []
     for q in queries:
-        p = preds.get(q.key, TubePrediction((0, 0), {}))
+        p = preds.get(q.key, Tube.empty((0, 0)))
         if q.frames is not None:
-            outside = [f for f in [p.sted[1] - 1, *p.boxes] if f >= q.frames]
+            outside = [f for f in [p.sted[1] - 1, *p] if f >= q.frames]
             if outside:
                 raise InputError(f"{url} [{q.key!r}]: frame {outside[0]} is outside video {q.video} "
                                  f"({q.frames} frames)")
         frames = M.sample_frame_ids(q.span[0], q.span[1], q.video_fps, fps, max_frames)
         try:
-            rows.append(M.stvg_query_metrics(frames, q.tube, p.sted, q.boxes if with_boxes else None, p.boxes))
+            rows.append(M.stvg_query_metrics(frames, q.tube, p.sted, q.boxes if with_boxes else None, p))
         except KeyError as e:
             raise InputError(f"{url} [{q.key!r}]: {e.args[0]}") from None
         except ValueError as e:
@@ -124,7 +124,7 @@ def _per_second_arrays(v: GytVideo, pv: dict[int, SecondPrediction], vocab: _Voc
     return g, p, h
 
 
-def _truth_tubes(v: GytVideo) -> list[tuple[str, M.Tube]]:
+def _truth_tubes(v: GytVideo) -> list[tuple[str, Tube]]:
     """One tube per annotated segment; seconds whose box belongs to another step (overlaps) or has no box are
     NaN (left out of the 3-D IoU). Segments with no box at all are not returned."""
     out = []
@@ -135,7 +135,7 @@ def _truth_tubes(v: GytVideo) -> list[tuple[str, M.Tube]]:
             if t in v.boxes and v.boxes[t][0] == step:
                 boxes[i] = v.boxes[t][1]
         if len(secs) and not np.isnan(boxes).all():
-            out.append((step, M.Tube(secs, boxes)))
+            out.append((step, Tube(secs, boxes)))
     return out
 
 
@@ -161,7 +161,7 @@ def _predicted_tubes(v: GytVideo, pv: dict[int, SecondPrediction], vocab: _Vocab
                 box = [0.0, 0.0, float(v.size[0]), float(v.size[1])]
                 unboxed += 1
             boxes[i] = box
-        yield cls, float(np.mean([pv[t].score for t in secs.tolist()])), M.Tube(secs, boxes), unboxed
+        yield cls, float(np.mean([pv[t].score for t in secs.tolist()])), Tube(secs, boxes), unboxed
 
 
 def groundingyoutube(videos: dict[str, GytVideo], preds: dict[str, dict[int, SecondPrediction]],

@@ -65,10 +65,10 @@ def test_missed_detection_is_bridged_not_swapped():
     assert a.index.tolist() == [0, 0, 0, -1, 0, 0, 0]
     np.testing.assert_allclose(a.boxes[3], [16, 10, 46, 40])  # interpolated between frames 2 and 4
     b = next(tb for tb in tubes if tb.index[0] == 1)
-    assert b.index.tolist() == [1] * frames and (a.start, a.end) == (0, frames - 1)
+    assert b.index.tolist() == [1] * frames and a.extent == (0, frames - 1)
     # with no bridge allowed, A's path cannot skip frame 3: it is cut in two or takes B's box
     short = link_tubes(np.arange(frames), feats, boxes, valid, m=3, alpha=0.5, max_gap=0)
-    assert all(-1 not in tb.index[tb.start:tb.end + 1] for tb in short)
+    assert all(-1 not in tb.index[tb.extent[0]:tb.extent[1] + 1] for tb in short)
 
 
 def test_tubes_are_disjoint_and_best_first():
@@ -274,7 +274,7 @@ def test_synthetic_proposals_link_into_pure_tubes(one_video):
     objects = len(truth["trajectories"][vid])
     _, first = purity(tubes, props.frames, truth["trajectories"][vid])
     assert first >= 0.95
-    assert all(t.end - t.start + 1 >= 0.9 * len(props.frames) for t in tubes[:objects])
+    assert all(t.extent[1] - t.extent[0] + 1 >= 0.9 * len(props.frames) for t in tubes[:objects])
     # a tube made of one object's true boxes scores purity 1
     traj = truth["trajectories"][vid]["0"]
     own = np.array([[x, y, x + w, y + h] for x, y, w, h in (traj[str(int(f))] for f in props.frames)], np.float32)

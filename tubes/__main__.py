@@ -39,7 +39,8 @@ def main(argv=None) -> int:
         k = cfg.link
         tubes = link_tubes(pr.frames, feats, pr.boxes, pr.valid, k.tubes, k.alpha, k.max_gap, k.gap_discount, k.min_iou)
         n_tubes += len(tubes)
-        result[vid] = [{"score": t.score, "start_frame": int(pr.frames[t.start]), "end_frame": int(pr.frames[t.end]),
+        result[vid] = [{"score": t.score, "start_frame": int(pr.frames[t.extent[0]]),
+                        "end_frame": int(pr.frames[t.extent[1]]),
                         "boxes": {str(int(f)): [round(float(c), 2) for c in b]
                                   for f, b in zip(pr.frames, t.boxes) if not np.isnan(b[0])}} for t in tubes]
     if cfg.out:

@@ -13,27 +13,11 @@ matrix products); the Viterbi recursion loops over frames only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from grounding.tube import Tube
+
 NEG = -1e9
-
-
-@dataclass
-class Tube:
-    frames: np.ndarray    # (F,) frame indices of the video (all proposal frames)
-    index: np.ndarray     # (F,) proposal index per frame; -1 outside the tube or in a bridged gap
-    boxes: np.ndarray     # (F, 4) float32: chosen boxes, interpolated in gaps, NaN outside [start, end]
-    score: float          # total link score of the path
-    start: int            # first and last position (into frames) covered by the tube
-    end: int
-
-    def box_at(self, frame: int) -> np.ndarray | None:
-        i = int(np.searchsorted(self.frames, frame))
-        if i < len(self.frames) and self.frames[i] == frame and not np.isnan(self.boxes[i, 0]):
-            return self.boxes[i]
-        return None
 
 
 def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -101,13 +85,15 @@ def viterbi(scores: list[np.ndarray], valid: np.ndarray, gap_discount: float) ->
 
 
 def _tube(frames: np.ndarray, boxes: np.ndarray, path: np.ndarray, score: float) -> Tube:
+    """The path as a Tube on all proposal frames: `index` the chosen proposal per frame (-1 outside the tube and in
+    a bridged gap), boxes interpolated in gaps and NaN outside the tube's extent, `score` the total link score."""
     on = np.flatnonzero(path >= 0)
     out = np.full((len(frames), 4), np.nan, np.float32)
     chosen = boxes[on, path[on]]
     pos = np.arange(on[0], on[-1] + 1)
     for c in range(4):  # gaps: linear interpolation between the boxes around them
         out[pos, c] = np.interp(pos, on, chosen[:, c])
-    return Tube(frames, path, out, score, int(on[0]), int(on[-1]))
+    return Tube(frames, out, score=score, index=path)
 
 
 def link_tubes(frames: np.ndarray, features: np.ndarray, boxes: np.ndarray, valid: np.ndarray, m: int = 10,

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tubes.linking import Tube, pairwise_iou
+from grounding.tube import Tube
+from tubes.linking import pairwise_iou
 
 
 def purity(tubes: list[Tube], frames: np.ndarray, trajectories: dict) -> tuple[float, float]:
@@ -19,7 +20,7 @@ def purity(tubes: list[Tube], frames: np.ndarray, trajectories: dict) -> tuple[f
                 truth[i, j] = [x, y, x + w, y + h]
     out = []
     for t in tubes:
-        span = np.arange(t.start, t.end + 1)
+        span = np.arange(t.extent[0], t.extent[1] + 1)
         who = np.full(len(span), -1)
         for n, i in enumerate(span):
             iou = pairwise_iou(t.boxes[i][None], np.nan_to_num(truth[i], nan=-1.0))[0]

@@ -8,6 +8,10 @@ def head_class(name: str) -> type[GroundingHead]:
         from finetune.heads.wsra import WSRAHead
 
         return WSRAHead
+    if name == "tube_sim":
+        from finetune.heads.tube_sim import TubeSimHead
+
+        return TubeSimHead
     raise ValueError(f"unknown head {name!r}")
 
 

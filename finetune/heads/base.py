@@ -4,7 +4,12 @@ In: frame features (B, T, d), optionally region/tube features (B, T, N, d) (patc
 or proposal/tube features a head builds itself), and query features (sentence (B, d), words (B, K, d)), all with
 validity masks. Out: a training loss, and at inference scores that finetune/predict.py turns into the evaluators'
 formats: per-frame scores rank moments (didemo, charades_sta), per-region scores give points and boxes
-(groundingyoutube, vidstg / hcstvg tubes). Heads know nothing of files, datasets, DeepSpeed or Ray.
+(groundingyoutube). Heads know nothing of files, datasets, DeepSpeed or Ray.
+
+STVG heads (vidstg / hcstvg; finetune/heads/stvg.py, docs/stvg.md "The head interface") get regions that are
+proposals: VideoBatch.geometry holds their boxes, scores, native frame ids and times and the tube each lies on;
+TextBatch the raw sentences and each word feature's character span; TrainBatch.targets the truth, only for a head
+with `supervised = True`. They answer `tube_output` (a TubeOutput: scores, or boxes directly).
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from finetune.heads.stvg import StvgTargets, TubeGeometry, TubeOutput
+
 
 @dataclass
 class VideoBatch:
@@ -21,10 +28,12 @@ class VideoBatch:
     mask: torch.Tensor                         # (B, T) bool, True where a frame exists (videos are padded)
     regions: torch.Tensor | None = None        # (B, T, N, d) region / tube features
     region_mask: torch.Tensor | None = None    # (B, T, N) bool
+    geometry: TubeGeometry | None = None       # STVG: the regions' boxes, frame ids and times, tube ids
 
     def to(self, device) -> "VideoBatch":
         move = (lambda x: None if x is None else x.to(device))
-        return VideoBatch(move(self.frames), move(self.mask), move(self.regions), move(self.region_mask))
+        return VideoBatch(move(self.frames), move(self.mask), move(self.regions), move(self.region_mask),
+                          move(self.geometry))
 
 
 @dataclass
@@ -32,10 +41,13 @@ class TextBatch:
     sentence: torch.Tensor                     # (Q, d) sentence features
     words: torch.Tensor | None = None          # (Q, K, d) word features
     word_mask: torch.Tensor | None = None      # (Q, K) bool
+    sentences: list[str] | None = None         # the raw sentences (a head parses them itself)
+    token_spans: list[list[tuple[int, int]]] | None = None  # per query, word k's [start, end) characters in it
 
     def to(self, device) -> "TextBatch":
         move = (lambda x: None if x is None else x.to(device))
-        return TextBatch(move(self.sentence), move(self.words), move(self.word_mask))
+        return TextBatch(move(self.sentence), move(self.words), move(self.word_mask), self.sentences,
+                         self.token_spans)
 
 
 @dataclass
@@ -48,11 +60,12 @@ class TrainBatch:
     positive: VideoBatch | None = None
     positive_gate: torch.Tensor | None = None  # (B,) float in {0, 1}
     groups: torch.Tensor | None = None         # (B,) long: rows with equal values are queries of the same video
+    targets: StvgTargets | None = None         # STVG truth of each row: supervised heads only, else None
 
     def to(self, device) -> "TrainBatch":
         move = (lambda x: None if x is None else x.to(device))
         return TrainBatch(self.video.to(device), self.text.to(device), move(self.positive),
-                          move(self.positive_gate), move(self.groups))
+                          move(self.positive_gate), move(self.groups), move(self.targets))
 
 
 class GroundingHead(nn.Module, metaclass=abc.ABCMeta):
@@ -61,6 +74,7 @@ class GroundingHead(nn.Module, metaclass=abc.ABCMeta):
 
     name = "base"
     needs_regions = False
+    supervised = False      # True: training batches carry StvgTargets (the train split's truth tubes)
 
     @abc.abstractmethod
     def loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
@@ -73,6 +87,11 @@ class GroundingHead(nn.Module, metaclass=abc.ABCMeta):
     def region_scores(self, video: VideoBatch, text: TextBatch) -> torch.Tensor | None:
         """(B, T, N) per-region scores of query b in video b, or None for a temporal-only head."""
         return None
+
+    def tube_output(self, video: VideoBatch, text: TextBatch) -> TubeOutput:
+        """STVG: query b's tube in video b. By default the frame and region scores; a head that regresses boxes or
+        scores tubes returns those instead."""
+        return TubeOutput(frame_scores=self.frame_scores(video, text), region_scores=self.region_scores(video, text))
 
     def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         # DeepSpeed's engine calls forward; training is the only use of it

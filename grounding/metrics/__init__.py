@@ -9,13 +9,13 @@ from grounding.metrics.pointing import pointing_game
 from grounding.metrics.segmentation import frame_iou_iod
 from grounding.metrics import spatiotemporal
 from grounding.metrics.spatiotemporal import (
-    Tube,
     average_precision,
     iou_plus_point,
     label_runs,
     tube_iou,
     video_map,
 )
+from grounding.tube import Tube  # the one tube type (grounding/tube.py), which the metrics take
 from grounding.metrics.stvg import sample_frame_ids, stvg_query_metrics, summarize_stvg
 
 __all__ = [

@@ -6,12 +6,12 @@ evaluable" (inside an annotated action but without a box), >0 an action class.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Hashable, Sequence
 
 import numpy as np
 
 from grounding.metrics.boxes import box_area, box_intersection_aligned
+from grounding.tube import Tube
 
 IGNORE = -1
 
@@ -51,22 +51,15 @@ def label_runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(lab[s]), int(s), int(e)) for s, e in zip(starts, ends) if lab[s] > 0]
 
 
-@dataclass
-class Tube:
-    """Integer seconds (S,) ascending and one box per second (S, 4); a NaN row marks a second to leave out."""
-
-    seconds: np.ndarray
-    boxes: np.ndarray
-
-
 def tube_iou(pred: Tube, gt: Tube) -> float:
-    """3-D IoU of two box tubes: sum over seconds of box intersections / sum of box unions. Seconds where the
-    ground truth has a NaN box are left out for both tubes."""
+    """3-D IoU of two box tubes on a grid of integer seconds (grounding.tube.Tube, one box per second): sum over
+    seconds of box intersections / sum of box unions. Seconds where the ground truth has a NaN box are left out for
+    both tubes."""
     g_ok = ~np.isnan(gt.boxes).any(1)
-    ignored = gt.seconds[~g_ok]
-    g_sec, g_box = gt.seconds[g_ok], gt.boxes[g_ok]
-    p_ok = ~np.isin(pred.seconds, ignored)
-    p_sec, p_box = pred.seconds[p_ok], pred.boxes[p_ok]
+    ignored = gt.frames[~g_ok]
+    g_sec, g_box = gt.frames[g_ok], gt.boxes[g_ok]
+    p_ok = ~np.isin(pred.frames, ignored)
+    p_sec, p_box = pred.frames[p_ok], pred.boxes[p_ok]
     _, ip, ig = np.intersect1d(p_sec, g_sec, assume_unique=True, return_indices=True)
     inter = box_intersection_aligned(p_box[ip], g_box[ig]).sum() if len(ip) else 0.0
     union = (box_area(p_box).sum() if len(p_box) else 0.0) + (box_area(g_box).sum() if len(g_box) else 0.0) - inter

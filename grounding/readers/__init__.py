@@ -6,7 +6,6 @@ from grounding.readers.groundingyoutube import GytVideo, read_groundingyoutube, 
 from grounding.readers.miningyoutube import labels_per_second, parse_srt, read_miningyoutube
 from grounding.readers.predictions import (
     SecondPrediction,
-    TubePrediction,
     read_moment_predictions,
     read_per_second_predictions,
     read_stvg_predictions,
@@ -16,7 +15,7 @@ from grounding.readers.youcook import PointingFrame, read_youcook_interactions
 
 __all__ = [
     "BACKGROUND", "CharadesQuery", "DidemoQuery", "GytVideo", "InputError", "PointingFrame", "SecondPrediction",
-    "StvgQuery", "TubePrediction", "labels_per_second", "norm_label", "parse_srt", "read_charades_durations",
+    "StvgQuery", "labels_per_second", "norm_label", "parse_srt", "read_charades_durations",
     "read_charades_sta", "read_didemo", "read_groundingyoutube", "read_hcstvg", "read_miningyoutube",
     "read_moment_predictions", "read_per_second_predictions", "read_stvg_predictions", "read_vidstg",
     "read_youcook_interactions", "segment_seconds",

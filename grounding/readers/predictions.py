@@ -17,6 +17,7 @@ from grounding.readers.common import (
     norm_label,
     read_json,
 )
+from grounding.tube import Tube
 
 MAX_SECOND = 24 * 3600  # a per-second key past a day is no video's second (and would size the arrays)
 
@@ -70,14 +71,9 @@ def read_moment_predictions(url: str, chunks: int | None = None) -> dict[str, np
     return out
 
 
-@dataclass
-class TubePrediction:
-    sted: tuple[int, int]
-    boxes: dict[int, np.ndarray]
-
-
-def read_stvg_predictions(url: str) -> dict[str, TubePrediction]:
-    """{key: {"sted": [start_frame, end_frame], "boxes": {"<frame>": [x1, y1, x2, y2]}}}; sted is half-open."""
+def read_stvg_predictions(url: str) -> dict[str, Tube]:
+    """{key: {"sted": [start_frame, end_frame], "boxes": {"<frame>": [x1, y1, x2, y2]}}}; sted is half-open.
+    Each becomes a grounding.tube.Tube with that sted."""
     out = {}
     for key, value in _top(url).items():
         where = f"{url} [{key!r}]"
@@ -97,7 +93,7 @@ def read_stvg_predictions(url: str) -> dict[str, TubePrediction]:
             if frame < 0:
                 raise InputError(f"{where}.boxes[{f!r}]: negative frame index")
             boxes[frame] = np.asarray(as_ordered_box(b, f"{where}.boxes[{f!r}]"))
-        out[str(key)] = TubePrediction((int(s), int(e)), boxes)
+        out[str(key)] = Tube.from_boxes(boxes, (int(s), int(e)))
     return out
 
 

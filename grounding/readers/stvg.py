@@ -2,7 +2,7 @@
 
 Query keys follow TubeDETR's preprocessing: VidSTG numbers queries in file order, each item's questions
 (interrogative) before its captions (declarative); HC-STVG keys are the video name without ".mp4" (TubeDETR's
-*_proc.json files keep their own `video_id`). Boxes become {frame: [x1, y1, x2, y2]} inside the ground-truth tube.
+*_proc.json files keep their own `video_id`). Boxes become a grounding.tube.Tube ({frame: [x1, y1, x2, y2]}) inside the ground-truth tube.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from grounding.readers.common import InputError, as_box, read_json
+from grounding.tube import Tube
 
 HCSTVG_SECONDS = 20  # TubeDETR: HC-STVG clips are 20 s, fps = frame count / 20
 
@@ -24,7 +25,7 @@ class StvgQuery:
     video_fps: float
     span: tuple[int, int]  # frames [start, end) the evaluator samples from
     tube: tuple[int, int]  # ground-truth tube, half-open
-    boxes: dict[int, np.ndarray] | None = field(default=None, repr=False)  # None: no boxes in the annotation
+    boxes: Tube | None = field(default=None, repr=False)  # the truth tube's boxes; None: none in the annotation
     frames: int | None = None  # frames in the video, where the annotation says; predictions must lie inside
 
     def check(self, where: str) -> "StvgQuery":
@@ -43,7 +44,7 @@ class StvgQuery:
         return self
 
 
-def _xywh_tube(traj, tube: tuple[int, int], where: str) -> dict[int, np.ndarray]:
+def _xywh_tube(traj, tube: tuple[int, int], where: str) -> Tube:
     """VidOR/TubeDETR trajectory {frame: [x, y, w, h] or {"bbox": [...]}} -> xyxy boxes inside the tube."""
     if not isinstance(traj, dict):
         raise InputError(f"{where}: trajectory must map frame -> box, got {type(traj).__name__}")
@@ -59,7 +60,7 @@ def _xywh_tube(traj, tube: tuple[int, int], where: str) -> dict[int, np.ndarray]
         if w < 0 or h < 0:
             raise InputError(f"{where} frame {k}: bbox [x, y, w, h] has a negative width or height: {b!r}")
         out[f] = np.array([x, y, x + w, y + h])
-    return out
+    return Tube.from_boxes(out, tube)
 
 
 def _load_trajectories(url: str) -> dict:
@@ -119,7 +120,7 @@ def read_vidstg(url: str, boxes_url: str | None = None) -> list[StvgQuery]:
     return out
 
 
-def _boxes_for(trajectories: dict, vid: str, target_id, tube, where: str) -> dict[int, np.ndarray]:
+def _boxes_for(trajectories: dict, vid: str, target_id, tube, where: str) -> Tube:
     per_video = trajectories.get(vid)
     if per_video is None or str(target_id) not in per_video:
         raise InputError(f"{where}: the boxes file has no trajectory for video {vid} target {target_id}")

@@ -1,0 +1,77 @@
+"""What an STVG head sees besides features, and what it may answer (docs/stvg.md, "The head interface").
+
+A video of an STVG batch carries its proposals' geometry (`TubeGeometry`): per feature frame t the native frame id
+and time, per region n of that frame its box and detector score and the linked tube it belongs to. Supervised
+heads (FSM) also get `StvgTargets`, built only from the adapter's explicit truth accessor (finetune/datasets_stvg.py);
+a weak head's batch has none. A head answers with a `TubeOutput`: frame scores (or a span directly) and either
+per-region scores, per-tube scores or boxes it regresses itself; finetune/predict.py makes vidstg predictions of it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+def _move(obj, device):
+    return type(obj)(**{f.name: (v.to(device) if torch.is_tensor(v) else v)
+                        for f in fields(obj) for v in [getattr(obj, f.name)]})
+
+
+@dataclass
+class TubeGeometry:
+    """B videos padded to T feature frames, N regions per frame, M tubes; padding: mask False, tube id -1."""
+    boxes: torch.Tensor        # (B, T, N, 4) float proposal boxes x1, y1, x2, y2 in source-video pixels
+    scores: torch.Tensor       # (B, T, N) float detector scores (0 at padding)
+    frame_ids: torch.Tensor    # (B, T) long: the native frame index of feature frame t
+    times: torch.Tensor        # (B, T) float seconds (frame id / the video's own fps)
+    tube_ids: torch.Tensor     # (B, T, N) long: the tube m (0..M-1) region n of frame t lies on, -1 none
+    tube_mask: torch.Tensor    # (B, M) bool: tube m exists in video b
+    fps: torch.Tensor          # (B,) float: the video's own frame rate
+    size: torch.Tensor         # (B, 2) float: width, height in pixels
+
+    def to(self, device) -> "TubeGeometry":
+        return _move(self, device)
+
+
+@dataclass
+class StvgTargets:
+    """The truth of each row's query, for supervised heads only (TubeDETR's / FSM's targets)."""
+    sted: torch.Tensor         # (B, 2) long native frames [start, end) of the target tube
+    boxes: torch.Tensor        # (B, T, 4) float the target's box at each feature frame (0 where box_mask is False)
+    box_mask: torch.Tensor     # (B, T) bool: feature frame t lies inside the tube and has a box
+
+    def to(self, device) -> "StvgTargets":
+        return _move(self, device)
+
+
+@dataclass
+class TubeOutput:
+    """An STVG head's answer for query b in video b. Temporal: `sted` (a span the head predicts directly) or else
+    `frame_scores` (the span is the best segment of them, finetune/predict.py). Spatial, the first given of:
+    `boxes` (regressed per feature frame, FSM), `tube_scores` (one per linked tube, WINNER), `region_scores`
+    (per region; a tube scores the mean of its regions inside the span, VCMA)."""
+    frame_scores: torch.Tensor | None = None   # (B, T)
+    sted: torch.Tensor | None = None           # (B, 2) long native frames [start, end)
+    region_scores: torch.Tensor | None = None  # (B, T, N)
+    tube_scores: torch.Tensor | None = None    # (B, M)
+    boxes: torch.Tensor | None = None          # (B, T, 4) x1, y1, x2, y2 source pixels at the feature frames
+
+
+def tube_pool(values: torch.Tensor, tube_ids: torch.Tensor, m: int, weight: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean of `values` (B, T, N, ...) over each tube's regions (B, M, ...), regions counted (B, M)): region scores
+    become tube scores, region features (B, T, N, d) tube features (WINNER's f_m^v). `weight` (B, T, N) in {0, 1}
+    restricts the regions (e.g. to a span's frames); a tube without regions gets 0."""
+    b, t, n = tube_ids.shape
+    rest = values.shape[3:]
+    v = values.reshape(b, t * n, -1)
+    on = (tube_ids >= 0).to(v.dtype) * (1.0 if weight is None else weight.to(v.dtype))
+    on = on.reshape(b, t * n, 1)
+    idx = tube_ids.clamp_min(0).reshape(b, t * n, 1)
+    sums = v.new_zeros(b, m, v.shape[-1]).scatter_add(1, idx.expand(-1, -1, v.shape[-1]), v * on)
+    counts = v.new_zeros(b, m, 1).scatter_add(1, idx, on)
+    return (sums / counts.clamp_min(1.0)).reshape(b, m, *rest), counts.reshape(b, m)
+
+
+__all__ = ["StvgTargets", "TubeGeometry", "TubeOutput", "tube_pool"]

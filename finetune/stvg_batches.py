@@ -1,0 +1,111 @@
+"""STVG batches: a video's linked tubes (tubes.pipeline.VideoTubes) as a VideoBatch with its TubeGeometry, the
+raw sentences with their word spans, and, for a supervised head only, the rows' StvgTargets.
+
+The Batcher of finetune/train.py draws the rows (the same seeded (seed, step) draw, so a resume needs no data
+state); this subclass only changes what a row holds. A weak finetune builds it without `truth`, and nothing in it
+then holds a truth span or box: the videos are proposals, features and tubes, the samples (key, video, sentence).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from finetune.heads.base import TextBatch, TrainBatch, VideoBatch
+from finetune.heads.stvg import StvgTargets, TubeGeometry
+from finetune.stvg_features import token_spans
+from finetune.train import Batcher, _subsample
+
+
+def tube_ids(vt) -> np.ndarray:
+    """(F, N) long: the tube each proposal of each frame lies on, -1 none."""
+    out = np.full(vt.proposals.valid.shape, -1, np.int64)
+    for m, t in enumerate(vt.tubes):
+        on = np.flatnonzero(t.index >= 0)
+        out[on, t.index[on]] = m
+    return out
+
+
+def video_batch(videos: list, max_frames: int = 0, tubes: int = 1) -> VideoBatch:
+    """Rows of VideoTubes (None: an all-padding row) padded to the longest (frames) and widest (regions); frames
+    evenly subsampled to at most max_frames (0: all)."""
+    real = [v for v in videos if v is not None]
+    idx = [None if v is None else _subsample(len(v.proposals.frames), max_frames) for v in videos]
+    t = max(len(i) for i in idx if i is not None)
+    n = max(v.proposals.valid.shape[1] for v in real)
+    d = real[0].regions.shape[-1]
+    m = max([tubes] + [len(v.tubes) for v in real])
+    b = len(videos)
+    frames = np.zeros((b, t, d), np.float32)
+    mask = np.zeros((b, t), bool)
+    regions = np.zeros((b, t, n, d), np.float32)
+    rmask = np.zeros((b, t, n), bool)
+    boxes = np.zeros((b, t, n, 4), np.float32)
+    scores = np.zeros((b, t, n), np.float32)
+    frame_ids = np.zeros((b, t), np.int64)
+    times = np.zeros((b, t), np.float32)
+    ids = np.full((b, t, n), -1, np.int64)
+    tmask = np.zeros((b, m), bool)
+    fps = np.zeros(b, np.float32)
+    size = np.zeros((b, 2), np.float32)
+    for r, (v, i) in enumerate(zip(videos, idx)):
+        if v is None:
+            continue
+        p, k, w = v.proposals, len(i), v.proposals.valid.shape[1]
+        frames[r, :k], mask[r, :k] = v.frames[i], True
+        regions[r, :k, :w], rmask[r, :k, :w] = v.regions[i], p.valid[i]
+        boxes[r, :k, :w], scores[r, :k, :w] = p.boxes[i], p.scores[i]
+        frame_ids[r, :k], times[r, :k] = p.frames[i], p.frames[i] / p.fps
+        ids[r, :k, :w] = np.where(p.valid[i], tube_ids(v)[i], -1)
+        tmask[r, :len(v.tubes)] = True
+        fps[r], size[r] = p.fps, v.size
+    T = torch.from_numpy
+    geo = TubeGeometry(T(boxes), T(scores), T(frame_ids), T(times), T(ids), T(tmask), T(fps), T(size))
+    return VideoBatch(T(frames), T(mask), T(regions), T(rmask), geo)
+
+
+def targets(truths: list, frame_ids: torch.Tensor) -> StvgTargets:
+    """Rows' truth (finetune.datasets_stvg.TrainTruth) at the batch's feature frames."""
+    b, t = frame_ids.shape
+    boxes = np.zeros((b, t, 4), np.float32)
+    on = np.zeros((b, t), bool)
+    for r, tr in enumerate(truths):
+        for j, f in enumerate(frame_ids[r].tolist()):
+            box = tr.tube.box_at(f) if tr.sted[0] <= f < tr.sted[1] else None
+            if box is not None:
+                boxes[r, j], on[r, j] = box, True
+    sted = torch.tensor([list(tr.sted) for tr in truths], dtype=torch.long)
+    return StvgTargets(sted, torch.from_numpy(boxes), torch.from_numpy(on))
+
+
+def text_batch(tf, sentences: list[str], tokenizer) -> TextBatch:
+    k = tf.words.shape[1]
+    return TextBatch(torch.from_numpy(tf.sentence), torch.from_numpy(tf.words), torch.from_numpy(tf.word_mask),
+                     list(sentences), [token_spans(tokenizer, s, k) for s in sentences])
+
+
+class StvgBatcher(Batcher):
+    """`videos`: {vid: VideoTubes}; `truth`: {sample key: TrainTruth}, given only for a supervised head."""
+
+    def __init__(self, cfg, samples, videos: dict, text_of, tokenizer, truth: dict | None = None):
+        super().__init__(cfg, samples, videos, text_of)
+        self.tokenizer = tokenizer
+        self.truth = truth
+
+    def _pad(self, vids) -> VideoBatch:
+        return video_batch([self.videos[v] if v is not None else None for v in vids], self.cfg.features.max_frames,
+                           self.cfg.tubes.tubes)
+
+    def batch(self, step: int):
+        batch, samples, _ = super().batch(step)
+        sentences = [s.sentence for s in samples]
+        text = text_batch(self.text_of(sentences), sentences, self.tokenizer)
+        tg = None
+        if self.truth is not None:
+            missing = [s.key for s in samples if s.key not in self.truth]
+            if missing:
+                raise KeyError(f"no training truth for sample(s) {missing[:3]}")
+            tg = targets([self.truth[s.key] for s in samples], batch.video.geometry.frame_ids)
+        return TrainBatch(batch.video, text, batch.positive, batch.positive_gate, batch.groups, tg), samples, None
+
+
+__all__ = ["StvgBatcher", "targets", "text_batch", "tube_ids", "video_batch"]
