@@ -33,7 +33,7 @@ demo: install
 	else echo "make demo: the demo pipeline (sharding, pretraining) has not landed yet; see README Status" >&2; exit 1; fi
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
