@@ -1,6 +1,6 @@
 """The STVG mode of the synthetic generator: determinism, tubes equal to the rendered boxes, relations true in the
-tube's frames, real ambiguity, parses consistent with the scene, and a perfect prediction scoring 100 through
-`python -m grounding.evaluate vidstg`."""
+tube's frames, real ambiguity, concurrent distractor actions that only the words resolve, parses consistent with
+the scene, and a perfect prediction scoring 100 through `python -m grounding.evaluate vidstg`."""
 from __future__ import annotations
 
 import json
@@ -8,13 +8,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from grounding.readers.stvg import read_vidstg
 from shards.synthetic import SyntheticConfig, generate
 from shards.synthetic.render import Renderer
-from shards.synthetic.scene import plan_video
-from shards.synthetic.stvg import KINDS, holds, layout
+from shards.synthetic.stvg import KINDS, holds, plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT}
@@ -43,9 +43,9 @@ def _rendered(cfg, split):
     """{vid: (plan, per-frame boxes)} re-rendered from the plan, independently of the files."""
     out = {}
     for i in range(cfg.n_train if split == "train" else cfg.n_test):
-        plan = plan_video(cfg, split, i, layout)
-        r = Renderer(plan)
-        out[plan.vid] = (plan, [r.frame(f)[1] for f in range(plan.frames)])
+        p = plan(cfg, split, i)
+        r = Renderer(p)
+        out[p.vid] = (p, [r.frame(f)[1] for f in range(p.frames)])
     return out
 
 
@@ -71,10 +71,10 @@ def test_tube_boxes_equal_rendered_boxes_at_native_rate(corpus):
         raw = _load(corpus, split, "truth/vidstg.json")["videos"]
         assert queries and len(queries) == len(raw)
         for q, v in zip(queries, raw):
-            plan, boxes = rendered[q.video]
-            a = plan.actions[_load(corpus, split, "truth/parses.json")[q.key]["action"]]
-            assert q.video_fps == corpus.fps and q.span == (0, plan.frames)
-            assert q.tube == (a.start * plan.fps, a.end * plan.fps) and a.target == v["target_id"]
+            p, boxes = rendered[q.video]
+            a = p.all_actions[_load(corpus, split, "truth/parses.json")[q.key]["action"]]
+            assert q.video_fps == corpus.fps and q.span == (0, p.frames)
+            assert q.tube == (a.start * p.fps, a.end * p.fps) and a.target == v["target_id"]
             assert sorted(q.boxes) == list(range(*q.tube))  # one box per native frame, not one a second
             for f, b in q.boxes.items():
                 assert tuple(int(c) for c in b) == boxes[f][v["target_id"]]
@@ -92,9 +92,9 @@ def test_relations_hold_in_the_tube_and_resolve_the_noun(corpus):
             if p["kind"] not in ("relation", "same_noun"):
                 assert p["reference"] is None and p["parse"]["relations"] == []
                 continue
-            plan, boxes = rendered[v["original_video_id"]]
+            boxes = rendered[v["original_video_id"]][1]
+            objs = rendered[v["original_video_id"]][0].objects
             t, r = p["target"], p["reference"]
-            objs = plan.objects
             assert (objs[r].noun == objs[t].noun) == (p["kind"] == "same_noun")
             frames = range(v["tube_start_frame"], v["tube_end_frame"])
             assert all(holds(p["predicate"], boxes[f][t], boxes[f][r], near) for f in frames)
@@ -137,13 +137,95 @@ def test_ambiguity_and_parse(corpus):
     assert sum(meta["splits"]["test"]["stvg"]["kinds"].values()) == len(_load(corpus, "test", "queries.json"))
 
 
+def _acted_on(p, frames, verb=None):
+    """Objects some action (main or concurrent, of `verb` or any) is done to in a frame of `frames`."""
+    return {a.target for a in p.actions + p.concurrent
+            if (verb is None or a.verb == verb) and a.start * p.fps < frames.stop and a.end * p.fps > frames.start}
+
+
+def test_every_query_is_decided_by_its_words(corpus):
+    """For every query, the objects that satisfy all its words during its span (its verb done to them then, the
+    noun and colour it says, its relation true in every span frame) are exactly its target: a concurrent
+    distractor never makes a query ambiguous."""
+    near = corpus.stvg_near * min(corpus.width, corpus.height)
+    for split in ("train", "test"):
+        rendered = _rendered(corpus, split)
+        parses = _load(corpus, split, "truth/parses.json")
+        for v in _load(corpus, split, "truth/vidstg.json")["videos"]:
+            p, boxes = rendered[v["original_video_id"]]
+            q = parses[v["video_id"]]
+            frames = range(v["tube_start_frame"], v["tube_end_frame"])
+            noun, colours = q["parse"]["subject"]["noun"], q["parse"]["subject"]["attributes"]
+            fit = set()
+            for j, o in enumerate(p.objects):
+                if j not in _acted_on(p, frames, q["parse"]["action"]) or (noun and o.noun != noun):
+                    continue
+                if colours and o.colour not in colours:
+                    continue
+                if q["predicate"] and (j == q["reference"] or not all(
+                        holds(q["predicate"], boxes[f][j], boxes[f][q["reference"]], near) for f in frames)):
+                    continue
+                fit.add(j)
+            assert fit == {v["target_id"]}, (v["caption"], fit)
+
+
+def test_concurrent_distractors_are_present(corpus):
+    """Most queries have another object acted on during their span, often one of the target's noun (so "the
+    object that changes now" does not name the target); the count is the one corpus.json reports, and
+    stvg_concurrent=0 brings back one action at a time."""
+    meta = json.load(open(os.path.join(corpus.out, "corpus.json")))
+    assert meta["stvg"]["concurrent"] == corpus.stvg_concurrent
+    total = busy = same_noun = same_verb = 0
+    for split in ("train", "test"):
+        rendered = _rendered(corpus, split)
+        n = 0
+        for v in _load(corpus, split, "truth/vidstg.json")["videos"]:
+            p = rendered[v["original_video_id"]][0]
+            frames = range(v["tube_start_frame"], v["tube_end_frame"])
+            t = p.objects[v["target_id"]]
+            others = _acted_on(p, frames) - {v["target_id"]}
+            n += bool(others)
+            same_noun += any(p.objects[j].noun == t.noun for j in others)
+            verb = next(a.verb for a in p.all_actions if a.target == v["target_id"]
+                        and (a.start * p.fps, a.end * p.fps) == (frames.start, frames.stop))
+            same_verb += bool(others & _acted_on(p, frames, verb))
+            total += 1
+        busy += n
+        assert meta["splits"][split]["stvg"]["concurrent_queries"] == n
+    assert busy >= 0.4 * total and same_noun > 0 and same_verb > 0, (busy, total, same_noun, same_verb)
+    quiet = small(os.path.join(corpus.out, "quiet"), n_train=0, n_test=2, stvg_concurrent=0.0)
+    generate(quiet)
+    assert json.load(open(os.path.join(quiet.out, "corpus.json")))["splits"]["test"]["stvg"]["concurrent_queries"] == 0
+
+
+def test_concurrent_action_is_rendered_on_its_object(corpus):
+    """In a frame of a concurrent action, the distractor's box holds changed pixels (against the same scene with
+    nothing happening) and every changed pixel lies in the box of an object being acted on."""
+    checked = 0
+    for i in range(corpus.n_test):
+        p = plan(corpus, "test", i)
+        r = Renderer(p)
+        for c in p.concurrent:
+            f = c.start * p.fps
+            img, boxes = r.frame(f)
+            changed = np.abs(img.astype(int) - r.frame(f, actions=False)[0].astype(int)).max(-1) > 0
+            inside = np.zeros_like(changed)
+            for j in p.acting_at(f / p.fps):
+                x1, y1, x2, y2 = boxes[j]
+                inside[y1:y2, x1:x2] = True
+            x1, y1, x2, y2 = boxes[c.target]
+            assert changed[y1:y2, x1:x2].sum() >= 20 and not (changed & ~inside).any()
+            checked += 1
+    assert checked > 0
+
+
 def test_visible_files_hold_no_truth(corpus):
     visible = _load(corpus, "test", "queries.json")
     assert all(set(q) == {"key", "video", "sentence", "qtype"} for q in visible)
     det = _load(corpus, "test", "detections.json")
-    plan = plan_video(corpus, "test", 0, layout)
-    frames = det["videos"][plan.vid]["frames"]
-    assert sorted(int(f) for f in frames) == list(range(plan.frames))
+    p = plan(corpus, "test", 0)
+    frames = det["videos"][p.vid]["frames"]
+    assert sorted(int(f) for f in frames) == list(range(p.frames))
     assert all(set(e) == {"boxes", "scores"} for e in frames.values())
     counts = [len(e["boxes"]) for e in frames.values()]
     assert min(counts) != max(counts)  # misses and false positives change the count from frame to frame

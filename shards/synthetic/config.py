@@ -61,6 +61,8 @@ class SyntheticConfig:
     stvg_action: float = 0.2           # kind "action": only what happens to it resolves it ("the cube is cut")
     stvg_same_noun: float = 0.2        # kind "same_noun": relation to an object of the subject's own noun
     stvg_interrogative: float = 0.5    # share of interrogative queries ("what is cut left of the blue bowl?")
+    stvg_concurrent: float = 0.6       # share of actions with a distractor action on another object inside their span
+    stvg_same_verb: float = 0.5        # share of distractor actions with the target's verb (else another verb)
     stvg_near: float = 0.25            # "next to": box gap at most this fraction of the frame's short side
     stvg_miss: float = 0.05            # proposals: chance that an object is missed in a frame
     stvg_false_positives: float = 1.0  # proposals: mean false positives per frame (Poisson)
@@ -93,6 +95,8 @@ class SyntheticConfig:
                  "stvg mode needs 2 <= max_objects <= colours")
             mix = (self.stvg_attribute, self.stvg_relation, self.stvg_action, self.stvg_same_noun)
             need(min(mix) >= 0 and sum(mix) > 0, "stvg kind weights must be >= 0 with a positive sum")
+            need(0 <= self.stvg_concurrent <= 1 and 0 <= self.stvg_same_verb <= 1,
+                 "stvg_concurrent and stvg_same_verb must be in [0, 1]")
             need(0 <= self.stvg_interrogative <= 1 and 0 <= self.stvg_miss < 1 and self.stvg_false_positives >= 0
                  and self.stvg_near > 0, "stvg_interrogative and stvg_miss in [0, 1), stvg_near > 0, "
                  "stvg_false_positives >= 0")

@@ -1,9 +1,10 @@
 """Frames of a planned video, and where every object is in each of them.
 
 A frame is the background seen through the camera offset, the objects composited in order (the target of an
-ongoing action as its verb's layers, effects.py), then the light factor. The extent of each object is the union of
-its layers' opaque pixels; for the target of an action it also holds the resting place, so the truth box covers
-every pixel that the action changes (where the object went *and* where it used to be).
+ongoing action as its verb's layers, effects.py; in STVG mode a concurrent action's object too), then the light
+factor. The extent of each object is the union of its layers' opaque pixels; for the target of an action it also
+holds the resting place, so the truth box covers every pixel that the action changes (where the object went *and*
+where it used to be).
 """
 from __future__ import annotations
 
@@ -57,14 +58,14 @@ class Renderer:
         m = p.margin
         canvas = p.background[m + dy:m + dy + p.height, m + dx:m + dx + p.width].copy()
         # the scene moves with the camera: a pan shifts background and objects alike
-        active = p.action_at(t) if actions else None
+        acting = p.acting_at(t) if actions else {}
         boxes: list[Box | None] = []
         for j, (obj, spr) in enumerate(zip(p.objects, self.sprites)):
             x = obj.x - dx + int(p.jitter[i, j, 0])
             y = obj.y - dy + int(p.jitter[i, j, 1])
-            if active is not None and active[1].target == j:
-                k, a = active
-                rng = np.random.default_rng([*p.seed_key, 7, k, i])
+            if j in acting:
+                tag, a = acting[j]
+                rng = np.random.default_rng([*p.seed_key, *tag, i])
                 progress = (t - a.start) / a.seconds
                 h, w = spr.shape[:2]
                 box: Box | None = _clip((x, y, x + w, y + h), p.width, p.height)

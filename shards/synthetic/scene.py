@@ -8,7 +8,7 @@ renders the very same scene: tests use that to check that the truth box holds ev
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -64,6 +64,9 @@ class VideoPlan:
     light: np.ndarray                # float32 (frames,): brightness factor per frame
     jitter: np.ndarray               # int (frames, objects, 2): idle wobble of every object
     kind: str = "plain"              # background kind
+    # STVG mode only (stvg.concurrent): distractor actions inside a main action's span, on another object; not
+    # narrated and not in the instructional truth, which keep one action at a time
+    concurrent: list[Action] = field(default_factory=list)
 
     @property
     def frames(self) -> int:
@@ -74,6 +77,23 @@ class VideoPlan:
             if a.start <= t < a.end:
                 return i, a
         return None
+
+    @property
+    def all_actions(self) -> list[Action]:
+        """Main actions, then the concurrent ones: the list STVG queries index."""
+        return self.actions + self.concurrent
+
+    def acting_at(self, t: float) -> dict[int, tuple[tuple[int, int], Action]]:
+        """{object: (render seed tag, action)} for every object acted on at time t. A main action's tag is
+        (7, its index), as it always was, so a plan without concurrent actions renders as before."""
+        out = {}
+        active = self.action_at(t)
+        if active is not None:
+            out[active[1].target] = ((7, active[0]), active[1])
+        for c, a in enumerate(self.concurrent):
+            if a.start <= t < a.end:
+                out[a.target] = ((11, c), a)
+        return out
 
 
 def video_id(seed: int, split: str, index: int) -> str:

@@ -26,7 +26,7 @@ from common import fsio
 from shards.synthetic import vocab
 from shards.synthetic.config import SyntheticConfig
 from shards.synthetic.render import Box
-from shards.synthetic.scene import VideoPlan, place
+from shards.synthetic.scene import Action, VideoPlan, place, plan_video
 
 KINDS = ("attribute", "relation", "action", "same_noun")
 PREDICATES = ("left of", "right of", "above", "below", "next to")
@@ -92,6 +92,12 @@ def _relations(plan: VideoPlan, target: int, frames: range, boxes, near: float, 
     return out
 
 
+def _words(kind: str, qtype: str, subj) -> tuple[str | None, str | None]:
+    """(noun, colour) the sentence names for its subject (None: not said)."""
+    named = not (qtype == "interrogative" and kind in ("attribute", "relation"))
+    return (subj.noun if named else None), (subj.colour if kind in ("attribute", "same_noun") else None)
+
+
 def _sentence(kind: str, qtype: str, verb: str, subj, ref, pred: str | None) -> str:
     pp = PARTICIPLES[verb]
     rel = f" {pred} the {ref.colour} {ref.noun}" if pred else ""
@@ -107,40 +113,107 @@ def _sentence(kind: str, qtype: str, verb: str, subj, ref, pred: str | None) -> 
 def _parse(kind: str, qtype: str, verb: str, subj, ref, pred: str | None) -> dict:
     """What a parser should recover: the subject (noun None when the question asks for it), its attributes, the
     action, and subject-predicate-object triplets of phrases."""
-    named = not (qtype == "interrogative" and kind in ("attribute", "relation"))
-    colour = kind in ("attribute", "same_noun")
-    subject = {"noun": subj.noun if named else None, "attributes": [subj.colour] if colour else []}
-    phrase = " ".join(subject["attributes"] + [subject["noun"] or "what"])
+    noun, colour = _words(kind, qtype, subj)
+    subject = {"noun": noun, "attributes": [colour] if colour else []}
+    phrase = " ".join(subject["attributes"] + [noun or "what"])
     relations = [[phrase, pred, f"{ref.colour} {ref.noun}"]] if pred else []
     return {"subject": subject, "action": verb, "relations": relations}
 
 
+def acted_on(plan: VideoPlan, frames: range, verb: str | None = None) -> set[int]:
+    """Objects an action (of `verb`, or any) is done to in some frame of `frames`, concurrent actions included."""
+    fps = plan.fps
+    return {a.target for a in plan.all_actions
+            if (verb is None or a.verb == verb) and a.start * fps < frames.stop and a.end * fps > frames.start}
+
+
+def fitting(plan: VideoPlan, boxes, frames: range, verb: str, noun: str | None, colour: str | None,
+            ref: int | None, pred: str | None, near: float) -> list[int]:
+    """The objects a query's words fit during its span: the verb done to them then, the noun and colour said,
+    the relation true in every frame. A query is decided when this is its target alone."""
+    objs = plan.objects
+    return sorted(j for j in acted_on(plan, frames, verb)
+                  if (noun is None or objs[j].noun == noun) and (colour is None or objs[j].colour == colour)
+                  and (pred is None or (j != ref and holds_in(pred, j, ref, frames, boxes, near))))
+
+
+def concurrent(plan: VideoPlan, cfg: SyntheticConfig) -> list[Action]:
+    """With probability stvg_concurrent per main action, a distractor action on another object inside its span
+    (at least half of it), so "the object that changes now" no longer names the target. The distractor shares
+    the target's noun or colour (the object the query's words must rule out) and its verb with probability
+    stvg_same_verb (then the colour or a relation decides; otherwise the verb does)."""
+    rng = np.random.default_rng([*plan.seed_key, 23])
+    verbs = vocab.vocabulary(cfg.verbs, cfg.nouns, cfg.colours)["verbs"]
+    objs = plan.objects
+    out = []
+    for a in plan.actions:
+        if rng.uniform() >= cfg.stvg_concurrent:
+            continue
+        t = objs[a.target]
+        near = [j for j, o in enumerate(objs) if j != a.target and (o.noun == t.noun or o.colour == t.colour)]
+        pool = near or [j for j in range(len(objs)) if j != a.target]
+        if not pool:
+            continue
+        j = pool[int(rng.integers(len(pool)))]
+        others = [str(v) for v in verbs if v != a.verb]
+        verb = a.verb if (rng.uniform() < cfg.stvg_same_verb or not others) else others[int(rng.integers(len(others)))]
+        seconds = int(rng.integers((a.seconds + 1) // 2, a.seconds + 1))
+        start = a.start + int(rng.integers(0, a.seconds - seconds + 1))
+        out.append(Action(verb, j, start, seconds, vocab.sentence(verb, objs[j].colour, objs[j].noun)))
+    return out
+
+
+def plan(cfg: SyntheticConfig, split: str, index: int) -> VideoPlan:
+    """An STVG video's plan: the shared-noun layout, the main timeline, then the concurrent distractor actions
+    (their own random stream, so the scene and the main timeline are those of plan_video)."""
+    p = plan_video(cfg, split, index, layout)
+    p.concurrent = concurrent(p, cfg)
+    return p
+
+
+FALLBACKS = {"same_noun": ("same_noun", "relation", "attribute"), "relation": ("relation", "attribute"),
+             "action": ("action", "attribute"), "attribute": ("attribute",)}
+
+
 def queries(plan: VideoPlan, boxes: list[list[Box | None]], cfg: SyntheticConfig) -> list[dict]:
-    """One query per action whose target is visible in every frame of the action; kind by the configured mix,
-    falling back (same_noun -> relation -> attribute) when no unique relation holds."""
+    """One query per action (main and concurrent) whose target is visible in every frame of the action; kind by
+    the configured mix, falling back (same_noun -> relation -> attribute, action -> attribute) when no unique
+    relation holds or the words would fit another object acted on during the span. The last resort, the
+    declarative attribute form, always decides: (noun, colour) names one object."""
     rng = np.random.default_rng([*plan.seed_key, 17])
     weights = np.asarray([cfg.stvg_attribute, cfg.stvg_relation, cfg.stvg_action, cfg.stvg_same_noun], float)
     near = cfg.stvg_near * min(plan.width, plan.height)
     out = []
-    for k, a in enumerate(plan.actions):
+    for k, a in enumerate(plan.all_actions):
         frames = range(a.start * plan.fps, a.end * plan.fps)
         if any(boxes[f][a.target] is None for f in frames):
             continue  # an evaluator needs a box in every frame of the tube (never with the defaults)
         wanted = KINDS[int(rng.choice(len(KINDS), p=weights / weights.sum()))]
-        qtype = "interrogative" if rng.uniform() < cfg.stvg_interrogative else "declarative"
-        kind, ref, pred = wanted, None, None
-        for kind in {"same_noun": ("same_noun", "relation", "attribute"), "relation": ("relation", "attribute")
-                     }.get(wanted, (wanted,)):
-            if kind not in ("relation", "same_noun"):
-                break
-            found = _relations(plan, a.target, frames, boxes, near, kind == "same_noun")
-            if found:
-                ref, pred = found[int(rng.integers(len(found)))]
-                break
+        drawn = qtype = "interrogative" if rng.uniform() < cfg.stvg_interrogative else "declarative"
         subj = plan.objects[a.target]
+
+        def decided(kind: str, ref: int | None = None, pred: str | None = None) -> bool:
+            noun, colour = _words(kind, qtype, subj)
+            return fitting(plan, boxes, frames, a.verb, noun, colour, ref, pred, near) == [a.target]
+
+        chosen = None
+        for kind in FALLBACKS[wanted]:
+            if kind in ("relation", "same_noun"):
+                found = [(r, p) for r, p in _relations(plan, a.target, frames, boxes, near, kind == "same_noun")
+                         if decided(kind, r, p)]
+                if found:
+                    chosen = (kind, *found[int(rng.integers(len(found)))])
+                    break
+            elif decided(kind):
+                chosen = (kind, None, None)
+                break
+        if chosen is None:
+            qtype, chosen = "declarative", ("attribute", None, None)
+        kind, ref, pred = chosen
         robj = plan.objects[ref] if ref is not None else None
-        out.append({"action": k, "kind": kind, "wanted": wanted, "qtype": qtype, "target": a.target,
-                    "reference": ref, "predicate": pred, "verb": a.verb,
+        out.append({"action": k, "kind": kind, "wanted": wanted, "qtype": qtype, "drawn_qtype": drawn,
+                    "target": a.target, "reference": ref, "predicate": pred, "verb": a.verb,
+                    "concurrent": sorted(acted_on(plan, frames) - {a.target}),
                     "sentence": _sentence(kind, qtype, a.verb, subj, robj, pred),
                     "parse": _parse(kind, qtype, a.verb, subj, robj, pred),
                     "tube": [frames.start, frames.stop]})
@@ -189,6 +262,7 @@ def trajectories(plan: VideoPlan, boxes: list[list[Box | None]]) -> dict[str, di
 def record(plan: VideoPlan, boxes: list[list[Box | None]], cfg: SyntheticConfig) -> dict:
     """The STVG part of a video's record (generate.make_video adds it in stvg mode)."""
     return {"queries": queries(plan, boxes, cfg), "detections": proposals(plan, boxes, cfg),
+            "concurrent_actions": len(plan.concurrent),
             "trajectories": trajectories(plan, boxes),
             "objects": [{"noun": o.noun, "colour": o.colour, "texture": o.texture} for o in plan.objects]}
 
@@ -199,7 +273,7 @@ def write_split(cfg: SyntheticConfig, split: str, records: list[dict], dumps) ->
     videos, visible, parses = [], [], {}
     kinds = {k: 0 for k in KINDS}
     qtypes = {"declarative": 0, "interrogative": 0}
-    fallbacks = 0
+    fallbacks = qtype_fallbacks = concurrent_queries = 0
     for r in records:
         for q in r["queries"]:
             key = str(len(videos))
@@ -210,10 +284,12 @@ def write_split(cfg: SyntheticConfig, split: str, records: list[dict], dumps) ->
                            "target_id": q["target"], "video_path": f"videos/{r['vid']}.mp4"})
             visible.append({"key": key, "video": r["vid"], "sentence": q["sentence"], "qtype": q["qtype"]})
             parses[key] = {k: q[k] for k in ("kind", "wanted", "parse", "target", "reference", "predicate", "verb",
-                                             "action")}
+                                             "action", "concurrent")}
             kinds[q["kind"]] += 1
             qtypes[q["qtype"]] += 1
             fallbacks += q["kind"] != q["wanted"]
+            qtype_fallbacks += q["qtype"] != q["drawn_qtype"]
+            concurrent_queries += bool(q["concurrent"])
     fsio.write_bytes_atomic(fsio.join(root, "truth", "vidstg.json"), dumps(
         {"videos": videos, "trajectories": {r["vid"]: r["trajectories"] for r in records},
          "objects": {r["vid"]: r["objects"] for r in records}}))
@@ -221,12 +297,15 @@ def write_split(cfg: SyntheticConfig, split: str, records: list[dict], dumps) ->
     fsio.write_bytes_atomic(fsio.join(root, "detections.json"), dumps(
         {"format": DETECTIONS_FORMAT, "box_format": "xyxy", "videos": {r["vid"]: r["detections"] for r in records}}))
     fsio.write_bytes_atomic(fsio.join(root, "queries.json"), dumps(visible))
-    return {"queries": len(videos), "kinds": kinds, "qtypes": qtypes, "fallbacks": fallbacks}
+    return {"queries": len(videos), "kinds": kinds, "qtypes": qtypes, "fallbacks": fallbacks,
+            "qtype_fallbacks": qtype_fallbacks, "concurrent_queries": concurrent_queries,
+            "concurrent_actions": sum(r["concurrent_actions"] for r in records)}
 
 
 def corpus_section(cfg: SyntheticConfig) -> dict:
     w = np.asarray([cfg.stvg_attribute, cfg.stvg_relation, cfg.stvg_action, cfg.stvg_same_noun], float)
     return {"mix": dict(zip(KINDS, (w / w.sum()).round(4).tolist())), "interrogative": cfg.stvg_interrogative,
+            "concurrent": cfg.stvg_concurrent, "same_verb": cfg.stvg_same_verb,
             "predicates": list(PREDICATES), "near_px": cfg.stvg_near * min(cfg.width, cfg.height),
             "files": {"queries": "queries.json", "detections": "detections.json", "truth": "truth/vidstg.json",
                       "parses": "truth/parses.json"}}
