@@ -143,11 +143,29 @@ def _acted_on(p, frames, verb=None):
             if (verb is None or a.verb == verb) and a.start * p.fps < frames.stop and a.end * p.fps > frames.start}
 
 
+def _fit(p, boxes, q, frames, near):
+    """The objects that satisfy all of a query's words (from its parse) during `frames`."""
+    noun, colours = q["parse"]["subject"]["noun"], q["parse"]["subject"]["attributes"]
+    fit = set()
+    for j, o in enumerate(p.objects):
+        if j not in _acted_on(p, frames, q["parse"]["action"]) or (noun and o.noun != noun):
+            continue
+        if colours and o.colour not in colours:
+            continue
+        if q["predicate"] and (j == q["reference"] or not all(
+                holds(q["predicate"], boxes[f][j], boxes[f][q["reference"]], near) for f in frames)):
+            continue
+        fit.add(j)
+    return fit
+
+
 def test_every_query_is_decided_by_its_words(corpus):
     """For every query, the objects that satisfy all its words during its span (its verb done to them then, the
     noun and colour it says, its relation true in every span frame) are exactly its target: a concurrent
-    distractor never makes a query ambiguous."""
+    distractor never makes a query ambiguous. Nor does another action of the video: no other action of its verb
+    has an object its words fit over that action's frames (the words name one time too)."""
     near = corpus.stvg_near * min(corpus.width, corpus.height)
+    checked = 0
     for split in ("train", "test"):
         rendered = _rendered(corpus, split)
         parses = _load(corpus, split, "truth/parses.json")
@@ -155,18 +173,14 @@ def test_every_query_is_decided_by_its_words(corpus):
             p, boxes = rendered[v["original_video_id"]]
             q = parses[v["video_id"]]
             frames = range(v["tube_start_frame"], v["tube_end_frame"])
-            noun, colours = q["parse"]["subject"]["noun"], q["parse"]["subject"]["attributes"]
-            fit = set()
-            for j, o in enumerate(p.objects):
-                if j not in _acted_on(p, frames, q["parse"]["action"]) or (noun and o.noun != noun):
-                    continue
-                if colours and o.colour not in colours:
-                    continue
-                if q["predicate"] and (j == q["reference"] or not all(
-                        holds(q["predicate"], boxes[f][j], boxes[f][q["reference"]], near) for f in frames)):
-                    continue
-                fit.add(j)
-            assert fit == {v["target_id"]}, (v["caption"], fit)
+            assert _fit(p, boxes, q, frames, near) == {v["target_id"]}, v["caption"]
+            me = p.all_actions[q["action"]]
+            for b in p.all_actions:
+                if b is not me and b.verb == me.verb:
+                    assert b.target not in _fit(p, boxes, q, range(b.start * p.fps, b.end * p.fps), near), \
+                        (v["caption"], b)
+                    checked += 1
+    assert checked > 0  # the time-level check met other actions of the same verb
 
 
 def test_concurrent_distractors_are_present(corpus):

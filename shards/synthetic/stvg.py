@@ -141,10 +141,12 @@ def concurrent(plan: VideoPlan, cfg: SyntheticConfig) -> list[Action]:
     """With probability stvg_concurrent per main action, a distractor action on another object inside its span
     (at least half of it), so "the object that changes now" no longer names the target. The distractor shares
     the target's noun or colour (the object the query's words must rule out) and its verb with probability
-    stvg_same_verb (then the colour or a relation decides; otherwise the verb does)."""
+    stvg_same_verb (then the colour or a relation decides; otherwise the verb does). A (verb, object) pair is
+    never done twice in a video, so "the red cube is cut" still names one time."""
     rng = np.random.default_rng([*plan.seed_key, 23])
     verbs = vocab.vocabulary(cfg.verbs, cfg.nouns, cfg.colours)["verbs"]
     objs = plan.objects
+    used = {(a.verb, a.target) for a in plan.actions}
     out = []
     for a in plan.actions:
         if rng.uniform() >= cfg.stvg_concurrent:
@@ -155,8 +157,14 @@ def concurrent(plan: VideoPlan, cfg: SyntheticConfig) -> list[Action]:
         if not pool:
             continue
         j = pool[int(rng.integers(len(pool)))]
-        others = [str(v) for v in verbs if v != a.verb]
-        verb = a.verb if (rng.uniform() < cfg.stvg_same_verb or not others) else others[int(rng.integers(len(others)))]
+        others = [str(v) for v in verbs if v != a.verb and (v, j) not in used]
+        if rng.uniform() < cfg.stvg_same_verb and (a.verb, j) not in used:
+            verb = a.verb
+        elif others:
+            verb = others[int(rng.integers(len(others)))]
+        else:
+            continue
+        used.add((verb, j))
         seconds = int(rng.integers((a.seconds + 1) // 2, a.seconds + 1))
         start = a.start + int(rng.integers(0, a.seconds - seconds + 1))
         out.append(Action(verb, j, start, seconds, vocab.sentence(verb, objs[j].colour, objs[j].noun)))
@@ -171,6 +179,10 @@ def plan(cfg: SyntheticConfig, split: str, index: int) -> VideoPlan:
     return p
 
 
+def _frames(plan: VideoPlan, a: Action) -> range:
+    return range(a.start * plan.fps, a.end * plan.fps)
+
+
 FALLBACKS = {"same_noun": ("same_noun", "relation", "attribute"), "relation": ("relation", "attribute"),
              "action": ("action", "attribute"), "attribute": ("attribute",)}
 
@@ -178,14 +190,15 @@ FALLBACKS = {"same_noun": ("same_noun", "relation", "attribute"), "relation": ("
 def queries(plan: VideoPlan, boxes: list[list[Box | None]], cfg: SyntheticConfig) -> list[dict]:
     """One query per action (main and concurrent) whose target is visible in every frame of the action; kind by
     the configured mix, falling back (same_noun -> relation -> attribute, action -> attribute) when no unique
-    relation holds or the words would fit another object acted on during the span. The last resort, the
-    declarative attribute form, always decides: (noun, colour) names one object."""
+    relation holds or the words would also fit another object acted on during the span, or another action of the
+    video over its own frames. The last resort, the declarative attribute form, decides whenever the action's
+    (verb, object) pair is the video's only one; an action without it (a repeated main sentence: rare) gets none."""
     rng = np.random.default_rng([*plan.seed_key, 17])
     weights = np.asarray([cfg.stvg_attribute, cfg.stvg_relation, cfg.stvg_action, cfg.stvg_same_noun], float)
     near = cfg.stvg_near * min(plan.width, plan.height)
     out = []
     for k, a in enumerate(plan.all_actions):
-        frames = range(a.start * plan.fps, a.end * plan.fps)
+        frames = _frames(plan, a)
         if any(boxes[f][a.target] is None for f in frames):
             continue  # an evaluator needs a box in every frame of the tube (never with the defaults)
         wanted = KINDS[int(rng.choice(len(KINDS), p=weights / weights.sum()))]
@@ -194,7 +207,10 @@ def queries(plan: VideoPlan, boxes: list[list[Box | None]], cfg: SyntheticConfig
 
         def decided(kind: str, ref: int | None = None, pred: str | None = None) -> bool:
             noun, colour = _words(kind, qtype, subj)
-            return fitting(plan, boxes, frames, a.verb, noun, colour, ref, pred, near) == [a.target]
+            if fitting(plan, boxes, frames, a.verb, noun, colour, ref, pred, near) != [a.target]:
+                return False
+            return not any(b.target in fitting(plan, boxes, _frames(plan, b), a.verb, noun, colour, ref, pred, near)
+                           for b in plan.all_actions if b is not a and b.verb == a.verb)
 
         chosen = None
         for kind in FALLBACKS[wanted]:
@@ -208,7 +224,10 @@ def queries(plan: VideoPlan, boxes: list[list[Box | None]], cfg: SyntheticConfig
                 chosen = (kind, None, None)
                 break
         if chosen is None:
-            qtype, chosen = "declarative", ("attribute", None, None)
+            qtype = "declarative"
+            if not decided("attribute"):
+                continue
+            chosen = ("attribute", None, None)
         kind, ref, pred = chosen
         robj = plan.objects[ref] if ref is not None else None
         out.append({"action": k, "kind": kind, "wanted": wanted, "qtype": qtype, "drawn_qtype": drawn,
@@ -262,7 +281,7 @@ def trajectories(plan: VideoPlan, boxes: list[list[Box | None]]) -> dict[str, di
 def record(plan: VideoPlan, boxes: list[list[Box | None]], cfg: SyntheticConfig) -> dict:
     """The STVG part of a video's record (generate.make_video adds it in stvg mode)."""
     return {"queries": queries(plan, boxes, cfg), "detections": proposals(plan, boxes, cfg),
-            "concurrent_actions": len(plan.concurrent),
+            "concurrent_actions": len(plan.concurrent), "stvg_actions": len(plan.all_actions),
             "trajectories": trajectories(plan, boxes),
             "objects": [{"noun": o.noun, "colour": o.colour, "texture": o.texture} for o in plan.objects]}
 
@@ -299,7 +318,8 @@ def write_split(cfg: SyntheticConfig, split: str, records: list[dict], dumps) ->
     fsio.write_bytes_atomic(fsio.join(root, "queries.json"), dumps(visible))
     return {"queries": len(videos), "kinds": kinds, "qtypes": qtypes, "fallbacks": fallbacks,
             "qtype_fallbacks": qtype_fallbacks, "concurrent_queries": concurrent_queries,
-            "concurrent_actions": sum(r["concurrent_actions"] for r in records)}
+            "concurrent_actions": sum(r["concurrent_actions"] for r in records),
+            "actions_without_query": sum(r["stvg_actions"] for r in records) - len(videos)}
 
 
 def corpus_section(cfg: SyntheticConfig) -> dict:
