@@ -14,7 +14,7 @@ import pytest
 from grounding.readers.stvg import read_vidstg
 from shards.synthetic import SyntheticConfig, generate
 from shards.synthetic.render import Renderer
-from shards.synthetic.stvg import KINDS, holds, plan
+from shards.synthetic.stvg import KINDS, holds, stvg_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT}
@@ -43,7 +43,7 @@ def _rendered(cfg, split):
     """{vid: (plan, per-frame boxes)} re-rendered from the plan, independently of the files."""
     out = {}
     for i in range(cfg.n_train if split == "train" else cfg.n_test):
-        p = plan(cfg, split, i)
+        p = stvg_plan(cfg, split, i)
         r = Renderer(p)
         out[p.vid] = (p, [r.frame(f)[1] for f in range(p.frames)])
     return out
@@ -217,7 +217,7 @@ def test_concurrent_action_is_rendered_on_its_object(corpus):
     nothing happening) and every changed pixel lies in the box of an object being acted on."""
     checked = 0
     for i in range(corpus.n_test):
-        p = plan(corpus, "test", i)
+        p = stvg_plan(corpus, "test", i)
         r = Renderer(p)
         for c in p.concurrent:
             f = c.start * p.fps
@@ -237,7 +237,7 @@ def test_visible_files_hold_no_truth(corpus):
     visible = _load(corpus, "test", "queries.json")
     assert all(set(q) == {"key", "video", "sentence", "qtype"} for q in visible)
     det = _load(corpus, "test", "detections.json")
-    p = plan(corpus, "test", 0)
+    p = stvg_plan(corpus, "test", 0)
     frames = det["videos"][p.vid]["frames"]
     assert sorted(int(f) for f in frames) == list(range(p.frames))
     assert all(set(e) == {"boxes", "scores"} for e in frames.values())

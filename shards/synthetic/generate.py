@@ -49,7 +49,7 @@ def _encode_to(url: str, frames, cfg: SyntheticConfig) -> int:
 def make_video(cfg: SyntheticConfig, split: str, index: int) -> dict:
     """Plan, render, encode one video; returns its captions and truth entries (the split files are written by
     the caller, in index order)."""
-    plan = stvg.plan(cfg, split, index) if cfg.mode == "stvg" else plan_video(cfg, split, index)
+    plan = stvg.stvg_plan(cfg, split, index) if cfg.mode == "stvg" else plan_video(cfg, split, index)
     renderer = Renderer(plan)
     per_second: dict[int, list] = {}
     per_frame: list[list] = []

@@ -12,6 +12,11 @@ target by one of four kinds (the mix is a config parameter, realised counts go t
 Interrogative forms ask for the subject ("what is cut left of the blue bowl?"). Relations are computed on the
 rendered boxes of every frame of the tube, so they hold exactly where the truth says.
 
+Most main actions get a concurrent distractor action inside their span on an object of the target's noun or
+colour (`stvg_concurrent`), with its own query and tube, so "the object that changes now" does not name the
+target; a kind whose words would fit another object then (or another action of the video) falls back, so every
+query's words fit its target alone.
+
 Files per split, beside the instructional ones (which are written too, so the corpus can be sharded and pretrained
 on): `queries.json` (visible: key, video, sentence, qtype), `detections.json` (proposals in the detections-file
 format of docs/stvg.md, no identities), `truth/vidstg.json` (TubeDETR's preprocessed VidSTG file, read by
@@ -152,8 +157,8 @@ def concurrent(plan: VideoPlan, cfg: SyntheticConfig) -> list[Action]:
         if rng.uniform() >= cfg.stvg_concurrent:
             continue
         t = objs[a.target]
-        near = [j for j, o in enumerate(objs) if j != a.target and (o.noun == t.noun or o.colour == t.colour)]
-        pool = near or [j for j in range(len(objs)) if j != a.target]
+        alike = [j for j, o in enumerate(objs) if j != a.target and (o.noun == t.noun or o.colour == t.colour)]
+        pool = alike or [j for j in range(len(objs)) if j != a.target]
         if not pool:
             continue
         j = pool[int(rng.integers(len(pool)))]
@@ -171,7 +176,7 @@ def concurrent(plan: VideoPlan, cfg: SyntheticConfig) -> list[Action]:
     return out
 
 
-def plan(cfg: SyntheticConfig, split: str, index: int) -> VideoPlan:
+def stvg_plan(cfg: SyntheticConfig, split: str, index: int) -> VideoPlan:
     """An STVG video's plan: the shared-noun layout, the main timeline, then the concurrent distractor actions
     (their own random stream, so the scene and the main timeline are those of plan_video)."""
     p = plan_video(cfg, split, index, layout)
