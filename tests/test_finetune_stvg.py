@@ -283,7 +283,8 @@ def test_zero_shot_head_picks_the_benchmarks_zero_shot_tube(features, corpus, ex
     head = build_head("tube_sim", next(iter(test.values())).regions.shape[-1], cfg).eval()
     model = load_model(export)
     picks = 0
-    for q in read_vidstg(os.path.join(corpus, "test", "truth", "vidstg.json")):
+    queries = read_vidstg(os.path.join(corpus, "test", "truth", "vidstg.json"))
+    for q in queries:
         vt = test[q.video]
         with torch.no_grad():
             out = head.tube_output(video_batch([vt]), text_batch(store.text([q.sentence]), [q.sentence],
@@ -293,7 +294,7 @@ def test_zero_shot_head_picks_the_benchmarks_zero_shot_tube(features, corpus, ex
         expected = vt.tubes[int(np.argmax(tube_scores(model, vt, q.sentence, q.tube)))].with_span(q.tube)
         np.testing.assert_allclose(chosen.boxes, expected.boxes)
         picks += 1
-    assert picks == 2
+    assert picks == len(queries) >= 2
 
 
 # --- bad input as a user meets it -------------------------------------------------------------------------------
