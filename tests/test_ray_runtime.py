@@ -21,9 +21,13 @@ import psutil
 from cluster.runtime import init_ray
 ray = init_ray(num_cpus=1)
 ray.get(ray.remote(lambda: os.getpid()).remote())   # a worker process is up too
+def listening(p):
+    try:  # a short-lived Ray helper can exit between the listing and the read
+        return [c.laddr.ip for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, FileNotFoundError, ProcessLookupError):
+        return []
 me = psutil.Process()
-listen = sorted({c.laddr.ip for p in [me] + me.children(recursive=True)
-                 for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN})
+listen = sorted({ip for p in [me] + me.children(recursive=True) for ip in listening(p)})
 gcs = ray.get_runtime_context().gcs_address
 clients = {}
 for name, mode in (("disabled", "disabled"), ("token", "token")) if sys.argv[1] == "fresh" else ():
