@@ -4,7 +4,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+# FAISS build: gpu where nvidia-smi exists, else cpu (FAISS=cpu|gpu overrides); the two cannot share an environment
+FAISS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,cpu)
+OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
+STAMP := $(VENV)/.installed-$(FAISS)-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 DEMO_DIR ?= runs/demo
 
 # CPU-only machines: DeepSpeed's CPU accelerator (gloo); its JIT-built ops are cached across clones.
@@ -24,7 +27,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -U pip setuptools wheel
 	# PyPI's torch (its CUDA build runs on CPU too) first: DeepSpeed's build imports it.
 	$(BIN)/pip install -q "torch>=2.4" torchvision
-	$(BIN)/pip install -q -c constraints.txt --no-build-isolation -e ".[dev]"
+	$(BIN)/pip uninstall -y -q $(OTHER_FAISS) 2>/dev/null || true
+	$(BIN)/pip install -q -c constraints.txt --no-build-isolation -e ".[dev,$(FAISS)]"
+	$(BIN)/python -m index.faiss_build
 	rm -f $(VENV)/.installed-*
 	touch $@
 
