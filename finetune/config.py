@@ -18,7 +18,7 @@ from tubes.config import TubeConfig
 
 STVG_DATASETS = ("synthetic_stvg", "vidstg", "hcstvg")   # finetune/datasets_stvg.py
 DATASETS = ("synthetic", "charades_sta", "didemo") + STVG_DATASETS
-STVG_HEADS = ("tube_sim",)                              # heads that answer tube_output (docs/stvg.md)
+STVG_HEADS = ("tube_sim", "fsm")                              # heads that answer tube_output (docs/stvg.md)
 HEADS = ("wsra",) + STVG_HEADS
 
 
@@ -79,6 +79,24 @@ class TubeSimConfig:
 
 
 @dataclass
+class FsmConfig:
+    """The supervised FSM head (finetune/heads/fsm.py, docs/stvg.md section 4): switches for the paper's ablations."""
+    dim: int = 64                    # model width d after the input projection
+    queries: int = 5                 # N learnable object queries (paper: 5; ablation 1, 3, 10)
+    frame_fusion: bool = True        # Eqs. 1-3 (Table III)
+    video_fusion: bool = True        # Eqs. 4-5 (Table III)
+    gate: bool = True                # the sigmoid FFN gates of Eqs. 2-3 (Table IV); off: plain sums
+    mrcl: bool = True                # Eq. 10
+    tau: float = 0.1                 # MRCL temperature
+    max_frames: int = 256            # length of the per-frame gamma_t of Eq. 5
+    w_cls: float = 2.0               # Eq. 11 lambdas (TubeDETR's: focal 2, L1 5, GIoU 2, KL 10, MRCL 1)
+    w_l1: float = 5.0
+    w_giou: float = 2.0
+    w_sted: float = 10.0
+    w_mrcl: float = 1.0
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-4                 # the paper: Adam, constant 1e-4, betas (0.9, 0.999)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -113,6 +131,7 @@ class FinetuneConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     wsra: WsraConfig = field(default_factory=WsraConfig)
     tube_sim: TubeSimConfig = field(default_factory=TubeSimConfig)
+    fsm: FsmConfig = field(default_factory=FsmConfig)
     tubes: TubeConfig = field(default_factory=TubeConfig)  # STVG: proposals -> region features -> M linked tubes
     optim: OptimConfig = field(default_factory=OptimConfig)
     pseudo_positives: str = ""       # pseudo-positive table (contracts.md section 4) for L_crov; "" = term off

@@ -12,6 +12,10 @@ def head_class(name: str) -> type[GroundingHead]:
         from finetune.heads.tube_sim import TubeSimHead
 
         return TubeSimHead
+    if name == "fsm":
+        from finetune.heads.fsm import FsmHead
+
+        return FsmHead
     raise ValueError(f"unknown head {name!r}")
 
 

@@ -1,0 +1,93 @@
+"""FSM head units (finetune/heads/fsm.py): hand checks of fusion, gate, matching, MRCL, span decoding, loss."""
+import math
+
+import torch
+from torch import nn
+
+from finetune.config import FsmConfig
+from finetune.heads.base import TextBatch, TrainBatch, VideoBatch
+from finetune.heads.fsm import FsmHead, decode_span, gated_correlation, match_query, mrcl, video_fusion
+from finetune.heads.stvg import StvgTargets, TubeGeometry
+
+
+def test_gated_correlation_ungated_matches_hand():
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    y = torch.tensor([[[1.0, 0.0]]])
+    out = gated_correlation(x, y, torch.tensor([[True]]), None, None, None, None, gate=False)
+    a = math.exp(1 / math.sqrt(2)) / (math.exp(1 / math.sqrt(2)) + 1)
+    xs = torch.tensor([[a, 1 - a], [1 - a, a]])
+    want = xs + torch.tensor([[1.0, 0.0], [1.0, 0.0]]) + x[0]
+    assert torch.allclose(out[0], want, atol=1e-6)
+
+
+def test_video_fusion_hand_and_alpha_identity():
+    xg = torch.ones(1, 2, 1, 2)
+    xe = torch.tensor([[[2.0, 0.0], [0.0, 0.0]]])
+    ye = torch.tensor([[1.0, 1.0]])
+    out = video_fusion(xg, xe, ye, torch.zeros(2))
+    s = 1 / (1 + math.exp(-2 / math.sqrt(2)))
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor([s, 0.5]), atol=1e-6)
+    head = FsmHead(4, FsmConfig(dim=4))
+    assert torch.allclose(torch.tanh(head.gamma) + 1, torch.ones_like(head.gamma))
+
+
+def test_match_picks_the_right_query():
+    tb = torch.tensor([[0.1, 0.1, 0.5, 0.5]] * 3)
+    boxes = torch.stack([torch.tensor([[0.6, 0.6, 0.9, 0.9]] * 3), tb.clone(), torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 3)])
+    logits = torch.zeros(3, 3)
+    assert match_query(logits, boxes, tb, torch.ones(3, dtype=torch.bool), FsmConfig()) == 1
+
+
+def test_mrcl_hand_numbers():
+    gt = torch.tensor([[1.0, 0.0]])
+    pos = torch.tensor([[1.0, 0.0]])
+    neg = torch.tensor([[[0.0, 1.0]]])
+    got = mrcl(gt, pos, neg, torch.tensor([True]), tau=1.0)
+    want = -(1 - math.log(math.exp(1) + math.exp(0)))
+    assert abs(float(got) - want) < 1e-6
+
+
+def test_decode_span_never_reverses():
+    torch.manual_seed(0)
+    s, e = torch.randn(20, 7), torch.randn(20, 7)
+    s[:, 5] += 10                      # start wants late, end wants early
+    e[:, 1] += 10
+    mask = torch.ones(20, 7, dtype=torch.bool)
+    mask[:3, 6:] = False
+    span = decode_span(s, e, mask)
+    assert (span[:, 1] >= span[:, 0]).all()
+    assert (span[:3, 1] < 6).all()
+
+
+def _batch(b=2, t=6, n=3, d=8):
+    g = torch.Generator().manual_seed(1)
+    regions = torch.randn(b, t, n, d, generator=g)
+    geo = TubeGeometry(boxes=torch.zeros(b, t, n, 4), scores=torch.ones(b, t, n),
+                       frame_ids=torch.arange(t)[None].expand(b, t) * 2, times=torch.zeros(b, t),
+                       tube_ids=torch.zeros(b, t, n, dtype=torch.long), tube_mask=torch.ones(b, 1, dtype=torch.bool),
+                       fps=torch.ones(b), size=torch.tensor([[100.0, 50.0]] * b))
+    video = VideoBatch(regions.mean(2), torch.ones(b, t, dtype=torch.bool), regions,
+                       torch.ones(b, t, n, dtype=torch.bool), geo)
+    text = TextBatch(torch.randn(b, d, generator=g), torch.randn(b, 4, d, generator=g), torch.ones(b, 4, dtype=torch.bool))
+    boxes = torch.tensor([10.0, 5.0, 60.0, 40.0]).expand(b, t, 4).clone()
+    mask = torch.zeros(b, t, dtype=torch.bool)
+    mask[:, 1:4] = True
+    tg = StvgTargets(sted=torch.tensor([[2, 8]] * b), boxes=boxes * mask[..., None], box_mask=mask)
+    return TrainBatch(video, text, targets=tg)
+
+
+def test_loss_falls_and_tube_output_shapes():
+    torch.manual_seed(0)
+    batch = _batch()
+    head = FsmHead(8, FsmConfig(dim=16, queries=3))
+    opt = torch.optim.Adam(head.parameters(), 1e-2)
+    first = None
+    for _ in range(40):
+        out = head.loss(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        first = first if first is not None else float(out["loss"])
+    assert float(out["loss"]) < 0.5 * first
+    tube = head.tube_output(batch.video, batch.text)
+    assert tube.boxes.shape == (2, 6, 4) and (tube.sted[:, 1] > tube.sted[:, 0]).all()
