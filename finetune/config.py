@@ -18,7 +18,7 @@ from tubes.config import TubeConfig
 
 STVG_DATASETS = ("synthetic_stvg", "vidstg", "hcstvg")   # finetune/datasets_stvg.py
 DATASETS = ("synthetic", "charades_sta", "didemo") + STVG_DATASETS
-STVG_HEADS = ("tube_sim", "fsm")                              # heads that answer tube_output (docs/stvg.md)
+STVG_HEADS = ("tube_sim", "fsm")                       # heads that answer tube_output (docs/stvg.md)
 HEADS = ("wsra",) + STVG_HEADS
 
 
@@ -88,7 +88,7 @@ class FsmConfig:
     gate: bool = True                # the sigmoid FFN gates of Eqs. 2-3 (Table IV); off: plain sums
     mrcl: bool = True                # Eq. 10
     tau: float = 0.1                 # MRCL temperature
-    max_frames: int = 256            # length of the per-frame gamma_t of Eq. 5
+    max_frames: int = 256            # gamma_t of Eq. 5 per frame; later frames share the last one
     w_cls: float = 2.0               # Eq. 11 lambdas (TubeDETR's: focal 2, L1 5, GIoU 2, KL 10, MRCL 1)
     w_l1: float = 5.0
     w_giou: float = 2.0
@@ -195,6 +195,13 @@ def validate(cfg: FinetuneConfig) -> None:
                       "features are cached as they are)")
     if cfg.tube_sim.temperature <= 0:
         raise err("tube_sim.temperature must be > 0")
+    f = cfg.fsm
+    for name, ok, rule in (("dim", f.dim > 0 and f.dim % 4 == 0, "a positive multiple of 4 (4 attention heads)"),
+                           ("queries", f.queries >= 1, ">= 1"), ("tau", f.tau > 0, "> 0"),
+                           ("max_frames", f.max_frames >= 1, ">= 1"),
+                           *((w, getattr(f, w) >= 0, ">= 0") for w in ("w_cls", "w_l1", "w_giou", "w_sted", "w_mrcl"))):
+        if not ok:
+            raise err(f"fsm.{name} must be {rule}")
     if cfg.batch_size < 2:
         raise err("batch_size must be >= 2 (the in-batch queries are the negatives)")
     if cfg.queries_per_video < 1:

@@ -1,6 +1,10 @@
 """FSM head units (finetune/heads/fsm.py): hand checks of fusion, gate, matching, MRCL, span decoding, loss."""
 import math
+import os
+import subprocess
+import sys
 
+import pytest
 import torch
 from torch import nn
 
@@ -8,6 +12,8 @@ from finetune.config import FsmConfig
 from finetune.heads.base import TextBatch, TrainBatch, VideoBatch
 from finetune.heads.fsm import FsmHead, decode_span, gated_correlation, match_query, mrcl, video_fusion
 from finetune.heads.stvg import StvgTargets, TubeGeometry
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_gated_correlation_ungated_matches_hand():
@@ -91,3 +97,28 @@ def test_loss_falls_and_tube_output_shapes():
     assert float(out["loss"]) < 0.5 * first
     tube = head.tube_output(batch.video, batch.text)
     assert tube.boxes.shape == (2, 6, 4) and (tube.sted[:, 1] > tube.sted[:, 0]).all()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("fsm.queries=0", "fsm.queries must be >= 1"), ("fsm.dim=6", "fsm.dim must be a positive multiple of 4"),
+    ("fsm.tau=0", "fsm.tau must be > 0"), ("fsm.w_sted=-1", "fsm.w_sted must be >= 0"),
+])
+def test_impossible_fsm_values_are_one_error_line(tmp_path, override, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("already here")
+    out = subprocess.run([sys.executable, "-m", "finetune.train", "--config", "configs/finetune/fsm_synthetic.yaml",
+                          f"checkpoint={tmp_path}/none.pt", f"run={run}", override],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], out.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["keep.txt"] and (run / "keep.txt").read_text() == "already here"
+
+
+def test_frames_beyond_max_frames_share_the_last_gamma():
+    cfg = FsmConfig(dim=8, queries=2, max_frames=3)
+    head = FsmHead(8, cfg)
+    batch = _batch(t=5)   # more frames than gamma entries, as a long test video at prediction
+    out = head.tube_output(batch.video, batch.text)
+    assert out.boxes.shape[:2] == (2, 5) and bool((out.sted[:, 1] > out.sted[:, 0]).all())

@@ -3,7 +3,7 @@ decoder with N queries and time-aware self-attention, tube sequence matching (Eq
 loss, and inference by Eqs. 12-13 with the joint start/end distribution.
 
 Visual tokens per frame are the cached region features (B, T, N, d); the anchor decoder (Eq. 9), the guided
-attention loss and the multi-scale (earlier layer) input are not implemented yet (docs/stvg.md section 4).
+attention loss and the multi-scale (earlier layer) input are not implemented yet (docs/fsm.md).
 """
 from __future__ import annotations
 
@@ -119,7 +119,9 @@ class FsmHead(GroundingHead):
             xe = (xg * rm).sum(2) / rm.sum(2).clamp_min(1.0)
             w = ym.to(y.dtype)[..., None]
             ye = (y * w).sum(1) / w.sum(1).clamp_min(1.0)
-            xg = video_fusion(xg, xe, ye, self.gamma[:t])
+            # prediction uses every frame of a video, which may exceed max_frames: later frames share the last gamma
+            frames = torch.arange(t, device=xg.device).clamp_max(self.gamma.shape[0] - 1)
+            xg = video_fusion(xg, xe, ye, self.gamma[frames])
         mem = torch.cat([xg.reshape(b * t, n, -1), yf], 1)                   # Eq. 6
         mem_pad = ~torch.cat([video.region_mask.reshape(b * t, n), ymf], 1)
         mem_pad[:, 0] = False                                                # a padded frame still attends somewhere
