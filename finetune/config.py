@@ -18,7 +18,7 @@ from tubes.config import TubeConfig
 
 STVG_DATASETS = ("synthetic_stvg", "vidstg", "hcstvg")   # finetune/datasets_stvg.py
 DATASETS = ("synthetic", "charades_sta", "didemo") + STVG_DATASETS
-STVG_HEADS = ("tube_sim", "fsm")                       # heads that answer tube_output (docs/stvg.md)
+STVG_HEADS = ("tube_sim", "fsm", "vcma")                       # heads that answer tube_output (docs/stvg.md)
 HEADS = ("wsra",) + STVG_HEADS
 
 
@@ -97,6 +97,37 @@ class FsmConfig:
 
 
 @dataclass
+class VcmaConfig:
+    """The weak VCMA head (finetune/heads/vcma.py, docs/vcma.md): sizes, the EM schedule and the ablation switches.
+    Defaults: the paper's D = 256, 2 blocks x 8 heads, beta = 0.3."""
+    dim: int = 256                   # D
+    blocks: int = 2                  # context encoder / temporal cross-attention / reconstruction decoder blocks
+    heads: int = 8
+    dropout: float = 0.1
+    spatial_context: bool = True     # Table 4: self-attention among a frame's regions
+    temporal_context: bool = True    # Table 4: self-attention along each linked tube
+    losses: str = "both"             # Table 3: both (EM) | contrastive (q_phi alone) | reconstruction (p_theta alone)
+    e_steps: int = 1                 # EM schedule: e_steps E-steps, then m_steps M-steps, repeated
+    m_steps: int = 1
+    reconstruct_from: str = "p"      # Z of Eqs. 13-15: p (p_theta's own, trained by it) | q (Eq. 12: q_phi's, fixed)
+    pseudo_label: str = "sample"     # Eq. 9 target: sample (one draw, the paper) | argmax | soft
+    temperature: float = 0.1         # tau of Eq. 11
+    match_norm: bool = True          # Eq. 10 with z^T normalised over frames and phrases averaged; false: as printed
+    gather: bool = True              # Eq. 11 negatives from all ranks
+    w_contra: float = 1.0            # weights of L_contra, L_Z (both steps), L_rec
+    w_assign: float = 1.0
+    w_rec: float = 1.0
+    beta: float = 0.3                # Eq. 16 (losses=contrastive uses 1, reconstruction 0)
+    box: str = "region"              # region: Eq. 16's best region per frame | tube: the best linked tube in the span
+    parser: str = "rules"            # rules (finetune/query_parse.py) | spacy (an installed spaCy model)
+    spacy_model: str = ""            # parser=spacy: the model's package name ("": the first en_* installed)
+    max_entities: int = 4
+    max_relations: int = 3
+    max_relation_words: int = 4
+    vocab: int = 4096                # hashed word vocabulary of the relation decoder
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-4                 # the paper: Adam, constant 1e-4, betas (0.9, 0.999)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -132,6 +163,7 @@ class FinetuneConfig:
     wsra: WsraConfig = field(default_factory=WsraConfig)
     tube_sim: TubeSimConfig = field(default_factory=TubeSimConfig)
     fsm: FsmConfig = field(default_factory=FsmConfig)
+    vcma: VcmaConfig = field(default_factory=VcmaConfig)
     tubes: TubeConfig = field(default_factory=TubeConfig)  # STVG: proposals -> region features -> M linked tubes
     optim: OptimConfig = field(default_factory=OptimConfig)
     pseudo_positives: str = ""       # pseudo-positive table (contracts.md section 4) for L_crov; "" = term off
@@ -202,6 +234,7 @@ def validate(cfg: FinetuneConfig) -> None:
                            *((w, getattr(f, w) >= 0, ">= 0") for w in ("w_cls", "w_l1", "w_giou", "w_sted", "w_mrcl"))):
         if not ok:
             raise err(f"fsm.{name} must be {rule}")
+    validate_vcma(cfg)
     if cfg.batch_size < 2:
         raise err("batch_size must be >= 2 (the in-batch queries are the negatives)")
     if cfg.queries_per_video < 1:
@@ -234,6 +267,43 @@ def validate(cfg: FinetuneConfig) -> None:
         ("cluster.cpus_per_task", cfg.cluster.cpus_per_task, cfg.cluster.cpus_per_task >= 0, ">= 0"),
         ("cluster.gpus_per_task", cfg.cluster.gpus_per_task, cfg.cluster.gpus_per_task >= 0, ">= 0"),
     ])
+
+
+def validate_vcma(cfg: FinetuneConfig) -> None:
+    v, err = cfg.vcma, cfglib.ConfigError
+    choices = (("losses", v.losses, ("both", "contrastive", "reconstruction")),
+               ("reconstruct_from", v.reconstruct_from, ("p", "q")),
+               ("pseudo_label", v.pseudo_label, ("sample", "argmax", "soft")), ("box", v.box, ("region", "tube")),
+               ("parser", v.parser, ("rules", "spacy")))
+    for name, value, allowed in choices:
+        if value not in allowed:
+            raise err(f"vcma.{name} must be one of {allowed}, not {value!r}")
+    cfglib.check_ranges([
+        ("vcma.dim", v.dim, v.dim > 0 and v.heads > 0 and v.dim % v.heads == 0 and v.dim % 2 == 0,
+         "a positive even multiple of vcma.heads"),
+        ("vcma.blocks", v.blocks, v.blocks >= 1, ">= 1"), ("vcma.heads", v.heads, v.heads >= 1, ">= 1"),
+        ("vcma.dropout", v.dropout, 0 <= v.dropout < 1, "in [0, 1)"),
+        ("vcma.e_steps", v.e_steps, v.e_steps >= 1, ">= 1"), ("vcma.m_steps", v.m_steps, v.m_steps >= 1, ">= 1"),
+        ("vcma.temperature", v.temperature, v.temperature > 0, "> 0"),
+        ("vcma.beta", v.beta, 0 <= v.beta <= 1, "in [0, 1]"),
+        *((f"vcma.{w}", getattr(v, w), getattr(v, w) >= 0, ">= 0") for w in ("w_contra", "w_assign", "w_rec")),
+        ("vcma.max_entities", v.max_entities, v.max_entities >= 1, ">= 1"),
+        ("vcma.max_relations", v.max_relations, v.max_relations >= 1, ">= 1"),
+        ("vcma.max_relation_words", v.max_relation_words, 1 <= v.max_relation_words <= 16, "in 1..16"),
+        ("vcma.vocab", v.vocab, v.vocab >= 16, ">= 16"),
+    ])
+    if cfg.head == "vcma" and v.parser == "spacy":
+        from finetune.query_parse import spacy_parser
+
+        spacy_parser(v.spacy_model)          # one error line now (not after features) when no model is installed
+    if cfg.head == "vcma" and v.losses == "both" and cfg.train:
+        from trainer.engine import load_ds_file
+
+        stage = load_ds_file(cfg.deepspeed).get("zero_optimization", {}).get("stage", 0)
+        if stage:
+            raise err(f"vcma: EM freezes one network per step (requires_grad off), which ZeRO stage {stage} "
+                      f"[{cfg.deepspeed}] is not known to honour (its flat partitions hold every parameter); use "
+                      "configs/deepspeed/zero0.json")
 
 
 # What a re-launch into an existing finetune run may change (docs/cluster.md "Resuming a run"); any other

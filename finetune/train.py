@@ -188,6 +188,8 @@ class FinetuneModule(nn.Module):
 
     def forward(self, inputs: dict) -> dict:
         batch: TrainBatch = inputs["batch"]
+        if "step" in inputs:
+            self.head.at_step(int(inputs["step"]))
         if self.encoder is not None:
             sentence, words, mask = self.encoder.encode_text(inputs["tokens"])
             batch = TrainBatch(self.encode_video(batch.video), TextBatch(sentence, words, mask),
@@ -204,7 +206,7 @@ class BatchTask(Task):
 
     def inputs(self, step: int, micro: int) -> dict:
         batch, _, tokens = self.batcher.batch(step)
-        inputs = {"batch": batch.to(self.device)}
+        inputs = {"batch": batch.to(self.device), "step": step}
         if tokens is not None:
             inputs["tokens"] = tokens.to(self.device)
         return inputs

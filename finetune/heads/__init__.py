@@ -16,6 +16,10 @@ def head_class(name: str) -> type[GroundingHead]:
         from finetune.heads.fsm import FsmHead
 
         return FsmHead
+    if name == "vcma":
+        from finetune.heads.vcma import VcmaHead
+
+        return VcmaHead
     raise ValueError(f"unknown head {name!r}")
 
 

@@ -93,6 +93,10 @@ class GroundingHead(nn.Module, metaclass=abc.ABCMeta):
         scores tubes returns those instead."""
         return TubeOutput(frame_scores=self.frame_scores(video, text), region_scores=self.region_scores(video, text))
 
+    def at_step(self, step: int) -> None:
+        """Called before the loss of optimizer step `step` (0-based, the trainer's count, so a resume continues
+        the schedule): a head whose objective follows a schedule (VCMA's EM alternation) switches here."""
+
     def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         # DeepSpeed's engine calls forward; training is the only use of it
         return self.loss(batch)

@@ -1,0 +1,514 @@
+"""VCMA: weakly supervised STVG by variational cross-modal alignment (Jin & Mu, ECCV 2024; docs/vcma.md).
+
+Trained from (video, sentence) pairs only. The sentence is parsed (finetune/query_parse.py) into entity phrases
+and relation triplets; each phrase's feature is the mean of the export's word features over its characters.
+- Contextual encoding (Sec. 3.3, shared by both networks): spatial self-attention among the regions of a frame and
+  temporal self-attention along each linked tube, alternating (`spatial_context`, `temporal_context`: Table 4);
+  language self-attention over the entities (q_phi) or the entities and relations (p_theta).
+- q_phi (E-step): Eq. 6 spatial softmax over a frame's regions per phrase; Eq. 7 Gaussian temporal assignment
+  whose centre and width come from a CLS token cross-attending frames to phrases; the video-sentence contrastive
+  loss Eqs. 10-11 with the videos of all ranks as negatives; Eq. 9 cross entropy to p_theta's pseudo-labels.
+- p_theta (M-step): the same assignment networks conditioned on relations too, trained towards q_phi's assignment
+  (the Eq. 9 analogue) and by relation reconstruction: gated entity features (Eq. 13), subject-object fusion
+  (Eq. 14), a causal transformer decoder over the frames that re-generates the predicate's words (Eq. 15).
+- EM (Algorithm 1): the optimizer step's phase comes from `at_step` (e_steps E-steps, then m_steps M-steps); the
+  E-step freezes theta, the M-step phi (requires_grad off, so no gradient and no optimizer update reaches them).
+- Inference (Eq. 16): Z = beta Z_q + (1 - beta) Z_p; frame scores z^T (the span is their best segment), region
+  scores z^S of the target phrase (a box per frame, or the best linked tube: `box`).
+"""
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
+from finetune.heads.stvg import TubeOutput
+
+PAD, BOS = 0, 1
+
+
+# --- pure pieces (tested on hand cases) ----------------------------------------------------------------------------
+def spatial_assignment(phrases: torch.Tensor, regions: torch.Tensor, region_mask: torch.Tensor,
+                       scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 6: (softmax over a frame's regions of scale * g_S(w_i).g_V(v_j) (B, E, T, N), the raw scores).
+    phrases (B, E, D) = g_S(w), regions (B, T, N, D) = g_V(v); a frame without regions gets all zeros."""
+    s = torch.einsum("bed,btnd->betn", phrases, regions) * scale
+    m = region_mask[:, None]
+    z = torch.softmax(s.masked_fill(~m, -1e9), dim=-1) * m.any(-1, keepdim=True)
+    return z, s
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) t / T_b: frame t's relative position in its own video (T_b its valid frames), frame centres."""
+    n = mask.sum(1, keepdim=True).clamp_min(1).to(torch.float32)
+    t = torch.arange(mask.shape[1], device=mask.device, dtype=torch.float32)[None]
+    return (t + 0.5) / n
+
+
+def gaussian_assignment(center: torch.Tensor, width: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Eq. 7 as printed: 1 / sqrt(2 pi sigma) exp(-(t/T - c)^2 / (2 sigma^2)); center, width (...,), pos (..., T)."""
+    c, s = center[..., None], width[..., None]
+    return torch.exp(-(pos - c) ** 2 / (2 * s ** 2)) / torch.sqrt(2 * math.pi * s)
+
+
+def match_scores(region_scores: torch.Tensor, region_mask: torch.Tensor, zt: torch.Tensor, entity_mask: torch.Tensor,
+                 frame_mask: torch.Tensor, normalise: bool) -> torch.Tensor:
+    """Eq. 10 for every (sentence q, video v): sum_t z_t^T sum_i max_j s_{t,i,j}.
+    region_scores (Q, E, V, T, N), region_mask (V, T, N), zt (Q, V, T), entity_mask (Q, E), frame_mask (V, T).
+    `normalise`: z^T divided by its sum over the frames and the phrases averaged (a weighted mean, so a wider
+    Gaussian or a longer sentence does not raise the score by itself); off: Eq. 10 as printed. -> (Q, V)."""
+    best = region_scores.masked_fill(~region_mask[None, None], -1e4).max(-1).values      # (Q, E, V, T)
+    best = best * region_mask.any(-1)[None, None]                                       # frames without regions: 0
+    em = entity_mask.to(best.dtype)[:, :, None, None]
+    per_frame = (best * em).sum(1)                                                      # (Q, V, T)
+    w = zt * frame_mask[None].to(zt.dtype)
+    if normalise:
+        per_frame = per_frame / em.sum(1).clamp_min(1.0)
+        w = w / w.sum(-1, keepdim=True).clamp_min(1e-6)
+    return (w * per_frame).sum(-1)
+
+
+def contrastive_loss(scores: torch.Tensor, temperature: float, own: torch.Tensor,
+                     same_video: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 11: mean over sentences i of -log exp(s(V_i, S_i)/tau) / sum_j exp(s(V_j, S_i)/tau); scores (Q, V), own
+    (Q,) the column of each sentence's own video; same_video (Q, V) True where column j is the same video as the
+    own one under another row (another query of it: not a negative)."""
+    logits = scores / temperature
+    if same_video is not None:
+        keep = F.one_hot(own, scores.shape[1]).bool()
+        logits = logits.masked_fill(same_video & ~keep, -1e9)
+    return F.cross_entropy(logits, own)
+
+
+def hashed_ids(words: list[str], vocab: int) -> list[int]:
+    """Word ids of a fixed hashed vocabulary (2 .. vocab-1; 0 pad, 1 BOS): nothing to build from the training
+    sentences, the same ids on every rank and after a resume."""
+    return [2 + zlib.crc32(w.lower().encode()) % (vocab - 2) for w in words]
+
+
+def sinusoid(pos: torch.Tensor, dim: int) -> torch.Tensor:
+    """(..., dim) sinusoidal code of relative positions in [0, 1] (frequencies up to dim/2 cycles per video)."""
+    k = torch.arange(dim // 2, device=pos.device, dtype=torch.float32)
+    freq = math.pi * torch.pow(torch.tensor(float(dim), device=pos.device), k / max(dim // 2, 1)) / 8
+    ang = pos[..., None] * freq
+    return torch.cat([ang.sin(), ang.cos()], dim=-1)
+
+
+def _keys(mask: torch.Tensor) -> torch.Tensor:
+    """Key padding mask (True = ignore) from validity; a row without any valid key attends to all (its output is
+    masked out later) instead of producing NaN."""
+    pad = ~mask
+    return pad & ~pad.all(-1, keepdim=True)
+
+
+# --- networks -------------------------------------------------------------------------------------------------------
+def _layer(d: int, heads: int, dropout: float) -> nn.TransformerEncoderLayer:
+    return nn.TransformerEncoderLayer(d, heads, 4 * d, dropout, batch_first=True, norm_first=True)
+
+
+class ContextEncoder(nn.Module):
+    """Sec. 3.3: inputs to D, then `blocks` x (spatial self-attention within a frame, temporal self-attention along
+    each linked tube); language self-attention over phrase tokens."""
+
+    def __init__(self, d_in: int, d: int, blocks: int, heads: int, dropout: float, spatial: bool, temporal: bool):
+        super().__init__()
+        self.region_in = nn.Linear(d_in, d)
+        self.frame_in = nn.Linear(d_in, d)
+        self.text_in = nn.Linear(d_in, d)
+        self.kind = nn.Parameter(torch.zeros(2, d))          # entity / relation token type
+        self.spatial = nn.ModuleList([_layer(d, heads, dropout) for _ in range(blocks)]) if spatial else None
+        self.temporal = nn.ModuleList([_layer(d, heads, dropout) for _ in range(blocks)]) if temporal else None
+        self.language = nn.ModuleList([_layer(d, heads, dropout) for _ in range(blocks)])
+        self.blocks = blocks
+
+    def video(self, video: VideoBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(regions (B, T, N, D), frames (B, T, D))."""
+        x = self.region_in(video.regions)
+        b, t, n, d = x.shape
+        rmask = video.region_mask
+        ids = video.geometry.tube_ids.masked_fill(~rmask, -1) if video.geometry is not None else None
+        m = int(ids.max().item()) + 1 if ids is not None and bool((ids >= 0).any()) else 0
+        for k in range(self.blocks):
+            if self.spatial is not None:
+                y = self.spatial[k](x.reshape(b * t, n, d), src_key_padding_mask=_keys(rmask.reshape(b * t, n)))
+                x = torch.where(rmask[..., None], y.reshape(b, t, n, d), x)
+            if self.temporal is not None and m > 0:
+                x = self._along_tubes(self.temporal[k], x, ids, m)
+        return x, self.frame_in(video.frames)
+
+    @staticmethod
+    def _along_tubes(layer, x, ids, m):
+        """Self-attention among the regions of each linked tube (one region per frame), written back in place."""
+        b, t, n, d = x.shape
+        on = ids >= 0
+        bi, ti, ni = on.nonzero(as_tuple=True)
+        mi = ids[bi, ti, ni]
+        pos = torch.full((b, m, t), -1, dtype=torch.long, device=x.device)
+        pos[bi, mi, ti] = ni
+        seq = x[torch.arange(b, device=x.device)[:, None, None], torch.arange(t, device=x.device)[None, None],
+                pos.clamp_min(0)]                                                       # (B, M, T, D)
+        valid = pos >= 0
+        y = layer(seq.reshape(b * m, t, d), src_key_padding_mask=_keys(valid.reshape(b * m, t))).reshape(b, m, t, d)
+        out = x.clone()
+        out[bi, ti, ni] = y[bi, mi, ti]
+        return out
+
+    def text(self, tokens: torch.Tensor, mask: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """Phrase tokens (B, K, d_in) with their kind (0 entity, 1 relation) -> (B, K, D)."""
+        x = self.text_in(tokens) + self.kind[kinds]
+        for layer in self.language:
+            x = layer(x, src_key_padding_mask=_keys(mask))
+        return x
+
+
+class Assignment(nn.Module):
+    """One assignment network (q_phi, or p_theta's): g_V, g_S (FC + ReLU), Eq. 6, and Eq. 7 from a CLS token that
+    self-attends with the frames (positions coded) and cross-attends to the phrase tokens."""
+
+    def __init__(self, d: int, heads: int, dropout: float, layers: int):
+        super().__init__()
+        self.g_v = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
+        self.g_s = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
+        self.cls = nn.Parameter(torch.randn(d) * 0.02)
+        self.pos = nn.Linear(d, d)
+        self.cross = nn.ModuleList([nn.TransformerDecoderLayer(d, heads, 4 * d, dropout, batch_first=True,
+                                                               norm_first=True) for _ in range(layers)])
+        self.out = nn.Linear(d, 2)
+        self.scale = 1.0 / math.sqrt(d)
+
+    def spatial(self, phrases, regions, region_mask):
+        return spatial_assignment(self.g_s(phrases), self.g_v(regions), region_mask, self.scale)
+
+    def temporal(self, frames, frame_mask, text, text_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """(center, width) each (B,) in (0, 1) for B (video, sentence) rows."""
+        b, t, d = frames.shape
+        x = frames + self.pos(sinusoid(positions(frame_mask), d))
+        x = torch.cat([self.cls.expand(b, 1, d), x], dim=1)
+        keys = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=x.device), frame_mask], 1)
+        for layer in self.cross:
+            x = layer(x, text, tgt_key_padding_mask=_keys(keys), memory_key_padding_mask=_keys(text_mask))
+        c, s = torch.sigmoid(self.out(x[:, 0])).unbind(-1)
+        return c, s.clamp_min(0.01)
+
+
+class Reconstructor(nn.Module):
+    """Eqs. 13-15: gated entity features -> W_r[h_s; h_o] + b_r per frame -> causal transformer decoder over the
+    predicate's words."""
+
+    def __init__(self, d: int, heads: int, dropout: float, blocks: int, vocab: int):
+        super().__init__()
+        self.fuse = nn.Linear(2 * d, d)                               # Eq. 14
+        self.pos = nn.Linear(d, d)
+        self.embed = nn.Embedding(vocab, d, padding_idx=PAD)
+        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(d, heads, 4 * d, dropout, batch_first=True,
+                                                                        norm_first=True), blocks)
+        self.word_pos = nn.Parameter(torch.randn(16, d) * 0.02)
+        self.vocab_out = nn.Linear(d, vocab)
+
+    def memory(self, regions, zs, zt, subj, obj, frame_mask):
+        """regions (B, T, N, D), zs (B, E, T, N), zt (B, T), subj / obj (B, R) entity index (obj -1: none)
+        -> {h_t^r} (B, R, T, D)."""
+        h = torch.einsum("betn,btnd->betd", zs, regions) * zt[:, None, :, None]        # Eq. 13
+        b, r = subj.shape
+        take = lambda idx: h[torch.arange(b, device=h.device)[:, None], idx.clamp_min(0)]  # noqa: E731
+        hs, ho = take(subj), take(obj) * (obj >= 0)[..., None, None]
+        mem = self.fuse(torch.cat([hs, ho], dim=-1))                                   # Eq. 14 (B, R, T, D)
+        return mem + self.pos(sinusoid(positions(frame_mask), mem.shape[-1]))[:, None]
+
+    def token_nll(self, memory, frame_mask, tokens) -> torch.Tensor:
+        """(rows, L) -log p(r_i | r_<i, memory) of each word (0 at padding); memory (rows, T, D), tokens (rows, L)."""
+        rows, length = tokens.shape
+        inp = torch.cat([torch.full_like(tokens[:, :1], BOS), tokens[:, :-1]], dim=1)
+        x = self.embed(inp) + self.word_pos[:length]
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), 1)
+        y = self.decoder(x, memory, tgt_mask=causal, memory_key_padding_mask=_keys(frame_mask))
+        nll = F.cross_entropy(self.vocab_out(y).transpose(1, 2), tokens, reduction="none", ignore_index=PAD)
+        return nll * (tokens != PAD)
+
+
+class _Net(nn.Module):
+    def __init__(self, d, heads, dropout, blocks, vocab=None):
+        super().__init__()
+        self.assign = Assignment(d, heads, dropout, blocks)
+        self.rec = Reconstructor(d, heads, dropout, blocks, vocab) if vocab else None
+
+
+# --- the head -------------------------------------------------------------------------------------------------------
+class VcmaHead(GroundingHead):
+    name = "vcma"
+    needs_regions = True
+    supervised = False
+
+    def __init__(self, dim: int, cfg):
+        super().__init__()
+        from finetune.query_parse import parser_of
+
+        self.cfg = cfg
+        d = cfg.dim
+        self.encoder = ContextEncoder(dim, d, cfg.blocks, cfg.heads, cfg.dropout, cfg.spatial_context,
+                                      cfg.temporal_context)
+        self.q = _Net(d, cfg.heads, cfg.dropout, cfg.blocks)                   # phi
+        self.p = _Net(d, cfg.heads, cfg.dropout, cfg.blocks, cfg.vocab)        # theta
+        self.parse = parser_of(cfg.parser, cfg.spacy_model)
+        self._parses: dict[str, object] = {}
+        self.phase = "E"
+        self.register_buffer("em_phase", torch.zeros((), dtype=torch.long))   # last phase, in head.pt (0 E, 1 M)
+
+    # --- EM schedule -----------------------------------------------------------------------------------------------
+    def phase_of(self, step: int) -> str:
+        if self.cfg.losses == "contrastive":
+            return "E"
+        if self.cfg.losses == "reconstruction":
+            return "M"
+        return "E" if step % (self.cfg.e_steps + self.cfg.m_steps) < self.cfg.e_steps else "M"
+
+    def at_step(self, step: int) -> None:
+        """Before optimizer step `step`'s loss: the phase, and which network may learn (E: phi, M: theta; the
+        shared encoder in both)."""
+        self.phase = self.phase_of(step)
+        self.em_phase.fill_(0 if self.phase == "E" else 1)
+        for p in self.q.parameters():
+            p.requires_grad_(self.phase == "E")
+        for p in self.p.parameters():
+            p.requires_grad_(self.phase == "M")
+
+    def phi_parameters(self):
+        return list(self.q.parameters())
+
+    def theta_parameters(self):
+        return list(self.p.parameters())
+
+    # --- text -> phrases ---------------------------------------------------------------------------------------------
+    def _parsed(self, sentence: str):
+        if sentence not in self._parses:
+            self._parses[sentence] = self.parse(sentence)
+        return self._parses[sentence]
+
+    def phrases(self, text: TextBatch) -> dict:
+        """Per query: entity and relation features (means of the word rows inside each phrase's characters), the
+        target entity, the relations' subject/object and hashed predicate words."""
+        cfg = self.cfg
+        b, dev = text.words.shape[0], text.words.device
+        e_max, r_max, l_max = cfg.max_entities, cfg.max_relations, cfg.max_relation_words
+        d_in = text.words.shape[-1]
+        words = F.normalize(text.words, dim=-1)
+        ent = torch.zeros(b, e_max, d_in, device=dev)
+        rel = torch.zeros(b, r_max, d_in, device=dev)
+        emask = torch.zeros(b, e_max, dtype=torch.bool, device=dev)
+        rmask = torch.zeros(b, r_max, dtype=torch.bool, device=dev)
+        subj = torch.zeros(b, r_max, dtype=torch.long, device=dev)
+        obj = torch.full((b, r_max), -1, dtype=torch.long, device=dev)
+        tokens = torch.zeros(b, r_max, l_max, dtype=torch.long, device=dev)
+        target = torch.zeros(b, dtype=torch.long, device=dev)
+
+        def mean_of(row, start, end):
+            spans = text.token_spans[row] if text.token_spans else []
+            k = [i for i, (a, z) in enumerate(spans) if a < end and z > start and bool(text.word_mask[row, i])]
+            return words[row, k].mean(0) if k else F.normalize(text.sentence[row], dim=-1)
+
+        for row, s in enumerate(text.sentences):
+            p = self._parsed(s)
+            ents = p.entities[:e_max]
+            if not ents:                                    # nothing parsed: the sentence is one phrase
+                ent[row, 0], emask[row, 0] = F.normalize(text.sentence[row], dim=-1), True
+                continue
+            for i, e in enumerate(ents):
+                ent[row, i], emask[row, i] = mean_of(row, e.start, e.end), True
+            target[row] = p.target if p.target is not None and p.target < e_max else 0
+            kept = [r for r in p.relations if r.subject < e_max and (r.object is None or r.object < e_max)][:r_max]
+            for j, r in enumerate(kept):
+                rel[row, j], rmask[row, j] = mean_of(row, r.start, r.end), True
+                subj[row, j], obj[row, j] = r.subject, -1 if r.object is None else r.object
+                ids = hashed_ids(r.predicate.split()[:l_max], cfg.vocab)
+                tokens[row, j, :len(ids)] = torch.tensor(ids, device=dev)
+        return {"ent": ent, "emask": emask, "rel": rel, "rmask": rmask, "subj": subj, "obj": obj,
+                "tokens": tokens, "target": target}
+
+    def _language(self, ph: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q's entity tokens (B, E, D), p's entity tokens conditioned on relations (B, E, D), p's entity+relation
+        tokens (B, E+R, D)) and the latter's mask."""
+        e = ph["ent"].shape[1]
+        kinds_e = torch.zeros_like(ph["emask"], dtype=torch.long)
+        q_text = self.encoder.text(ph["ent"], ph["emask"], kinds_e)
+        tokens = torch.cat([ph["ent"], ph["rel"]], 1)
+        mask = torch.cat([ph["emask"], ph["rmask"]], 1)
+        kinds = torch.cat([kinds_e, torch.ones_like(ph["rmask"], dtype=torch.long)], 1)
+        p_all = self.encoder.text(tokens, mask, kinds)
+        return q_text, p_all[:, :e], p_all, mask
+
+    # --- assignments -------------------------------------------------------------------------------------------------
+    def assignments(self, video: VideoBatch, text: TextBatch) -> dict:
+        regions, frames = self.encoder.video(video)
+        ph = self.phrases(text)
+        q_text, p_ent, p_all, p_mask = self._language(ph)
+        out = {"regions": regions, "frames": frames, "ph": ph, "q_text": q_text, "p_all": p_all, "p_mask": p_mask}
+        pos = positions(video.mask)
+        for name, net, ent, mem, mmask in (("q", self.q, q_text, q_text, ph["emask"]),
+                                           ("p", self.p, p_ent, p_all, p_mask)):
+            zs, s = net.assign.spatial(ent, regions, video.region_mask)
+            c, w = net.assign.temporal(frames, video.mask, mem, mmask)
+            out[name] = {"zs": zs, "s": s, "c": c, "w": w, "zt": gaussian_assignment(c, w, pos) * video.mask}
+        return out
+
+    # --- losses ------------------------------------------------------------------------------------------------------
+    def _contrastive(self, video: VideoBatch, a: dict, groups: torch.Tensor | None) -> torch.Tensor:
+        """Eqs. 10-11 over the sentences of this rank against the videos of all ranks."""
+        from pretrain.losses import world
+
+        rank, size = world() if self.cfg.gather else (0, 1)
+        regions, frames, rmask, fmask = a["regions"], a["frames"], video.region_mask, video.mask
+        b = regions.shape[0]
+        local = groups if groups is not None else torch.arange(b, device=regions.device)
+        mine = local + rank * (1 << 20)                                        # video ids unique across ranks
+        every = mine
+        if size > 1:
+            regions, frames, rmask, fmask = _pad_gather([regions, frames, rmask, fmask])
+            every = _gather_plain(mine)
+        v = regions.shape[0]
+        q_text, emask = a["q_text"], a["ph"]["emask"]
+        net = self.q.assign
+        g_s = net.g_s(q_text)                                                   # (Q, E, D)
+        g_v = net.g_v(regions)                                                  # (V, T, N, D)
+        s = torch.einsum("qed,vtnd->qevtn", g_s, g_v) * net.scale
+        # z^T of every (sentence, video) pair: the CLS of video v's frames attending to sentence q's phrases
+        t = frames.shape[1]
+        fr = frames[None].expand(b, v, t, -1).reshape(b * v, t, -1)
+        fm = fmask[None].expand(b, v, t).reshape(b * v, t)
+        tx = q_text[:, None].expand(b, v, *q_text.shape[1:]).reshape(b * v, *q_text.shape[1:])
+        tm = emask[:, None].expand(b, v, emask.shape[1]).reshape(b * v, -1)
+        c, w = net.temporal(fr, fm, tx, tm)
+        zt = gaussian_assignment(c, w, positions(fm)).reshape(b, v, t)
+        scores = match_scores(s, rmask, zt, emask, fmask, self.cfg.match_norm)
+        own = torch.arange(b, device=s.device) + rank * b
+        same = mine[:, None] == every[None, :]
+        return contrastive_loss(scores, self.cfg.temperature, own, same)
+
+    def _pseudo_ce(self, student: dict, teacher: dict, emask, fmask) -> torch.Tensor:
+        """Eq. 9 (and its M-step analogue): -sum_t target(z_t) log student(z_t), spatial per phrase and frame
+        (target: one sample of the teacher's softmax, its argmax or the softmax itself), temporal over the frames
+        (both Gaussians normalised over the video's frames); the teacher is detached."""
+        zs_t = teacher["zs"].detach()
+        has = zs_t.sum(-1) > 0                                                    # (B, E, T) frames with regions
+        mode = self.cfg.pseudo_label
+        if mode == "soft":
+            target = zs_t
+        else:
+            flat = zs_t.clamp_min(0).reshape(-1, zs_t.shape[-1])
+            flat = torch.where(flat.sum(-1, keepdim=True) > 0, flat, torch.ones_like(flat))
+            pick = torch.multinomial(flat, 1)[:, 0] if mode == "sample" else flat.argmax(-1)
+            target = F.one_hot(pick, zs_t.shape[-1]).to(zs_t.dtype).reshape(zs_t.shape)
+        logq = torch.log(student["zs"].clamp_min(1e-8))
+        on = has & emask[:, :, None]
+        spatial = -(target * logq).sum(-1)[on].mean() if bool(on.any()) else logq.sum() * 0
+        norm = lambda z: z / z.sum(-1, keepdim=True).clamp_min(1e-8)               # noqa: E731
+        tt = norm(teacher["zt"].detach() * fmask)
+        temporal = -(tt * torch.log(norm(student["zt"] * fmask).clamp_min(1e-8))).sum(-1).mean()
+        return spatial + temporal
+
+    def _reconstruction(self, video: VideoBatch, a: dict) -> torch.Tensor:
+        """Eq. 15 summed over each relation's words, averaged over the batch's relations."""
+        ph = a["ph"]
+        src = a[self.cfg.reconstruct_from]
+        zs, zt = src["zs"], src["zt"]
+        if self.cfg.reconstruct_from == "q":                                      # Eq. 12 as written: Z ~ q_phi
+            zs, zt = zs.detach(), zt.detach()
+        rec = self.p.rec
+        mem = rec.memory(a["regions"], zs, zt, ph["subj"], ph["obj"], video.mask)  # (B, R, T, D)
+        b, r, t, d = mem.shape
+        on = ph["rmask"] & (ph["tokens"] != PAD).any(-1)
+        if not bool(on.any()):
+            return mem.sum() * 0
+        fmask = video.mask[:, None].expand(b, r, t)[on]
+        nll = rec.token_nll(mem[on], fmask, ph["tokens"][on])
+        return nll.sum(-1).mean()
+
+    def loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        cfg, video = self.cfg, batch.video
+        a = self.assignments(video, batch.text)
+        emask = a["ph"]["emask"]
+        logs = {}
+        if self.phase == "E":
+            total = 0.0
+            if cfg.losses != "reconstruction":
+                contra = self._contrastive(video, a, batch.groups)
+                total = total + cfg.w_contra * contra
+                logs["contrastive"] = contra.detach()
+            if cfg.losses == "both":
+                z = self._pseudo_ce(a["q"], a["p"], emask, video.mask)
+                total = total + cfg.w_assign * z
+                logs["assign_phi"] = z.detach()
+        else:
+            rec = self._reconstruction(video, a)
+            total = cfg.w_rec * rec
+            logs["reconstruction"] = rec.detach()
+            if cfg.losses == "both":
+                z = self._pseudo_ce(a["p"], a["q"], emask, video.mask)
+                total = total + cfg.w_assign * z
+                logs["assign_theta"] = z.detach()
+        return {"loss": total, "m_step": torch.tensor(float(self.phase == "M")), **logs}
+
+    # --- inference (Eq. 16) -----------------------------------------------------------------------------------------
+    def beta(self) -> float:
+        return {"contrastive": 1.0, "reconstruction": 0.0}.get(self.cfg.losses, self.cfg.beta)
+
+    def _combined(self, video: VideoBatch, text: TextBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.assignments(video, text)
+        beta = self.beta()
+        zs = beta * a["q"]["zs"] + (1 - beta) * a["p"]["zs"]
+        zt = beta * a["q"]["zt"] + (1 - beta) * a["p"]["zt"]
+        target = a["ph"]["target"]
+        region = zs[torch.arange(zs.shape[0], device=zs.device), target]             # (B, T, N)
+        return zt, region
+
+    def frame_scores(self, video: VideoBatch, text: TextBatch) -> torch.Tensor:
+        return self._combined(video, text)[0]
+
+    def region_scores(self, video: VideoBatch, text: TextBatch) -> torch.Tensor:
+        return self._combined(video, text)[1]
+
+    def tube_output(self, video: VideoBatch, text: TextBatch) -> TubeOutput:
+        zt, region = self._combined(video, text)
+        zt = zt.masked_fill(~video.mask, 0.0)
+        if self.cfg.box == "tube":
+            return TubeOutput(frame_scores=zt, region_scores=region.masked_fill(~video.region_mask, 0.0))
+        # Eq. 16 as written: each frame's best region of the target phrase (NaN where a frame has none)
+        best = region.masked_fill(~video.region_mask, -1.0).argmax(-1)                 # (B, T)
+        boxes = torch.gather(video.geometry.boxes, 2, best[..., None, None].expand(-1, -1, 1, 4))[:, :, 0]
+        boxes = boxes.masked_fill(~video.region_mask.any(-1)[..., None], float("nan"))
+        return TubeOutput(frame_scores=zt, boxes=boxes)
+
+
+def _pad_gather(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """All ranks' rows of (B, T, ...) tensors padded to the longest T (features keep their gradient, masks are
+    gathered as they are)."""
+    import torch.distributed as dist
+
+    from pretrain.losses import gather_with_grad
+
+    t = torch.tensor([tensors[0].shape[1]], device=tensors[0].device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = int(t.item())
+    out = []
+    for x in tensors:
+        pad = [0, 0] * (x.dim() - 2) + [0, t - x.shape[1]]
+        if x.is_floating_point():
+            out.append(gather_with_grad(F.pad(x, pad)))
+        else:                                            # masks: gloo gathers no bool, F.pad pads no bool
+            out.append(_gather_plain(F.pad(x.to(torch.uint8), pad)).bool())
+    return out
+
+
+def _gather_plain(x: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, 0)
+
+
+__all__ = ["VcmaHead", "contrastive_loss", "gaussian_assignment", "hashed_ids", "match_scores", "positions",
+           "spatial_assignment"]

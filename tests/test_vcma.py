@@ -1,0 +1,236 @@
+"""The VCMA head (finetune/heads/vcma.py, docs/vcma.md): Eqs. 6, 7, 10-11 on hand cases, gathered negatives equal
+to one process, a causal relation decoder, EM steps that move only their own network under the real DeepSpeed
+engine, and a VCMA finetune under Ray that writes the evaluator's output and resumes (the tiny corpus and export of
+tests/test_finetune_stvg.py)."""
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import math
+import os
+import re
+
+import pytest
+import torch
+
+from finetune.config import VcmaConfig
+from finetune.heads import vcma as V
+from finetune.heads.base import TextBatch, TrainBatch, VideoBatch
+from finetune.heads.stvg import TubeGeometry
+from test_finetune_stvg import cfg_for, corpus, export, weak_corpus  # noqa: F401  (module fixtures reused)
+from two_ranks import one_process, share, two_ranks
+
+
+# --- Eq. 6 and Eq. 7 ------------------------------------------------------------------------------------------------
+def test_eq6_spatial_softmax_over_a_frames_regions():
+    phrases = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])                       # (B=1, E=2, D=2)
+    regions = torch.tensor([[[[1.0, 1.0], [2.0, 0.0], [0.0, 0.0]],          # frame 0: 3 regions, the last invalid
+                             [[5.0, 5.0], [1.0, 1.0], [1.0, 1.0]]]])        # frame 1: no valid region
+    mask = torch.tensor([[[True, True, False], [False, False, False]]])
+    z, s = V.spatial_assignment(phrases, regions, mask)
+    e = math.exp
+    # phrase 0: scores (1, 2) over the two valid regions; phrase 1: (2, 0)
+    assert z[0, 0, 0].tolist() == pytest.approx([e(1) / (e(1) + e(2)), e(2) / (e(1) + e(2)), 0.0])
+    assert z[0, 1, 0].tolist() == pytest.approx([e(2) / (e(2) + 1), 1 / (e(2) + 1), 0.0])
+    assert z[0, :, 1].abs().sum() == 0                                      # a frame without regions assigns nothing
+    assert s[0, 1, 0, 0] == 2.0
+
+
+def test_eq7_gaussian_temporal_assignment():
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    pos = V.positions(mask)
+    assert pos[0].tolist() == pytest.approx([0.125, 0.375, 0.625, 0.875])
+    assert pos[1, :2].tolist() == pytest.approx([0.25, 0.75])                # t / T of the video's own frames
+    c, s = torch.tensor([0.5, 0.25]), torch.tensor([0.25, 0.1])
+    z = V.gaussian_assignment(c, s, pos)
+    hand = lambda t, c, s: math.exp(-(t - c) ** 2 / (2 * s * s)) / math.sqrt(2 * math.pi * s)  # noqa: E731
+    assert z[0].tolist() == pytest.approx([hand(t, 0.5, 0.25) for t in (0.125, 0.375, 0.625, 0.875)])
+    assert z[1, :2].tolist() == pytest.approx([hand(0.25, 0.25, 0.1), hand(0.75, 0.25, 0.1)])
+
+
+# --- Eqs. 10-11 -----------------------------------------------------------------------------------------------------
+def test_eq10_eq11_against_a_hand_computation():
+    # Q = 2 sentences (sentence 1 has one phrase), V = 2 videos, E = 2, T = 2 frames, N = 2 regions
+    s = torch.tensor([[[[[1.0, 3.0], [0.5, 0.0]], [[2.0, 1.0], [4.0, 0.0]]],
+                       [[[0.0, 1.0], [1.0, 2.0]], [[1.0, 1.0], [1.0, 1.0]]]],
+                      [[[[0.2, 0.1], [0.0, 0.3]], [[1.0, 0.0], [0.0, 2.0]]],
+                       [[[9.0, 9.0], [9.0, 9.0]], [[9.0, 9.0], [9.0, 9.0]]]]])  # (Q, E, V, T, N)
+    rmask = torch.tensor([[[True, True], [True, True]], [[True, True], [True, False]]])   # video 1 frame 1: 1 region
+    emask = torch.tensor([[True, True], [True, False]])
+    fmask = torch.ones(2, 2, dtype=torch.bool)
+    zt = torch.tensor([[[0.5, 1.0], [1.0, 0.25]], [[2.0, 0.0], [0.5, 0.5]]])            # (Q, V, T)
+    # max over valid regions, per (q, e, v, t)
+    best = {(0, 0, 0, 0): 3, (0, 0, 0, 1): 0.5, (0, 0, 1, 0): 2, (0, 0, 1, 1): 4,
+            (0, 1, 0, 0): 1, (0, 1, 0, 1): 2, (0, 1, 1, 0): 1, (0, 1, 1, 1): 1,
+            (1, 0, 0, 0): 0.2, (1, 0, 0, 1): 0.3, (1, 0, 1, 0): 1, (1, 0, 1, 1): 0}
+    phrases = {0: (0, 1), 1: (0,)}
+    literal = [[sum(zt[q, v, t].item() * sum(best[q, e, v, t] for e in phrases[q]) for t in range(2))
+                for v in range(2)] for q in range(2)]
+    got = V.match_scores(s, rmask, zt, emask, fmask, normalise=False)
+    assert got.tolist() == [pytest.approx(r) for r in literal]
+    normal = [[sum(zt[q, v, t].item() / zt[q, v].sum().item() * sum(best[q, e, v, t] for e in phrases[q])
+                   / len(phrases[q]) for t in range(2)) for v in range(2)] for q in range(2)]
+    assert V.match_scores(s, rmask, zt, emask, fmask, normalise=True).tolist() == [pytest.approx(r) for r in normal]
+    tau = 0.5
+    hand = sum(-math.log(math.exp(literal[i][i] / tau) / sum(math.exp(literal[i][j] / tau) for j in range(2)))
+               for i in range(2)) / 2
+    assert V.contrastive_loss(got, tau, torch.arange(2)).item() == pytest.approx(hand, rel=1e-5)
+    # a column that is the same video under another row is no negative
+    same = torch.tensor([[True, True], [True, True]])
+    assert V.contrastive_loss(got, tau, torch.arange(2), same).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _tiny_cfg(**kw) -> VcmaConfig:
+    return VcmaConfig(dim=16, blocks=1, heads=2, dropout=0.0, vocab=64, **kw)
+
+
+def _contrastive_on(rank, world, regions, frames, phrases):
+    """Rank `rank`'s Eq. 11 on its rows; its videos are one frame shorter on rank 1 (the gather pads them)."""
+    torch.manual_seed(0)
+    head = V.VcmaHead(8, _tiny_cfg())
+    r, f, w = share(regions, rank, world), share(frames, rank, world), share(phrases, rank, world)
+    fmask = torch.ones(r.shape[:2], dtype=torch.bool)
+    if world == 1:
+        fmask[2:, -1] = False
+    else:
+        r, f, fmask = (r[:, :-1], f[:, :-1], fmask[:, :-1]) if rank == 1 else (r, f, fmask)
+    rmask = fmask[..., None].expand(*r.shape[:3]).clone()
+    rmask[:, :, -1] = False
+    a = {"regions": r, "frames": f, "q_text": w, "ph": {"emask": torch.tensor([[True, True]] * len(w))}}
+    return head._contrastive(VideoBatch(f, fmask, r, rmask), a, None)
+
+
+def test_contrastive_negatives_from_all_ranks_equal_one_process():
+    g = torch.Generator().manual_seed(1)
+    params = [torch.randn(4, 5, 3, 16, generator=g), torch.randn(4, 5, 16, generator=g),
+              torch.randn(4, 2, 16, generator=g)]
+    loss, grads = two_ranks(_contrastive_on, params)
+    ref_loss, ref_grads = one_process(_contrastive_on, params)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads, ref_grads, atol=1e-5, rtol=1e-4)
+    assert grads.abs().sum() > 0
+
+
+# --- Eq. 15 is causal -----------------------------------------------------------------------------------------------
+def test_relation_decoder_loss_is_causal():
+    torch.manual_seed(0)
+    rec = V.Reconstructor(16, 2, 0.0, 2, 64).eval()
+    memory, fmask = torch.randn(1, 6, 16), torch.ones(1, 6, dtype=torch.bool)
+    words = torch.tensor([[5, 9, 13, 17]])
+    later = words.clone()
+    later[0, 2] = 40
+    a, b = rec.token_nll(memory, fmask, words), rec.token_nll(memory, fmask, later)
+    torch.testing.assert_close(a[0, :2], b[0, :2])                # words before the change: the same loss
+    assert (a[0, 2:] - b[0, 2:]).abs().min() > 1e-6                # the changed word and the one after it differ
+    earlier = words.clone()
+    earlier[0, 0] = 40
+    assert (rec.token_nll(memory, fmask, earlier)[0, 1:] - a[0, 1:]).abs().min() > 1e-6
+
+
+# --- EM under the DeepSpeed engine ----------------------------------------------------------------------------------
+def _batch(b=4, t=8, n=4, d=8, k=10):
+    g = torch.Generator().manual_seed(0)
+    regions = torch.nn.functional.normalize(torch.randn(b, t, n, d, generator=g), dim=-1)
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[1, 6:] = False
+    rmask = mask[..., None].expand(b, t, n).clone()
+    rmask[:, :, -1] = False
+    ids = torch.arange(n).expand(b, t, n).clone().masked_fill(~rmask, -1)
+    boxes = torch.rand(b, t, n, 4, generator=g) * 50
+    boxes[..., 2:] += boxes[..., :2] + 1
+    geo = TubeGeometry(boxes, torch.rand(b, t, n, generator=g), torch.arange(t).expand(b, t),
+                       torch.arange(t).expand(b, t) / 5.0, ids, torch.ones(b, n, dtype=torch.bool),
+                       torch.full((b,), 5.0), torch.tensor([[100.0, 100.0]] * b))
+    sents = ["the red cube left of the blue bowl is cut", "what green thing is stirred?", "which ball is crushed?",
+             "the cup below the purple ball is poured"][:b]
+    spans = [[(m.start(), m.end()) for m in re.finditer(r"\w+", s)][:k] for s in sents]
+    wmask = torch.zeros(b, k, dtype=torch.bool)
+    for i, sp in enumerate(spans):
+        wmask[i, :len(sp)] = True
+    text = TextBatch(torch.randn(b, d, generator=g), torch.randn(b, k, d, generator=g), wmask, sents, spans)
+    return TrainBatch(VideoBatch(torch.randn(b, t, d, generator=g), mask, regions, rmask, geo), text,
+                      groups=torch.arange(b))
+
+
+def test_e_and_m_steps_change_only_their_own_parameters(tmp_path):
+    from finetune.train import FinetuneModule
+    from trainer.engine import build_engine, init_distributed
+    from trainer.settings import TrainSettings
+
+    torch.manual_seed(0)
+    head = V.VcmaHead(8, _tiny_cfg(e_steps=1, m_steps=1))
+    module = FinetuneModule(head)
+    init_distributed(single=True)
+    s = TrainSettings(run=str(tmp_path), max_steps=3, micro_batch=4, deepspeed="configs/deepspeed/zero0.json",
+                      lr=1e-2, weight_decay=0.1, precision="fp32")
+    engine, _ = build_engine(module, s, 1)
+    batch = _batch()
+    groups = {"phi": head.phi_parameters(), "theta": head.theta_parameters(),
+              "encoder": list(head.encoder.parameters())}
+    moved_by = {}
+    for step in range(3):                       # E, M, E: the third checks phi again after theta's Adam state
+        before = {k: [p.detach().clone() for p in ps] for k, ps in groups.items()}
+        out = engine({"batch": batch, "step": step})
+        engine.backward(out["loss"])
+        engine.step()
+        moved_by[step] = {k: any(not torch.equal(a, p.detach()) for a, p in zip(before[k], ps))
+                          for k, ps in groups.items()}
+        frozen = "theta" if step % 2 == 0 else "phi"
+        assert all(torch.equal(a, p.detach()) for a, p in zip(before[frozen], groups[frozen])), (step, frozen)
+    assert moved_by == {0: {"phi": True, "theta": False, "encoder": True},
+                        1: {"phi": False, "theta": True, "encoder": True},
+                        2: {"phi": True, "theta": False, "encoder": True}}
+    assert [head.phase_of(i) for i in range(4)] == ["E", "M", "E", "M"]
+    assert V.VcmaHead(8, _tiny_cfg(e_steps=2, m_steps=3)).phase_of(4) == "M"
+    assert {V.VcmaHead(8, _tiny_cfg(losses=x)).phase_of(i) for x, i in
+            (("contrastive", 1), ("reconstruction", 0))} == {"E", "M"}
+
+
+def test_tube_output_is_a_box_per_frame_of_the_target_phrase():
+    torch.manual_seed(0)
+    head = V.VcmaHead(8, _tiny_cfg()).eval()
+    batch = _batch()
+    with torch.no_grad():
+        out = head.tube_output(batch.video, batch.text)
+        zt, region = head._combined(batch.video, batch.text)
+    assert out.boxes.shape == (4, 8, 4) and out.frame_scores.shape == (4, 8)
+    best = region.masked_fill(~batch.video.region_mask, -1).argmax(-1)
+    torch.testing.assert_close(out.boxes[0, 3], batch.video.geometry.boxes[0, 3, best[0, 3]])
+    tube = V.VcmaHead(8, _tiny_cfg(box="tube")).eval()
+    with torch.no_grad():
+        assert tube.tube_output(batch.video, batch.text).region_scores.shape == (4, 8, 4)
+
+
+# --- the generator's written parses and a finetune under Ray ----------------------------------------------------------
+def test_parser_recovers_the_corpus_parses_file(corpus):  # noqa: F811
+    from finetune.query_parse import parse
+
+    n = 0
+    for split in ("train", "test"):
+        truth = json.load(open(os.path.join(corpus, split, "truth", "parses.json")))
+        for q in json.load(open(os.path.join(corpus, split, "queries.json"))):
+            assert parse(q["sentence"]).as_truth() == truth[q["key"]]["parse"], q["sentence"]
+            n += 1
+    assert n >= 6
+
+
+def test_vcma_finetune_under_ray_writes_evaluator_output_and_resumes(ray_cluster, export, weak_corpus,  # noqa: F811
+                                                                     tmp_path):
+    from cluster.finetune import run_finetunes
+
+    cache, run = str(tmp_path / "cache"), str(tmp_path / "run")
+    small = ["head=vcma", "vcma.dim=16", "vcma.blocks=1", "vcma.heads=2", "vcma.vocab=64"]
+    first = run_finetunes(cfg_for(export, weak_corpus, cache, run, *small), ray_cluster)
+    assert [j.get("error") for j in first["jobs"]] == [None]
+    second = run_finetunes(cfg_for(export, weak_corpus, cache, run, *small, "max_steps=4"), ray_cluster)
+    job = second["jobs"][0]
+    assert job.get("error") is None and job["steps"] == 4 and second["features"][0]["extracted"] == 0
+    logs = sorted(glob.glob(os.path.join(job["run"], "logs", "*.jsonl")))
+    records = [[json.loads(x) for x in open(f) if x.strip()] for f in logs]
+    assert sorted([r["step"] for r in recs] for recs in records) == [[1, 2], [3, 4]]   # resumed after step 2
+    phases = {r["step"]: r["m_step"] for recs in records for r in recs}
+    assert phases == {1: 0.0, 2: 1.0, 3: 0.0, 4: 1.0}                                  # E, M, E, M across the resume
+    ev = json.load(open(os.path.join(job["run"], "eval.json")))
+    assert ev["benchmark"] == "vidstg" and {"m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5"} <= set(ev["metrics"])
+    assert ev["counts"]["missing_predictions"] == 0
