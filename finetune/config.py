@@ -111,6 +111,8 @@ class VcmaConfig:
     m_steps: int = 1
     reconstruct_from: str = "p"      # Z of Eqs. 13-15: p (p_theta's own, trained by it) | q (Eq. 12: q_phi's, fixed)
     pseudo_label: str = "sample"     # Eq. 9 target: sample (one draw, the paper) | argmax | soft
+    similarity: str = "cosine"       # Eqs. 6 / 10 scores: cosine (L2-normalised g_S, g_V x a learned scale) | dot
+    prior: float = 0.0               # weight of the export's own phrase-region cosine added to those scores (ours)
     temperature: float = 0.1         # tau of Eq. 11
     match_norm: bool = True          # Eq. 10 with z^T normalised over frames and phrases averaged; false: as printed
     gather: bool = True              # Eq. 11 negatives from all ranks
@@ -274,7 +276,7 @@ def validate_vcma(cfg: FinetuneConfig) -> None:
     choices = (("losses", v.losses, ("both", "contrastive", "reconstruction")),
                ("reconstruct_from", v.reconstruct_from, ("p", "q")),
                ("pseudo_label", v.pseudo_label, ("sample", "argmax", "soft")), ("box", v.box, ("region", "tube")),
-               ("parser", v.parser, ("rules", "spacy")))
+               ("parser", v.parser, ("rules", "spacy")), ("similarity", v.similarity, ("cosine", "dot")))
     for name, value, allowed in choices:
         if value not in allowed:
             raise err(f"vcma.{name} must be one of {allowed}, not {value!r}")
@@ -285,7 +287,7 @@ def validate_vcma(cfg: FinetuneConfig) -> None:
         ("vcma.dropout", v.dropout, 0 <= v.dropout < 1, "in [0, 1)"),
         ("vcma.e_steps", v.e_steps, v.e_steps >= 1, ">= 1"), ("vcma.m_steps", v.m_steps, v.m_steps >= 1, ">= 1"),
         ("vcma.temperature", v.temperature, v.temperature > 0, "> 0"),
-        ("vcma.beta", v.beta, 0 <= v.beta <= 1, "in [0, 1]"),
+        ("vcma.beta", v.beta, 0 <= v.beta <= 1, "in [0, 1]"), ("vcma.prior", v.prior, v.prior >= 0, ">= 0"),
         *((f"vcma.{w}", getattr(v, w), getattr(v, w) >= 0, ">= 0") for w in ("w_contra", "w_assign", "w_rec")),
         ("vcma.max_entities", v.max_entities, v.max_entities >= 1, ">= 1"),
         ("vcma.max_relations", v.max_relations, v.max_relations >= 1, ">= 1"),

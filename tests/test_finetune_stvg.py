@@ -380,3 +380,37 @@ def test_tube_features_are_the_mean_of_their_regions():
             assert counts[b, m] == len(mine)
             expected = mine.mean(0) if len(mine) else torch.zeros(4)
             torch.testing.assert_close(pooled[b, m], expected)
+
+
+# --- VCMA (finetune/heads/vcma.py; its unit tests: tests/test_vcma.py) -------------------------------------------
+def test_vcma_parser_recovers_the_corpus_parses_file(corpus):
+    from finetune.query_parse import parse
+
+    n = 0
+    for split in ("train", "test"):
+        truth = json.load(open(os.path.join(corpus, split, "truth", "parses.json")))
+        for q in json.load(open(os.path.join(corpus, split, "queries.json"))):
+            assert parse(q["sentence"]).as_truth() == truth[q["key"]]["parse"], q["sentence"]
+            n += 1
+    assert n >= 6
+
+
+def test_vcma_finetune_under_ray_writes_evaluator_output_and_resumes(ray_cluster, export, weak_corpus, features,
+                                                                     tmp_path):
+    from cluster.finetune import run_finetunes
+
+    cache, run = features[0].features.cache, str(tmp_path / "run")     # the module's cache: nothing to extract
+    small = ["head=vcma", "vcma.dim=16", "vcma.blocks=1", "vcma.heads=2", "vcma.vocab=64"]
+    first = run_finetunes(cfg_for(export, weak_corpus, cache, run, *small), ray_cluster)
+    assert [j.get("error") for j in first["jobs"]] == [None] and first["features"][0]["extracted"] == 0
+    second = run_finetunes(cfg_for(export, weak_corpus, cache, run, *small, "max_steps=4"), ray_cluster)
+    job = second["jobs"][0]
+    assert job.get("error") is None and job["steps"] == 4 and second["features"][0]["extracted"] == 0
+    logs = sorted(glob.glob(os.path.join(job["run"], "logs", "*.jsonl")))
+    records = [[json.loads(x) for x in open(f) if x.strip()] for f in logs]
+    assert sorted([r["step"] for r in recs] for recs in records) == [[1, 2], [3, 4]]   # resumed after step 2
+    phases = {r["step"]: r["m_step"] for recs in records for r in recs}
+    assert phases == {1: 0.0, 2: 1.0, 3: 0.0, 4: 1.0}                                  # E, M, E, M across the resume
+    ev = json.load(open(os.path.join(job["run"], "eval.json")))
+    assert ev["benchmark"] == "vidstg" and {"m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5"} <= set(ev["metrics"])
+    assert ev["counts"]["missing_predictions"] == 0

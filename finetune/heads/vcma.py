@@ -33,10 +33,14 @@ PAD, BOS = 0, 1
 
 # --- pure pieces (tested on hand cases) ----------------------------------------------------------------------------
 def spatial_assignment(phrases: torch.Tensor, regions: torch.Tensor, region_mask: torch.Tensor,
-                       scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 6: (softmax over a frame's regions of scale * g_S(w_i).g_V(v_j) (B, E, T, N), the raw scores).
-    phrases (B, E, D) = g_S(w), regions (B, T, N, D) = g_V(v); a frame without regions gets all zeros."""
+                       scale: float | torch.Tensor = 1.0, prior: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 6: (softmax over a frame's regions of scale * g_S(w_i).g_V(v_j) (B, E, T, N), those scores).
+    phrases (B, E, D) = g_S(w), regions (B, T, N, D) = g_V(v); `prior` (B, E, T, N) is added to the scores
+    (vcma.prior); a frame without regions gets all zeros."""
     s = torch.einsum("bed,btnd->betn", phrases, regions) * scale
+    if prior is not None:
+        s = s + prior
     m = region_mask[:, None]
     z = torch.softmax(s.masked_fill(~m, -1e9), dim=-1) * m.any(-1, keepdim=True)
     return z, s
@@ -169,7 +173,7 @@ class Assignment(nn.Module):
     """One assignment network (q_phi, or p_theta's): g_V, g_S (FC + ReLU), Eq. 6, and Eq. 7 from a CLS token that
     self-attends with the frames (positions coded) and cross-attends to the phrase tokens."""
 
-    def __init__(self, d: int, heads: int, dropout: float, layers: int):
+    def __init__(self, d: int, heads: int, dropout: float, layers: int, cosine: bool = True, prior: float = 0.0):
         super().__init__()
         self.g_v = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
         self.g_s = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
@@ -178,10 +182,28 @@ class Assignment(nn.Module):
         self.cross = nn.ModuleList([nn.TransformerDecoderLayer(d, heads, 4 * d, dropout, batch_first=True,
                                                                norm_first=True) for _ in range(layers)])
         self.out = nn.Linear(d, 2)
-        self.scale = 1.0 / math.sqrt(d)
+        self.cosine = cosine
+        self.prior = prior
+        # cosine: L2-normalised g_S, g_V times a learned scale (log-parametrised, starting at 10); dot: / sqrt(D)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0))) if cosine else None
+        self.dot_scale = 1.0 / math.sqrt(d)
 
-    def spatial(self, phrases, regions, region_mask):
-        return spatial_assignment(self.g_s(phrases), self.g_v(regions), region_mask, self.scale)
+    def embed(self, phrases, regions):
+        a, b = self.g_s(phrases), self.g_v(regions)
+        if self.cosine:
+            return F.normalize(a, dim=-1), F.normalize(b, dim=-1), self.log_scale.exp()
+        return a, b, self.dot_scale
+
+    def prior_scores(self, raw_phrases, raw_regions, pattern: str):
+        """vcma.prior x the export's own phrase-region cosine (the zero-shot score), or None."""
+        if not self.prior:
+            return None
+        return self.prior * torch.einsum(pattern, F.normalize(raw_phrases, dim=-1), F.normalize(raw_regions, dim=-1))
+
+    def spatial(self, phrases, regions, region_mask, raw_phrases, raw_regions):
+        a, b, k = self.embed(phrases, regions)
+        return spatial_assignment(a, b, region_mask, k, self.prior_scores(raw_phrases, raw_regions,
+                                                                           "bed,btnd->betn"))
 
     def temporal(self, frames, frame_mask, text, text_mask) -> tuple[torch.Tensor, torch.Tensor]:
         """(center, width) each (B,) in (0, 1) for B (video, sentence) rows."""
@@ -231,9 +253,9 @@ class Reconstructor(nn.Module):
 
 
 class _Net(nn.Module):
-    def __init__(self, d, heads, dropout, blocks, vocab=None):
+    def __init__(self, d, heads, dropout, blocks, cosine, prior, vocab=None):
         super().__init__()
-        self.assign = Assignment(d, heads, dropout, blocks)
+        self.assign = Assignment(d, heads, dropout, blocks, cosine, prior)
         self.rec = Reconstructor(d, heads, dropout, blocks, vocab) if vocab else None
 
 
@@ -251,8 +273,9 @@ class VcmaHead(GroundingHead):
         d = cfg.dim
         self.encoder = ContextEncoder(dim, d, cfg.blocks, cfg.heads, cfg.dropout, cfg.spatial_context,
                                       cfg.temporal_context)
-        self.q = _Net(d, cfg.heads, cfg.dropout, cfg.blocks)                   # phi
-        self.p = _Net(d, cfg.heads, cfg.dropout, cfg.blocks, cfg.vocab)        # theta
+        cos = cfg.similarity == "cosine"
+        self.q = _Net(d, cfg.heads, cfg.dropout, cfg.blocks, cos, cfg.prior)               # phi
+        self.p = _Net(d, cfg.heads, cfg.dropout, cfg.blocks, cos, cfg.prior, cfg.vocab)    # theta
         self.parse = parser_of(cfg.parser, cfg.spacy_model)
         self._parses: dict[str, object] = {}
         self.phase = "E"
@@ -349,7 +372,7 @@ class VcmaHead(GroundingHead):
         pos = positions(video.mask)
         for name, net, ent, mem, mmask in (("q", self.q, q_text, q_text, ph["emask"]),
                                            ("p", self.p, p_ent, p_all, p_mask)):
-            zs, s = net.assign.spatial(ent, regions, video.region_mask)
+            zs, s = net.assign.spatial(ent, regions, video.region_mask, ph["ent"], video.regions)
             c, w = net.assign.temporal(frames, video.mask, mem, mmask)
             out[name] = {"zs": zs, "s": s, "c": c, "w": w, "zt": gaussian_assignment(c, w, pos) * video.mask}
         return out
@@ -361,19 +384,21 @@ class VcmaHead(GroundingHead):
 
         rank, size = world() if self.cfg.gather else (0, 1)
         regions, frames, rmask, fmask = a["regions"], a["frames"], video.region_mask, video.mask
+        raw = video.regions
         b = regions.shape[0]
         local = groups if groups is not None else torch.arange(b, device=regions.device)
         mine = local + rank * (1 << 20)                                        # video ids unique across ranks
         every = mine
         if size > 1:
-            regions, frames, rmask, fmask = _pad_gather([regions, frames, rmask, fmask])
+            regions, frames, rmask, fmask, raw = _pad_gather([regions, frames, rmask, fmask, raw])
             every = _gather_plain(mine)
         v = regions.shape[0]
         q_text, emask = a["q_text"], a["ph"]["emask"]
         net = self.q.assign
-        g_s = net.g_s(q_text)                                                   # (Q, E, D)
-        g_v = net.g_v(regions)                                                  # (V, T, N, D)
-        s = torch.einsum("qed,vtnd->qevtn", g_s, g_v) * net.scale
+        g_s, g_v, k = net.embed(q_text, regions)                                # (Q, E, D), (V, T, N, D)
+        s = torch.einsum("qed,vtnd->qevtn", g_s, g_v) * k
+        prior = net.prior_scores(a["ph"]["ent"], raw, "qed,vtnd->qevtn")
+        s = s if prior is None else s + prior
         # z^T of every (sentence, video) pair: the CLS of video v's frames attending to sentence q's phrases
         t = frames.shape[1]
         fr = frames[None].expand(b, v, t, -1).reshape(b * v, t, -1)
