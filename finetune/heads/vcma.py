@@ -185,7 +185,7 @@ class Assignment(nn.Module):
         self.cosine = cosine
         self.prior = prior
         # cosine: L2-normalised g_S, g_V times a learned scale (log-parametrised, starting at 10); dot: / sqrt(D)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0))) if cosine else None
+        self.log_scale = nn.Parameter(torch.full((1,), math.log(10.0))) if cosine else None  # 1-d: DeepSpeed broadcasts no 0-d
         self.dot_scale = 1.0 / math.sqrt(d)
 
     def embed(self, phrases, regions):
