@@ -111,7 +111,7 @@ class VcmaConfig:
     m_steps: int = 1
     reconstruct_from: str = "p"      # Z of Eqs. 13-15: p (p_theta's own, trained by it) | q (Eq. 12: q_phi's, fixed)
     pseudo_label: str = "sample"     # Eq. 9 target: sample (one draw, the paper) | argmax | soft
-    similarity: str = "cosine"       # Eqs. 6 / 10 scores: cosine (L2-normalised g_S, g_V x a learned scale) | dot
+    similarity: str = "cosine"       # Eqs. 6 / 10 scores: cosine of g_S, g_V (Eq. 6: x a learned scale) | dot
     prior: float = 0.0               # weight of the export's own phrase-region cosine added to those scores (ours)
     temperature: float = 0.1         # tau of Eq. 11
     match_norm: bool = True          # Eq. 10 with z^T normalised over frames and phrases averaged; false: as printed

@@ -35,14 +35,14 @@ PAD, BOS = 0, 1
 def spatial_assignment(phrases: torch.Tensor, regions: torch.Tensor, region_mask: torch.Tensor,
                        scale: float | torch.Tensor = 1.0, prior: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 6: (softmax over a frame's regions of scale * g_S(w_i).g_V(v_j) (B, E, T, N), those scores).
+    """Eq. 6: (softmax over a frame's regions of scale * s (B, E, T, N), the scores s = g_S(w_i).g_V(v_j) (+ prior)).
     phrases (B, E, D) = g_S(w), regions (B, T, N, D) = g_V(v); `prior` (B, E, T, N) is added to the scores
-    (vcma.prior); a frame without regions gets all zeros."""
-    s = torch.einsum("bed,btnd->betn", phrases, regions) * scale
+    (vcma.prior); `scale` is the softmax's inverse temperature; a frame without regions gets all zeros."""
+    s = torch.einsum("bed,btnd->betn", phrases, regions)
     if prior is not None:
         s = s + prior
     m = region_mask[:, None]
-    z = torch.softmax(s.masked_fill(~m, -1e9), dim=-1) * m.any(-1, keepdim=True)
+    z = torch.softmax((s * scale).masked_fill(~m, -1e9), dim=-1) * m.any(-1, keepdim=True)
     return z, s
 
 
@@ -189,10 +189,12 @@ class Assignment(nn.Module):
         self.dot_scale = 1.0 / math.sqrt(d)
 
     def embed(self, phrases, regions):
+        """(g_S, g_V, Eq. 6's inverse temperature): cosine: unit vectors and the learned scale; dot: the vectors
+        with 1/sqrt(D) folded into g_S, and 1."""
         a, b = self.g_s(phrases), self.g_v(regions)
         if self.cosine:
             return F.normalize(a, dim=-1), F.normalize(b, dim=-1), self.log_scale.exp()
-        return a, b, self.dot_scale
+        return a * self.dot_scale, b, 1.0
 
     def prior_scores(self, raw_phrases, raw_regions, pattern: str):
         """vcma.prior x the export's own phrase-region cosine (the zero-shot score), or None."""
@@ -395,8 +397,8 @@ class VcmaHead(GroundingHead):
         v = regions.shape[0]
         q_text, emask = a["q_text"], a["ph"]["emask"]
         net = self.q.assign
-        g_s, g_v, k = net.embed(q_text, regions)                                # (Q, E, D), (V, T, N, D)
-        s = torch.einsum("qed,vtnd->qevtn", g_s, g_v) * k
+        g_s, g_v, _ = net.embed(q_text, regions)                                # (Q, E, D), (V, T, N, D)
+        s = torch.einsum("qed,vtnd->qevtn", g_s, g_v)                           # Eq. 6's scores, before its scale
         prior = net.prior_scores(a["ph"]["ent"], raw, "qed,vtnd->qevtn")
         s = s if prior is None else s + prior
         # z^T of every (sentence, video) pair: the CLS of video v's frames attending to sentence q's phrases
