@@ -298,10 +298,13 @@ def validate_vcma(cfg: FinetuneConfig) -> None:
         from finetune.query_parse import spacy_parser
 
         spacy_parser(v.spacy_model)          # one error line now (not after features) when no model is installed
-    if cfg.head == "vcma" and v.losses == "both" and cfg.train:
+    if cfg.head == "vcma" and cfg.train:
         from trainer.engine import load_ds_file
 
-        stage = load_ds_file(cfg.deepspeed).get("zero_optimization", {}).get("stage", 0)
+        try:
+            stage = load_ds_file(cfg.deepspeed).get("zero_optimization", {}).get("stage", 0)
+        except OSError:
+            return                           # a missing file is reported where the run reads it
         if stage:
             raise err(f"vcma: EM freezes one network per step (requires_grad off), which ZeRO stage {stage} "
                       f"[{cfg.deepspeed}] is not known to honour (its flat partitions hold every parameter); use "

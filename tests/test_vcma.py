@@ -197,3 +197,18 @@ def test_tube_output_is_a_box_per_frame_of_the_target_phrase():
     tube = V.VcmaHead(8, _tiny_cfg(box="tube")).eval()
     with torch.no_grad():
         assert tube.tube_output(batch.video, batch.text).region_scores.shape == (4, 8, 4)
+
+
+@pytest.mark.parametrize("override,key", [("vcma.beta=1.5", "vcma.beta"), ("vcma.dim=30", "vcma.dim"),
+                                          ("vcma.losses=rec", "vcma.losses"), ("vcma.temperature=0", "vcma.temperature"),
+                                          ("vcma.e_steps=0", "vcma.e_steps"),
+                                          ("deepspeed=configs/deepspeed/zero2.json", "zero2.json")])
+def test_impossible_vcma_settings_are_one_config_error(override, key):
+    from common import config as C
+    from finetune import config as FC
+
+    with pytest.raises(C.ConfigError) as e:
+        FC.load(None, ["checkpoint=x", "dataset.kind=synthetic_stvg", "dataset.root=y", "head=vcma",
+                                      override])
+    assert key in str(e.value) and "\n" not in str(e.value)
+
