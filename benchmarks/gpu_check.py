@@ -241,6 +241,21 @@ def train_section(device: str, z: Sizes, seed: int, peak_tflops: float | None) -
     return out, model
 
 
+def flops_only(device: str, z: Sizes, seed: int) -> dict:
+    """FLOPs of one training step at the GPU config's sizes, counted (not timed): the same on any device, so a CPU
+    gives the figure that GPU-hour estimates divide by a measured throughput (docs/scale.md)."""
+    from pretrain.model import build_model
+
+    mcfg, ocfg = model_config(z)
+    torch.manual_seed(seed)
+    model = build_model(mcfg).to(device).train()
+    step = Step(model, ocfg, torch.bfloat16, device)
+    flops = count_flops(step, make_batch(model, z, device, seed))
+    return {"backbone": mcfg.backbone, "image_size": model.image_size, "frames_in": mcfg.frames_in,
+            "frames_selected": mcfg.frames_selected, "micro_batch": z.micro_batch, "freeze": mcfg.freeze,
+            "unfrozen_blocks": mcfg.unfrozen_blocks, "flops_per_step": flops, "flops_per_sample": flops / z.micro_batch}
+
+
 def compare_precisions(model, init: dict, ocfg, z: Sizes, device: str, seed: int) -> dict:
     """The same initial weights and batches trained z.compare_steps steps under bf16 autocast and in fp32."""
     losses = {}
@@ -395,6 +410,8 @@ def main(argv=None) -> int:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--micro-batch", type=int, help="train: samples per step (default: the config's 32)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--flops-only", action="store_true",
+                   help="count the FLOPs of one training step at the GPU sizes (any device; nothing timed)")
     p.add_argument("--out", help="also write the JSON object to this file")
     a = p.parse_args(argv)
     sections = [s.strip() for s in a.sections.split(",") if s.strip()]
@@ -406,6 +423,17 @@ def main(argv=None) -> int:
     if a.micro_batch is not None and a.micro_batch < 2:
         print(f"error: --micro-batch must be >= 2 (contrastive negatives), got {a.micro_batch}", file=sys.stderr)
         return 2
+    if a.flops_only:
+        device, z = ("cuda" if torch.cuda.is_available() else "cpu"), Sizes()
+        if a.micro_batch:
+            z.micro_batch = a.micro_batch
+        t0 = time.perf_counter()
+        out = {"benchmark": "gpu_check", "mode": "flops_only", "measured": False, "device": device,
+               "reason": "FLOPs counted by torch.utils.flop_counter over one step; nothing timed",
+               **environment(device), "train": flops_only(device, z, a.seed),
+               "seconds": round(time.perf_counter() - t0, 2)}
+        print(json.dumps(out))
+        return 0
     if a.cpu_smoke:
         device, z = "cpu", smoke_sizes()
     elif torch.cuda.is_available():

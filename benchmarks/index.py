@@ -98,6 +98,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sizes", help="comma-separated vector counts: the run at each (synthetic), plus growth exponents")
     p.add_argument("--mine", action="store_true", help="also time pseudo-positive mining on the built index")
+    p.add_argument("--mine-tau", type=float, default=0.9, help="caption gate of --mine (-1: every other-video "
+                   "neighbour passes, the table's largest size)")
     a = p.parse_args(argv)
     if not a.sizes:
         out = measure(a, a.n)
@@ -112,11 +114,12 @@ def main(argv=None) -> dict:
     runs = [measure(a, n) for n in sizes]
     keys = {"build_seconds": lambda r: r["build_seconds"], "index_mb": lambda r: r["index_mb"],
             "peak_rss_mb": lambda r: r["peak_rss_mb"], "exact_query_ms": lambda r: r["exact_query_ms"],
-            "best_query_ms": lambda r: r["best"]["query_ms"],
+            "best_query_ms": lambda r: r["best"]["query_ms"], "sidecar_mb": lambda r: r["sidecar_mb"],
             "train_seconds": lambda r: r["build_phases"].get("train"),
             "add_seconds": lambda r: r["build_phases"].get("add")}
     if a.mine:
         keys["mine_seconds"] = lambda r: r["mine"]["seconds"]
+        keys["table_mb"] = lambda r: r["mine"]["table_mb"]
     out = {"sizes": sizes, "dim": a.dim, "factory_requested": a.factory, "threads": faiss.omp_get_max_threads(),
            "growth_exponent": {k: growth(sizes, [f(r) for r in runs]) for k, f in keys.items()},
            "runs": runs}
@@ -184,6 +187,8 @@ def measure(a, n_vectors: int) -> dict:
             "runs": runs,
             "build_seconds": round(t_build, 2), "build_phases": report["seconds"], "train_points": report["train_points"],
             "index_mb": round(index_bytes / 2**20, 1), "flat_vectors_mb": round(n * dim * 4 / 2**20, 1),
+            # the sidecar lists every id's key, video and times (contracts.md section 4): it grows with n too
+            "sidecar_mb": round(os.path.getsize(os.path.join(url, "index.json")) / 2**20, 2),
             "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_mb": {"before_build": round(rss_before, 1),
                                                                "after_build": round(rss_built, 1),
                                                                "after_load": round(rss_loaded, 1)},
@@ -192,8 +197,10 @@ def measure(a, n_vectors: int) -> dict:
         if a.mine:
             del s
             t = time.perf_counter()
-            table = mining.mine(url, k=5, tau=0.9, search_k=64, clips_per_task=20000, nprobe=16)
+            table = mining.mine(url, k=5, tau=a.mine_tau, search_k=64, clips_per_task=20000, nprobe=16)
             out["mine"] = {"seconds": round(time.perf_counter() - t, 2), "k": 5, "search_k": 64, "nprobe": 16,
+                           "tau": a.mine_tau, "pairs": table["counts"].get("pairs", 0),
+                           "table_mb": round(len(json.dumps(table, indent=1, sort_keys=True)) / 2**20, 2),
                            "clips": table["counts"].get("clips", 0), "with_positives":
                            table["counts"].get("with_positives", 0), "peak_rss_mb": round(_peak_rss_mb(), 1)}
         return out
