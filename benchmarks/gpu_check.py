@@ -14,7 +14,7 @@ Sections, each against a baseline in the same run:
   time do not depend on the values), plain torch AdamW under bf16 autocast: samples/s, peak memory, FLOPs per
   step counted by torch.utils.flop_counter, model FLOP utilisation against the device's dense bf16 peak
   (PEAK_BF16_TFLOPS; unknown devices: null with the name), and the losses of 20 steps from one seed under bf16
-  autocast vs fp32 (TF32 off), which must agree within LOSS_RTOL.
+  autocast vs fp32 (TF32 off), which must agree within LOSS_RTOL (every step) and LOSS_MEAN_RTOL (on average).
 - regions: RoI-Align region features (tubes.regions.region_features: the ViT-B/32 patch grid of every frame, then
   roi_align) at VidSTG sizes (200 frames, 10 and 20 proposals per frame), and roi_align alone on the device vs on
   the CPU (same grid and boxes; max difference reported).
@@ -60,8 +60,10 @@ PEAK_BF16_TFLOPS = (
     ("A10G", 70.0),
     ("L4", 121.0),
 )
-LOSS_RTOL = 0.02      # bf16 autocast vs fp32: |l_bf16 - l_fp32| / |l_fp32| per step, over all compared steps
-CPU_SMOKE_LOSS_RTOL = 0.05  # tiny CPU model: fewer, larger relative rounding errors are not the question there
+# bf16 autocast vs fp32, r_i = |l_bf16 - l_fp32| / |l_fp32| at step i: they agree when max r_i <= LOSS_RTOL and
+# mean r_i <= LOSS_MEAN_RTOL (docs/gpu_check.md: why, and the CPU check of ViT-B/32 that sized them)
+LOSS_RTOL = 0.05
+LOSS_MEAN_RTOL = 0.02
 
 WORDS = ("crack", "eggs", "into", "the", "bowl", "whisk", "until", "smooth", "then", "pour", "batter", "pan", "heat",
          "slowly", "flip", "pancake", "cut", "red", "onion", "dice", "garlic", "add", "salt", "stir", "sauce")
@@ -95,12 +97,13 @@ class Sizes:
     link_dim: int = 256
     tubes: int = 10
     loss_rtol: float = LOSS_RTOL
+    loss_mean_rtol: float = LOSS_MEAN_RTOL
 
 
 def smoke_sizes() -> Sizes:
     return Sizes(batch=8, words=6, frames=6, selected=3, dim=16, patches=4, sinkhorn_repeats=2, backbone="stg-micro",
                  micro_batch=4, warmup_steps=1, timed_steps=2, compare_steps=3, regions=((6, 3),), region_repeats=1,
-                 linking=((12, 3),), link_dim=16, tubes=2, loss_rtol=CPU_SMOKE_LOSS_RTOL)
+                 linking=((12, 3),), link_dim=16, tubes=2)
 
 
 def sync(device: str) -> None:
@@ -253,7 +256,9 @@ def flops_only(device: str, z: Sizes, seed: int) -> dict:
     flops = count_flops(step, make_batch(model, z, device, seed))
     return {"backbone": mcfg.backbone, "image_size": model.image_size, "frames_in": mcfg.frames_in,
             "frames_selected": mcfg.frames_selected, "micro_batch": z.micro_batch, "freeze": mcfg.freeze,
-            "unfrozen_blocks": mcfg.unfrozen_blocks, "flops_per_step": flops, "flops_per_sample": flops / z.micro_batch}
+            "unfrozen_blocks": mcfg.unfrozen_blocks, "params": sum(p.numel() for p in model.parameters()),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "flops_per_step": flops, "flops_per_sample": flops / z.micro_batch}
 
 
 def compare_precisions(model, init: dict, ocfg, z: Sizes, device: str, seed: int) -> dict:
@@ -272,8 +277,9 @@ def compare_precisions(model, init: dict, ocfg, z: Sizes, device: str, seed: int
     return {"steps": z.compare_steps, "lr": ocfg.lr, "losses_bf16": [round(x, 5) for x in b.tolist()],
             "losses_fp32": [round(x, 5) for x in f.tolist()], "max_abs_diff": round(float(np.abs(b - f).max()), 6),
             "max_rel_diff": round(float(rel.max()), 6), "mean_rel_diff": round(float(rel.mean()), 6),
-            "rtol": z.loss_rtol, "finite": bool(np.isfinite(b).all() and np.isfinite(f).all()),
-            "agree": bool(np.isfinite(rel).all() and rel.max() <= z.loss_rtol)}
+            "rtol": z.loss_rtol, "mean_rtol": z.loss_mean_rtol,
+            "finite": bool(np.isfinite(b).all() and np.isfinite(f).all()),
+            "agree": bool(np.isfinite(rel).all() and rel.max() <= z.loss_rtol and rel.mean() <= z.loss_mean_rtol)}
 
 
 # --- (c) region features and linking ------------------------------------------------------------------------------

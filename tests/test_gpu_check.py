@@ -88,7 +88,8 @@ def test_cpu_smoke_runs_every_section_on_a_bare_machine(tmp_path):
     assert len(cmp["losses_bf16"]) == len(cmp["losses_fp32"]) == cmp["steps"] >= 2
     assert cmp["finite"] and all(math.isfinite(x) for x in cmp["losses_bf16"] + cmp["losses_fp32"])
     assert cmp["losses_bf16"] != cmp["losses_fp32"]  # two precisions really ran
-    assert cmp["agree"] is (cmp["max_rel_diff"] <= cmp["rtol"])
+    assert cmp["agree"] is (cmp["max_rel_diff"] <= cmp["rtol"] and cmp["mean_rel_diff"] <= cmp["mean_rtol"])
+    assert cmp["agree"]  # the tiny model's 3 steps stay well inside the GPU tolerance (0.5% at most seen)
 
     (row,) = res["regions"]["rows"]
     assert row["finite"] and row["region_features_s"] > 0 and row["roi_align_max_diff"] == 0.0  # both on CPU
