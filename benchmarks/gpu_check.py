@@ -253,8 +253,16 @@ def flops_only(device: str, z: Sizes, seed: int) -> dict:
     torch.manual_seed(seed)
     model = build_model(mcfg).to(device).train()
     step = Step(model, ocfg, torch.bfloat16, device)
-    flops = count_flops(step, make_batch(model, z, device, seed))
-    return {"backbone": mcfg.backbone, "image_size": model.image_size, "frames_in": mcfg.frames_in,
+    batch = make_batch(model, z, device, seed)
+    flops = count_flops(step, batch)
+    # the embedding job (index/embed.py) per clip: every window frame's global feature and the caption's
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.encode_frames(batch["frames"][:1])
+        model.encode_text(batch["tokens"][:1])
+    return {"embed_flops_per_clip": int(counter.get_total_flops()),"backbone": mcfg.backbone, "image_size": model.image_size, "frames_in": mcfg.frames_in,
             "frames_selected": mcfg.frames_selected, "micro_batch": z.micro_batch, "freeze": mcfg.freeze,
             "unfrozen_blocks": mcfg.unfrozen_blocks, "params": sum(p.numel() for p in model.parameters()),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),

@@ -111,3 +111,12 @@ def test_bad_arguments_are_one_error_line_and_exit_2(argv, capsys):
     assert gpu_check.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_flops_only_counts_a_training_step_and_an_embedding():
+    res = gpu_check.flops_only("cpu", gpu_check.smoke_sizes(), seed=0)
+    assert res["flops_per_step"] == res["flops_per_sample"] * res["micro_batch"] > 0
+    # the embedding encodes each window frame once without gradients; a training sample also encodes the selected
+    # frames again with gradients and runs the backward
+    assert 0 < res["embed_flops_per_clip"] < res["flops_per_sample"]
+    assert 0 < res["trainable_params"] < res["params"]
