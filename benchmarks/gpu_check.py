@@ -174,7 +174,7 @@ class Step:
 
     def __call__(self, batch: dict) -> float:
         kind = "cuda" if self.device.startswith("cuda") else "cpu"
-        with torch.autocast(kind, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+        with torch.autocast(kind, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
             out = self.model(batch)
         self.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
