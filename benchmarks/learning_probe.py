@@ -4,6 +4,9 @@ and per-frame action accuracy measured along the way; prints one JSON object (th
     python benchmarks/learning_probe.py --shards runs/demo/shards --test runs/demo/corpus/test \
         [--steps 1000] [--batch 32] [--lr 1e-3] [--clips-per-video 1] [--evals 5] [model.key=value ...]
 
+`model.mil_windows=1` gives each clip the MIL-NCE bag of its neighbouring ASR windows' captions, built as the
+loader builds it (pretrain.data.neighbour_captions).
+
 No Ray, no DeepSpeed, no loader: batches are drawn at random from all clips held in memory (or `--clips-per-video
 k`: B/k videos with k clips each, so that same-video negatives appear), so a model/loss question is answered in
 minutes (docs/pretraining.md has the table this produced). Model settings: configs/pretrain/demo.yaml's `model`
@@ -30,12 +33,13 @@ def load_clips(shards: str):
 
     from shards.reader import read_samples
 
-    frames, captions, videos = [], [], []
+    frames, captions, videos, spans = [], [], [], []
     for s in read_samples(sorted(glob.glob(os.path.join(shards, "*.tar")))):
         frames.append(s["frames"])
         captions.append(s["json"]["caption"])
         videos.append(s["json"]["video_id"])
-    return np.stack(frames), captions, np.asarray(videos)
+        spans.append((float(s["json"]["asr_start"]), float(s["json"]["asr_end"])))
+    return np.stack(frames), captions, np.asarray(videos), np.asarray(spans)
 
 
 def evaluate(model, clips: dict, truth: dict) -> dict:
@@ -100,8 +104,16 @@ def main() -> int:
     cfg = C.load(PretrainConfig, args.config, [f"data.shards={args.shards}", *args.overrides])
     torch.manual_seed(args.seed)
     model = build_model(cfg.model)
-    frames, captions, videos = load_clips(args.shards)
+    frames, captions, videos, spans = load_clips(args.shards)
     by_video = {v: np.nonzero(videos == v)[0] for v in sorted(set(videos.tolist()))}
+    bags = [[] for _ in captions]
+    if cfg.model.mil_windows > 0:  # the loader's neighbour bags (pretrain.data.with_neighbours), from memory
+        from pretrain.data import neighbour_captions
+
+        for rows in by_video.values():
+            for i, bag in zip(rows, neighbour_captions([(*spans[i], captions[i]) for i in rows],
+                                                       cfg.model.mil_windows, cfg.model.mil_shift)):
+                bags[i] = bag
     names = list(by_video)
     truth = read_groundingyoutube(args.test)
     clips = {vid: decode(vid, os.path.join(args.test, "videos", f"{vid}.mp4"), 1.0, model.image_size)
@@ -124,6 +136,11 @@ def main() -> int:
         else:
             idx = rng.choice(len(frames), args.batch, replace=False)
         inputs = {"frames": torch.from_numpy(frames[idx]), "tokens": model.tokenize([captions[i] for i in idx])}
+        if cfg.model.mil_windows > 0:
+            from pretrain.data import mil_inputs
+
+            inputs.update(mil_inputs([bags[i] for i in idx], [f"{videos[i]}__s0" for i in idx],
+                                     spans[idx].tolist(), cfg.model.mil_windows, model.tokenize, "cpu"))
         if args.verb_swap:
             from pretrain.hard_negatives import verb_swapped
             from shards.synthetic.vocab import VERBS
