@@ -42,6 +42,40 @@ def load_clips(shards: str):
     return np.stack(frames), captions, np.asarray(videos), np.asarray(spans)
 
 
+def mine_pseudo_positives(model, frames, captions, videos, k: int, tau: float, search_k: int = 64) -> dict:
+    """The demo's mining on the clips in memory: clip embeddings as index.embed makes them (mean of the frames'
+    global features; caption g(EOT)), an exact FAISS inner-product index, and index.mining.mine_block (other
+    video, caption cosine > tau). {clip row: [neighbour rows]} plus the counts."""
+    import faiss
+    import numpy as np
+    import torch
+
+    model.eval()
+    vec, txt = [], []
+    with torch.no_grad():
+        for i in range(0, len(frames), 256):
+            g = model.encode_frames(model.preprocess_frames(torch.from_numpy(frames[i:i + 256])))[0]
+            vec.append(torch.nn.functional.normalize(g.mean(1), dim=-1).numpy())
+            txt.append(model.encode_text(model.tokenize(captions[i:i + 256]))[0].numpy())
+    model.train()
+    vec, txt = np.concatenate(vec).astype(np.float32), np.concatenate(txt).astype(np.float32)
+    index = faiss.IndexFlatIP(vec.shape[1])
+    index.add(vec)
+    from index.mining import mine_block
+
+    _, codes = np.unique(videos, return_inverse=True)
+    table, counts = {}, {}
+    for lo in range(0, len(vec), 512):
+        qids = np.arange(lo, min(len(vec), lo + 512))
+        rows, c = mine_block(index, vec[qids], qids, txt, codes, k, tau, search_k)
+        for q, r in zip(qids.tolist(), rows):
+            if r:
+                table[q] = [n for n, _, _ in r]
+        for key, v in c.items():
+            counts[key] = counts.get(key, 0) + v
+    return {"table": table, "counts": counts}
+
+
 def evaluate(model, clips: dict, truth: dict) -> dict:
     import numpy as np
     import torch
@@ -98,13 +132,34 @@ def main() -> int:
     p.add_argument("--verb-swap", action="store_true",
                    help="verb-swapped captions as hard negatives (data.verb_swap with the synthetic verbs)")
     p.add_argument("--save", help="write the trained model as an export folder (for temporal_decomposition.py)")
+    p.add_argument("--init", help="start from this export's weights (a second round)")
+    p.add_argument("--pseudo-positives", action="store_true",
+                   help="mine pseudo-positives with the starting weights (the demo's stage 4, in memory) and train "
+                        "with L_crov; without it the same steps are the matched control")
+    p.add_argument("--pp-tau", type=float, default=0.9, help="caption cosine gate of the mining (cluster.index's)")
+    p.add_argument("--pp-k", type=int, default=5)
+    p.add_argument("--pp-dump", help="write the mined pairs (row, caption, neighbour captions) as JSON here")
     p.add_argument("overrides", nargs="*", help="model.key=value")
     args = p.parse_args()
 
     cfg = C.load(PretrainConfig, args.config, [f"data.shards={args.shards}", *args.overrides])
     torch.manual_seed(args.seed)
     model = build_model(cfg.model)
+    if args.init:
+        from pretrain.model import load_weights
+
+        model.load_state_dict(load_weights(os.path.join(args.init, "model.pt")))
     frames, captions, videos, spans = load_clips(args.shards)
+    mined = None
+    if args.pseudo_positives:
+        mined = mine_pseudo_positives(model, frames, captions, videos, args.pp_k, args.pp_tau)
+        print(json.dumps({"mined": mined["counts"], "clips_in_table": len(mined["table"])}), file=sys.stderr)
+        if args.pp_dump:
+            with open(args.pp_dump, "w") as fh:
+                json.dump({"counts": mined["counts"], "pairs": [
+                    {"row": q, "video": str(videos[q]), "caption": captions[q],
+                     "neighbours": [[int(n), str(videos[n]), captions[n]] for n in ns]}
+                    for q, ns in mined["table"].items()]}, fh)
     by_video = {v: np.nonzero(videos == v)[0] for v in sorted(set(videos.tolist()))}
     bags = [[] for _ in captions]
     if cfg.model.mil_windows > 0:  # the loader's neighbour bags (pretrain.data.with_neighbours), from memory
@@ -141,6 +196,11 @@ def main() -> int:
 
             inputs.update(mil_inputs([bags[i] for i in idx], [f"{videos[i]}__s0" for i in idx],
                                      spans[idx].tolist(), cfg.model.mil_windows, model.tokenize, "cpu"))
+        if mined is not None:  # one of the clip's pseudo-positive captions, as pretrain.data attaches them
+            chosen = [captions[int(rng.choice(mined["table"][i]))] if i in mined["table"] else None
+                      for i in idx.tolist()]
+            inputs["pp_tokens"] = model.tokenize([c or "" for c in chosen])
+            inputs["pp_mask"] = torch.tensor([c is not None for c in chosen])
         if args.verb_swap:
             from pretrain.hard_negatives import verb_swapped
             from shards.synthetic.vocab import VERBS
@@ -156,7 +216,8 @@ def main() -> int:
         sched.step()
         if step % max(1, args.steps // args.evals) == 0 or step == args.steps:
             curve.append({"step": step, **{k_: round(float(out[k_].detach()), 4) for k_ in
-                                           ("loss", "loss_local", "loss_global", "logit_scale")},
+                                           ("loss", "loss_local", "loss_global", "logit_scale", "loss_crossvideo",
+                                            "crossvideo_frac") if k_ in out},
                           **evaluate(model, clips, truth), "seconds": round(time.time() - t0, 1)})
             print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
     if args.save:
@@ -165,7 +226,11 @@ def main() -> int:
         save_export(model, args.save)
     print(json.dumps({"benchmark": "learning_probe", "shards": args.shards, "clips": len(frames),
                       "videos": len(names), "batch": args.batch, "clips_per_video": k, "lr": args.lr,
-                      "overrides": args.overrides, "curve": curve}))
+                      "overrides": args.overrides, "init": args.init,
+                      "pseudo_positives": None if mined is None else {"tau": args.pp_tau, "k": args.pp_k,
+                                                                      "clips_in_table": len(mined["table"]),
+                                                                      **mined["counts"]},
+                      "curve": curve}))
     return 0
 
 
