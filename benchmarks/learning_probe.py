@@ -76,7 +76,7 @@ def mine_pseudo_positives(model, frames, captions, videos, k: int, tau: float, s
     return {"table": table, "counts": counts}
 
 
-def evaluate(model, clips: dict, truth: dict) -> dict:
+def evaluate(model, clips: dict, truth: dict, sources=("global",)) -> dict:
     import numpy as np
     import torch
 
@@ -86,17 +86,22 @@ def evaluate(model, clips: dict, truth: dict) -> dict:
     every_frame = InferenceConfig(tau=-np.inf, normalize="query")  # best action per frame, no background
     model.eval()
     correct, points, boxes, chance = [], [], [], []
+    other = {s: [] for s in sources if s != "global"}
     with torch.no_grad():
         for vid, clip in clips.items():
             v = truth[vid]
             pool = [s for s in v.pool if s != "background"]
             chance.append(1.0 / len(pool))
             labels, _ = label_frames(temporal_scores(model, clip.frames, pool), every_frame)
+            more = {s: label_frames(temporal_scores(model, clip.frames, pool, source=s), every_frame)[0]
+                    for s in other}
             by_step: dict = {}
             for i, t in enumerate(np.rint(clip.times).astype(int)):
                 if int(t) in v.boxes:
                     step, box = v.boxes[int(t)]
                     correct.append(pool[labels[i]] == step)
+                    for s, lab in more.items():
+                        other[s].append(pool[lab[i]] == step)
                     by_step.setdefault(step, []).append((i, box))
             for step, items in by_step.items():
                 heat = spatial_heatmaps(model, clip.frames[[i for i, _ in items]], step)
@@ -105,7 +110,8 @@ def evaluate(model, clips: dict, truth: dict) -> dict:
                     boxes.append(box)
     model.train()
     return {"pointing": round(pointing_game(points, boxes), 4), "action_acc": round(float(np.mean(correct)), 4),
-            "action_chance": round(float(np.mean(chance)), 4)}
+            "action_chance": round(float(np.mean(chance)), 4),
+            **{f"action_acc_{s}": round(float(np.mean(c)), 4) for s, c in other.items()}}
 
 
 def main() -> int:
@@ -138,6 +144,8 @@ def main() -> int:
                         "with L_crov; without it the same steps are the matched control")
     p.add_argument("--pp-tau", type=float, default=0.9, help="caption cosine gate of the mining (cluster.index's)")
     p.add_argument("--pp-k", type=int, default=5)
+    p.add_argument("--scores", nargs="*", default=[], choices=["word_region", "both"],
+                   help="also report action accuracy with these frame scores (inference.scores)")
     p.add_argument("--pp-dump", help="write the mined pairs (row, caption, neighbour captions) as JSON here")
     p.add_argument("overrides", nargs="*", help="model.key=value")
     args = p.parse_args()
@@ -178,9 +186,10 @@ def main() -> int:
     warm = cfg.optim.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * (
         cfg.optim.min_lr_ratio + (1 - cfg.optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps)
-                                                                                   / args.steps))))
+                                                                                   / max(1, args.steps)))))
     rng = np.random.default_rng(args.seed)
-    curve = [{"step": 0, **evaluate(model, clips, truth)}]
+    sources = ("global", *args.scores)
+    curve = [{"step": 0, **evaluate(model, clips, truth, sources)}]
     t0 = time.time()
     k = max(1, args.clips_per_video)
     for step in range(1, args.steps + 1):
@@ -218,7 +227,7 @@ def main() -> int:
             curve.append({"step": step, **{k_: round(float(out[k_].detach()), 4) for k_ in
                                            ("loss", "loss_local", "loss_global", "logit_scale", "loss_crossvideo",
                                             "crossvideo_frac") if k_ in out},
-                          **evaluate(model, clips, truth), "seconds": round(time.time() - t0, 1)})
+                          **evaluate(model, clips, truth, sources), "seconds": round(time.time() - t0, 1)})
             print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
     if args.save:
         from pretrain.model import save_export

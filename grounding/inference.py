@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 
 
+SCORE_SOURCES = ("global", "word_region", "both")
+
+
 @dataclass
 class InferenceConfig:
     tau: float = 0.0                 # background threshold on the per-frame best score (after `normalize`)
@@ -29,6 +32,10 @@ class InferenceConfig:
     smooth: int = 1                  # mean of each description's scores over this many consecutive frames
                                      # (centred, odd) before the argmax: actions last seconds, so a one-frame
                                      # flip is noise; 1 = off (the paper's per-frame decision)
+    scores: str = "global"           # what a frame's score for a description is: global (the paper's Sec. 3.5:
+                                     # f(CLS) . g(EOT)) | word_region (mean over the words of each word's best
+                                     # region, the score the word-region term of L_local trains) | both (the sum
+                                     # of the two, each standardised per description over the video's frames)
 
     def validate(self, prefix: str = "inference.") -> "InferenceConfig":
         from common.config import ConfigError
@@ -43,6 +50,7 @@ class InferenceConfig:
         need(self.batch_frames >= 1, "batch_frames", "must be >= 1")
         need(self.min_segment >= 1, "min_segment", "must be >= 1")
         need(self.smooth >= 1 and self.smooth % 2 == 1, "smooth", "must be an odd number of frames >= 1")
+        need(self.scores in SCORE_SOURCES, "scores", f"must be one of {', '.join(SCORE_SOURCES)}")
         return self
 
 
@@ -86,11 +94,30 @@ def _encode_frames_global(model, frames: np.ndarray, batch: int) -> torch.Tensor
 
 
 @torch.no_grad()
-def temporal_scores(model, frames: np.ndarray, pool: list[str], batch: int = 64) -> np.ndarray:
-    """(num_frames, len(pool)) cosine similarity of each frame's global feature to each description."""
-    fg = _encode_frames_global(model, frames, batch)
-    tg, _, _ = model.encode_text(model.tokenize(pool))
-    return model.frame_scores(fg, tg).float().cpu().numpy()
+def temporal_scores(model, frames: np.ndarray, pool: list[str], batch: int = 64, source: str = "global"
+                    ) -> np.ndarray:
+    """(num_frames, len(pool)) score of each frame for each description (InferenceConfig.scores): the cosine of
+    the frame's global feature and the description's (global), the word-region score (word_region), or both."""
+    from pretrain.losses import word_region_scores
+
+    if source not in SCORE_SOURCES:
+        raise ValueError(f"inference scores must be one of {SCORE_SOURCES}, got {source!r}")
+    tokens = model.tokenize(pool)
+    out = {}
+    if source in ("global", "both"):
+        fg = _encode_frames_global(model, frames, batch)
+        tg, _, _ = model.encode_text(tokens)
+        out["global"] = model.frame_scores(fg, tg).float().cpu().numpy()
+    if source in ("word_region", "both"):
+        _, words, mask = model.encode_text(tokens)
+        regions = []
+        for i in range(0, len(frames), batch):
+            chunk = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch]))[None]
+            regions.append(model.encode_frames(model.preprocess_frames(chunk))[1][0])   # (n, N, d)
+        out["word_region"] = word_region_scores(words, mask, torch.cat(regions, 0)).t().float().cpu().numpy()
+    if source != "both":
+        return out[source]
+    return normalize_scores(out["global"], "query") + normalize_scores(out["word_region"], "query")
 
 
 def label_frames(scores: np.ndarray, cfg: InferenceConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +225,7 @@ def ground_video(model, frames: np.ndarray, times: np.ndarray, pool: list[str], 
     pool = [p for p in pool if p != "background"]
     if not pool:
         raise ValueError("the action pool is empty (besides 'background')")
-    scores = temporal_scores(model, frames, pool, cfg.batch_frames)
+    scores = temporal_scores(model, frames, pool, cfg.batch_frames, cfg.scores)
     labels, best = label_frames(scores, cfg)
     step_s = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
     keep = np.full(len(labels), -1)
