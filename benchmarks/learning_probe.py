@@ -76,7 +76,7 @@ def mine_pseudo_positives(model, frames, captions, videos, k: int, tau: float, s
     return {"table": table, "counts": counts}
 
 
-def evaluate(model, clips: dict, truth: dict, sources=("global",)) -> dict:
+def evaluate(model, clips: dict, truth: dict, sources=("global",), decodes=("frame",)) -> dict:
     import numpy as np
     import torch
 
@@ -86,15 +86,16 @@ def evaluate(model, clips: dict, truth: dict, sources=("global",)) -> dict:
     every_frame = InferenceConfig(tau=-np.inf, normalize="query")  # best action per frame, no background
     model.eval()
     correct, points, boxes, chance = [], [], [], []
-    other = {s: [] for s in sources if s != "global"}
+    other = {(s, d): [] for s in sources for d in decodes if (s, d) != ("global", "frame")}
     with torch.no_grad():
         for vid, clip in clips.items():
             v = truth[vid]
             pool = [s for s in v.pool if s != "background"]
             chance.append(1.0 / len(pool))
             labels, _ = label_frames(temporal_scores(model, clip.frames, pool), every_frame)
-            more = {s: label_frames(temporal_scores(model, clip.frames, pool, source=s), every_frame)[0]
-                    for s in other}
+            raw = {s: temporal_scores(model, clip.frames, pool, source=s) for s in sources}
+            more = {(s, d): label_frames(raw[s], InferenceConfig(tau=-np.inf, normalize="query", decode=d))[0]
+                    for s, d in other}
             by_step: dict = {}
             for i, t in enumerate(np.rint(clip.times).astype(int)):
                 if int(t) in v.boxes:
@@ -111,7 +112,8 @@ def evaluate(model, clips: dict, truth: dict, sources=("global",)) -> dict:
     model.train()
     return {"pointing": round(pointing_game(points, boxes), 4), "action_acc": round(float(np.mean(correct)), 4),
             "action_chance": round(float(np.mean(chance)), 4),
-            **{f"action_acc_{s}": round(float(np.mean(c)), 4) for s, c in other.items()}}
+            **{"_".join(["action_acc"] + [x for x in sd if x not in ("global", "frame")]): round(float(np.mean(c)), 4)
+               for sd, c in other.items()}}
 
 
 def main() -> int:
@@ -146,6 +148,8 @@ def main() -> int:
     p.add_argument("--pp-k", type=int, default=5)
     p.add_argument("--scores", nargs="*", default=[], choices=["word_region", "both"],
                    help="also report action accuracy with these frame scores (inference.scores)")
+    p.add_argument("--decodes", nargs="*", default=[], choices=["once"],
+                   help="also report action accuracy with these decodings (inference.decode)")
     p.add_argument("--pp-dump", help="write the mined pairs (row, caption, neighbour captions) as JSON here")
     p.add_argument("overrides", nargs="*", help="model.key=value")
     args = p.parse_args()
@@ -188,8 +192,8 @@ def main() -> int:
         cfg.optim.min_lr_ratio + (1 - cfg.optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps)
                                                                                    / max(1, args.steps)))))
     rng = np.random.default_rng(args.seed)
-    sources = ("global", *args.scores)
-    curve = [{"step": 0, **evaluate(model, clips, truth, sources)}]
+    sources, decodes = ("global", *args.scores), ("frame", *args.decodes)
+    curve = [{"step": 0, **evaluate(model, clips, truth, sources, decodes)}]
     t0 = time.time()
     k = max(1, args.clips_per_video)
     for step in range(1, args.steps + 1):
@@ -227,7 +231,7 @@ def main() -> int:
             curve.append({"step": step, **{k_: round(float(out[k_].detach()), 4) for k_ in
                                            ("loss", "loss_local", "loss_global", "logit_scale", "loss_crossvideo",
                                             "crossvideo_frac") if k_ in out},
-                          **evaluate(model, clips, truth, sources), "seconds": round(time.time() - t0, 1)})
+                          **evaluate(model, clips, truth, sources, decodes), "seconds": round(time.time() - t0, 1)})
             print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
     if args.save:
         from pretrain.model import save_export

@@ -64,7 +64,8 @@ def run(model, test: str, cfg, smooths: list[int]) -> dict:
             secs = np.rint(clip.times).astype(int)
             boxed = {int(t): i for i, t in enumerate(secs) if int(t) in v.boxes and v.boxes[int(t)][0] is not None}
             for w in smooths:
-                labels, _ = label_frames(scores, InferenceConfig(tau=-np.inf, normalize=cfg.normalize, smooth=w))
+                labels, _ = label_frames(scores, InferenceConfig(tau=-np.inf, normalize=cfg.normalize, smooth=w,
+                                                                 decode=cfg.decode))
                 for t, i in boxed.items():
                     per_smooth[w]["truth"].append(v.boxes[t][0])
                     per_smooth[w]["pred"].append(pool[labels[i]])

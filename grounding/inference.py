@@ -32,6 +32,12 @@ class InferenceConfig:
     smooth: int = 1                  # mean of each description's scores over this many consecutive frames
                                      # (centred, odd) before the argmax: actions last seconds, so a one-frame
                                      # flip is noise; 1 = off (the paper's per-frame decision)
+    decode: str = "frame"            # frame: each frame takes its best description (the paper) | once: each
+                                     # description of the pool is one contiguous run (or absent), the runs
+                                     # tiling the video, chosen to maximise the summed scores (segment_once);
+                                     # tau then marks background inside the runs. A prior of instructional
+                                     # videos (a step is done once); pools over once_max_pool fall back to frame
+    once_max_pool: int = 6           # the search is over the pool's orders: pool! * pool * frames^2
     scores: str = "global"           # what a frame's score for a description is: global (the paper's Sec. 3.5:
                                      # f(CLS) . g(EOT)) | word_region (mean over the words of each word's best
                                      # region, the score the word-region term of L_local trains) | both (the sum
@@ -50,6 +56,8 @@ class InferenceConfig:
         need(self.batch_frames >= 1, "batch_frames", "must be >= 1")
         need(self.min_segment >= 1, "min_segment", "must be >= 1")
         need(self.smooth >= 1 and self.smooth % 2 == 1, "smooth", "must be an odd number of frames >= 1")
+        need(self.decode in ("frame", "once"), "decode", "must be frame or once")
+        need(1 <= self.once_max_pool <= 8, "once_max_pool", "must be in 1..8")
         need(self.scores in SCORE_SOURCES, "scores", f"must be one of {', '.join(SCORE_SOURCES)}")
         return self
 
@@ -124,9 +132,45 @@ def label_frames(scores: np.ndarray, cfg: InferenceConfig) -> tuple[np.ndarray, 
     """Best action index per frame (-1 = background) and its score."""
     s = smooth_scores(normalize_scores(scores, cfg.normalize), cfg.smooth)
     best = s.argmax(1)
+    if getattr(cfg, "decode", "frame") == "once" and 1 < s.shape[1] <= cfg.once_max_pool:
+        best = segment_once(s)
     best_score = s[np.arange(len(s)), best]
     labels = np.where(best_score >= cfg.tau, best, -1)
     return labels, best_score
+
+
+def segment_once(scores: np.ndarray) -> np.ndarray:
+    """Labels (frames,) that split the frames into contiguous runs, at most one per description (column), in
+    the order and with the boundaries that maximise the sum of each frame's score for its run's description.
+    Exhaustive over the orders of the descriptions (a run may be empty), dynamic programming over boundaries."""
+    import itertools
+
+    n, p = scores.shape
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    csum = np.vstack([np.zeros((1, p)), np.cumsum(scores, axis=0)])           # csum[t] = sum of frames < t
+    best_total, best_cuts, best_order = -np.inf, None, None
+    for order in itertools.permutations(range(p)):
+        # value[t]: best sum covering frames [0, t) with the runs placed so far; cut[j][t]: where run j starts
+        value = np.full(n + 1, -np.inf)
+        value[0] = 0.0
+        cuts = []
+        for q in order:
+            gain = csum[:, q]                                                   # run [s, t): gain[t] - gain[s]
+            cand = value[None, :] - gain[None, :] + gain[:, None]               # [t, s]
+            cand[np.triu_indices(n + 1, 1)] = -np.inf                           # s <= t
+            start = cand.argmax(1)
+            value = cand[np.arange(n + 1), start]
+            cuts.append(start)
+        if value[n] > best_total:
+            best_total, best_cuts, best_order = value[n], cuts, order
+    labels = np.empty(n, dtype=int)
+    t = n
+    for q, start in zip(reversed(best_order), reversed(best_cuts)):
+        s = int(start[t])
+        labels[s:t] = q
+        t = s
+    return labels
 
 
 def normalize_scores(s: np.ndarray, mode: str) -> np.ndarray:

@@ -128,32 +128,3 @@ def test_model_switch_uses_the_bag():
                )["loss_global"].item() == pytest.approx(base.item(), rel=1e-5)
     assert mil({**batch, **bag})["loss_global"].item() != pytest.approx(base.item(), rel=1e-3)
 
-
-def test_word_region_frame_scores_switch():
-    """inference.scores: word_region is the word-region score of each frame's regions (by hand from the
-    encoders), both is the sum of the per-description standardised global and word-region scores."""
-    import numpy as np
-
-    from grounding.inference import InferenceConfig, normalize_scores, temporal_scores
-    from pretrain import ModelConfig, build_model
-
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone="stg-micro", embed_dim=64, local_heads=2, frames_in=4,
-                                    frames_selected=2, max_words=6)).eval()
-    frames = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-    pool = ["cut the red cube", "stir the blue bowl"]
-    with torch.no_grad():
-        _, regions, _ = model.encode_frames(model.preprocess_frames(torch.from_numpy(frames)[None]))
-        _, words, mask = model.encode_text(model.tokenize(pool))
-    want = np.zeros((3, 2))
-    for f in range(3):
-        for q in range(2):
-            k = int(mask[q].sum())
-            want[f, q] = (words[q, :k] @ regions[0, f].t()).amax(-1).mean().item()
-    got = temporal_scores(model, frames, pool, batch=2, source="word_region")
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    glob = temporal_scores(model, frames, pool)
-    np.testing.assert_allclose(temporal_scores(model, frames, pool, source="both"),
-                               normalize_scores(glob, "query") + normalize_scores(want, "query"), rtol=1e-3, atol=1e-4)
-    with pytest.raises(Exception, match="scores"):
-        InferenceConfig(scores="local").validate()
