@@ -85,7 +85,7 @@ def main() -> int:
             r = int(rng.integers(len(metas)))
             while videos[r] == videos[q]:
                 r = int(rng.integers(len(metas)))
-            random_same.append(act[q] == act[r])
+            random_same.append((act[q] == act[r], act[q] == act[r] != "background"))
     n = max(1, stats["pairs"])
     out = {"benchmark": "pseudo_positive_pairs", "dump": args.dump, "clips": len(metas),
            "clips_in_table": len(dump["pairs"]), "mining_counts": dump.get("counts"), "pairs": stats["pairs"],
@@ -93,7 +93,9 @@ def main() -> int:
            "new_information": round(stats["new_information"] / n, 4),
            "same_true_action": round(stats["same_true_action"] / n, 4),
            "same_true_action_not_background": round(stats["same_true_action_not_background"] / n, 4),
-           "same_true_action_random_pairs": round(float(np.mean(random_same)) if random_same else 0.0, 4),
+           "same_true_action_random_pairs": round(float(np.mean([a for a, _ in random_same] or [0])), 4),
+           "same_true_action_not_background_random_pairs": round(float(np.mean([b for _, b in random_same] or [0])),
+                                                                 4),
            "clip_caption_kind": {k: round(v / n, 4) for k, v in by_kind.items()},
            "all_clips_caption_kind": {k: round(v / len(metas), 4) for k, v in
                                       Counter(kind(m["caption"]) for m in metas).items()}}
