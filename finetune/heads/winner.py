@@ -123,7 +123,8 @@ class Chart:
 
 class Merge(nn.Module):
     """Eq. 1's MLP([x, y]) as the children's mean plus a learned correction whose last layer starts at 0, so an
-    untrained tree composes phrases as the mean of their words (docs/winner.md)."""
+    untrained tree composes phrases as the mean of their words (docs/winner.md). The first layer acts on x and y
+    apart (`side`), once per node rather than once per split; `forward` = combine(x, y, side(x)[0], side(y)[1])."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -132,25 +133,37 @@ class Merge(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    def side(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = x.shape[-1]
+        return x @ self.inp.weight[:, :d].T, x @ self.inp.weight[:, d:].T
+
+    def combine(self, x, y, hx, hy) -> torch.Tensor:
+        return 0.5 * (x + y) + self.out(torch.relu(hx + hy + self.inp.bias))
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (x + y) + self.out(torch.relu(self.inp(torch.cat([x, y], -1))))
+        return self.combine(x, y, self.side(x)[0], self.side(y)[1])
 
 
 def inside(chart: Chart, leaves: torch.Tensor, merge: Merge, w: torch.Tensor, fuse=None):
     """Eqs. 1-4 bottom-up over all spans: leaves (R, K, d) -> node features (R, P, d), scores (R, P). `fuse(l, r)`
     (SVHU, Eqs. 5-10) maps layer l's fresh features (R, n_l, d) to the fused ones the next layers build on."""
-    feats = [leaves if fuse is None else fuse(1, leaves)]
-    scores = [leaves.new_zeros(leaves.shape[:2])]
+    first = leaves if fuse is None else fuse(1, leaves)
+    feats, scores = [first], [leaves.new_zeros(leaves.shape[:2])]
+    left_h, right_h = map(lambda h: [h], merge.side(first))
+    as_left = [first @ w]                                                 # x^T w, once per node
     for length in range(2, chart.k + 1):
         x, c = torch.cat(feats, 1), torch.cat(scores, 1)
         li, ri = chart.left[length], chart.right[length]                  # (n_l, l - 1)
         xl, xr = x[:, li], x[:, ri]                                       # (R, n_l, l - 1, d)
-        r_k = merge(xl, xr)                                               # Eq. 1
-        c_k = torch.einsum("rnsd,de,rnse->rns", xl, w, xr) + c[:, li] + c[:, ri]   # Eq. 2
+        r_k = merge.combine(xl, xr, torch.cat(left_h, 1)[:, li], torch.cat(right_h, 1)[:, ri])   # Eq. 1
+        c_k = (torch.cat(as_left, 1)[:, li] * xr).sum(-1) + c[:, li] + c[:, ri]              # Eq. 2
         weight = torch.softmax(c_k, -1)                                   # Eq. 3
         r = (weight[..., None] * r_k).sum(2)                              # Eq. 4
-        feats.append(r if fuse is None else fuse(length, r))
+        r = r if fuse is None else fuse(length, r)
+        feats.append(r)
         scores.append((weight * c_k).sum(2))
+        hl, hr = merge.side(r)
+        left_h.append(hl), right_h.append(hr), as_left.append(r @ w)
     return torch.cat(feats, 1), torch.cat(scores, 1)
 
 
@@ -159,38 +172,39 @@ def outside(chart: Chart, lengths: torch.Tensor, feats: torch.Tensor, scores: to
     """Eqs. 11-14 top-down: every node's context feature r^U and score c^U from its parents' r^U and its siblings'
     bottom-up r~^B, c^B, over both sides (the paper writes the right one). The whole-sentence node starts from the
     learned `root` (d,) with c^U = 0; nodes outside the sentence get 0. (R, P, d), (R, P)."""
-    r_rows = feats.shape[0]
+    r_rows, d = feats.shape[0], feats.shape[-1]
     valid = chart.valid(lengths)
     root_at = chart.root(lengths)
     is_root = torch.zeros_like(valid)
     is_root[torch.arange(r_rows, device=feats.device), root_at] = True
-    up = [None] * (chart.k + 2)
-    cu = [None] * (chart.k + 2)
+    sib_h = merge.side(feats)[1]                                          # siblings are bottom-up nodes
+    up, cu, up_h, up_w = {}, {}, {}, {}
     for length in range(chart.k, 0, -1):
         sl = chart.layer(length)
         n = sl.stop - sl.start
         if length < chart.k:
-            # the layers above, in flat order (zeros below: never gathered, parents are longer)
-            below = feats.new_zeros(r_rows, chart.offset[length + 1], feats.shape[-1])
-            big = torch.cat([below] + [up[x] for x in range(length + 1, chart.k + 1)], 1)
-            big_c = torch.cat([scores.new_zeros(r_rows, chart.offset[length + 1])] +
-                              [cu[x] for x in range(length + 1, chart.k + 1)], 1)
+            # the layers above in flat order, zeros below (parents are longer: never gathered there)
+            above = range(length + 1, chart.k + 1)
+            big, big_c, big_h, big_w = (
+                torch.cat([z[above[0]].new_zeros(r_rows, chart.offset[length + 1], *z[above[0]].shape[2:])] +
+                          [z[x] for x in above], 1) for z in (up, cu, up_h, up_w))
             pi, si = chart.parent[length], chart.sibling[length]          # (n_l, C)
             ok = chart.possible[length][None] & valid[:, pi] & valid[:, si]
-            pu, sb = big[:, pi], feats[:, si]
-            r_k = merge(pu, sb)                                           # Eq. 11
-            c_k = torch.einsum("rncd,de,rnce->rnc", pu, w, sb) + big_c[:, pi] + scores[:, si]   # Eq. 12
+            sb = feats[:, si]
+            r_k = merge.combine(big[:, pi], sb, big_h[:, pi], sib_h[:, si])                  # Eq. 11
+            c_k = (big_w[:, pi] * sb).sum(-1) + big_c[:, pi] + scores[:, si]                 # Eq. 12
             weight = masked_softmax(c_k, ok, -1)                          # Eq. 13
             r = (weight[..., None] * r_k).sum(2)                          # Eq. 14
             c = (weight * c_k.masked_fill(~ok, 0.0)).sum(2)
         else:
-            r = feats.new_zeros(r_rows, n, feats.shape[-1])
+            r = feats.new_zeros(r_rows, n, d)
             c = scores.new_zeros(r_rows, n)
         here = is_root[:, sl]
         r = torch.where(here[..., None], root.expand_as(r), r * valid[:, sl, None])
         c = torch.where(here, torch.zeros_like(c), c * valid[:, sl])
         up[length], cu[length] = r, c
-    return torch.cat(up[1:chart.k + 1], 1), torch.cat(cu[1:chart.k + 1], 1)
+        up_h[length], up_w[length] = merge.side(r)[0], r @ w
+    return torch.cat([up[x] for x in range(1, chart.k + 1)], 1), torch.cat([cu[x] for x in range(1, chart.k + 1)], 1)
 
 
 def interfering(a: torch.Tensor, valid: torch.Tensor, tube_mask: torch.Tensor, delta: float, center: bool):
@@ -246,8 +260,8 @@ class WinnerHead(GroundingHead):
         self.merge_u = Merge(dim, cfg.hidden)
         self.w_b = nn.Parameter(torch.eye(dim))              # Eq. 2's w
         self.w_u = nn.Parameter(torch.eye(dim))              # Eq. 12's w (its own: another pass)
-        self.alpha = nn.Parameter(torch.tensor(float(cfg.alpha)))   # Eq. 8: "learnable hyperparameters"
-        self.beta = nn.Parameter(torch.tensor(float(cfg.beta)))
+        self.alpha = nn.Parameter(torch.tensor([float(cfg.alpha)]))  # Eq. 8: "learnable hyperparameters"
+        self.beta = nn.Parameter(torch.tensor([float(cfg.beta)]))  # (1,): DeepSpeed broadcasts no 0-dim tensor
         self.root = nn.Parameter(torch.zeros(dim))          # r^U of the whole-sentence node
         seg = cfg.segments
         self.clips = [(a, b) for a in range(seg) for b in range(a, seg)]
@@ -314,12 +328,13 @@ class WinnerHead(GroundingHead):
         """The tree of sentence q_idx[r] read against video v_idx[r], for every row r."""
         cfg = self.cfg
         leaves, lengths = self._leaves(text)
+        chart = self.chart(leaves.shape[1], leaves.device)
+        language = inside(chart, leaves, self.merge_b, self.w_b)                 # the language tree, per sentence
         leaves, lengths = leaves[q_idx], lengths[q_idx]
         f, fm = tubes[v_idx], tube_mask[v_idx]                                    # (R, M, d), (R, M)
-        chart = self.chart(leaves.shape[1], leaves.device)
         valid = chart.valid(lengths)
         if cfg.svhu:
-            rb0, _ = inside(chart, leaves, self.merge_b, self.w_b)               # the language tree
+            rb0 = language[0][q_idx]
             a0 = torch.einsum("rpd,rmd->rpm", rb0, f)                             # Eq. 5
             bad = interfering(a0, valid, fm, cfg.delta, cfg.center_filter)      # Eqs. 6-7
             ctx = context(chart, a0, valid & ~bad)                               # Eq. 8's context
@@ -334,7 +349,7 @@ class WinnerHead(GroundingHead):
             up, cu = outside(chart, lengths, rb, cb, self.merge_u, self.w_u, self.root)
             nodes = rb + up
         else:
-            rb, cb = inside(chart, leaves, self.merge_b, self.w_b)
+            rb, cb = language[0][q_idx], language[1][q_idx]
             up, cu, nodes = None, torch.zeros_like(cb), rb
         nodes = nodes * valid[..., None]
         root = nodes[torch.arange(nodes.shape[0], device=nodes.device), chart.root(lengths)]
@@ -389,27 +404,14 @@ class WinnerHead(GroundingHead):
         k = _k_of(p)
         valid = self.chart(k, dev).valid(lengths)                                 # (B, P) spans of sentence q
         # Eq. 18: each word of sentence q against every video of the batch, its own the positive
-        words = s[:, :, :k] / cfg.temperature                                     # (q, v, i)
-        logp = torch.log_softmax(words.masked_fill(~allowed[..., None], NEG), dim=1)
-        own = logp[torch.arange(b), torch.arange(b)]                              # (q, i)
-        leaf_ok = valid[:, :k].to(own.dtype)
-        l_word = -(own * leaf_ok).sum() / leaf_ok.sum().clamp_min(1.0)
+        leaf_ok = valid[:, :k].to(s.dtype)
+        l_word = word_nce(s[:, :, :k], allowed, leaf_ok, cfg.temperature)
         out = {"word_nce": l_word.detach()}
         loss = cfg.mu * l_word
         if cfg.dsa:
-            w = self.existence(enc).view(b, b, p)
-            d = s * w                                                             # Eq. 19, d[q, v, p]
-            pos = d[torch.arange(b), torch.arange(b)]                             # (q, p)
+            d = s * self.existence(enc).view(b, b, p)                             # Eq. 19, d[q, v, p]
             phrase = valid & (self.chart(k, dev).length >= 2)[None]               # (q, p)
-            neg_v = F.relu(d - pos[:, None, :] + cfg.gamma) * negative[..., None]  # d(V', n) against d(V, n)
-            term_v = neg_v.sum(1) / negative.sum(1).clamp_min(1)[:, None]
-            # d(V, n'): node (i, j) of sentence q' read against q's video; d.transpose gives [v = q, q', p]
-            other = d.transpose(0, 1)
-            ok_n = negative[..., None] & valid[None, :, :]                        # q' has span p
-            neg_n = F.relu(other - pos[:, None, :] + cfg.gamma) * ok_n
-            term_n = neg_n.sum(1) / ok_n.sum(1).clamp_min(1)
-            ph = phrase.to(s.dtype)
-            l_phrase = ((term_v + term_n) * ph).sum() / ph.sum().clamp_min(1.0)  # Eq. 20
+            l_phrase = phrase_hinge(d, negative, valid, phrase, cfg.gamma)
             loss = loss + l_phrase
             out["phrase_hinge"] = l_phrase.detach()
         if cfg.svhu and cfg.recon > 0:
@@ -494,6 +496,33 @@ class WinnerHead(GroundingHead):
         q = F.normalize(root @ self.root_proj.T, dim=-1)
         frames = F.normalize(F.normalize(video.frames, dim=-1) @ self.frame_proj.T, dim=-1)
         return torch.einsum("bd,btd->bt", q, frames)
+
+
+def word_nce(s: torch.Tensor, allowed: torch.Tensor, leaf_ok: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Eq. 18: s (Q, V, K) = s^s(V, n_ii) of word i of sentence q in video v (sentence q's own video is v = q);
+    -log softmax over the allowed videos (Q, V) of the own one, mean over the valid words leaf_ok (Q, K)."""
+    q = s.shape[0]
+    logp = torch.log_softmax((s / temperature).masked_fill(~allowed[..., None], NEG), dim=1)
+    own = logp[torch.arange(q), torch.arange(q)]                                  # (Q, K)
+    return -(own * leaf_ok).sum() / leaf_ok.sum().clamp_min(1.0)
+
+
+def phrase_hinge(d: torch.Tensor, negative: torch.Tensor, valid: torch.Tensor, phrase: torch.Tensor,
+                 gamma: float) -> torch.Tensor:
+    """Eq. 20: d (Q, V, P) = d^s(V, n_ij) of node p of sentence q read against video v. For each phrase node of q
+    (phrase (Q, P)): the mean hinge over negative videos V' (negative (Q, V)) of d(V', n) - d(V, n) + gamma, plus
+    the mean over negative sentences q' that have the span (valid (Q, P)) of d(V, n') - d(V, n) + gamma; mean over
+    the phrase nodes (the printed sums, averaged so the scale does not grow with the batch or the sentence)."""
+    q = d.shape[0]
+    pos = d[torch.arange(q), torch.arange(q)]                                     # (Q, P)
+    neg_v = F.relu(d - pos[:, None, :] + gamma) * negative[..., None]
+    term_v = neg_v.sum(1) / negative.sum(1).clamp_min(1)[:, None]
+    other = d.transpose(0, 1)                                                     # [q, q', p] = d(V_q, n^q')
+    ok_n = negative[..., None] & valid[None, :, :]
+    neg_n = F.relu(other - pos[:, None, :] + gamma) * ok_n
+    term_n = neg_n.sum(1) / ok_n.sum(1).clamp_min(1)
+    ph = phrase.to(d.dtype)
+    return ((term_v + term_n) * ph).sum() / ph.sum().clamp_min(1.0)
 
 
 def _k_of(p: int) -> int:
