@@ -15,7 +15,7 @@ from test_finetune_stvg import cfg_for, corpus, export, weak_corpus  # noqa: F40
 
 from common import config as C
 from finetune.config import FinetuneConfig, load
-from finetune.heads.base import TextBatch
+from finetune.heads.base import TextBatch, VideoBatch
 from finetune.heads.winner import (Chart, Merge, WinnerHead, context, inside, interfering, outside, phrase_hinge,
                                    subject_of, word_nce)
 
@@ -120,15 +120,15 @@ def test_batched_tree_equals_one_sentence_at_a_time():
     text = _random_text(lengths, 4, d, gen)
     tubes = torch.nn.functional.normalize(torch.randn(2, m, d, generator=gen), dim=-1)
     tube_mask = torch.tensor([[True, True, False], [True, True, True]])
-    clip_feat = torch.nn.functional.normalize(torch.randn(2, len(head.clips), d, generator=gen), dim=-1)
-    clip_ok = torch.ones(2, len(head.clips), dtype=torch.bool)
+    frames = torch.nn.functional.normalize(torch.randn(2, 10, d, generator=gen), dim=-1)
+    seg = head._segments(VideoBatch(frames, torch.arange(10)[None] < torch.tensor([[7], [10]])))
     q_idx, v_idx = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 0, 1, 0])
-    batched = head.encode(text, tubes, tube_mask, clip_feat, clip_ok, q_idx, v_idx)
+    batched = head.encode(text, tubes, tube_mask, frames, seg, q_idx, v_idx)
     big = Chart(4)
     for row, (q, v) in enumerate(zip(q_idx.tolist(), v_idx.tolist())):
         n = lengths[q]
         alone = TextBatch(text.sentence[q:q + 1], text.words[q:q + 1, :n], text.word_mask[q:q + 1, :n])
-        one = head.encode(alone, tubes[v:v + 1], tube_mask[v:v + 1], clip_feat[v:v + 1], clip_ok[v:v + 1],
+        one = head.encode(alone, tubes[v:v + 1], tube_mask[v:v + 1], frames[v:v + 1], seg[v:v + 1],
                           torch.tensor([0]), torch.tensor([0]))
         small = Chart(n)
         for length in range(1, n + 1):
@@ -138,6 +138,7 @@ def test_batched_tree_equals_one_sentence_at_a_time():
                 torch.testing.assert_close(batched.cb[row, a], one.cb[0, b])
                 torch.testing.assert_close(batched.cu[row, a], one.cu[0, b])
         torch.testing.assert_close(batched.clip_scores[row], one.clip_scores[0])
+        torch.testing.assert_close(batched.clip_pick[row], one.clip_pick[0])
         assert not bool(batched.valid[row, big.offset[n] + 1:].any()) if n < 4 else True
     # the outside pass alone on the language tree: the same per sentence too
     leaves = torch.randn(3, 4, d, generator=gen) * text.word_mask[..., None]

@@ -242,7 +242,9 @@ class Encoded:
     up: torch.Tensor | None      # (R, P, d) r^U (SVHU only)
     valid: torch.Tensor          # (R, P) bool
     lengths: torch.Tensor        # (R,)
-    clip_scores: torch.Tensor    # (R, C)
+    clip_scores: torch.Tensor    # (R, C) mean frame score of each clip (the clip NCE's)
+    clip_pick: torch.Tensor      # (R, C) centred sum (the clip choice)
+    frame_scores: torch.Tensor   # (R, T)
 
 
 class WinnerHead(GroundingHead):
@@ -255,7 +257,8 @@ class WinnerHead(GroundingHead):
         self.cfg = cfg
         eye = lambda: nn.Parameter(torch.eye(dim))  # noqa: E731  (identity maps: untrained = the export's space)
         self.word_proj, self.tube_proj = eye(), eye()
-        self.frame_proj, self.root_proj = eye(), eye()
+        self.frame_proj = eye()
+        self.root_proj = nn.Parameter(torch.zeros(dim, dim))   # the root's share of the clip query starts at 0
         self.merge_b = Merge(dim, cfg.hidden)
         self.merge_u = Merge(dim, cfg.hidden)
         self.w_b = nn.Parameter(torch.eye(dim))              # Eq. 2's w
@@ -302,13 +305,11 @@ class WinnerHead(GroundingHead):
         return pre[:, z] - pre[:, a], pre_c[:, z] - pre_c[:, a]
 
     def _video(self, video: VideoBatch):
-        """Whole-video tube features f^v (B, M, d) with their mask, and per clip: cropped tube features (B, C, M, d),
-        which tubes reach into the clip (B, C, M), the clip's frame feature (B, C, d) and whether it has frames."""
+        """Whole-video tube features f^v (B, M, d) with their mask, per clip the cropped tube features (B, C, M, d)
+        and which tubes reach into it (B, C, M), the frame features (B, T, d) and each frame's segment (B, T)."""
         geo = video.geometry
         m = geo.tube_mask.shape[1]
-        tubes, counts = tube_pool(video.regions, geo.tube_ids, m)
-        tube_mask = geo.tube_mask & (counts > 0)
-        tubes = F.normalize(tubes @ self.tube_proj.T, dim=-1)
+        tubes, tube_mask = self.tube_features(video)
         seg = self._segments(video)
         # regions -> (video, segment, tube) sums through one scatter over a joint (tube) axis
         onehot = F.one_hot(geo.tube_ids.clamp_min(0), m).to(video.regions.dtype) * (geo.tube_ids >= 0)[..., None]
@@ -320,11 +321,9 @@ class WinnerHead(GroundingHead):
         crop = F.normalize((sums / cnt.clamp_min(1.0)[..., None]) @ self.tube_proj.T, dim=-1)
         crop_mask = (cnt > 0) & tube_mask[:, None, :]
         frames = F.normalize(F.normalize(video.frames, dim=-1) @ self.frame_proj.T, dim=-1)
-        fsum, fcnt = self._clip_sums(frames[:, :, None], seg, video.mask[:, :, None])
-        clip_feat = F.normalize(fsum[:, :, 0], dim=-1)
-        return tubes, tube_mask, crop, crop_mask, clip_feat, fcnt[:, :, 0] > 0, seg
+        return tubes, tube_mask, crop, crop_mask, frames, seg
 
-    def encode(self, text: TextBatch, tubes, tube_mask, clip_feat, clip_ok, q_idx, v_idx) -> Encoded:
+    def encode(self, text: TextBatch, tubes, tube_mask, frames, seg, q_idx, v_idx) -> Encoded:
         """The tree of sentence q_idx[r] read against video v_idx[r], for every row r."""
         cfg = self.cfg
         leaves, lengths = self._leaves(text)
@@ -353,9 +352,26 @@ class WinnerHead(GroundingHead):
             up, cu, nodes = None, torch.zeros_like(cb), rb
         nodes = nodes * valid[..., None]
         root = nodes[torch.arange(nodes.shape[0], device=nodes.device), chart.root(lengths)]
-        q = F.normalize(root @ self.root_proj.T, dim=-1)
-        clip = torch.einsum("rd,rcd->rc", q, clip_feat[v_idx]).masked_fill(~clip_ok[v_idx], NEG)
-        return Encoded(nodes, cb, cu, up, valid, lengths, clip)
+        fs = torch.einsum("rd,rtd->rt", self._clip_query(text, root, q_idx), frames[v_idx])
+        return Encoded(nodes, cb, cu, up, valid, lengths, *self._clip_scores(fs, seg[v_idx]))
+
+    def _clip_query(self, text: TextBatch, root: torch.Tensor, q_idx: torch.Tensor) -> torch.Tensor:
+        """The query that scores the clips: the sentence feature g(S) (the frames' space) plus the tree's root node
+        through a map that starts at 0, so the untrained head's span is the export's sentence-frame similarity."""
+        return F.normalize(F.normalize(text.sentence, dim=-1)[q_idx] + root @ self.root_proj.T, dim=-1)
+
+    def _clip_scores(self, fs: torch.Tensor, seg: torch.Tensor):
+        """Frame scores fs (R, T) -> per clip their mean (R, C, the NCE's score; NEG for a clip without frames) and
+        their sum minus the clip's share of the video's mean (R, C, the choice: the best-segment rule of
+        finetune/predict.py on the clip grid), and fs itself."""
+        on = seg >= 0
+        sums, counts = self._clip_sums(fs[:, :, None, None], seg, on[:, :, None])
+        sums, counts = sums[:, :, 0, 0], counts[:, :, 0]
+        mean = sums / counts.clamp_min(1.0)
+        video_mean = (fs * on).sum(1, keepdim=True) / on.sum(1, keepdim=True).clamp_min(1)
+        empty = counts == 0
+        return (mean.masked_fill(empty, NEG), (sums - counts * video_mean.detach()).masked_fill(empty, NEG),
+                fs.masked_fill(~on, 0.0))
 
     @staticmethod
     def node_tube_scores(nodes: torch.Tensor, crop: torch.Tensor, crop_mask: torch.Tensor) -> torch.Tensor:
@@ -364,7 +380,7 @@ class WinnerHead(GroundingHead):
 
     def _cropped(self, enc: Encoded, v_idx, tubes, tube_mask, crop, crop_mask):
         """The tubes cropped to each row's best clip (whole-video tubes where none reaches into it)."""
-        best = enc.clip_scores.detach().argmax(-1)
+        best = enc.clip_pick.detach().argmax(-1)
         cf, cm = crop[v_idx, best], crop_mask[v_idx, best]
         empty = ~cm.any(-1)
         cf = torch.where(empty[:, None, None], tubes[v_idx], cf)
@@ -387,10 +403,10 @@ class WinnerHead(GroundingHead):
         cfg, video, text = self.cfg, batch.video, batch.text
         b = video.frames.shape[0]
         dev = video.frames.device
-        tubes, tube_mask, crop, crop_mask, clip_feat, clip_ok, _ = self._video(video)
+        tubes, tube_mask, crop, crop_mask, frames, seg = self._video(video)
         q_idx = torch.arange(b, device=dev).repeat_interleave(b)                  # row = q * B + v
         v_idx = torch.arange(b, device=dev).repeat(b)
-        enc = self.encode(text, tubes, tube_mask, clip_feat, clip_ok, q_idx, v_idx)
+        enc = self.encode(text, tubes, tube_mask, frames, seg, q_idx, v_idx)
         cf, cm, _ = self._cropped(enc, v_idx, tubes, tube_mask, crop, crop_mask)
         s = self.node_tube_scores(enc.nodes, cf, cm).max(-1).values              # Eq. 17, (R, P)
         p = s.shape[1]
@@ -469,10 +485,24 @@ class WinnerHead(GroundingHead):
                 out.append(chart.offset[found[1] - found[0] + 1] + found[0])
         return torch.tensor(out, dtype=torch.long, device=lengths.device)
 
+    def tube_features(self, video: VideoBatch, weight: torch.Tensor | None = None):
+        """(B, M, d) tube features f^v over the frames `weight` (B, T) marks (all: None), (B, M) which have regions."""
+        geo = video.geometry
+        w = None if weight is None else weight[:, :, None].expand_as(geo.tube_ids)
+        tubes, counts = tube_pool(video.regions, geo.tube_ids, geo.tube_mask.shape[1], w)
+        return F.normalize(tubes @ self.tube_proj.T, dim=-1), geo.tube_mask & (counts > 0)
+
+    def node_scores(self, video: VideoBatch, text: TextBatch, weight: torch.Tensor | None = None):
+        """Eq. 15 for every node of each row's own tree (B, P, M) on the tubes cropped to `weight` (B, T), and the
+        chart: what benchmarks/winner_correlation.py follows over training."""
+        enc, _, idx = self._own(video, text)
+        feats, ok = self.tube_features(video, weight)
+        return self.node_tube_scores(enc.nodes, feats, ok), self.chart(_k_of(enc.nodes.shape[1]), feats.device)
+
     def _own(self, video: VideoBatch, text: TextBatch):
-        tubes, tube_mask, crop, crop_mask, clip_feat, clip_ok, seg = self._video(video)
+        tubes, tube_mask, crop, crop_mask, frames, seg = self._video(video)
         idx = torch.arange(video.frames.shape[0], device=video.frames.device)
-        enc = self.encode(text, tubes, tube_mask, clip_feat, clip_ok, idx, idx)
+        enc = self.encode(text, tubes, tube_mask, frames, seg, idx, idx)
         return enc, (tubes, tube_mask, crop, crop_mask, seg), idx
 
     def tube_output(self, video: VideoBatch, text: TextBatch) -> TubeOutput:
@@ -488,14 +518,8 @@ class WinnerHead(GroundingHead):
         return TubeOutput(sted=_sted(inside_clip, video.mask, video.geometry.frame_ids), tube_scores=scores)
 
     def frame_scores(self, video: VideoBatch, text: TextBatch) -> torch.Tensor:
-        """(B, T): each frame as a one-frame clip of the root's clip score (for inspection; tube_output is the
-        head's answer)."""
-        enc, _, _ = self._own(video, text)
-        k = _k_of(enc.nodes.shape[1])
-        root = enc.nodes[torch.arange(enc.nodes.shape[0]), self.chart(k, enc.nodes.device).root(enc.lengths)]
-        q = F.normalize(root @ self.root_proj.T, dim=-1)
-        frames = F.normalize(F.normalize(video.frames, dim=-1) @ self.frame_proj.T, dim=-1)
-        return torch.einsum("bd,btd->bt", q, frames)
+        """(B, T): each frame's score under the clip query (tube_output's span is the best clip of them)."""
+        return self._own(video, text)[0].frame_scores
 
 
 def word_nce(s: torch.Tensor, allowed: torch.Tensor, leaf_ok: torch.Tensor, temperature: float) -> torch.Tensor:
