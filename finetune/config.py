@@ -117,7 +117,7 @@ class WinnerConfig:
     segments: int = 8                # a video's valid frames in this many equal segments; clips = runs of them
     subject: str = "noun"            # node grounded at inference: noun (first noun's leaf) | phrase | root
     existence: str = "marginal"      # Eq. 19 weight: marginal = exp(cB + cU - cB_root) <= 1 | product (as printed)
-    hidden: int = 128                # width of the merge MLPs (Eqs. 1, 11)
+    hidden: int = 64                 # width of the merge MLPs (Eqs. 1, 11)
 
 
 @dataclass
