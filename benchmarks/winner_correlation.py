@@ -9,8 +9,9 @@ Each variant trains the WINNER head of configs/finetune/winner_synthetic.yaml (p
 finetune's own weak batches (finetune.train's StvgBatcher: no truth) and plain torch Adam in this process (no
 DeepSpeed or Ray: the analysis needs the head between steps, not a run folder). Every `--every` steps, on the test
 split's same_noun queries: Eq. 15's scores of a node over the video's linked tubes cropped to the true span,
-softmax over the tubes; the correlation score of a node with a tube is that probability (the paper's definition
-is in its missing appendix). The true tube is the linked tube of best mean IoU with the target's boxes over the
+softmax over the tubes at Eq. 18's temperature (`winner.temperature`); the correlation score of a node with a tube
+is that probability (the paper's definition is in its missing appendix), top1_* the share of queries whose node
+ranks that tube first. The true tube is the linked tube of best mean IoU with the target's boxes over the
 span; the reference tube likewise for the reference object (what the interfering noun names). Reported per step:
 mean over queries of subject->target (the paper's correct correlation), interferer->target (its spurious one),
 and, for reading them, subject->reference, interferer->reference and the chance level 1 / (tubes in the span).
@@ -90,8 +91,8 @@ def correlations(head, probes, test_feats, text_of, tokenizer) -> dict:
     from finetune.stvg_batches import text_batch, video_batch
 
     head.eval()
-    rows = {k: [] for k in ("subject_target", "interferer_target", "subject_reference", "interferer_reference",
-                            "chance")}
+    names = ("subject_target", "interferer_target", "subject_reference", "interferer_reference")
+    rows = {k: [] for k in names + tuple("top1_" + n for n in names) + ("chance",)}
     for p in probes:
         vt = test_feats[p["video"]]
         video = video_batch([vt])
@@ -99,12 +100,15 @@ def correlations(head, probes, test_feats, text_of, tokenizer) -> dict:
         scores, chart = head.node_scores(video, text_batch(text_of([p["sentence"]]), [p["sentence"]], tokenizer),
                                          weight)
         ok = scores[0, 0] > -1e3
-        prob = torch.softmax(scores[0].masked_fill(~ok[None], -float("inf")), -1)
+        logits = scores[0].masked_fill(~ok[None], -float("inf"))
+        prob = torch.softmax(logits / head.cfg.temperature, -1)         # the temperature Eq. 18 trains with
+        best = logits.argmax(-1)
         s, i = chart.offset[1] + p["subject"], chart.offset[1] + p["interferer"]
-        rows["subject_target"].append(float(prob[s, p["target"]]))
-        rows["interferer_target"].append(float(prob[i, p["target"]]))
-        rows["subject_reference"].append(float(prob[s, p["reference"]]))
-        rows["interferer_reference"].append(float(prob[i, p["reference"]]))
+        for name, node, tube in (("subject_target", s, p["target"]), ("interferer_target", i, p["target"]),
+                                 ("subject_reference", s, p["reference"]),
+                                 ("interferer_reference", i, p["reference"])):
+            rows[name].append(float(prob[node, tube]))
+            rows["top1_" + name].append(float(best[node] == tube))
         rows["chance"].append(1.0 / max(int(ok.sum()), 1))
     head.train()
     return {k: round(float(np.mean(v)), 4) for k, v in rows.items()}
