@@ -51,7 +51,8 @@ def ranks(head, batcher, batches: int, first_step: int) -> dict:
                 word_rank.append(int((row > row[i]).sum()))
     return {"content_words": len(own), "own_video_score": round(float(np.mean(own)), 4),
             "other_videos_score": round(float(np.mean(other)), 4),
-            "own_video_rank": round(float(np.mean(word_rank)), 3), "clip_own_video_rank": round(float(np.mean(clip_rank)), 3),
+            "own_video_rank": round(float(np.mean(word_rank)), 3),
+            "clip_own_video_rank": round(float(np.mean(clip_rank)), 3),
             "chance_rank": (b - 1) / 2}
 
 
