@@ -16,6 +16,10 @@ def head_class(name: str) -> type[GroundingHead]:
         from finetune.heads.fsm import FsmHead
 
         return FsmHead
+    if name == "winner":
+        from finetune.heads.winner import WinnerHead
+
+        return WinnerHead
     raise ValueError(f"unknown head {name!r}")
 
 
