@@ -3,6 +3,11 @@
 
   .venv/bin/python -m benchmarks.index                       # synthetic, 200k x 512
   .venv/bin/python -m benchmarks.index --embeddings <shards>/embeddings/<tag>
+  OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.index --sizes 50000,100000,200000 --dim 256 --mine
+      # the same measurement at each size (synthetic only), with the growth exponent of every cost (docs/scale.md)
+
+`--mine` also times pseudo-positive mining (index.mining.mine: every clip searched against the index, the
+caption gate, the table) on the built index, with cluster.index's default settings (k=5, search_k=64, nprobe=16).
 
 The index is built through the real pipeline (embedding shards -> sample training -> partial indices -> merge ->
 atomic save -> load); the baseline is exact inner-product search (IndexFlatIP) over the same vectors, same queries,
@@ -25,8 +30,9 @@ if __package__ in (None, ""):  # run as a file: the project root, not benchmarks
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from index import build, embshards, store, synthetic  # noqa: E402
+from index import build, embshards, mining, store, synthetic  # noqa: E402
 from index.config import BuildSection  # noqa: E402
+from index.factory import ivf_lists  # noqa: E402
 from index.search import Searcher, set_nprobe  # noqa: E402
 
 
@@ -63,6 +69,15 @@ def load_all(emb_dir: str, which: str) -> np.ndarray:
     return embshards.l2_normalise(np.concatenate(parts))
 
 
+def growth(sizes: list[int], values: list[float]) -> float | None:
+    """Least-squares slope of log(value) on log(size): cost ~ size ** slope (1 linear, 2 quadratic)."""
+    pts = [(np.log(n), np.log(v)) for n, v in zip(sizes, values) if v and v > 0]
+    if len(pts) < 2:
+        return None
+    x, y = np.array(pts).T
+    return round(float(np.polyfit(x, y, 1)[0]), 2)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=200_000)
@@ -72,7 +87,8 @@ def main(argv=None) -> dict:
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--nprobe", default="1,2,4,8,16,32,64")
-    p.add_argument("--factory", default="auto")
+    p.add_argument("--factory", default="auto", help="auto, a FAISS factory string, or a template with {nlist} "
+                   "(e.g. 'IVF{nlist},PQ32': the auto rule's list count for each size)")
     p.add_argument("--memory-budget-mb", type=float, default=4096)
     p.add_argument("--flat-max", type=int, default=20000)
     p.add_argument("--per-shard", type=int, default=20000)
@@ -80,8 +96,41 @@ def main(argv=None) -> dict:
     p.add_argument("--vectors", default="video")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sizes", help="comma-separated vector counts: the run at each (synthetic), plus growth exponents")
+    p.add_argument("--mine", action="store_true", help="also time pseudo-positive mining on the built index")
+    p.add_argument("--mine-tau", type=float, default=0.9, help="caption gate of --mine (-1: every other-video "
+                   "neighbour passes, the table's largest size)")
     a = p.parse_args(argv)
+    if not a.sizes:
+        out = measure(a, a.n)
+        print(json.dumps(out, indent=1))
+        return out
+    if a.embeddings:
+        p.error("--sizes measures synthetic vectors; it does not take --embeddings")
+    try:
+        sizes = sorted({int(v) for v in a.sizes.split(",") if v.strip()})
+    except ValueError:
+        p.error(f"--sizes takes comma-separated integers, got {a.sizes!r}")
+    runs = [measure(a, n) for n in sizes]
+    keys = {"build_seconds": lambda r: r["build_seconds"], "build_cpu_seconds": lambda r: r["build_cpu_seconds"],
+            "index_mb": lambda r: r["index_mb"],
+            "peak_rss_mb": lambda r: r["peak_rss_mb"], "exact_query_ms": lambda r: r["exact_query_ms"],
+            "best_query_ms": lambda r: r["best"]["query_ms"], "sidecar_mb": lambda r: r["sidecar_mb"],
+            "train_seconds": lambda r: r["build_phases"].get("train"),
+            "add_seconds": lambda r: r["build_phases"].get("add")}
+    if a.mine:
+        keys["mine_seconds"] = lambda r: r["mine"]["seconds"]
+        keys["mine_cpu_seconds"] = lambda r: r["mine"]["cpu_seconds"]
+        keys["table_mb"] = lambda r: r["mine"]["table_mb"]
+    out = {"sizes": sizes, "dim": a.dim, "factory_requested": a.factory, "threads": faiss.omp_get_max_threads(),
+           "growth_exponent": {k: growth(sizes, [f(r) for r in runs]) for k, f in keys.items()},
+           "runs": runs}
+    print(json.dumps(out, indent=1))
+    return out
 
+
+def measure(a, n_vectors: int) -> dict:
+    """The whole measurement at one size (n_vectors synthetic vectors, or the --embeddings shards)."""
     work = tempfile.mkdtemp(prefix="stg-bench-index-")
     try:
         t0 = time.perf_counter()
@@ -91,8 +140,8 @@ def main(argv=None) -> dict:
             source = {"embeddings": emb_dir, "vectors": a.vectors}
         else:
             emb_dir = os.path.join(work, "emb")
-            pts, _ = synthetic.clustered(a.n + a.queries, a.dim, a.clusters, a.spread, a.seed)
-            x, held_out = pts[: a.n], pts[a.n:]  # queries: unseen points of the same clusters
+            pts, _ = synthetic.clustered(n_vectors + a.queries, a.dim, a.clusters, a.spread, a.seed)
+            x, held_out = pts[:n_vectors], pts[n_vectors:]  # queries: unseen points of the same clusters
             synthetic_shards(emb_dir, x, a.per_shard)
             source = {"synthetic": {"clusters": a.clusters, "spread": a.spread, "seed": a.seed}}
         n, dim = x.shape
@@ -110,12 +159,14 @@ def main(argv=None) -> dict:
         del exact
 
         url = os.path.join(work, "index")
-        cfg = BuildSection(factory=a.factory, memory_budget_mb=a.memory_budget_mb, flat_max=a.flat_max,
+        # a template such as IVF{nlist},PQ32 takes the list count the auto rule would pick for n (index.factory)
+        factory = a.factory.format(nlist=ivf_lists(n)) if "{nlist}" in a.factory else a.factory
+        cfg = BuildSection(factory=factory, memory_budget_mb=a.memory_budget_mb, flat_max=a.flat_max,
                            vectors=a.vectors, shards_per_task=1)
         rss_before = _rss_mb()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         report = build.build(cfg, emb_dir, url, seed=a.seed)
-        t_build = time.perf_counter() - t
+        t_build, c_build = time.perf_counter() - t, time.process_time() - c
         meta = store.read_meta(url)
         index_bytes = sum(f["size"] for name, f in meta.files.items() if not name.startswith("trained-"))
         rss_built = _rss_mb()
@@ -136,14 +187,27 @@ def main(argv=None) -> dict:
             "exact_query_ms": round(1e3 * t_exact / len(q), 4),
             "best": best, "target_met": bool(best[f"recall@{a.k}"] >= 0.95 and best["speedup_vs_exact"] >= 10),
             "runs": runs,
-            "build_seconds": round(t_build, 2), "build_phases": report["seconds"], "train_points": report["train_points"],
+            # CPU seconds of this process: on a shared, loaded machine they track the work, wall seconds do not
+            "build_seconds": round(t_build, 2), "build_cpu_seconds": round(c_build, 2),
+            "build_phases": report["seconds"], "train_points": report["train_points"],
             "index_mb": round(index_bytes / 2**20, 1), "flat_vectors_mb": round(n * dim * 4 / 2**20, 1),
+            # the sidecar lists every id's key, video and times (contracts.md section 4): it grows with n too
+            "sidecar_mb": round(os.path.getsize(os.path.join(url, "index.json")) / 2**20, 2),
             "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_mb": {"before_build": round(rss_before, 1),
                                                                "after_build": round(rss_built, 1),
                                                                "after_load": round(rss_loaded, 1)},
             "data_seconds": round(t_data, 2),
         }
-        print(json.dumps(out, indent=1))
+        if a.mine:
+            del s
+            t, c = time.perf_counter(), time.process_time()
+            table = mining.mine(url, k=5, tau=a.mine_tau, search_k=64, clips_per_task=20000, nprobe=16)
+            out["mine"] = {"seconds": round(time.perf_counter() - t, 2),
+                           "cpu_seconds": round(time.process_time() - c, 2), "k": 5, "search_k": 64, "nprobe": 16,
+                           "tau": a.mine_tau, "pairs": table["counts"].get("pairs", 0),
+                           "table_mb": round(len(json.dumps(table, indent=1, sort_keys=True)) / 2**20, 2),
+                           "clips": table["counts"].get("clips", 0), "with_positives":
+                           table["counts"].get("with_positives", 0), "peak_rss_mb": round(_peak_rss_mb(), 1)}
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)

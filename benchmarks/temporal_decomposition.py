@@ -60,11 +60,12 @@ def run(model, test: str, cfg, smooths: list[int]) -> dict:
         for vid, v in sorted(truth.items()):
             clip = decode(vid, os.path.join(test, "videos", f"{vid}.mp4"), 1.0, model.image_size)
             pool = [s for s in v.pool if s != "background"]
-            scores = temporal_scores(model, clip.frames, pool)
+            scores = temporal_scores(model, clip.frames, pool, source=cfg.scores)
             secs = np.rint(clip.times).astype(int)
             boxed = {int(t): i for i, t in enumerate(secs) if int(t) in v.boxes and v.boxes[int(t)][0] is not None}
             for w in smooths:
-                labels, _ = label_frames(scores, InferenceConfig(tau=-np.inf, normalize=cfg.normalize, smooth=w))
+                labels, _ = label_frames(scores, InferenceConfig(tau=-np.inf, normalize=cfg.normalize, smooth=w,
+                                                                 decode=cfg.decode))
                 for t, i in boxed.items():
                     per_smooth[w]["truth"].append(v.boxes[t][0])
                     per_smooth[w]["pred"].append(pool[labels[i]])
@@ -152,7 +153,8 @@ def calibrate(model, split: str, cfg, videos: int) -> dict:
                 keep.append(i)
                 lab.append(-1)
         # standardised over the whole video as inference does, then the labelled frames kept
-        scores.append(normalize_scores(temporal_scores(model, clip.frames, pool), cfg.normalize)[keep])
+        scores.append(normalize_scores(temporal_scores(model, clip.frames, pool, source=cfg.scores),
+                                       cfg.normalize)[keep])
         labels.append(np.asarray(lab))
     from grounding.inference import InferenceConfig
 

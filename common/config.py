@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -156,15 +157,27 @@ def yaml_load(text: str, what: str) -> Any:
         raise ConfigError(f"{what}: not valid YAML{at}: {problem}") from None
 
 
+def _read_config_text(path: str) -> str:
+    """A local config file is read without fsspec (benchmarks/gpu_check.py runs where fsspec is absent); a URL
+    through common.fsio."""
+    from common import fsio
+
+    if fsio.is_local(path):
+        local = path[len("file://"):] if path.startswith("file://") else path
+        if not os.path.exists(local):
+            raise ConfigError(f"config file [{path}]: not found")
+        with open(local, encoding="utf-8") as fh:
+            return fh.read()
+    if not fsio.exists(path):
+        raise ConfigError(f"config file [{path}]: not found")
+    return fsio.read_text(path)
+
+
 def load(cls: type[T], path: str | None = None, overrides: Sequence[str] = ()) -> T:
     """Defaults, then the YAML file at `path`, then `a.b=value` overrides (values parsed as YAML)."""
     data: dict = to_dict(cls())
     if path:
-        from common import fsio
-
-        if not fsio.exists(path):
-            raise ConfigError(f"config file [{path}]: not found")
-        loaded = yaml_load(fsio.read_text(path), f"config file [{path}]") or {}
+        loaded = yaml_load(_read_config_text(path), f"config file [{path}]") or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file [{path}]: top level must be a mapping")
         data = merge(data, loaded)

@@ -14,8 +14,6 @@ import tempfile
 import uuid
 from typing import Any
 
-import fsspec
-
 
 def storage_options(extra: dict | None = None) -> dict:
     opts: dict[str, Any] = {}
@@ -33,6 +31,10 @@ def is_local(url: str) -> bool:
 
 def filesystem(url: str, options: dict | None = None):
     """(fs, path) for a URL; local paths are made absolute."""
+    # imported here, not at module level: modules that only name paths (tubes/, pretrain/) must import on a bare
+    # GPU machine without fsspec (benchmarks/gpu_check.py)
+    import fsspec
+
     if is_local(url):
         path = url[len("file://"):] if url.startswith("file://") else url
         return fsspec.filesystem("file"), os.path.abspath(path)

@@ -18,7 +18,7 @@ from tubes.config import TubeConfig
 
 STVG_DATASETS = ("synthetic_stvg", "vidstg", "hcstvg")   # finetune/datasets_stvg.py
 DATASETS = ("synthetic", "charades_sta", "didemo") + STVG_DATASETS
-STVG_HEADS = ("tube_sim", "fsm", "vcma")                       # heads that answer tube_output (docs/stvg.md)
+STVG_HEADS = ("tube_sim", "fsm", "winner", "vcma")              # heads that answer tube_output (docs/stvg.md)
 HEADS = ("wsra",) + STVG_HEADS
 
 
@@ -97,6 +97,30 @@ class FsmConfig:
 
 
 @dataclass
+class WinnerConfig:
+    """The weakly supervised WINNER head (finetune/heads/winner.py, docs/winner.md): Eq. 8/10/20/21 weights at the
+    paper's values (Sec. 4.1), the interfering-node threshold delta, and switches for Table 3 and our choices."""
+    alpha: float = 1.0               # Eq. 8: weight of the node's own tube correlation (learnable, starts here)
+    beta: float = 0.5                # Eq. 8: weight of the parent/child context (learnable, starts here)
+    gamma: float = 0.5               # Eq. 20: hinge margin
+    lam: float = 1.0                 # Eq. 10: lambda, weight of the visual cue injected into a node
+    mu: float = 1.0                  # Eq. 21: weight of the word-level NCE (Eq. 18)
+    delta: float = 0.0               # Eq. 7: a node whose correlation cosine to the mean is below this interferes
+    center_filter: bool = True       # Eq. 7 on tube-centred correlations (false: the raw ones, as printed)
+    dsa: bool = True                 # Table 3: false = word-tube NCE only (no phrase hinge, Eqs. 19-20)
+    svhu: bool = True                # Table 3: false = no structural attention, backtracking or reconstruction
+    temperature: float = 1.0         # Eq. 18 logits s / temperature (the paper: none, i.e. 1)
+    recon: float = 1.0               # weight of the sentence reconstruction from the updated leaves (SVHU)
+    recon_temperature: float = 0.1   # its word-NCE temperature
+    temporal: float = 1.0            # weight of the clip NCE of the temporal localisation
+    temporal_temperature: float = 0.1
+    segments: int = 8                # a video's valid frames in this many equal segments; clips = runs of them
+    subject: str = "noun"            # node grounded at inference: noun (first noun's leaf) | phrase | root
+    existence: str = "marginal"      # Eq. 19 weight: marginal = exp(cB + cU - cB_root) <= 1 | product (as printed)
+    hidden: int = 64                 # width of the merge MLPs (Eqs. 1, 11)
+
+
+@dataclass
 class VcmaConfig:
     """The weak VCMA head (finetune/heads/vcma.py, docs/vcma.md): sizes, the EM schedule and the ablation switches.
     Defaults: the paper's D = 256, 2 blocks x 8 heads, beta = 0.3."""
@@ -165,6 +189,7 @@ class FinetuneConfig:
     wsra: WsraConfig = field(default_factory=WsraConfig)
     tube_sim: TubeSimConfig = field(default_factory=TubeSimConfig)
     fsm: FsmConfig = field(default_factory=FsmConfig)
+    winner: WinnerConfig = field(default_factory=WinnerConfig)
     vcma: VcmaConfig = field(default_factory=VcmaConfig)
     tubes: TubeConfig = field(default_factory=TubeConfig)  # STVG: proposals -> region features -> M linked tubes
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -236,6 +261,18 @@ def validate(cfg: FinetuneConfig) -> None:
                            *((w, getattr(f, w) >= 0, ">= 0") for w in ("w_cls", "w_l1", "w_giou", "w_sted", "w_mrcl"))):
         if not ok:
             raise err(f"fsm.{name} must be {rule}")
+    wn = cfg.winner
+    for name, ok, rule in (*((x, getattr(wn, x) >= 0, ">= 0") for x in ("alpha", "beta", "gamma", "lam", "mu",
+                                                                          "recon", "temporal")),
+                           ("delta", -1 <= wn.delta <= 1, "in [-1, 1] (a cosine)"),
+                           ("temperature", wn.temperature > 0, "> 0"),
+                           ("recon_temperature", wn.recon_temperature > 0, "> 0"),
+                           ("temporal_temperature", wn.temporal_temperature > 0, "> 0"),
+                           ("segments", 1 <= wn.segments <= 64, "in [1, 64]"), ("hidden", wn.hidden >= 1, ">= 1"),
+                           ("subject", wn.subject in ("noun", "phrase", "root"), "noun, phrase or root"),
+                           ("existence", wn.existence in ("marginal", "product"), "marginal or product")):
+        if not ok:
+            raise err(f"winner.{name} must be {rule}, not {getattr(wn, name)!r}")
     validate_vcma(cfg)
     if cfg.batch_size < 2:
         raise err("batch_size must be >= 2 (the in-batch queries are the negatives)")

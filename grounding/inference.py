@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 
 
+SCORE_SOURCES = ("global", "word_region", "both")
+
+
 @dataclass
 class InferenceConfig:
     tau: float = 0.0                 # background threshold on the per-frame best score (after `normalize`)
@@ -29,6 +32,16 @@ class InferenceConfig:
     smooth: int = 1                  # mean of each description's scores over this many consecutive frames
                                      # (centred, odd) before the argmax: actions last seconds, so a one-frame
                                      # flip is noise; 1 = off (the paper's per-frame decision)
+    decode: str = "frame"            # frame: each frame takes its best description (the paper) | once: each
+                                     # description of the pool is one contiguous run (or absent), the runs
+                                     # tiling the video, chosen to maximise the summed scores (segment_once);
+                                     # tau then marks background inside the runs. A prior of instructional
+                                     # videos (a step is done once); pools over once_max_pool fall back to frame
+    once_max_pool: int = 6           # the search is over the pool's orders: pool! * pool * frames^2
+    scores: str = "global"           # what a frame's score for a description is: global (the paper's Sec. 3.5:
+                                     # f(CLS) . g(EOT)) | word_region (mean over the words of each word's best
+                                     # region, the score the word-region term of L_local trains) | both (the sum
+                                     # of the two, each standardised per description over the video's frames)
 
     def validate(self, prefix: str = "inference.") -> "InferenceConfig":
         from common.config import ConfigError
@@ -43,6 +56,9 @@ class InferenceConfig:
         need(self.batch_frames >= 1, "batch_frames", "must be >= 1")
         need(self.min_segment >= 1, "min_segment", "must be >= 1")
         need(self.smooth >= 1 and self.smooth % 2 == 1, "smooth", "must be an odd number of frames >= 1")
+        need(self.decode in ("frame", "once"), "decode", "must be frame or once")
+        need(1 <= self.once_max_pool <= 8, "once_max_pool", "must be in 1..8")
+        need(self.scores in SCORE_SOURCES, "scores", f"must be one of {', '.join(SCORE_SOURCES)}")
         return self
 
 
@@ -86,20 +102,75 @@ def _encode_frames_global(model, frames: np.ndarray, batch: int) -> torch.Tensor
 
 
 @torch.no_grad()
-def temporal_scores(model, frames: np.ndarray, pool: list[str], batch: int = 64) -> np.ndarray:
-    """(num_frames, len(pool)) cosine similarity of each frame's global feature to each description."""
-    fg = _encode_frames_global(model, frames, batch)
-    tg, _, _ = model.encode_text(model.tokenize(pool))
-    return model.frame_scores(fg, tg).float().cpu().numpy()
+def temporal_scores(model, frames: np.ndarray, pool: list[str], batch: int = 64, source: str = "global"
+                    ) -> np.ndarray:
+    """(num_frames, len(pool)) score of each frame for each description (InferenceConfig.scores): the cosine of
+    the frame's global feature and the description's (global), the word-region score (word_region), or both."""
+    from pretrain.losses import word_region_scores
+
+    if source not in SCORE_SOURCES:
+        raise ValueError(f"inference scores must be one of {SCORE_SOURCES}, got {source!r}")
+    tokens = model.tokenize(pool)
+    out = {}
+    if source in ("global", "both"):
+        fg = _encode_frames_global(model, frames, batch)
+        tg, _, _ = model.encode_text(tokens)
+        out["global"] = model.frame_scores(fg, tg).float().cpu().numpy()
+    if source in ("word_region", "both"):
+        _, words, mask = model.encode_text(tokens)
+        regions = []
+        for i in range(0, len(frames), batch):
+            chunk = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch]))[None]
+            regions.append(model.encode_frames(model.preprocess_frames(chunk))[1][0])   # (n, N, d)
+        out["word_region"] = word_region_scores(words, mask, torch.cat(regions, 0)).t().float().cpu().numpy()
+    if source != "both":
+        return out[source]
+    return normalize_scores(out["global"], "query") + normalize_scores(out["word_region"], "query")
 
 
 def label_frames(scores: np.ndarray, cfg: InferenceConfig) -> tuple[np.ndarray, np.ndarray]:
     """Best action index per frame (-1 = background) and its score."""
     s = smooth_scores(normalize_scores(scores, cfg.normalize), cfg.smooth)
     best = s.argmax(1)
+    if getattr(cfg, "decode", "frame") == "once" and 1 < s.shape[1] <= cfg.once_max_pool:
+        best = segment_once(s)
     best_score = s[np.arange(len(s)), best]
     labels = np.where(best_score >= cfg.tau, best, -1)
     return labels, best_score
+
+
+def segment_once(scores: np.ndarray) -> np.ndarray:
+    """Labels (frames,) that split the frames into contiguous runs, at most one per description (column), in
+    the order and with the boundaries that maximise the sum of each frame's score for its run's description.
+    Exhaustive over the orders of the descriptions (a run may be empty), dynamic programming over boundaries."""
+    import itertools
+
+    n, p = scores.shape
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    csum = np.vstack([np.zeros((1, p)), np.cumsum(scores, axis=0)])           # csum[t] = sum of frames < t
+    best_total, best_cuts, best_order = -np.inf, None, None
+    for order in itertools.permutations(range(p)):
+        # value[t]: best sum covering frames [0, t) with the runs placed so far; cut[j][t]: where run j starts
+        value = np.full(n + 1, -np.inf)
+        value[0] = 0.0
+        cuts = []
+        for q in order:
+            gain = csum[:, q]                                                   # run [s, t): gain[t] - gain[s]
+            cand = value[None, :] - gain[None, :] + gain[:, None]               # [t, s]
+            cand[np.triu_indices(n + 1, 1)] = -np.inf                           # s <= t
+            start = cand.argmax(1)
+            value = cand[np.arange(n + 1), start]
+            cuts.append(start)
+        if value[n] > best_total:
+            best_total, best_cuts, best_order = value[n], cuts, order
+    labels = np.empty(n, dtype=int)
+    t = n
+    for q, start in zip(reversed(best_order), reversed(best_cuts)):
+        s = int(start[t])
+        labels[s:t] = q
+        t = s
+    return labels
 
 
 def normalize_scores(s: np.ndarray, mode: str) -> np.ndarray:
@@ -198,7 +269,7 @@ def ground_video(model, frames: np.ndarray, times: np.ndarray, pool: list[str], 
     pool = [p for p in pool if p != "background"]
     if not pool:
         raise ValueError("the action pool is empty (besides 'background')")
-    scores = temporal_scores(model, frames, pool, cfg.batch_frames)
+    scores = temporal_scores(model, frames, pool, cfg.batch_frames, cfg.scores)
     labels, best = label_frames(scores, cfg)
     step_s = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
     keep = np.full(len(labels), -1)

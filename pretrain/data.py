@@ -87,8 +87,9 @@ class StreamDataset(torch.utils.data.IterableDataset):
 
     def __init__(self, shards: ShardSet, *, micro_batch: int, seed: int, epoch: int, rank: int, streams: int,
                  start_batch: int, positions: list[int], shuffle_buffer: int, max_bad_shards: int,
-                 clips_per_video: int = 1):
+                 clips_per_video: int = 1, mil_windows: int = 0, mil_shift: float = 0.0):
         self.shards = shards
+        self.mil_windows, self.mil_shift = mil_windows, mil_shift
         self.clips_per_video = clips_per_video
         self.micro_batch = micro_batch
         self.seed, self.epoch, self.rank = seed, epoch, rank
@@ -110,6 +111,8 @@ class StreamDataset(torch.utils.data.IterableDataset):
         skipped: Counter = Counter()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, stream])
         samples = _raw_samples(self.shards, rng, skipped, self.max_bad_shards)
+        if self.mil_windows > 0:
+            samples = with_neighbours(samples, self.mil_windows, self.mil_shift)
         k = self.clips_per_video
         if k > 1:
             groups = _picked(_by_video(samples), rng, k)
@@ -123,7 +126,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
             position += 1
         skipped.clear()  # counted before the checkpoint already
         shape = None
-        frames, captions, keys, valid, seeds = [], [], [], [], []
+        frames, captions, keys, valid, seeds, near, spans = [], [], [], [], [], [], []
         for sample in raw:
             position += 1
             try:
@@ -142,12 +145,17 @@ class StreamDataset(torch.utils.data.IterableDataset):
             keys.append(sample["__key__"])
             valid.append(min(int(meta.get("valid_frames") or len(clip)), len(clip)))
             seeds.append(sample_seed(self.seed, self.epoch, self.rank, stream, position))
+            near.append(sample.get("__neighbours__", []))
+            spans.append([float(meta.get("asr_start", 0.0)), float(meta.get("asr_end", 0.0))])
             if len(frames) == self.micro_batch:
-                yield {"frames": torch.from_numpy(np.stack(frames)), "captions": captions, "keys": keys,
-                       "valid_frames": torch.tensor(valid, dtype=torch.long), "sample_seeds": seeds,
-                       "stream": stream, "position": position, "skipped": dict(skipped)}
+                batch = {"frames": torch.from_numpy(np.stack(frames)), "captions": captions, "keys": keys,
+                         "valid_frames": torch.tensor(valid, dtype=torch.long), "sample_seeds": seeds,
+                         "stream": stream, "position": position, "skipped": dict(skipped)}
+                if self.mil_windows > 0:
+                    batch.update(neighbours=near, asr_spans=spans)
+                yield batch
                 skipped.clear()
-                frames, captions, keys, valid, seeds = [], [], [], [], []
+                frames, captions, keys, valid, seeds, near, spans = [], [], [], [], [], [], []
 
 
 def sample_seed(seed: int, epoch: int, rank: int, stream: int, position: int) -> int:
@@ -188,6 +196,42 @@ def _by_video(samples: Iterator[dict]) -> Iterator[list[dict]]:
         group.append(s)
     if group:
         yield group
+
+
+def with_neighbours(samples: Iterator[dict], n: int, shift: float) -> Iterator[dict]:
+    """Each raw sample with `__neighbours__`: the captions of up to n ASR windows of its video on each side
+    (nearest first in time) whose spans lie within `shift` seconds of its own (model.mil_windows, the MIL-NCE
+    bag). Only the JSON member is parsed; a sample whose JSON is unreadable gets none (the decoder counts it)."""
+    import json
+
+    for group in _by_video(samples):
+        spans = []
+        for s in group:
+            try:
+                meta = json.loads(s["json"])
+                spans.append((float(meta["asr_start"]), float(meta["asr_end"]), str(meta["caption"])))
+            except (KeyError, TypeError, ValueError):
+                spans.append(None)
+        bags = neighbour_captions(spans, n, shift)
+        for s, bag in zip(group, bags):
+            yield {**s, "__neighbours__": bag} if bag is not None else s
+
+
+def neighbour_captions(spans: list, n: int, shift: float) -> list:
+    """For the ASR windows (start, end, caption) of one video (None: unreadable), the captions of up to n
+    windows on each side, nearest first, whose spans lie within `shift` seconds (None for a None entry)."""
+    out = []
+    for i, me in enumerate(spans):
+        if me is None:
+            out.append(None)
+            continue
+        a, b, _ = me
+        near = [(j, x) for j, x in enumerate(spans) if j != i and x is not None
+                and max(x[0] - b, a - x[1], 0.0) <= shift]
+        before = sorted((p for p in near if (p[1][0], p[1][1]) < (a, b)), key=lambda p: (-p[1][0], -p[1][1]))[:n]
+        after = sorted((p for p in near if (p[1][0], p[1][1]) >= (a, b)), key=lambda p: (p[1][0], p[1][1]))[:n]
+        out.append([x[2] for _, x in before + after])
+    return out
 
 
 def _picked(groups: Iterator[list[dict]], rng: np.random.Generator, k: int) -> Iterator[list[dict]]:
@@ -259,8 +303,10 @@ class RankLoader:
 
     def __init__(self, shards: ShardSet, *, micro_batch: int, batches_per_epoch: int, seed: int, rank: int,
                  loader_workers: int = 0, shuffle_buffer: int = 32, prefetch: int = 2, max_bad_shards: int = 50,
-                 position: DataPosition | None = None, clips_per_video: int = 1):
+                 position: DataPosition | None = None, clips_per_video: int = 1, mil_windows: int = 0,
+                 mil_shift: float = 0.0):
         self.shards = shards
+        self.mil_windows, self.mil_shift = mil_windows, mil_shift
         self.clips_per_video = clips_per_video
         self.micro_batch = micro_batch
         self.batches_per_epoch = batches_per_epoch
@@ -284,7 +330,8 @@ class RankLoader:
         ds = StreamDataset(self.shards, micro_batch=self.micro_batch, seed=self.seed, epoch=p.epoch, rank=self.rank,
                            streams=self.streams, start_batch=p.batch, positions=p.positions,
                            shuffle_buffer=self.shuffle_buffer, max_bad_shards=self.max_bad_shards,
-                           clips_per_video=self.clips_per_video)
+                           clips_per_video=self.clips_per_video, mil_windows=self.mil_windows,
+                           mil_shift=self.mil_shift)
         if self.workers == 0:
             return iter(ds)
         return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.workers,
@@ -319,6 +366,9 @@ def model_inputs(batch: dict, cfg, tokenize, device) -> dict:
         hard = [verb_swapped(c, cfg.data.verb_swap, s) for c, s in zip(batch["captions"], batch["sample_seeds"])]
         inputs["hard_tokens"] = tokenize([h or "" for h in hard]).to(device)
         inputs["hard_mask"] = torch.tensor([h is not None for h in hard], dtype=torch.bool, device=device)
+    if cfg.model.mil_windows > 0 and "neighbours" in batch:
+        inputs.update(mil_inputs(batch["neighbours"], batch["keys"], batch["asr_spans"], cfg.model.mil_windows,
+                                 tokenize, device))
     if cfg.data.pseudo_positives and cfg.model.cross_video:
         from pretrain import pseudo_positives
 
@@ -327,3 +377,22 @@ def model_inputs(batch: dict, cfg, tokenize, device) -> dict:
         inputs["pp_tokens"] = tokenize([c or "" for c in chosen]).to(device)
         inputs["pp_mask"] = torch.tensor([c is not None for c in chosen], dtype=torch.bool, device=device)
     return inputs
+
+
+def video_hash(video: str) -> int:
+    """A stable integer id of a video (the same on every rank and process), for same-video masks."""
+    import zlib
+
+    return zlib.crc32(video.encode())
+
+
+def mil_inputs(neighbours: list[list[str]], keys: list[str], spans: list, n: int, tokenize, device) -> dict:
+    """The MIL-NCE bag of each clip as model inputs: mil_tokens (B * 2n, L) (empty captions where a clip has
+    fewer neighbours), mil_mask (B, 2n), video_ids (B,) and asr_spans (B, 2) for the same-video negative mask."""
+    width = 2 * n
+    bag = [list(c[:width]) + [""] * (width - len(c[:width])) for c in neighbours]
+    mask = [[j < len(c) for j in range(width)] for c in neighbours]
+    return {"mil_tokens": tokenize([t for row in bag for t in row]).to(device),
+            "mil_mask": torch.tensor(mask, dtype=torch.bool, device=device),
+            "video_ids": torch.tensor([video_hash(video_of(k)) for k in keys], dtype=torch.long, device=device),
+            "asr_spans": torch.tensor(spans, dtype=torch.float32, device=device)}

@@ -196,3 +196,58 @@ def _gather_plain(x: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(y) for _ in range(dist.get_world_size())]
     dist.all_gather(out, y.contiguous())
     return torch.cat(out, 0).to(x.dtype)
+
+
+def neighbour_mask(video_ids: torch.Tensor, spans: torch.Tensor, all_ids: torch.Tensor, all_spans: torch.Tensor,
+                   shift: float, offset: int = 0) -> torch.Tensor:
+    """(B, world*B) bool: column k holds another ASR window of row l's video whose span lies within `shift`
+    seconds of l's span (gap = max(0, start_k - end_l, start_l - end_k)); the row's own column (offset + l) is
+    never set. video_ids (B,) long, spans (B, 2) [asr_start, asr_end]; all_* the gathered columns."""
+    gap = torch.maximum(all_spans[None, :, 0] - spans[:, None, 1], spans[:, None, 0] - all_spans[None, :, 1])
+    near = (video_ids[:, None] == all_ids[None, :]) & (gap.clamp_min(0.0) <= shift)
+    own = torch.arange(video_ids.shape[0], device=near.device) + offset
+    near[torch.arange(video_ids.shape[0], device=near.device), own] = False
+    return near
+
+
+def mil_contrastive(video: torch.Tensor, text: torch.Tensor, bag: torch.Tensor, bag_mask: torch.Tensor,
+                    scale: torch.Tensor | float, margin: float, video_ids: torch.Tensor | None = None,
+                    spans: torch.Tensor | None = None, shift: float = 0.0, gather: bool = True,
+                    hard_text: torch.Tensor | None = None, hard_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """L_global in the MIL-NCE form (Miech et al. 2020) over neighbouring ASR windows (model.mil_windows).
+
+    Narration is shifted against the action by up to asr_shift seconds, so the caption of clip l may describe a
+    neighbouring moment while a neighbouring window's caption describes what l shows. Clip l's positives are its
+    own caption S_l and the captions N_l = bag[l, bag_mask[l]] of its video's neighbouring ASR windows:
+
+        v2t(l) = -log ( e^{(V_l.S_l - d)/tau} + sum_{n in N_l} e^{(V_l.n - d)/tau} )
+                      / ( that + sum_{k != l, k not near l} e^{V_l.S_k/tau} [+ e^{V_l.H_l/tau}] )
+        t2v(l) = -log e^{(S_l.V_l - d)/tau} / ( e^{(S_l.V_l - d)/tau} + sum_{k != l, k not near l} e^{S_l.V_k/tau} )
+
+    with k over all world * B clips (gathered); "near" (neighbour_mask, given video_ids and spans) drops the
+    in-batch windows of l's video within `shift` seconds from the negatives: their captions are l's positives (or
+    could be), so they must not also be pushed away. Without neighbours (bag_mask all false, nothing near) this
+    is `contrastive` exactly. bag (B, n, d), bag_mask (B, n); H_l the optional verb-swapped hard negative."""
+    rank, size = world() if gather else (0, 1)
+    all_video = gather_with_grad(video) if size > 1 else video
+    all_text = gather_with_grad(text) if size > 1 else text
+    b = video.shape[0]
+    targets = torch.arange(b, device=video.device) + rank * b
+    onehot = F.one_hot(targets, all_text.shape[0]).to(video.dtype)
+    drop = torch.zeros_like(onehot, dtype=torch.bool)
+    if video_ids is not None:
+        all_ids = _gather_plain(video_ids) if size > 1 else video_ids
+        all_spans = _gather_plain(spans) if size > 1 else spans
+        drop = neighbour_mask(video_ids, spans, all_ids, all_spans, shift, rank * b)
+    # dropped columns get a cosine of -1e4: exp() makes them an exact 0 without the NaN gradient of -inf
+    v2t_logits = scale * (video @ all_text.t() - margin * onehot).masked_fill(drop, -1e4)
+    bag_logits = scale * (torch.einsum("bd,bnd->bn", video, bag) - margin).masked_fill(~bag_mask.bool(), -1e4)
+    negatives = [v2t_logits, bag_logits]
+    if hard_text is not None:
+        hard = (video * hard_text).sum(-1, keepdim=True).masked_fill(~hard_mask.view(-1, 1).bool(), -1e4)
+        negatives.append(scale * hard)
+    own = v2t_logits.gather(1, targets[:, None])
+    v2t = (torch.logsumexp(torch.cat(negatives, 1), 1) - torch.logsumexp(torch.cat([own, bag_logits], 1), 1))
+    t2v_logits = scale * (text @ all_video.t() - margin * onehot).masked_fill(drop, -1e4)
+    t2v = F.cross_entropy(t2v_logits, targets, reduction="none")
+    return 0.5 * (v2t.mean() + t2v.mean())

@@ -13,6 +13,7 @@ Encoder API used by the trainer, grounding/, the index and finetune/:
                  [, "pp_tokens": (B, L), "pp_mask": (B,) bool]})   # pseudo-positive captions (pretrain.data)
         # {"loss" (graph), "loss_local", "loss_global", "logit_scale" (detached scalars), "selected": (B, T)}
         # + "loss_crossvideo", "crossvideo_frac" when pp_tokens are given and cfg.cross_video
+        # with cfg.mil_windows: + "mil_tokens" (B * n, L), "mil_mask" (B, n) [, "video_ids" (B,), "asr_spans" (B, 2)]
     model.frame_scores(fg, tg)                      # (U, d) x (Q, d) -> (U, Q) cosine; (B, U, d) -> (B, U, Q)
     model.heatmap(frames, tokens)                   # (B, T, gh, gw): word-over-region attention of the query
 """
@@ -225,6 +226,10 @@ class GlobalLocalModel(nn.Module):
             pooled_text, pooled_pp, words, mask = pooled_text[:b], pooled_text[b:], words[:b], mask[:b]
         else:
             pooled_text, words, mask = self._backbone_text(batch["tokens"])
+        mil = cfg.mil_windows > 0 and batch.get("mil_tokens") is not None
+        if mil:  # neighbouring windows' captions (B * n rows): the positives' bag of MIL-NCE (L_global)
+            mil_pooled, _, _ = self._backbone_text(batch["mil_tokens"])
+            bag = F.normalize(self.g(mil_pooled), dim=-1).view(b, -1, cfg.embed_dim)
         hard_text = hard_mask = None
         if batch.get("hard_tokens") is not None:  # verb-swapped captions: one hard negative per clip (L_global)
             hard_pooled, _, _ = self._backbone_text(batch["hard_tokens"])
@@ -252,7 +257,14 @@ class GlobalLocalModel(nn.Module):
         if cfg.loss_global or cross_video:
             video = F.normalize(F.normalize(self.f(cls), dim=-1).mean(dim=1), dim=-1)
             text = F.normalize(self.g(pooled_text), dim=-1)
-        if cfg.loss_global:
+        if cfg.loss_global and mil:
+            ids, spans = batch.get("video_ids"), batch.get("asr_spans")
+            loss_global = losses.mil_contrastive(
+                video, text, bag, torch.as_tensor(batch["mil_mask"], device=images.device).bool().view(b, -1),
+                scale, cfg.margin, None if ids is None else torch.as_tensor(ids, device=images.device),
+                None if spans is None else torch.as_tensor(spans, device=images.device, dtype=video.dtype),
+                cfg.mil_shift, cfg.gather, hard_text, hard_mask)
+        elif cfg.loss_global:
             loss_global = losses.contrastive(video, text, scale, cfg.margin, cfg.gather, hard_text, hard_mask)
         if cfg.loss_local:
             loss_local = self._local_loss(tokens, words, mask, scale)

@@ -47,6 +47,11 @@ class ModelConfig:
     cross_video: bool = True          # L_crov: a pseudo-positive caption (data.pseudo_positives) as extra positive;
                                       # false: the table is not read and the term is absent (ablation)
     pseudo_positive_weight: float = 1.0  # weight of L_crov in the loss (pretrain/losses.py)
+    mil_windows: int = 0              # > 0: L_global in MIL-NCE form; the captions of up to this many neighbouring
+                                      # ASR windows on each side of a clip (same video, within mil_shift s) are
+                                      # extra positives (losses.mil_contrastive); 0: Eq. 1 as printed
+    mil_shift: float = 2.0            # seconds between ASR spans that still count as neighbours (the narration's
+                                      # shift against the action, the synthetic corpus's asr_shift)
 
     def __post_init__(self) -> None:
         if self.freeze not in FREEZE_MODES:
@@ -75,6 +80,9 @@ class ModelConfig:
             raise ConfigError("model temperatures must be > 0")
         if self.pseudo_positive_weight < 0:
             raise ConfigError(f"model.pseudo_positive_weight must be >= 0, got {self.pseudo_positive_weight}")
+        if self.mil_windows < 0 or self.mil_shift < 0:
+            raise ConfigError(f"model.mil_windows and model.mil_shift must be >= 0, got {self.mil_windows}, "
+                              f"{self.mil_shift}")
         if self.margin < 0:
             raise ConfigError(f"model.margin must be >= 0, got {self.margin}")
         if self.embed_dim % self.local_heads:

@@ -55,7 +55,8 @@ class ShardTask(Task):
                                       seed=self.cfg.seed, rank=self.rank, loader_workers=d.loader_workers,
                                       shuffle_buffer=d.shuffle_buffer, prefetch=d.prefetch,
                                       max_bad_shards=d.max_bad_shards, position=position,
-                                      clips_per_video=d.clips_per_video)
+                                      clips_per_video=d.clips_per_video, mil_windows=self.cfg.model.mil_windows,
+                                      mil_shift=self.cfg.model.mil_shift)
 
     def inputs(self, step: int, micro: int) -> dict:
         return data.model_inputs(self.loader.next(), self.cfg, self.model.tokenize, self.device)

@@ -16,6 +16,10 @@ def head_class(name: str) -> type[GroundingHead]:
         from finetune.heads.fsm import FsmHead
 
         return FsmHead
+    if name == "winner":
+        from finetune.heads.winner import WinnerHead
+
+        return WinnerHead
     if name == "vcma":
         from finetune.heads.vcma import VcmaHead
 
