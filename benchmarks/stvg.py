@@ -152,7 +152,7 @@ def linking_times(sizes=((50, 5), (100, 10), (200, 10), (200, 20), (400, 20), (4
                                                       "same_scores": same}}
 
 
-def main(argv=None) -> int:
+def arguments() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--corpus", required=True, help="synthetic STVG corpus (python -m shards.synthetic mode=stvg)")
     p.add_argument("--split", default="test")
@@ -162,7 +162,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smooth", type=int, default=1, help="zero-shot: frames in the moving mean of each query's "
                    "scores before the per-frame argmax (odd; 1 = the paper's per-frame decision)")
-    args = p.parse_args(argv)
+    return p
+
+
+def measure(args: argparse.Namespace, linking: bool = True) -> dict:
+    """Every row of the module docstring on `args.split` (scores in percent), tube purity and (with `linking`)
+    the linking times: the JSON object main prints."""
     from pretrain.model import load_model
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -214,14 +219,17 @@ def main(argv=None) -> int:
         scores, _ = evaluate("vidstg", ann, path)
         rows[name] = {k: round(100 * v, 2) for k, v in scores.items()}
     corpus = json.load(open(os.path.join(args.corpus, "corpus.json")))
-    print(json.dumps({"corpus": args.corpus, "split": args.split, "queries": len(queries), "videos": len(by_video),
-                      "export": args.export or "random-init stg-micro (seed 0)", "tubes_per_video": args.tubes,
-                      "smooth": args.smooth,
-                      "mix": corpus.get("stvg", {}).get("mix"), "rows": rows,
-                      "tube_purity": {"all_tubes": round(float(np.mean(pur_all)), 4),
-                                      "first_n_objects_tubes": round(float(np.mean(pur_obj)), 4),
-                                      "first_n_objects_tubes_iou_only": round(float(np.mean(pur_iou)), 4)},
-                      "linking_seconds": linking_times(), "wall_seconds": round(wall, 2)}))
+    return {"corpus": args.corpus, "split": args.split, "queries": len(queries), "videos": len(by_video),
+            "export": args.export or "random-init stg-micro (seed 0)", "tubes_per_video": args.tubes,
+            "smooth": args.smooth, "mix": corpus.get("stvg", {}).get("mix"), "rows": rows,
+            "tube_purity": {"all_tubes": round(float(np.mean(pur_all)), 4),
+                            "first_n_objects_tubes": round(float(np.mean(pur_obj)), 4),
+                            "first_n_objects_tubes_iou_only": round(float(np.mean(pur_iou)), 4)},
+            "linking_seconds": linking_times() if linking else None, "wall_seconds": round(wall, 2)}
+
+
+def main(argv=None) -> int:
+    print(json.dumps(measure(arguments().parse_args(argv))))
     return 0
 
 
