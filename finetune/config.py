@@ -94,6 +94,7 @@ class FsmConfig:
     anchor: bool = True              # Eq. 9 anchor decoder for MRCL's x^gt; off: the true box's pooled tokens
     share_decoder: bool = True       # the anchor decoder shares the first decoder's weights (Table VIII)
     positions: bool = True           # region box and frame time embeddings (ours: region tokens carry no grid)
+    box_ref: bool = True             # boxes refine the attention-weighted mean of the region boxes (ours)
     sted_sigma: float = 1.0          # start/end targets: Gaussian of this many frames (TubeDETR); 0: one-hot
     w_cls: float = 0.2               # Eq. 11 lambdas, the paper's HC-STVG setting (VidSTG: w_mrcl 2); lambda_box
     w_l1: float = 1.0                # = 1 on both box terms, lambda_t 10, lambda_att 1; a weight of 0 is a term off

@@ -157,14 +157,16 @@ class Decoder(nn.Module):
 
     def forward(self, q, mem, mem_pad, time_pos, frame_pad):
         """q (B, nq, d) queries, mem (B, T, n, d), mem_pad (B, T, n) True = ignore, time_pos (B, T, d), frame_pad
-        (B, T) True = ignore -> (h (B, nq, T, d), time attention (B, nq, T, T) averaged over heads)."""
+        (B, T) True = ignore -> (h (B, nq, T, d), time attention (B, nq, T, T) and cross-attention (B, nq, T, n),
+        both averaged over heads)."""
         b, t, n, d = mem.shape
         nq = q.shape[1]
         qf = q[:, None].expand(b, t, nq, d).reshape(b * t, nq, d)
         pad = mem_pad.reshape(b * t, n).clone()
         pad[:, 0] &= pad.all(-1).logical_not()    # a frame with no token still attends somewhere (its output unused)
-        h = self.norm1(qf + self.cross(qf, mem.reshape(b * t, n, d), mem.reshape(b * t, n, d),
-                                       key_padding_mask=pad)[0])
+        ca, cw = self.cross(qf, mem.reshape(b * t, n, d), mem.reshape(b * t, n, d), key_padding_mask=pad,
+                            need_weights=True, average_attn_weights=True)
+        h = self.norm1(qf + ca)
         h = h.view(b, t, nq, d).transpose(1, 2) + time_pos[:, None]           # (B, nq, T, d)
         h = h.reshape(b * nq, t, d)
         fpad = frame_pad[:, None].expand(b, nq, t).reshape(b * nq, t).clone()
@@ -172,7 +174,7 @@ class Decoder(nn.Module):
         att, w = self.time_attn(h, h, h, key_padding_mask=fpad, need_weights=True, average_attn_weights=True)
         h = self.norm2(h + att)
         h = self.norm3(h + self.ffn(h))
-        return h.view(b, nq, t, d), w.view(b, nq, t, t)
+        return h.view(b, nq, t, d), w.view(b, nq, t, t), cw.view(b, t, nq, n).transpose(1, 2)
 
 
 class FsmHead(GroundingHead):
@@ -194,6 +196,9 @@ class FsmHead(GroundingHead):
         # Table VIII's unshared variant: the anchor stream gets its own copy of the decoder
         self.anchor_decoder = None if cfg.share_decoder else copy.deepcopy(self.decoder)
         self.box = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 4))
+        if cfg.box_ref:   # start at the reference box itself
+            nn.init.zeros_(self.box[-1].weight)
+            nn.init.zeros_(self.box[-1].bias)
         self.prob = nn.Linear(d, 1)
         self.sted = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 2))  # the paper's 2-layer MLPs
 
@@ -236,11 +241,23 @@ class FsmHead(GroundingHead):
         k = y.shape[1]
         mem = torch.cat([x, y[:, None].expand(b, t, k, d)], 2)              # Eq. 6
         mem_pad = ~torch.cat([video.region_mask, ym[:, None].expand(b, t, k)], 2)
-        h, attn = self.decoder(self.queries[None].expand(b, -1, -1), mem, mem_pad, self._time_pos(video, d),
-                               ~video.mask)
+        h, attn, cross = self.decoder(self.queries[None].expand(b, -1, -1), mem, mem_pad, self._time_pos(video, d),
+                                      ~video.mask)
         size = video.geometry.size                                           # (B, 2) w, h
-        cx, cy, bw, bh = torch.sigmoid(self.box(h)).unbind(-1)
         sc = size[:, None, None, :]
+        out = self.box(h)
+        if self.cfg.box_ref:
+            # the reference box: the query's cross-attention over the frame's regions, averaging their boxes
+            # (cx, cy, w, h in [0, 1]); the MLP regresses a correction in logit space (DAB-/Deformable-DETR's
+            # reference boxes; here the references are the proposals the cache's region tokens come from)
+            wts = cross[..., :n] * video.region_mask[:, None].to(cross.dtype)
+            wts = wts / wts.sum(-1, keepdim=True).clamp_min(1e-9)
+            g = video.geometry.boxes / torch.cat([size, size], -1)[:, None, None].clamp_min(1.0)  # (B, T, N, 4) in [0, 1]
+            cxcywh = torch.stack([(g[..., 0] + g[..., 2]) / 2, (g[..., 1] + g[..., 3]) / 2,
+                                  g[..., 2] - g[..., 0], g[..., 3] - g[..., 1]], -1).clamp(1e-4, 1 - 1e-4)
+            ref = torch.einsum("bqtn,btnk->bqtk", wts, cxcywh).clamp(1e-4, 1 - 1e-4)
+            out = out + torch.logit(ref)
+        cx, cy, bw, bh = torch.sigmoid(out).unbind(-1)
         boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
         boxes = boxes * torch.cat([sc, sc], -1)
         se = self.sted(h)
@@ -258,7 +275,7 @@ class FsmHead(GroundingHead):
         keep = ((iou >= 0.5) | (iou == best)) & (best > 0) & video.region_mask
         on = t_mask & video.mask & (best[..., 0] > 0)
         dec = self.decoder if self.anchor_decoder is None else self.anchor_decoder
-        h, _ = dec(self.q_gt[None].expand(b, -1, -1), x, ~keep, self._time_pos(video, d), ~on)
+        h, _, _ = dec(self.q_gt[None].expand(b, -1, -1), x, ~keep, self._time_pos(video, d), ~on)
         return h[:, 0], on
 
     def _anchor_plain(self, video: VideoBatch, x, t_boxes, t_mask):
