@@ -155,7 +155,7 @@ def test_loss_falls_and_tube_output_shapes():
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-        first = first if first is not None else float(out["loss"])
+        first = first if first is not None else float(out["loss"].detach())
     assert float(out["loss"]) < 0.5 * first
     tube = head.tube_output(batch.video, batch.text)
     assert tube.boxes.shape == (2, 6, 4) and (tube.sted[:, 1] > tube.sted[:, 0]).all()
