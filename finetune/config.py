@@ -83,16 +83,24 @@ class FsmConfig:
     """The supervised FSM head (finetune/heads/fsm.py, docs/stvg.md section 4): switches for the paper's ablations."""
     dim: int = 64                    # model width d after the input projection
     queries: int = 5                 # N learnable object queries (paper: 5; ablation 1, 3, 10)
+    heads: int = 4                   # attention heads of the decoder (paper: 8)
+    ffn: int = 0                     # decoder FFN width; 0: 2 x dim (paper: 2048)
     frame_fusion: bool = True        # Eqs. 1-3 (Table III)
     video_fusion: bool = True        # Eqs. 4-5 (Table III)
     gate: bool = True                # the sigmoid FFN gates of Eqs. 2-3 (Table IV); off: plain sums
     mrcl: bool = True                # Eq. 10
     tau: float = 0.1                 # MRCL temperature
     max_frames: int = 256            # gamma_t of Eq. 5 per frame; later frames share the last one
-    w_cls: float = 2.0               # Eq. 11 lambdas (TubeDETR's: focal 2, L1 5, GIoU 2, KL 10, MRCL 1)
-    w_l1: float = 5.0
-    w_giou: float = 2.0
+    anchor: bool = True              # Eq. 9 anchor decoder for MRCL's x^gt; off: the true box's pooled tokens
+    share_decoder: bool = True       # the anchor decoder shares the first decoder's weights (Table VIII)
+    positions: bool = True           # region box and frame time embeddings (ours: region tokens carry no grid)
+    box_ref: bool = True             # boxes refine the attention-weighted mean of the region boxes (ours)
+    sted_sigma: float = 1.0          # start/end targets: Gaussian of this many frames (TubeDETR); 0: one-hot
+    w_cls: float = 0.2               # Eq. 11 lambdas, the paper's HC-STVG setting (VidSTG: w_mrcl 2); lambda_box
+    w_l1: float = 1.0                # = 1 on both box terms, lambda_t 10, lambda_att 1; a weight of 0 is a term off
+    w_giou: float = 1.0
     w_sted: float = 10.0
+    w_att: float = 1.0               # guided attention loss on the time self-attention
     w_mrcl: float = 1.0
 
 
@@ -255,10 +263,14 @@ def validate(cfg: FinetuneConfig) -> None:
     if cfg.tube_sim.temperature <= 0:
         raise err("tube_sim.temperature must be > 0")
     f = cfg.fsm
-    for name, ok, rule in (("dim", f.dim > 0 and f.dim % 4 == 0, "a positive multiple of 4 (4 attention heads)"),
+    for name, ok, rule in (("heads", f.heads >= 1, ">= 1"), ("ffn", f.ffn >= 0, ">= 0"),
+                           ("dim", f.dim > 0 and f.dim % max(f.heads, 1) == 0,
+                            f"a positive multiple of fsm.heads ({f.heads})"),
                            ("queries", f.queries >= 1, ">= 1"), ("tau", f.tau > 0, "> 0"),
                            ("max_frames", f.max_frames >= 1, ">= 1"),
-                           *((w, getattr(f, w) >= 0, ">= 0") for w in ("w_cls", "w_l1", "w_giou", "w_sted", "w_mrcl"))):
+                           ("sted_sigma", f.sted_sigma >= 0, ">= 0"),
+                           *((w, getattr(f, w) >= 0, ">= 0") for w in ("w_cls", "w_l1", "w_giou", "w_sted", "w_att",
+                                                                        "w_mrcl"))):
         if not ok:
             raise err(f"fsm.{name} must be {rule}")
     wn = cfg.winner

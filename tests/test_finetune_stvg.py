@@ -414,3 +414,43 @@ def test_vcma_finetune_under_ray_writes_evaluator_output_and_resumes(ray_cluster
     ev = json.load(open(os.path.join(job["run"], "eval.json")))
     assert ev["benchmark"] == "vidstg" and {"m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5"} <= set(ev["metrics"])
     assert ev["counts"]["missing_predictions"] == 0
+
+
+def test_fsm_supervised_finetune_under_ray_resumes_exactly(ray_cluster, features, export, corpus, tmp_path):
+    """The supervised FSM head on the train split's truth, as Ray tasks: one run stopped after step 2 and resumed
+    to step 4 logs the same per-step losses and ends with the same weights as one run straight to step 4."""
+    from cluster.finetune import run_finetunes
+
+    cache, run = features[0].features.cache, str(tmp_path / "run")
+    common = ("head=fsm", "fsm.dim=16", "fsm.queries=3", "sweep.seeds=[0]")
+    first = run_finetunes(cfg_for(export, corpus, cache, run, *common,
+                                  "sweep.variants={resumed: [max_steps=2], straight: [max_steps=4]}"), ray_cluster)
+    assert [j.get("error") for j in first["jobs"]] == [None, None] and first["features"][0]["extracted"] == 0
+    second = run_finetunes(cfg_for(export, corpus, cache, run, *common, "sweep.variants={resumed: [max_steps=4]}"),
+                           ray_cluster)
+    assert [j.get("error") for j in second["jobs"]] == [None]
+    losses, heads = {}, {}
+    for job in [second["jobs"][0], first["jobs"][1]]:
+        name = os.path.basename(job["run"])
+        assert job["steps"] == 4 and job["head"] == "fsm"
+        logs = sorted(glob.glob(os.path.join(job["run"], "logs", "*.jsonl")))
+        records = [json.loads(x) for f in logs for x in open(f) if x.strip()]
+        steps = [r for r in records if "loss" in r]
+        losses[name] = {r["step"]: r["loss"] for r in steps}
+        assert sorted(r["step"] for r in steps) == [1, 2, 3, 4]
+        assert {"sted", "att", "mrcl", "box", "cls"} <= set(steps[-1])       # every Eq. 11 term was logged
+        ev = json.load(open(os.path.join(job["run"], "eval.json")))
+        assert ev["benchmark"] == "vidstg" and {"m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5"} <= set(ev["metrics"])
+        assert ev["counts"]["missing_predictions"] == 0
+        heads[name] = torch.load(os.path.join(job["run"], "head.pt"))
+    resumed = [json.loads(x)["step"] for f in sorted(glob.glob(os.path.join(run, "resumed-seed0", "logs", "*.jsonl")))
+               for x in open(f) if x.strip() and "loss" in json.loads(x)]
+    assert resumed == [1, 2, 3, 4] and len(glob.glob(os.path.join(run, "resumed-seed0", "logs", "*.jsonl"))) == 2
+    assert losses["resumed-seed0"] == losses["straight-seed0"]                 # exactly, step by step
+    assert heads["resumed-seed0"].keys() == heads["straight-seed0"].keys()
+    assert all(torch.equal(heads["resumed-seed0"][k], heads["straight-seed0"][k]) for k in heads["straight-seed0"])
+    from finetune.heads import build_head
+
+    torch.manual_seed(0)   # as finetune.train.run seeds the head's initial weights
+    init = build_head("fsm", 32, cfg_for(export, corpus, cache, run, *common)).state_dict()
+    assert not torch.equal(init["queries"], heads["straight-seed0"]["queries"])  # it trained

@@ -1,4 +1,6 @@
-"""FSM head units (finetune/heads/fsm.py): hand checks of fusion, gate, matching, MRCL, span decoding, loss."""
+"""FSM head units (finetune/heads/fsm.py): hand checks of fusion, gate, Hungarian matching, the anchor decoder,
+guided attention, MRCL, span decoding, loss. The finetune under Ray that resumes exactly is in
+tests/test_finetune_stvg.py (it reuses that module's corpus, export and feature cache)."""
 import math
 import os
 import subprocess
@@ -10,7 +12,8 @@ from torch import nn
 
 from finetune.config import FsmConfig
 from finetune.heads.base import TextBatch, TrainBatch, VideoBatch
-from finetune.heads.fsm import FsmHead, decode_span, gated_correlation, match_query, mrcl, video_fusion
+from finetune.heads.fsm import (FsmHead, decode_span, gated_correlation, guided_attention, hungarian, match_query,
+                                mrcl, tube_costs, video_fusion)
 from finetune.heads.stvg import StvgTargets, TubeGeometry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +47,64 @@ def test_match_picks_the_right_query():
     assert match_query(logits, boxes, tb, torch.ones(3, dtype=torch.bool), FsmConfig()) == 1
 
 
+def test_hungarian_assignment_differs_from_per_truth_argmin():
+    # both truths' cheapest query is 0; the assignment of least total cost gives truth 0 to query 1
+    cost = torch.tensor([[1.0, 2.0], [1.5, 10.0], [9.0, 9.0]])
+    assert cost.argmin(0).tolist() == [0, 0]
+    assert hungarian(cost) == [(1, 0), (0, 1)]
+
+
+def test_tube_cost_is_eq8_on_hand_numbers():
+    from torchvision.ops import sigmoid_focal_loss
+
+    tb = torch.tensor([[0.1, 0.1, 0.5, 0.5]] * 2)
+    boxes = torch.stack([tb.clone(), torch.tensor([[0.1, 0.1, 0.5, 0.9]] * 2)])   # exact, then twice as tall
+    logits = torch.tensor([[2.0, -1.0], [0.0, 0.0]])
+    m = torch.tensor([True, False])            # the truth has a box on frame 0 only
+    cfg = FsmConfig(w_cls=0.2, w_l1=1.0, w_giou=1.0)
+    got = tube_costs(logits, boxes, tb, m, cfg)
+    focal = sigmoid_focal_loss(logits, torch.tensor([[1.0, 0.0]] * 2), reduction="none").mean(-1)
+    # query 1 on frame 0: L1 = 0.4, IoU = 0.5 and the enclosing box is its own, so GIoU = 0.5
+    want = torch.tensor([0.2 * focal[0], 0.2 * focal[1] + 0.4 + (1 - 0.5)])
+    assert torch.allclose(got, want, atol=1e-6)
+    assert match_query(logits, boxes, tb, m, cfg) == 0
+
+
+def test_guided_attention_hand_numbers():
+    attn = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    inside = torch.tensor([False, True, True])
+    valid = torch.tensor([True, True, True])
+    want = -(math.log(1 - 0.2) + math.log(1 - 0.1)) / 2          # query frames 1, 2 attending key frame 0
+    assert abs(float(guided_attention(attn, inside, valid)) - want) < 1e-6
+    valid[0] = False                                               # a padded key frame is not "outside"
+    assert float(guided_attention(attn, inside, valid)) == 0.0
+
+
+def test_anchor_decoder_shares_weights_and_reads_the_true_box_only():
+    torch.manual_seed(0)
+    batch = _batch(b=1, t=4, n=3)
+    shared = FsmHead(8, FsmConfig(dim=16, queries=2))
+    own = FsmHead(8, FsmConfig(dim=16, queries=2, share_decoder=False))
+    n_dec = sum(p.numel() for p in shared.decoder.parameters())
+    assert sum(p.numel() for p in own.parameters()) == sum(p.numel() for p in shared.parameters()) + n_dec
+    video, tg = batch.video, batch.targets
+    x, *_ = shared._memory(video, batch.text)
+    anchor, on = shared._anchor(video, x, tg.boxes, tg.box_mask)
+    assert on[0].tolist() == tg.box_mask[0].tolist()
+    (anchor[0, on[0]] * torch.randn(int(on[0].sum()), 16)).sum().backward()   # (a plain sum of a LayerNorm is flat)
+    assert shared.q_gt.grad.abs().sum() > 0                         # the anchor stream is q^gt through ...
+    assert shared.decoder.cross.in_proj_weight.grad.abs().sum() > 0  # ... the first decoder's own weights
+    # region 0 is the true box; the others (IoU 0) are not in the anchor's memory
+    with torch.no_grad():
+        x2 = x.clone()
+        x2[:, :, 1:] += 5.0
+        same, _ = shared._anchor(video, x2, tg.boxes, tg.box_mask)
+        x2[:, :, 0] += 5.0
+        moved, _ = shared._anchor(video, x2, tg.boxes, tg.box_mask)
+    assert torch.allclose(same[0, on[0]], anchor[0, on[0]].detach(), atol=1e-5)
+    assert not torch.allclose(moved[0, on[0]], anchor[0, on[0]].detach(), atol=1e-3)
+
+
 def test_mrcl_hand_numbers():
     gt = torch.tensor([[1.0, 0.0]])
     pos = torch.tensor([[1.0, 0.0]])
@@ -68,7 +129,8 @@ def test_decode_span_never_reverses():
 def _batch(b=2, t=6, n=3, d=8):
     g = torch.Generator().manual_seed(1)
     regions = torch.randn(b, t, n, d, generator=g)
-    geo = TubeGeometry(boxes=torch.zeros(b, t, n, 4), scores=torch.ones(b, t, n),
+    props = torch.tensor([[10.0, 5.0, 60.0, 40.0], [70.0, 0.0, 90.0, 20.0], [0.0, 42.0, 8.0, 50.0]])[:n]
+    geo = TubeGeometry(boxes=props.expand(b, t, n, 4).clone(), scores=torch.ones(b, t, n),
                        frame_ids=torch.arange(t)[None].expand(b, t) * 2, times=torch.zeros(b, t),
                        tube_ids=torch.zeros(b, t, n, dtype=torch.long), tube_mask=torch.ones(b, 1, dtype=torch.bool),
                        fps=torch.ones(b), size=torch.tensor([[100.0, 50.0]] * b))
@@ -93,14 +155,14 @@ def test_loss_falls_and_tube_output_shapes():
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-        first = first if first is not None else float(out["loss"])
+        first = first if first is not None else float(out["loss"].detach())
     assert float(out["loss"]) < 0.5 * first
     tube = head.tube_output(batch.video, batch.text)
     assert tube.boxes.shape == (2, 6, 4) and (tube.sted[:, 1] > tube.sted[:, 0]).all()
 
 
 @pytest.mark.parametrize("override, message", [
-    ("fsm.queries=0", "fsm.queries must be >= 1"), ("fsm.dim=6", "fsm.dim must be a positive multiple of 4"),
+    ("fsm.queries=0", "fsm.queries must be >= 1"), ("fsm.dim=6", "fsm.dim must be a positive multiple of fsm.heads (4)"),
     ("fsm.tau=0", "fsm.tau must be > 0"), ("fsm.w_sted=-1", "fsm.w_sted must be >= 0"),
 ])
 def test_impossible_fsm_values_are_one_error_line(tmp_path, override, message):

@@ -1,16 +1,20 @@
-"""The supervised FSM head (shared/papers/fsm_stvg.txt): cross-modal feature matching (Eqs. 1-6), a DETR-style
-decoder with N queries and time-aware self-attention, tube sequence matching (Eq. 8), MRCL (Eq. 10), KL start/end
-loss, and inference by Eqs. 12-13 with the joint start/end distribution.
+"""The supervised FSM head (shared/papers/fsm_stvg.txt; docs/fsm.md): cross-modal feature matching (Eqs. 1-6), a
+DETR-style decoder with N queries and time-aware self-attention, tube sequence matching by the Hungarian algorithm
+on the Eq. 8 cost, the anchor decoder over the true tube's region features (Eq. 9, the same weights), MRCL (Eq. 10),
+KL start/end and guided attention losses (Eq. 11), inference by Eqs. 12-13 with the joint start/end distribution.
 
-Visual tokens per frame are the cached region features (B, T, N, d); the anchor decoder (Eq. 9), the guided
-attention loss and the multi-scale (earlier layer) input are not implemented yet (docs/fsm.md).
+Visual tokens per frame are the cached region features (B, T, N, d) of the proposals, each with an embedding of
+its box (the tokens' position, as DETR's memory carries one) and each frame with a sinusoidal embedding of its time
+in seconds; multi-scale patch tokens and backbone finetuning are not implemented (docs/fsm.md says why).
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import generalized_box_iou, sigmoid_focal_loss
 
@@ -44,6 +48,23 @@ def video_fusion(xg, xe, ye, gamma):
     return xg * (sim * alpha[None, :])[..., None, None]
 
 
+def pair_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of boxes a and b (..., 4) x1, y1, x2, y2, elementwise after broadcasting (0 for empty boxes)."""
+    lt, rb = torch.maximum(a[..., :2], b[..., :2]), torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp_min(0).prod(-1)
+    area = lambda z: (z[..., 2:] - z[..., :2]).clamp_min(0).prod(-1)  # noqa: E731
+    return inter / (area(a) + area(b) - inter).clamp_min(1e-9)
+
+
+def time_encoding(times: torch.Tensor, d: int) -> torch.Tensor:
+    """(B, T) seconds -> (B, T, d) sines and cosines at periods from 0.5 s to ~500 s: seconds, not frame indices,
+    so training's subsampled frames and prediction's every frame share one code."""
+    k = d // 2
+    freq = 2 * math.pi / (0.5 * (1000.0 ** (torch.arange(k, device=times.device, dtype=times.dtype) / max(k - 1, 1))))
+    ang = times[..., None] * freq
+    return torch.cat([ang.sin(), ang.cos()], -1)
+
+
 def decode_span(start_logits, end_logits, mask):
     """(B, 2) feature-frame indices [s, e] (inclusive, e >= s) maximising p_s(s) p_e(e) over valid pairs."""
     neg = torch.finfo(start_logits.dtype).min / 4
@@ -68,19 +89,92 @@ def mrcl(gt, pos, neg, mask, tau):
     return -((lp - denom) * m).sum() / m.sum().clamp_min(1.0)
 
 
-def match_query(prob_logits, boxes, t_boxes, t_mask, cfg: FsmConfig) -> int:
-    """Eq. 8 for one video: the query (of N) whose tube costs least against the truth (focal + L1 + GIoU)."""
+def guided_attention(attn, inside, valid):
+    """TubeDETR's guided attention loss on the decoder's time self-attention attn (T, T) (query frame, key frame):
+    for each query frame inside the true span, -sum over valid key frames outside it of log(1 - a); mean over the
+    span's frames (0 when the span or its outside is empty)."""
+    out_keys = (valid & ~inside).to(attn.dtype)
+    per_query = -(torch.log1p(-attn.clamp(max=1 - 1e-6)) * out_keys[None, :]).sum(-1)
+    m = inside.to(attn.dtype)
+    return (per_query * m).sum() / m.sum().clamp_min(1.0)
+
+
+def sted_targets(s: int, e: int, valid: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start and end target distributions over T frames: a Gaussian of sigma frames around the true boundary
+    frame (TubeDETR's smoothing; sigma 0: one-hot), over the valid frames only."""
+    t = torch.arange(valid.shape[0], device=valid.device, dtype=torch.float32)
+    out = []
+    for c in (s, e):
+        p = torch.exp(-0.5 * ((t - c) / sigma) ** 2) if sigma > 0 else (t == c).float()
+        p = p * valid.float()
+        out.append(p / p.sum().clamp_min(1e-12))
+    return out[0], out[1]
+
+
+def kl_to(target: torch.Tensor, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """KL(target || softmax(logits)) over the valid frames."""
+    neg = torch.finfo(logits.dtype).min / 4
+    logp = torch.log_softmax(logits.masked_fill(~valid, neg), -1)
+    on = target > 0
+    return (target[on] * (target[on].log() - logp[on])).sum()
+
+
+def tube_costs(prob_logits, boxes, t_boxes, t_mask, cfg: FsmConfig) -> torch.Tensor:
+    """Eq. 8's cost (N,) of each query's tube against one truth tube: focal over the video's frames (target 1 on
+    the truth's boxed frames) + L1 + GIoU over the truth's frames, each a mean so videos of any length compare."""
     n = prob_logits.shape[0]
     target = t_mask.to(prob_logits.dtype)[None].expand(n, -1)
     cls = sigmoid_focal_loss(prob_logits, target, reduction="none").mean(-1)
     m = t_mask
-    l1 = (boxes[:, m] - t_boxes[None, m]).abs().sum(-1).mean(-1) if m.any() else cls * 0
-    giou = torch.stack([1 - generalized_box_iou(boxes[i, m], t_boxes[m]).diagonal().mean() if m.any()
-                        else cls[0] * 0 for i in range(n)])
-    cost = cfg.w_cls * cls + cfg.w_l1 * l1 + cfg.w_giou * giou
-    # one truth tube per query: the Hungarian assignment of an N x 1 cost is its argmin (scipy is not in the
-    # project's environment, and linear_sum_assignment would return the same row)
-    return int(cost.detach().argmin())
+    if not m.any():
+        return cfg.w_cls * cls
+    l1 = (boxes[:, m] - t_boxes[None, m]).abs().sum(-1).mean(-1)
+    giou = torch.stack([1 - generalized_box_iou(boxes[i, m], t_boxes[m]).diagonal().mean() for i in range(n)])
+    return cfg.w_cls * cls + cfg.w_l1 * l1 + cfg.w_giou * giou
+
+
+def hungarian(cost: torch.Tensor) -> list[tuple[int, int]]:
+    """The assignment (query, truth) of least total cost of a (N queries, G truths) matrix, N >= G."""
+    rows, cols = linear_sum_assignment(cost.detach().cpu().numpy())
+    return sorted(zip(rows.tolist(), cols.tolist()), key=lambda rc: rc[1])
+
+
+def match_query(prob_logits, boxes, t_boxes, t_mask, cfg: FsmConfig) -> int:
+    """The query matched to a video's one truth tube (Eq. 8 through the Hungarian algorithm)."""
+    return hungarian(tube_costs(prob_logits, boxes, t_boxes, t_mask, cfg)[:, None])[0][0]
+
+
+class Decoder(nn.Module):
+    """One decoder layer: queries cross-attend each frame's memory, then self-attend across the frames of their
+    own query (time-aware), then an FFN; post-norm as DETR. Called by both streams of the two-stream decoder."""
+
+    def __init__(self, d: int, heads: int = 4, ffn: int = 0):
+        super().__init__()
+        self.cross = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.time_attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(d, ffn or 2 * d), nn.ReLU(), nn.Linear(ffn or 2 * d, d))
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+
+    def forward(self, q, mem, mem_pad, time_pos, frame_pad):
+        """q (B, nq, d) queries, mem (B, T, n, d), mem_pad (B, T, n) True = ignore, time_pos (B, T, d), frame_pad
+        (B, T) True = ignore -> (h (B, nq, T, d), time attention (B, nq, T, T) and cross-attention (B, nq, T, n),
+        both averaged over heads)."""
+        b, t, n, d = mem.shape
+        nq = q.shape[1]
+        qf = q[:, None].expand(b, t, nq, d).reshape(b * t, nq, d)
+        pad = mem_pad.reshape(b * t, n).clone()
+        pad[:, 0] &= pad.all(-1).logical_not()    # a frame with no token still attends somewhere (its output unused)
+        ca, cw = self.cross(qf, mem.reshape(b * t, n, d), mem.reshape(b * t, n, d), key_padding_mask=pad,
+                            need_weights=True, average_attn_weights=True)
+        h = self.norm1(qf + ca)
+        h = h.view(b, t, nq, d).transpose(1, 2) + time_pos[:, None]           # (B, nq, T, d)
+        h = h.reshape(b * nq, t, d)
+        fpad = frame_pad[:, None].expand(b, nq, t).reshape(b * nq, t).clone()
+        fpad[:, 0] &= fpad.all(-1).logical_not()
+        att, w = self.time_attn(h, h, h, key_padding_mask=fpad, need_weights=True, average_attn_weights=True)
+        h = self.norm2(h + att)
+        h = self.norm3(h + self.ffn(h))
+        return h.view(b, nq, t, d), w.view(b, nq, t, t), cw.view(b, t, nq, n).transpose(1, 2)
 
 
 class FsmHead(GroundingHead):
@@ -93,81 +187,141 @@ class FsmHead(GroundingHead):
         self.cfg = cfg
         d = cfg.dim
         self.pv, self.pt = nn.Linear(dim, d), nn.Linear(dim, d)
+        self.box_pos = nn.Sequential(nn.Linear(4, d), nn.ReLU(), nn.Linear(d, d))  # region box -> token position
         self.ffn_c, self.ffn_s, self.ffn_g, self.ffn_a = _ffn(d), _ffn(d), _ffn(d), _ffn(d)
         self.gamma = nn.Parameter(torch.zeros(cfg.max_frames))               # alpha_t = 1 at start
         self.queries = nn.Parameter(torch.randn(cfg.queries, d) * 0.1)
-        self.cross = nn.MultiheadAttention(d, 4, batch_first=True)
-        self.time_attn = nn.MultiheadAttention(d, 4, batch_first=True)
-        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.decoder = Decoder(d, cfg.heads, cfg.ffn)
+        self.q_gt = nn.Parameter(torch.randn(1, d) * 0.1)                    # q^gt of Eq. 9
+        # Table VIII's unshared variant: the anchor stream gets its own copy of the decoder
+        self.anchor_decoder = None if cfg.share_decoder else copy.deepcopy(self.decoder)
         self.box = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 4))
-        self.prob, self.sted = nn.Linear(d, 1), nn.Linear(d, 2)
+        if cfg.box_ref:   # start at the reference box itself
+            nn.init.zeros_(self.box[-1].weight)
+            nn.init.zeros_(self.box[-1].bias)
+        self.prob = nn.Linear(d, 1)
+        self.sted = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 2))  # the paper's 2-layer MLPs
 
-    def _forward(self, video: VideoBatch, text: TextBatch):
+    # --- the upper stream ---------------------------------------------------------------------------------------
+    def _memory(self, video: VideoBatch, text: TextBatch):
+        """Fused visual tokens (B, T, n, d) (Eqs. 1-5), the word tokens (B, K, d) and their mask."""
         b, t, n, _ = video.regions.shape
+        geo = video.geometry
         x = self.pv(video.regions)
+        if self.cfg.positions:
+            wh = geo.size[:, None, None, :].repeat(1, 1, 1, 2).clamp_min(1.0)
+            x = x + self.box_pos(geo.boxes / wh)
         y = self.pt(text.words)
         ym = text.word_mask
         k = y.shape[1]
-        yf = y[:, None].expand(b, t, k, -1).reshape(b * t, k, -1)
-        ymf = ym[:, None].expand(b, t, k).reshape(b * t, k)
-        xf = x.reshape(b * t, n, -1)
         if self.cfg.frame_fusion:
-            xf = gated_correlation(xf, yf, ymf, self.ffn_c, self.ffn_s, self.ffn_g, self.ffn_a, self.cfg.gate)
-        xg = xf.view(b, t, n, -1)
+            yf = y[:, None].expand(b, t, k, -1).reshape(b * t, k, -1)
+            ymf = ym[:, None].expand(b, t, k).reshape(b * t, k)
+            x = gated_correlation(x.reshape(b * t, n, -1), yf, ymf, self.ffn_c, self.ffn_s, self.ffn_g, self.ffn_a,
+                                  self.cfg.gate).view(b, t, n, -1)
         if self.cfg.video_fusion:
-            rm = video.region_mask.to(xg.dtype)[..., None]
-            xe = (xg * rm).sum(2) / rm.sum(2).clamp_min(1.0)
+            rm = video.region_mask.to(x.dtype)[..., None]
+            xe = (x * rm).sum(2) / rm.sum(2).clamp_min(1.0)
             w = ym.to(y.dtype)[..., None]
             ye = (y * w).sum(1) / w.sum(1).clamp_min(1.0)
             # prediction uses every frame of a video, which may exceed max_frames: later frames share the last gamma
-            frames = torch.arange(t, device=xg.device).clamp_max(self.gamma.shape[0] - 1)
-            xg = video_fusion(xg, xe, ye, self.gamma[frames])
-        mem = torch.cat([xg.reshape(b * t, n, -1), yf], 1)                   # Eq. 6
-        mem_pad = ~torch.cat([video.region_mask.reshape(b * t, n), ymf], 1)
-        mem_pad[:, 0] = False                                                # a padded frame still attends somewhere
-        q = self.queries[None].expand(b * t, -1, -1)
-        nq = q.shape[1]
-        h = self.norm1(q + self.cross(q, mem, mem, key_padding_mask=mem_pad)[0])
-        h = h.view(b, t, nq, -1).transpose(1, 2).reshape(b * nq, t, -1)     # time-aware self-attention
-        fpad = ~video.mask[:, None].expand(b, nq, t).reshape(b * nq, t)
-        fpad[:, 0] = False
-        h = self.norm2(h + self.time_attn(h, h, h, key_padding_mask=fpad)[0]).view(b, nq, t, -1)
+            frames = torch.arange(t, device=x.device).clamp_max(self.gamma.shape[0] - 1)
+            x = video_fusion(x, xe, ye, self.gamma[frames])
+        return x, y, ym
+
+    def _time_pos(self, video: VideoBatch, d: int):
+        if not self.cfg.positions:
+            return video.regions.new_zeros(*video.mask.shape, d)
+        return time_encoding(video.geometry.times, d)
+
+    def _forward(self, video: VideoBatch, text: TextBatch):
+        b, t, n, _ = video.regions.shape
+        x, y, ym = self._memory(video, text)
+        d = x.shape[-1]
+        k = y.shape[1]
+        mem = torch.cat([x, y[:, None].expand(b, t, k, d)], 2)              # Eq. 6
+        mem_pad = ~torch.cat([video.region_mask, ym[:, None].expand(b, t, k)], 2)
+        h, attn, cross = self.decoder(self.queries[None].expand(b, -1, -1), mem, mem_pad, self._time_pos(video, d),
+                                      ~video.mask)
         size = video.geometry.size                                           # (B, 2) w, h
-        cx, cy, bw, bh = torch.sigmoid(self.box(h)).unbind(-1)
         sc = size[:, None, None, :]
+        out = self.box(h)
+        if self.cfg.box_ref:
+            # the reference box: the query's cross-attention over the frame's regions, averaging their boxes
+            # (cx, cy, w, h in [0, 1]); the MLP regresses a correction in logit space (DAB-/Deformable-DETR's
+            # reference boxes; here the references are the proposals the cache's region tokens come from)
+            wts = cross[..., :n] * video.region_mask[:, None].to(cross.dtype)
+            wts = wts / wts.sum(-1, keepdim=True).clamp_min(1e-9)
+            g = video.geometry.boxes / torch.cat([size, size], -1)[:, None, None].clamp_min(1.0)  # (B, T, N, 4) in [0, 1]
+            cxcywh = torch.stack([(g[..., 0] + g[..., 2]) / 2, (g[..., 1] + g[..., 3]) / 2,
+                                  g[..., 2] - g[..., 0], g[..., 3] - g[..., 1]], -1).clamp(1e-4, 1 - 1e-4)
+            ref = torch.einsum("bqtn,btnk->bqtk", wts, cxcywh).clamp(1e-4, 1 - 1e-4)
+            out = out + torch.logit(ref)
+        cx, cy, bw, bh = torch.sigmoid(out).unbind(-1)
         boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
         boxes = boxes * torch.cat([sc, sc], -1)
         se = self.sted(h)
-        frame_emb = xg.mean(2)                                               # (B, T, d): x^gt of Eq. 10
-        return boxes, self.prob(h).squeeze(-1), se[..., 0], se[..., 1], h, frame_emb
+        return boxes, self.prob(h).squeeze(-1), se[..., 0], se[..., 1], h, attn, x
+
+    # --- the lower stream (training only) -----------------------------------------------------------------------
+    def _anchor(self, video: VideoBatch, x, t_boxes, t_mask):
+        """x^gt of Eq. 9 (B, T, d) and the frames it exists on (B, T): the learnable q^gt decoded over the true
+        box's region tokens. Region tokens stand in for RoIAlign over a patch grid (the cache holds regions):
+        a frame's memory is its fused tokens of the proposals with IoU >= 0.5 with the true box (at least the
+        best one); a frame where no proposal touches the true box has no anchor."""
+        b, t, n, d = x.shape
+        iou = pair_iou(video.geometry.boxes, t_boxes[:, :, None, :]) * video.region_mask
+        best = iou.amax(-1, keepdim=True)
+        keep = ((iou >= 0.5) | (iou == best)) & (best > 0) & video.region_mask
+        on = t_mask & video.mask & (best[..., 0] > 0)
+        dec = self.decoder if self.anchor_decoder is None else self.anchor_decoder
+        h, _, _ = dec(self.q_gt[None].expand(b, -1, -1), x, ~keep, self._time_pos(video, d), ~on)
+        return h[:, 0], on
+
+    def _anchor_plain(self, video: VideoBatch, x, t_boxes, t_mask):
+        """fsm.anchor=false: x^gt is the frame's fused tokens of the true box's proposals, pooled, no decoder."""
+        b, t, n, d = x.shape
+        iou = pair_iou(video.geometry.boxes, t_boxes[:, :, None, :]) * video.region_mask
+        w = iou / iou.sum(-1, keepdim=True).clamp_min(1e-6)
+        return (x * w[..., None]).sum(2), t_mask & video.mask & (iou.amax(-1) > 0)
 
     def loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         video, tg, cfg = batch.video, batch.targets, self.cfg
-        boxes, prob, ls, le, h, frame_emb = self._forward(video, batch.text)
+        boxes, prob, ls, le, h, attn, x = self._forward(video, batch.text)
         b, nq, t, _ = boxes.shape
+        use_mrcl = cfg.mrcl and nq > 1
+        if use_mrcl:
+            anchor, anchor_on = (self._anchor if cfg.anchor else self._anchor_plain)(video, x, tg.boxes, tg.box_mask)
         scale = torch.cat([video.geometry.size, video.geometry.size], -1)[:, None, :]
         fid = video.geometry.frame_ids
-        total, parts = boxes.new_zeros(()), {"cls": 0.0, "box": 0.0, "sted": 0.0, "mrcl": 0.0}
+        total = boxes.new_zeros(())
+        parts = {"cls": 0.0, "box": 0.0, "sted": 0.0, "att": 0.0, "mrcl": 0.0}
         for i in range(b):
-            m = tg.box_mask[i] & video.mask[i]
+            valid = video.mask[i]
+            m = tg.box_mask[i] & valid
             nb, tb = boxes[i] / scale[i], tg.boxes[i] / scale[i]
             j = match_query(prob[i], nb, tb, m, cfg)
-            cls = sigmoid_focal_loss(prob[i, j][video.mask[i]], m.to(prob.dtype)[video.mask[i]], reduction="mean")
+            # the matched query learns the truth's frames, the others the no-object label (the paper's footnote 1)
+            target = torch.zeros_like(prob[i])
+            target[j] = m.to(prob.dtype)
+            cls = sigmoid_focal_loss(prob[i][:, valid], target[:, valid], reduction="none").mean(-1).sum()
             box = boxes.new_zeros(())
             if m.any():
                 box = cfg.w_l1 * (nb[j, m] - tb[m]).abs().sum(-1).mean() + \
                     cfg.w_giou * (1 - generalized_box_iou(nb[j, m], tb[m]).diagonal()).mean()
-            inside = (fid[i] >= tg.sted[i, 0]) & (fid[i] < tg.sted[i, 1]) & video.mask[i]
+            inside = (fid[i] >= tg.sted[i, 0]) & (fid[i] < tg.sted[i, 1]) & valid
             idx = inside.nonzero().flatten()
-            s, e = (idx[0], idx[-1]) if len(idx) else (torch.tensor(0), torch.tensor(0))
-            valid = video.mask[i]
-            neg = torch.finfo(ls.dtype).min / 4
-            sted = -torch.log_softmax(ls[i, j].masked_fill(~valid, neg), -1)[s] - \
-                torch.log_softmax(le[i, j].masked_fill(~valid, neg), -1)[e]
+            s, e = (int(idx[0]), int(idx[-1])) if len(idx) else (0, 0)
+            ps, pe = sted_targets(s, e, valid, cfg.sted_sigma)
+            sted = kl_to(ps, ls[i, j], valid) + kl_to(pe, le[i, j], valid)
             loss_i = cfg.w_cls * cls + box + cfg.w_sted * sted
-            if cfg.mrcl and nq > 1 and m.any():
+            if cfg.w_att > 0 and len(idx):
+                att = guided_attention(attn[i, j], inside, valid)
+                loss_i = loss_i + cfg.w_att * att
+                parts["att"] += float(att.detach()) / b
+            if use_mrcl and anchor_on[i].any():
                 others = torch.cat([h[i, :j], h[i, j + 1:]])
-                r = mrcl(frame_emb[i], h[i, j], others, m, cfg.tau)
+                r = mrcl(anchor[i], h[i, j], others, anchor_on[i], cfg.tau)
                 loss_i = loss_i + cfg.w_mrcl * r
                 parts["mrcl"] += float(r.detach()) / b
             total = total + loss_i / b
@@ -176,12 +330,13 @@ class FsmHead(GroundingHead):
             parts["sted"] += float(sted.detach()) / b
         return {"loss": total, **{k: torch.tensor(v) for k, v in parts.items()}}
 
+    # --- inference ----------------------------------------------------------------------------------------------
     def frame_scores(self, video: VideoBatch, text: TextBatch) -> torch.Tensor:
         _, prob, *_ = self._forward(video, text)
         return torch.sigmoid(prob).amax(1)
 
     def tube_output(self, video: VideoBatch, text: TextBatch) -> TubeOutput:
-        boxes, prob, ls, le, _, _ = self._forward(video, text)
+        boxes, prob, ls, le, *_ = self._forward(video, text)
         m = video.mask.to(prob.dtype)[:, None]
         score = (torch.sigmoid(prob) * m).sum(-1) / m.sum(-1).clamp_min(1.0)  # Eq. 12
         sel = score.argmax(1)                                                  # Eq. 13

@@ -1,0 +1,101 @@
+"""FSM training throughput (clips/s) with and without the anchor decoder (Eq. 9), in one run. Prints one JSON object.
+
+    python -m benchmarks.fsm --config configs/finetune/fsm_synthetic.yaml checkpoint=RUN/export dataset.root=DIR \
+        [--steps 20] [--warmup 3] [--repeats 2] [key=value ...]
+
+The batches are the finetune's own (StvgBatcher over the region-feature cache, with the train truth), drawn once
+and reused, so the figure is the head's step: forward, the Eq. 11 losses, backward and an AdamW update, on CUDA
+when there is one. Variants: `anchor` (the default head: MRCL's x^gt from the anchor decoder, which shares the first
+decoder's weights) and `no_anchor` (fsm.anchor=false: x^gt is the true box's pooled tokens, no second decoder
+pass). They alternate `--repeats` times so a machine's drift hits both; a clip is one (video, query) row.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+
+if __package__ in (None, ""):
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+from common import cli  # noqa: E402
+from common import config as cfglib  # noqa: E402
+from finetune.config import FinetuneConfig, resolve  # noqa: E402
+
+
+def _batches(cfg: FinetuneConfig, n: int):
+    from finetune.datasets import build_adapter
+    from finetune.stvg_batches import StvgBatcher
+    from finetune.stvg_features import tokenizer_of
+    from finetune.train import feature_store, prepare, train_videos
+
+    adapter = build_adapter(cfg.dataset)
+    counts = prepare(cfg, adapter)
+    store = feature_store(cfg, counts["model_key"])
+    feats = store.load_all(train_videos(cfg, adapter))
+    batcher = StvgBatcher(cfg, adapter.train_samples(), feats, store.text_store.text, tokenizer_of(cfg.checkpoint),
+                          truth=adapter.train_truth())
+    dim = next(iter(feats.values())).regions.shape[-1]
+    return [batcher.batch(s)[0] for s in range(n)], dim
+
+
+def _rate(cfg: FinetuneConfig, dim: int, batches, steps: int, warmup: int, device) -> float:
+    from finetune.heads import build_head
+
+    torch.manual_seed(cfg.seed)
+    head = build_head("fsm", dim, cfg).to(device)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.optim.lr)
+    moved = [b.to(device) for b in batches]
+    clips, t0 = 0, None
+    for s in range(warmup + steps):
+        if s == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0, clips = time.perf_counter(), 0
+        b = moved[s % len(moved)]
+        loss = head.loss(b)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        clips += b.video.mask.shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return clips / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/finetune/fsm_synthetic.yaml")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("overrides", nargs="*")
+    a = p.parse_args(argv)
+    cfg = resolve(cfglib.load(FinetuneConfig, a.config, ["head=fsm", *a.overrides]))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batches, dim = _batches(cfg, min(a.steps, 8))
+    variants = {"anchor": cfg, "no_anchor": dataclasses.replace(cfg, fsm=dataclasses.replace(cfg.fsm, anchor=False))}
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(a.repeats):
+        for name, c in variants.items():
+            rates[name].append(_rate(c, dim, batches, a.steps, a.warmup, device))
+    best = {k: max(v) for k, v in rates.items()}
+    out = {"benchmark": "fsm_train_throughput", "unit": "clips/s", "device": str(device),
+           "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None, "cpu": platform.processor(),
+           "threads": torch.get_num_threads(), "batch_size": cfg.batch_size, "frames": cfg.features.max_frames,
+           "queries": cfg.fsm.queries, "dim": cfg.fsm.dim, "steps": a.steps, "repeats": a.repeats,
+           "clips_per_s": {k: round(v, 3) for k, v in best.items()},
+           "all_runs": {k: [round(x, 3) for x in v] for k, v in rates.items()},
+           "anchor_over_no_anchor": round(best["anchor"] / best["no_anchor"], 3)}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
