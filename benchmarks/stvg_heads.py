@@ -68,6 +68,20 @@ def aggregate(runs: list[dict]) -> dict:
             "std": {k: round(float(np.std([r[k] for r in ok])), 2) for k in keys}}
 
 
+def summarise(seeds: list[int], runs: list[dict]) -> dict:
+    """A row of the output: the mean/std over its seeds and each seed's run."""
+    return {**aggregate(runs),
+            "runs": [{"seed": s, "steps": r.get("steps"), "first_loss": r.get("first_loss"), "last": r.get("last"),
+                      "seconds": r.get("seconds"), "error": r.get("error"),
+                      "metrics": percent(r.get("metrics") or {})} for s, r in zip(seeds, runs)]}
+
+
+def beats_zero_shot(zero_shot: dict, rows: dict) -> dict:
+    """Per row and sentence type: its mean m_vIoU above the baseline zero_shot row's."""
+    return {name: {qt.rstrip("_") or "all": h["mean"].get(qt + "m_vIoU", -1) > zero_shot.get(qt + "m_vIoU", 101)
+                   for qt in QTYPES} for name, h in rows.items() if h["seeds_done"]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--corpus", required=True, help="synthetic STVG corpus (python -m shards.synthetic mode=stvg)")
@@ -98,16 +112,10 @@ def main(argv=None) -> int:
     heads = {}
     for name, config, *overrides in args.head:
         runs = [finetune(name, os.path.abspath(config), overrides, s, args) for s in args.seeds]
-        heads[name] = {"config": config, "overrides": overrides, **aggregate(runs),
-                       "runs": [{"seed": s, "steps": r.get("steps"), "first_loss": r.get("first_loss"),
-                                 "last": r.get("last"), "seconds": r.get("seconds"), "error": r.get("error"),
-                                 "metrics": percent(r.get("metrics") or {})} for s, r in zip(args.seeds, runs)]}
+        heads[name] = {"config": config, "overrides": overrides, **summarise(args.seeds, runs)}
     out["heads"] = heads
     if "baselines" in out:
-        zs = out["baselines"]["zero_shot"]
-        out["beats_zero_shot"] = {
-            name: {qt.rstrip("_") or "all": h["mean"].get(qt + "m_vIoU", -1) > zs.get(qt + "m_vIoU", 101)
-                   for qt in QTYPES} for name, h in heads.items() if h["seeds_done"]}
+        out["beats_zero_shot"] = beats_zero_shot(out["baselines"]["zero_shot"], heads)
     out["wall_seconds"] = round(time.time() - t0, 1)
     print(json.dumps(out))
     return 0

@@ -18,6 +18,7 @@ export (they do not depend on the head).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -26,7 +27,7 @@ import time
 if __package__ in (None, ""):
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.stvg_heads import QTYPES, aggregate, percent  # noqa: E402
+from benchmarks.stvg_heads import beats_zero_shot, summarise  # noqa: E402
 
 
 def _memoised_features():
@@ -51,6 +52,21 @@ def _memoised_features():
     T.feature_store = feature_store
 
 
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """DeepSpeed's op build and logs write to stdout (also from C): the one JSON object must stay alone there."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def one(name, overrides, seed, args) -> dict:
     from common import config as cfglib
     from finetune.config import FinetuneConfig
@@ -63,7 +79,8 @@ def one(name, overrides, seed, args) -> dict:
     cfg = cfglib.load(FinetuneConfig, args.config, [f"checkpoint={args.export}", f"dataset.root={args.corpus}",
                                                      f"run={folder}", f"seed={seed}", *args.set, *overrides])
     try:
-        return run(cfg)
+        with stdout_to_stderr():
+            return run(cfg)
     except Exception as e:  # noqa: BLE001 - one failed row must not hide the others
         return {"error": f"{type(e).__name__}: {e}"[:2000]}
 
@@ -104,18 +121,12 @@ def main(argv=None) -> int:
     for i, (name, *overrides) in enumerate(args.row):
         seeds = args.seeds if i == 0 or args.variant_seeds is None else args.variant_seeds
         runs = [one(name, overrides, s, args) for s in seeds]
-        rows[name] = {"overrides": overrides, "seeds": seeds, **aggregate(runs),
-                      "runs": [{"seed": s, "steps": r.get("steps"), "seconds": r.get("seconds"),
-                                "last": r.get("last"), "error": r.get("error"),
-                                "metrics": percent(r.get("metrics") or {})} for s, r in zip(seeds, runs)]}
+        rows[name] = {"overrides": overrides, "seeds": seeds, **summarise(seeds, runs)}
         print(json.dumps({"row": name, "mean": rows[name]["mean"], "seeds_done": rows[name]["seeds_done"]}),
               file=sys.stderr, flush=True)
     out["heads"] = rows
     if "baselines" in out:
-        zs = out["baselines"]["zero_shot"]
-        out["beats_zero_shot"] = {
-            name: {qt.rstrip("_") or "all": h["mean"].get(qt + "m_vIoU", -1) > zs.get(qt + "m_vIoU", 101)
-                   for qt in QTYPES} for name, h in rows.items() if h["seeds_done"]}
+        out["beats_zero_shot"] = beats_zero_shot(out["baselines"]["zero_shot"], rows)
     out["wall_seconds"] = round(time.time() - t0, 1)
     print(json.dumps(out))
     return 0
