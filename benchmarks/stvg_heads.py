@@ -68,6 +68,16 @@ def aggregate(runs: list[dict]) -> dict:
             "std": {k: round(float(np.std([r[k] for r in ok])), 2) for k in keys}}
 
 
+def input_error(corpus: str, export: str) -> str | None:
+    """Why the corpus or the export cannot be used (checked before any run starts), or None."""
+    truth = os.path.join(corpus, "test", "truth", "vidstg.json")
+    if not os.path.exists(truth):
+        return f"--corpus [{corpus}]: no test/truth/vidstg.json (python -m shards.synthetic --out DIR mode=stvg)"
+    if not os.path.exists(os.path.join(export, "model_config.json")):
+        return f"--export [{export}]: not a pretrain export (it holds model.pt and model_config.json)"
+    return None
+
+
 def summarise(seeds: list[int], runs: list[dict]) -> dict:
     """A row of the output: the mean/std over its seeds and each seed's run."""
     return {**aggregate(runs),
@@ -100,6 +110,10 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
     args.corpus, args.export, args.out = (os.path.abspath(x) for x in (args.corpus, args.export, args.out))
+    problem = input_error(args.corpus, args.export)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     t0 = time.time()
     out = {"corpus": args.corpus, "export": args.export, "seeds": args.seeds, "set": args.set}
     if not args.no_baselines:

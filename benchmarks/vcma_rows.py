@@ -27,7 +27,7 @@ import time
 if __package__ in (None, ""):
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.stvg_heads import beats_zero_shot, summarise  # noqa: E402
+from benchmarks.stvg_heads import beats_zero_shot, input_error, summarise  # noqa: E402
 
 
 def _memoised_features():
@@ -101,6 +101,10 @@ def main(argv=None) -> int:
         print("error: --row NAME [KEY=VALUE ...] is required (at least one row)", file=sys.stderr)
         return 2
     args.corpus, args.export, args.out = (os.path.abspath(x) for x in (args.corpus, args.export, args.out))
+    problem = input_error(args.corpus, args.export)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     t0 = time.time()
     out = {"corpus": args.corpus, "export": args.export, "config": args.config, "set": args.set}
     if args.baselines == "compute":

@@ -330,9 +330,9 @@ def validate_vcma(cfg: FinetuneConfig) -> None:
         if value not in allowed:
             raise err(f"vcma.{name} must be one of {allowed}, not {value!r}")
     cfglib.check_ranges([
+        ("vcma.blocks", v.blocks, v.blocks >= 1, ">= 1"), ("vcma.heads", v.heads, v.heads >= 1, ">= 1"),
         ("vcma.dim", v.dim, v.dim > 0 and v.heads > 0 and v.dim % v.heads == 0 and v.dim % 2 == 0,
          "a positive even multiple of vcma.heads"),
-        ("vcma.blocks", v.blocks, v.blocks >= 1, ">= 1"), ("vcma.heads", v.heads, v.heads >= 1, ">= 1"),
         ("vcma.dropout", v.dropout, 0 <= v.dropout < 1, "in [0, 1)"),
         ("vcma.e_steps", v.e_steps, v.e_steps >= 1, ">= 1"), ("vcma.m_steps", v.m_steps, v.m_steps >= 1, ">= 1"),
         ("vcma.temperature", v.temperature, v.temperature > 0, "> 0"),

@@ -24,3 +24,16 @@ def test_a_malformed_row_is_one_error_line(tmp_path, row):
                         str(tmp_path), "--out", str(tmp_path / "o"), "--head", *row], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.startswith("error: --head") and len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("module", ["benchmarks.stvg_heads", "benchmarks.vcma_rows"])
+def test_a_missing_corpus_or_export_is_one_error_line_before_any_run(tmp_path, module):
+    row = ["--head", "x", "configs/finetune/fsm_synthetic.yaml"] if module.endswith("heads") else ["--row", "x"]
+    for corpus, export, what in [(tmp_path / "none", tmp_path, "--corpus"),
+                                 (tmp_path / "c", tmp_path / "none", "--export")]:
+        (tmp_path / "c" / "test" / "truth").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "c" / "test" / "truth" / "vidstg.json").write_text("{}")
+        p = subprocess.run([sys.executable, "-m", module, "--corpus", str(corpus), "--export", str(export),
+                            "--out", str(tmp_path / "o"), *row], capture_output=True, text=True)
+        assert p.returncode == 2 and p.stderr.startswith(f"error: {what}"), p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
