@@ -53,6 +53,11 @@ def make_corpus(root: str, videos: int, seconds: int, height: int) -> str:
         rows.append(f"{vid},videos/{vid}.mp4")
         starts = [float(s) for s in range(0, seconds - 2, 4)]
         captions[vid] = {"start": starts, "end": [s + 3.0 for s in starts], "text": [f"step {k}" for k in range(len(starts))]}
+    return write_corpus(root, rows, captions)
+
+
+def write_corpus(root: str, rows: list[str], captions: dict) -> str:
+    """manifest.csv and caption.json of contract 1; the manifest's path."""
     with open(os.path.join(root, "manifest.csv"), "w") as f:
         f.write("video_id,path\n" + "\n".join(rows) + "\n")
     with open(os.path.join(root, "caption.json"), "w") as f:
@@ -78,11 +83,7 @@ def corpus_of_videos(root: str, video_dir: str) -> str:
         rows.append(f"{vid},{path}")
     if not rows:
         raise SystemExit(f"error: no .mp4 files in {video_dir}")
-    with open(os.path.join(root, "manifest.csv"), "w") as f:
-        f.write("video_id,path\n" + "\n".join(rows) + "\n")
-    with open(os.path.join(root, "caption.json"), "w") as f:
-        json.dump(captions, f)
-    return os.path.join(root, "manifest.csv")
+    return write_corpus(root, rows, captions)
 
 
 def shard_bytes(output: str) -> int:
