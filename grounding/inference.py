@@ -92,13 +92,18 @@ class CropGeometry:
         return x * scale - ox, y * scale - oy
 
 
-def _encode_frames_global(model, frames: np.ndarray, batch: int) -> torch.Tensor:
-    out = []
+def _encode_frames(model, frames: np.ndarray, batch: int, keep_regions: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(global (n, d), regions (n, N, d) or None) of every frame, one encoder pass per chunk (regions are kept
+    only when asked: n x N x d floats)."""
+    glob, regions = [], []
     for i in range(0, len(frames), batch):
         chunk = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch]))[None]  # (1, n, H, W, 3)
-        g, _, _ = model.encode_frames(model.preprocess_frames(chunk))
-        out.append(g[0])
-    return torch.cat(out, 0)
+        g, local, _ = model.encode_frames(model.preprocess_frames(chunk))
+        glob.append(g[0])
+        if keep_regions:
+            regions.append(local[0])
+    return torch.cat(glob, 0), (torch.cat(regions, 0) if keep_regions else None)
 
 
 @torch.no_grad()
@@ -110,19 +115,13 @@ def temporal_scores(model, frames: np.ndarray, pool: list[str], batch: int = 64,
 
     if source not in SCORE_SOURCES:
         raise ValueError(f"inference scores must be one of {SCORE_SOURCES}, got {source!r}")
-    tokens = model.tokenize(pool)
+    fg, regions = _encode_frames(model, frames, batch, keep_regions=source != "global")
+    tg, words, mask = model.encode_text(model.tokenize(pool))
     out = {}
     if source in ("global", "both"):
-        fg = _encode_frames_global(model, frames, batch)
-        tg, _, _ = model.encode_text(tokens)
         out["global"] = model.frame_scores(fg, tg).float().cpu().numpy()
     if source in ("word_region", "both"):
-        _, words, mask = model.encode_text(tokens)
-        regions = []
-        for i in range(0, len(frames), batch):
-            chunk = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch]))[None]
-            regions.append(model.encode_frames(model.preprocess_frames(chunk))[1][0])   # (n, N, d)
-        out["word_region"] = word_region_scores(words, mask, torch.cat(regions, 0)).t().float().cpu().numpy()
+        out["word_region"] = word_region_scores(words, mask, regions).t().float().cpu().numpy()
     if source != "both":
         return out[source]
     return normalize_scores(out["global"], "query") + normalize_scores(out["word_region"], "query")
@@ -132,7 +131,7 @@ def label_frames(scores: np.ndarray, cfg: InferenceConfig) -> tuple[np.ndarray, 
     """Best action index per frame (-1 = background) and its score."""
     s = smooth_scores(normalize_scores(scores, cfg.normalize), cfg.smooth)
     best = s.argmax(1)
-    if getattr(cfg, "decode", "frame") == "once" and 1 < s.shape[1] <= cfg.once_max_pool:
+    if cfg.decode == "once" and 1 < s.shape[1] <= cfg.once_max_pool:
         best = segment_once(s)
     best_score = s[np.arange(len(s)), best]
     labels = np.where(best_score >= cfg.tau, best, -1)
@@ -142,7 +141,8 @@ def label_frames(scores: np.ndarray, cfg: InferenceConfig) -> tuple[np.ndarray, 
 def segment_once(scores: np.ndarray) -> np.ndarray:
     """Labels (frames,) that split the frames into contiguous runs, at most one per description (column), in
     the order and with the boundaries that maximise the sum of each frame's score for its run's description.
-    Exhaustive over the orders of the descriptions (a run may be empty), dynamic programming over boundaries."""
+    Exhaustive over the orders of the descriptions (a run may be empty; pools above once_max_pool are not decoded
+    this way), for each order dynamic programming over boundaries in O(frames)."""
     import itertools
 
     n, p = scores.shape
@@ -157,10 +157,12 @@ def segment_once(scores: np.ndarray) -> np.ndarray:
         cuts = []
         for q in order:
             gain = csum[:, q]                                                   # run [s, t): gain[t] - gain[s]
-            cand = value[None, :] - gain[None, :] + gain[:, None]               # [t, s]
-            cand[np.triu_indices(n + 1, 1)] = -np.inf                           # s <= t
-            start = cand.argmax(1)
-            value = cand[np.arange(n + 1), start]
+            # value'[t] = gain[t] + max over s <= t of (value[s] - gain[s]): a running maximum, O(n)
+            a = value - gain
+            run = np.maximum.accumulate(a)
+            rises = np.r_[True, a[1:] > run[:-1]]                               # the first s holding each max
+            start = np.maximum.accumulate(np.where(rises, np.arange(n + 1), 0))
+            value = run + gain
             cuts.append(start)
         if value[n] > best_total:
             best_total, best_cuts, best_order = value[n], cuts, order

@@ -59,3 +59,31 @@ def test_word_region_frame_scores_switch():
                                normalize_scores(glob, "query") + normalize_scores(want, "query"), rtol=1e-3, atol=1e-4)
     with pytest.raises(Exception, match="scores"):
         InferenceConfig(scores="local").validate()
+
+
+def test_once_decoding_is_the_best_contiguous_labelling_of_every_small_case():
+    """Against brute force over every labelling of a few frames in which each description's frames are contiguous."""
+    import itertools
+
+    import numpy as np
+
+    from grounding.inference import segment_once
+
+    def runs_ok(labels):
+        seen, prev = set(), None
+        for x in labels:
+            if x != prev and x in seen:
+                return False
+            seen.add(x)
+            prev = x
+        return True
+
+    rng = np.random.default_rng(0)
+    for n, p in [(1, 2), (4, 2), (5, 3), (6, 3), (6, 4)]:
+        for _ in range(5):
+            scores = rng.normal(size=(n, p))
+            best = max(scores[np.arange(n), list(lab)].sum()
+                       for lab in itertools.product(range(p), repeat=n) if runs_ok(lab))
+            got = segment_once(scores)
+            assert runs_ok(list(got))
+            assert np.isclose(scores[np.arange(n), got].sum(), best)
