@@ -14,7 +14,7 @@ import torch
 from test_finetune_stvg import cfg_for, corpus, export, weak_corpus  # noqa: F401  (module fixtures)
 
 from common import config as C
-from finetune.config import FinetuneConfig, load
+from finetune.config import FinetuneConfig, WinnerConfig, load
 from finetune.heads.base import TextBatch, VideoBatch
 from finetune.heads.winner import (Chart, Merge, WinnerHead, context, inside, interfering, outside, phrase_hinge,
                                    subject_of, word_nce)
@@ -194,3 +194,24 @@ def test_winner_finetune_under_ray_writes_evaluator_output_and_resumes(ray_clust
                          for p in preds.values())
     state = torch.load(os.path.join(job["run"], "head.pt"))
     assert not torch.equal(state["word_proj"], torch.eye(state["word_proj"].shape[0]))   # it trained
+
+
+def test_a_video_without_tubes_neither_positive_nor_negative():
+    """A training video with no proposal anywhere (so no tube) must not put its NEG tube scores into the word NCE
+    or the phrase hinge (it made them ~3,000 each): they stay of the order of log B."""
+    from finetune.heads.base import TrainBatch, VideoBatch
+    from finetune.heads.stvg import TubeGeometry
+
+    torch.manual_seed(0)
+    b, t, n, m, d, k = 3, 8, 4, 5, 16, 5
+    regions, rmask = torch.randn(b, t, n, d), torch.ones(b, t, n, dtype=torch.bool)
+    tid, tmask = torch.randint(0, m, (b, t, n)), torch.ones(b, m, dtype=torch.bool)
+    tid[1], tmask[1], rmask[1] = -1, False, False
+    geo = TubeGeometry(boxes=torch.rand(b, t, n, 4), scores=torch.rand(b, t, n),
+                       frame_ids=torch.arange(t)[None].repeat(b, 1), times=torch.arange(t)[None].float().repeat(b, 1),
+                       tube_ids=tid, tube_mask=tmask, fps=torch.ones(b), size=torch.full((b, 2), 100.0))
+    video = VideoBatch(torch.randn(b, t, d), torch.ones(b, t, dtype=torch.bool), regions, rmask, geo)
+    text = TextBatch(torch.randn(b, d), torch.randn(b, k, d), torch.ones(b, k, dtype=torch.bool))
+    head = WinnerHead(d, WinnerConfig())
+    out = head.loss(TrainBatch(video, text, groups=torch.arange(b)))
+    assert torch.isfinite(out["loss"]) and out["word_nce"] < 10 and out["phrase_hinge"] < 10

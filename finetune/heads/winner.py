@@ -416,18 +416,22 @@ class WinnerHead(GroundingHead):
         eye = torch.eye(b, dtype=torch.bool, device=dev)
         negative = ~same                                                          # (q, v): v a negative of q
         allowed = negative | eye
+        # a video without tubes (no proposal anywhere) has no tube score: it is neither a positive nor a negative
+        # of the tube terms (its NEG scores would otherwise dominate them)
+        has = tube_mask.any(-1)
+        tube_negative = negative & has[None, :] & has[:, None]
         lengths = enc.lengths.view(b, b)[:, 0]
         k = _k_of(p)
         valid = self.chart(k, dev).valid(lengths)                                 # (B, P) spans of sentence q
         # Eq. 18: each word of sentence q against every video of the batch, its own the positive
-        leaf_ok = valid[:, :k].to(s.dtype)
-        l_word = word_nce(s[:, :, :k], allowed, leaf_ok, cfg.temperature)
+        leaf_ok = (valid[:, :k] & has[:, None]).to(s.dtype)
+        l_word = word_nce(s[:, :, :k], tube_negative | eye, leaf_ok, cfg.temperature)
         out = {"word_nce": l_word.detach()}
         loss = cfg.mu * l_word
         if cfg.dsa:
             d = s * self.existence(enc).view(b, b, p)                             # Eq. 19, d[q, v, p]
-            phrase = valid & (self.chart(k, dev).length >= 2)[None]               # (q, p)
-            l_phrase = phrase_hinge(d, negative, valid, phrase, cfg.gamma)
+            phrase = valid & (self.chart(k, dev).length >= 2)[None] & has[:, None]  # (q, p)
+            l_phrase = phrase_hinge(d, tube_negative, valid, phrase, cfg.gamma)
             loss = loss + l_phrase
             out["phrase_hinge"] = l_phrase.detach()
         if cfg.svhu and cfg.recon > 0:
