@@ -264,8 +264,8 @@ def validate(cfg: FinetuneConfig) -> None:
         raise err("tube_sim.temperature must be > 0")
     f = cfg.fsm
     for name, ok, rule in (("heads", f.heads >= 1, ">= 1"), ("ffn", f.ffn >= 0, ">= 0"),
-                           ("dim", f.dim > 0 and f.dim % max(f.heads, 1) == 0,
-                            f"a positive multiple of fsm.heads ({f.heads})"),
+                           ("dim", f.dim > 0 and f.dim % max(f.heads, 1) == 0 and f.dim % 2 == 0,
+                            f"a positive multiple of fsm.heads ({f.heads}), and even (sine/cosine time code)"),
                            ("queries", f.queries >= 1, ">= 1"), ("tau", f.tau > 0, "> 0"),
                            ("max_frames", f.max_frames >= 1, ">= 1"),
                            ("sted_sigma", f.sted_sigma >= 0, ">= 0"),

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
-from torchvision.ops import generalized_box_iou, sigmoid_focal_loss
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from finetune.config import FsmConfig
 from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
@@ -129,7 +129,7 @@ def tube_costs(prob_logits, boxes, t_boxes, t_mask, cfg: FsmConfig) -> torch.Ten
     if not m.any():
         return cfg.w_cls * cls
     l1 = (boxes[:, m] - t_boxes[None, m]).abs().sum(-1).mean(-1)
-    giou = torch.stack([1 - generalized_box_iou(boxes[i, m], t_boxes[m]).diagonal().mean() for i in range(n)])
+    giou = generalized_box_iou_loss(boxes[:, m], t_boxes[None, m].expand(n, -1, -1), reduction="none").mean(-1)
     return cfg.w_cls * cls + cfg.w_l1 * l1 + cfg.w_giou * giou
 
 
@@ -300,7 +300,7 @@ class FsmHead(GroundingHead):
             valid = video.mask[i]
             m = tg.box_mask[i] & valid
             nb, tb = boxes[i] / scale[i], tg.boxes[i] / scale[i]
-            j = match_query(prob[i], nb, tb, m, cfg)
+            j = match_query(prob[i][:, valid], nb[:, valid], tb[valid], m[valid], cfg)   # padding is no frame
             # the matched query learns the truth's frames, the others the no-object label (the paper's footnote 1)
             target = torch.zeros_like(prob[i])
             target[j] = m.to(prob.dtype)
@@ -308,12 +308,13 @@ class FsmHead(GroundingHead):
             box = boxes.new_zeros(())
             if m.any():
                 box = cfg.w_l1 * (nb[j, m] - tb[m]).abs().sum(-1).mean() + \
-                    cfg.w_giou * (1 - generalized_box_iou(nb[j, m], tb[m]).diagonal()).mean()
+                    cfg.w_giou * generalized_box_iou_loss(nb[j, m], tb[m], reduction="none").mean()
             inside = (fid[i] >= tg.sted[i, 0]) & (fid[i] < tg.sted[i, 1]) & valid
             idx = inside.nonzero().flatten()
-            s, e = (int(idx[0]), int(idx[-1])) if len(idx) else (0, 0)
-            ps, pe = sted_targets(s, e, valid, cfg.sted_sigma)
-            sted = kl_to(ps, ls[i, j], valid) + kl_to(pe, le[i, j], valid)
+            sted = boxes.new_zeros(())
+            if len(idx):  # a span between two sampled frames has no boundary frame to learn
+                ps, pe = sted_targets(int(idx[0]), int(idx[-1]), valid, cfg.sted_sigma)
+                sted = kl_to(ps, ls[i, j], valid) + kl_to(pe, le[i, j], valid)
             loss_i = cfg.w_cls * cls + box + cfg.w_sted * sted
             if cfg.w_att > 0 and len(idx):
                 att = guided_attention(attn[i, j], inside, valid)
