@@ -382,7 +382,7 @@ class VcmaHead(GroundingHead):
     # --- losses ------------------------------------------------------------------------------------------------------
     def _contrastive(self, video: VideoBatch, a: dict, groups: torch.Tensor | None) -> torch.Tensor:
         """Eqs. 10-11 over the sentences of this rank against the videos of all ranks."""
-        from pretrain.losses import world
+        from pretrain.losses import _gather_plain, world
 
         rank, size = world() if self.cfg.gather else (0, 1)
         regions, frames, rmask, fmask = a["regions"], a["frames"], video.region_mask, video.mask
@@ -514,7 +514,7 @@ def _pad_gather(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     gathered as they are)."""
     import torch.distributed as dist
 
-    from pretrain.losses import gather_with_grad
+    from pretrain.losses import _gather_plain, gather_with_grad
 
     t = torch.tensor([tensors[0].shape[1]], device=tensors[0].device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -525,16 +525,8 @@ def _pad_gather(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         if x.is_floating_point():
             out.append(gather_with_grad(F.pad(x, pad)))
         else:                                            # masks: gloo gathers no bool, F.pad pads no bool
-            out.append(_gather_plain(F.pad(x.to(torch.uint8), pad)).bool())
+            out.append(_gather_plain(F.pad(x.to(torch.uint8), pad).bool()))
     return out
-
-
-def _gather_plain(x: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, 0)
 
 
 __all__ = ["VcmaHead", "contrastive_loss", "gaussian_assignment", "hashed_ids", "match_scores", "positions",
