@@ -184,3 +184,46 @@ def test_frames_beyond_max_frames_share_the_last_gamma():
     batch = _batch(t=5)   # more frames than gamma entries, as a long test video at prediction
     out = head.tube_output(batch.video, batch.text)
     assert out.boxes.shape[:2] == (2, 5) and bool((out.sted[:, 1] > out.sted[:, 0]).all())
+
+
+def test_untrained_pointer_points_where_the_pretrained_cosine_does():
+    # a region equal to the mean unit word scores cosine 1; with the query-region term zeroed and a large prior
+    # weight, the reference box is that region's proposal box (box MLP starts at 0: the box is the reference)
+    batch = _batch(b=1, t=2, n=3, d=8)
+    words = torch.nn.functional.normalize(batch.text.words, dim=-1)
+    q = words.mean(1)
+    regions = torch.randn(1, 2, 3, 8, generator=torch.Generator().manual_seed(3))
+    regions[0, :, 2] = q[0]                                  # the third proposal matches the sentence's words
+    batch.video.regions.copy_(torch.nn.functional.normalize(regions, dim=-1))
+    head = FsmHead(8, FsmConfig(dim=8, queries=2, prior_scale=200.0))
+    with torch.no_grad():
+        head.ptr_q.weight.zero_()
+        head.ptr_q.bias.zero_()
+    prior = head._prior(batch.video, batch.text)
+    per_word = torch.stack([torch.nn.functional.cosine_similarity(batch.video.regions[0], batch.text.words[0, k],
+                                                                  dim=-1) for k in range(4)])
+    assert torch.allclose(prior[0], per_word.mean(0), atol=1e-5) and bool((prior.argmax(-1) == 2).all())
+    boxes = head.tube_output(batch.video, batch.text).boxes
+    assert torch.allclose(boxes[0], batch.video.geometry.boxes[0, :, 2], atol=0.05)
+
+
+def test_pointer_loss_is_cross_entropy_to_the_best_overlapping_proposal():
+    batch = _batch(b=1, t=6, n=3, d=8)
+    head = FsmHead(8, FsmConfig(dim=8, queries=1, mrcl=False, w_cls=0, w_l1=0, w_giou=0, w_sted=0, w_att=0))
+    out = head.loss(batch)
+    *_, ptr = head._forward(batch.video, batch.text)
+    # the true box is proposal 0's box on frames 1-3, so the target is proposal 0 there
+    want = torch.nn.functional.cross_entropy(ptr[0, 0, 1:4], torch.zeros(3, dtype=torch.long))
+    assert torch.allclose(out["loss"], want, atol=1e-6) and abs(float(out["pointer"]) - float(want)) < 1e-6
+    off = FsmHead(8, FsmConfig(dim=8, queries=1, mrcl=False, w_cls=0, w_l1=0, w_giou=0, w_sted=0, w_att=0,
+                               pointer=False))
+    assert float(off.loss(batch)["loss"]) == 0.0
+
+
+def test_pointer_without_reference_boxes_is_refused():
+    from common.config import ConfigError
+    from finetune.config import load, validate
+
+    with pytest.raises(ConfigError, match="fsm.pointer must be false when fsm.box_ref is false"):
+        validate(load("configs/finetune/fsm_synthetic.yaml", ["checkpoint=x", "fsm.box_ref=false"]))
+    validate(load("configs/finetune/fsm_synthetic.yaml", ["checkpoint=x", "fsm.box_ref=false", "fsm.pointer=false"]))

@@ -201,6 +201,9 @@ class FsmHead(GroundingHead):
             nn.init.zeros_(self.box[-1].bias)
         self.prob = nn.Linear(d, 1)
         self.sted = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 2))  # the paper's 2-layer MLPs
+        if cfg.pointer:   # the reference box's pointer over the frame's proposals (ours, docs/fsm.md)
+            self.ptr_q, self.ptr_k = nn.Linear(d, d), nn.Linear(d, d)
+            self.prior_scale = nn.Parameter(torch.tensor([float(cfg.prior_scale)]))  # 1-d: DeepSpeed broadcasts views
 
     # --- the upper stream ---------------------------------------------------------------------------------------
     def _memory(self, video: VideoBatch, text: TextBatch):
@@ -234,6 +237,22 @@ class FsmHead(GroundingHead):
             return video.regions.new_zeros(*video.mask.shape, d)
         return time_encoding(video.geometry.times, d)
 
+    def _prior(self, video: VideoBatch, text: TextBatch) -> torch.Tensor:
+        """(B, T, N) the pretrained model's query-to-region score: the mean over the sentence's words of
+        cos(region, g'(word)), the zero-shot row of benchmarks/stvg.py (regions are cached L2-normalised)."""
+        w = text.word_mask.to(text.words.dtype)
+        q = (F.normalize(text.words, dim=-1) * (w / w.sum(1, keepdim=True).clamp_min(1.0))[..., None]).sum(1)
+        return torch.einsum("btnd,bd->btn", F.normalize(video.regions, dim=-1), q)
+
+    def _pointer(self, video: VideoBatch, text: TextBatch, h, x) -> torch.Tensor:
+        """(B, nq, T, N) logits of each query's choice among each frame's proposals: a query-region dot product
+        plus the pretrained word-region cosine scaled by a learnt weight (starting at fsm.prior_scale, so an
+        untrained pointer already points where the zero-shot baseline does); padding at a large negative."""
+        d = h.shape[-1]
+        logits = torch.einsum("bqtd,btnd->bqtn", self.ptr_q(h), self.ptr_k(x)) / math.sqrt(d)
+        logits = logits + self.prior_scale * self._prior(video, text)[:, None]
+        return logits.masked_fill(~video.region_mask[:, None], torch.finfo(logits.dtype).min / 4)
+
     def _forward(self, video: VideoBatch, text: TextBatch):
         b, t, n, _ = video.regions.shape
         x, y, ym = self._memory(video, text)
@@ -246,11 +265,14 @@ class FsmHead(GroundingHead):
         size = video.geometry.size                                           # (B, 2) w, h
         sc = size[:, None, None, :]
         out = self.box(h)
+        ptr = self._pointer(video, text, h, x) if self.cfg.pointer else None
         if self.cfg.box_ref:
-            # the reference box: the query's cross-attention over the frame's regions, averaging their boxes
-            # (cx, cy, w, h in [0, 1]); the MLP regresses a correction in logit space (DAB-/Deformable-DETR's
-            # reference boxes; here the references are the proposals the cache's region tokens come from)
-            wts = cross[..., :n] * video.region_mask[:, None].to(cross.dtype)
+            # the reference box: the query's cross-attention (fsm.pointer: its pointer) over the frame's regions,
+            # averaging their boxes (cx, cy, w, h in [0, 1]); the MLP regresses a correction in logit space
+            # (DAB-/Deformable-DETR's reference boxes; here the references are the proposals the cache's region
+            # tokens come from)
+            wts = torch.softmax(ptr, -1) if ptr is not None else cross[..., :n]
+            wts = wts * video.region_mask[:, None].to(wts.dtype)
             wts = wts / wts.sum(-1, keepdim=True).clamp_min(1e-9)
             g = video.geometry.boxes / torch.cat([size, size], -1)[:, None, None].clamp_min(1.0)  # (B, T, N, 4) in [0, 1]
             cxcywh = torch.stack([(g[..., 0] + g[..., 2]) / 2, (g[..., 1] + g[..., 3]) / 2,
@@ -261,7 +283,7 @@ class FsmHead(GroundingHead):
         boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
         boxes = boxes * torch.cat([sc, sc], -1)
         se = self.sted(h)
-        return boxes, self.prob(h).squeeze(-1), se[..., 0], se[..., 1], h, attn, x
+        return boxes, self.prob(h).squeeze(-1), se[..., 0], se[..., 1], h, attn, x, ptr
 
     # --- the lower stream (training only) -----------------------------------------------------------------------
     def _anchor(self, video: VideoBatch, x, t_boxes, t_mask):
@@ -287,7 +309,7 @@ class FsmHead(GroundingHead):
 
     def loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         video, tg, cfg = batch.video, batch.targets, self.cfg
-        boxes, prob, ls, le, h, attn, x = self._forward(video, batch.text)
+        boxes, prob, ls, le, h, attn, x, ptr = self._forward(video, batch.text)
         b, nq, t, _ = boxes.shape
         use_mrcl = cfg.mrcl and nq > 1
         if use_mrcl:
@@ -295,7 +317,12 @@ class FsmHead(GroundingHead):
         scale = torch.cat([video.geometry.size, video.geometry.size], -1)[:, None, :]
         fid = video.geometry.frame_ids
         total = boxes.new_zeros(())
-        parts = {"cls": 0.0, "box": 0.0, "sted": 0.0, "att": 0.0, "mrcl": 0.0}
+        parts = {"cls": 0.0, "box": 0.0, "sted": 0.0, "att": 0.0, "mrcl": 0.0, "pointer": 0.0}
+        if ptr is not None and cfg.w_pointer > 0:
+            # the pointer's target on each truth frame: the proposal that overlaps the true box best
+            iou = pair_iou(video.geometry.boxes, tg.boxes[:, :, None, :]) * video.region_mask
+            best_iou, best = iou.max(-1)                                      # (B, T)
+            ptr_on = tg.box_mask & video.mask & (best_iou > 0)
         for i in range(b):
             valid = video.mask[i]
             m = tg.box_mask[i] & valid
@@ -320,6 +347,11 @@ class FsmHead(GroundingHead):
                 att = guided_attention(attn[i, j], inside, valid)
                 loss_i = loss_i + cfg.w_att * att
                 parts["att"] += float(att.detach()) / b
+            if ptr is not None and cfg.w_pointer > 0 and ptr_on[i].any():
+                f = ptr_on[i]
+                pl = F.cross_entropy(ptr[i, j, f], best[i, f])
+                loss_i = loss_i + cfg.w_pointer * pl
+                parts["pointer"] += float(pl.detach()) / b
             if use_mrcl and anchor_on[i].any():
                 others = torch.cat([h[i, :j], h[i, j + 1:]])
                 r = mrcl(anchor[i], h[i, j], others, anchor_on[i], cfg.tau)
@@ -337,7 +369,12 @@ class FsmHead(GroundingHead):
         return torch.sigmoid(prob).amax(1)
 
     def tube_output(self, video: VideoBatch, text: TextBatch) -> TubeOutput:
-        boxes, prob, ls, le, *_ = self._forward(video, text)
+        boxes, prob, ls, le, *_, ptr = self._forward(video, text)
+        if self.cfg.proposal_boxes and ptr is not None:
+            # each frame's box is the proposal the pointer ranks first (the detector's box, not the regression)
+            pick = ptr.argmax(-1)                                              # (B, nq, T)
+            g = video.geometry.boxes[:, None].expand(-1, pick.shape[1], -1, -1, -1)
+            boxes = torch.gather(g, 3, pick[..., None, None].expand(*pick.shape, 1, 4))[..., 0, :]
         m = video.mask.to(prob.dtype)[:, None]
         score = (torch.sigmoid(prob) * m).sum(-1) / m.sum(-1).clamp_min(1.0)  # Eq. 12
         sel = score.argmax(1)                                                  # Eq. 13

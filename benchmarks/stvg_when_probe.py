@@ -1,0 +1,128 @@
+"""How much *when* the frozen STVG features hold: a probe trained on the train split's truth to tell a frame inside
+the referred span from one outside, scored on held-out train videos. Prints one JSON object.
+
+    python -m benchmarks.stvg_when_probe --config configs/finetune/fsm_synthetic.yaml checkpoint=RUN/export \
+        dataset.root=DIR [--batches 150] [--held-out 5] [key=value ...]
+
+The rows are the FSM finetune's own batches (StvgBatcher over the region-feature cache, frames subsampled as in
+training). Each frame's probe input: the frame's global feature, the proposal the pretrained word-region cosine
+ranks first (the zero-shot pick) and their products with the sentence / the mean word; a linear probe and a
+one-hidden-layer one, standardised inputs, Adam. Every 1 in `--held-out` training videos is held out (no row of it
+is trained on). An area under the ROC curve of 0.5 on held-out videos says no head on these features can place a
+span better than the spans' length and position prior: the head's m_tIoU then comes from that prior alone.
+A diagnostic of the features (docs/fsm.md), never a method: it reads the train truth.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+if __package__ in (None, ""):
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from common import cli  # noqa: E402
+from common import config as cfglib  # noqa: E402
+from finetune.config import FinetuneConfig, resolve  # noqa: E402
+
+
+def auc(score: np.ndarray, label: np.ndarray) -> float:
+    """Area under the ROC curve: the chance a positive scores above a negative (ties count a half)."""
+    label = label.astype(bool)
+    pos, neg = int(label.sum()), int((~label).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(score)   # ties share their mean rank
+    return float((ranks[label].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def frame_rows(batch):
+    """(features (n, 6d+1), inside the span (n,), row of the batch (n,)) of a batch's valid frames."""
+    v, tg = batch.video, batch.targets
+    s = F.normalize(batch.text.sentence, dim=-1)
+    w = batch.text.word_mask.to(s.dtype)
+    q = (F.normalize(batch.text.words, dim=-1) * (w / w.sum(1, keepdim=True).clamp_min(1.0))[..., None]).sum(1)
+    f = F.normalize(v.frames, dim=-1)
+    prior = torch.einsum("btnd,bd->btn", v.regions, q).masked_fill(~v.region_mask, -2.0)
+    pick = prior.argmax(-1)
+    reg = torch.gather(v.regions, 2, pick[..., None, None].expand(-1, -1, 1, v.regions.shape[-1]))[:, :, 0]
+    fid = v.geometry.frame_ids
+    inside = (fid >= tg.sted[:, :1]) & (fid < tg.sted[:, 1:])
+    feat = torch.cat([f * s[:, None], reg * q[:, None], f, reg, s[:, None].expand_as(f), prior.amax(-1, keepdim=True)],
+                     -1)
+    rows = torch.arange(len(fid))[:, None].expand_as(fid)
+    m = v.mask
+    return feat[m].numpy(), inside[m].numpy(), rows[m].numpy()
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, hidden: int, steps: int = 400, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    d = x.shape[1]
+    m = torch.nn.Linear(d, 1) if hidden == 0 else torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(),
+                                                                        torch.nn.Linear(hidden, 1))
+    opt = torch.optim.Adam(m.parameters(), 1e-2, weight_decay=1e-3)
+    for _ in range(steps):
+        loss = F.binary_cross_entropy_with_logits(m(x)[:, 0], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m
+
+
+def main(argv=None) -> int:
+    from finetune.datasets import build_adapter
+    from finetune.stvg_batches import StvgBatcher
+    from finetune.stvg_features import tokenizer_of
+    from finetune.train import feature_store, prepare, train_videos
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/finetune/fsm_synthetic.yaml")
+    p.add_argument("--batches", type=int, default=150)
+    p.add_argument("--held-out", type=int, default=5, help="hold out every n-th training video")
+    p.add_argument("overrides", nargs="*")
+    a = p.parse_args(argv)
+    if a.batches < 1 or a.held_out < 2:
+        raise cfglib.ConfigError("--batches must be >= 1 and --held-out >= 2")
+    cfg = resolve(cfglib.load(FinetuneConfig, a.config, ["head=fsm", *a.overrides]))
+    adapter = build_adapter(cfg.dataset)
+    store = feature_store(cfg, prepare(cfg, adapter)["model_key"])
+    feats = store.load_all(train_videos(cfg, adapter))
+    batcher = StvgBatcher(cfg, adapter.train_samples(), feats, store.text_store.text, tokenizer_of(cfg.checkpoint),
+                          truth=adapter.train_truth())
+    held = set(sorted(feats)[::a.held_out])
+    xs, ys, hs = [], [], []
+    for step in range(a.batches):
+        batch, samples, _ = batcher.batch(step)
+        x, y, r = frame_rows(batch)
+        xs.append(x)
+        ys.append(y)
+        hs.append(np.array([samples[i].video in held for i in r], bool))
+    x, y, te = np.concatenate(xs), np.concatenate(ys), np.concatenate(hs)
+    tr = ~te
+    xt = torch.from_numpy(x)
+    mu, sd = xt[tr].mean(0), xt[tr].std(0) + 1e-6
+    xt, yt = (xt - mu) / sd, torch.from_numpy(y).float()
+    out = {"benchmark": "stvg_when_probe", "frames": int(len(y)), "held_out_frames": int(te.sum()),
+           "inside_share": round(float(y.mean()), 4)}
+    for name, hidden in (("linear", 0), ("mlp64", 64)):
+        m = fit_probe(xt[tr], yt[tr], hidden)
+        with torch.no_grad():
+            sc = m(xt)[:, 0].numpy()
+        out[f"auc_{name}_held_out"] = round(auc(sc[te], y[te]), 4)
+        out[f"auc_{name}_train"] = round(auc(sc[tr], y[tr]), 4)
+    d = (x.shape[1] - 1) // 6
+    out["auc_frame_sentence_cosine"] = round(auc(x[te, :d].sum(1), y[te]), 4)
+    out["auc_zero_shot_region_score"] = round(auc(x[te, -1], y[te]), 4)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
