@@ -98,10 +98,14 @@ class FsmConfig:
     pointer: bool = True             # box_ref's weights from a pointer over the frame's proposals, not the
                                      # cross-attention: query-region logits + prior_scale x the pretrained
                                      # word-region cosine (ours, docs/fsm.md); needs box_ref
-    proposal_boxes: bool = False     # prediction: each frame's box is the pointer's top proposal, not the regression
+    proposal_boxes: bool = True      # prediction: each frame's box is the proposal the pointer ranks first (without
+                                     # the pointer: the query's cross-attention), not the regressed box (ours)
     prior_scale: float = 10.0        # initial weight of the pretrained cosine in the pointer (learnt); 0: no prior
     w_pointer: float = 1.0           # cross-entropy of the matched query's pointer to the proposal that best
                                      # overlaps the true box (ours); 0: the pointer learns through the box terms only
+    pointer_queries: str = "all"     # which queries' pointers that cross-entropy trains: matched (the Hungarian
+                                     # match, as the box terms) | all (one truth object per video: every query's
+                                     # pointer can learn it; the class term still tells the queries apart)
     sted_sigma: float = 1.0          # start/end targets: Gaussian of this many frames (TubeDETR); 0: one-hot
     w_cls: float = 0.2               # Eq. 11 lambdas, the paper's HC-STVG setting (VidSTG: w_mrcl 2); lambda_box
     w_l1: float = 1.0                # = 1 on both box terms, lambda_t 10, lambda_att 1; a weight of 0 is a term off
@@ -276,6 +280,7 @@ def validate(cfg: FinetuneConfig) -> None:
                            ("queries", f.queries >= 1, ">= 1"), ("tau", f.tau > 0, "> 0"),
                            ("max_frames", f.max_frames >= 1, ">= 1"),
                            ("sted_sigma", f.sted_sigma >= 0, ">= 0"),
+                           ("pointer_queries", f.pointer_queries in ("matched", "all"), "matched or all"),
                            ("pointer", f.box_ref or not f.pointer, "false when fsm.box_ref is false (it sets the "
                                                                     "reference box's weights)"),
                            *((w, getattr(f, w) >= 0, ">= 0") for w in ("w_cls", "w_l1", "w_giou", "w_sted", "w_att",

@@ -227,3 +227,24 @@ def test_pointer_without_reference_boxes_is_refused():
     with pytest.raises(ConfigError, match="fsm.pointer must be false when fsm.box_ref is false"):
         validate(load("configs/finetune/fsm_synthetic.yaml", ["checkpoint=x", "fsm.box_ref=false"]))
     validate(load("configs/finetune/fsm_synthetic.yaml", ["checkpoint=x", "fsm.box_ref=false", "fsm.pointer=false"]))
+
+
+def test_pointer_loss_over_all_queries_is_their_mean():
+    batch = _batch(b=1, t=6, n=3, d=8)
+    cfg = FsmConfig(dim=8, queries=3, mrcl=False, w_cls=0, w_l1=0, w_giou=0, w_sted=0, w_att=0, pointer_queries="all")
+    head = FsmHead(8, cfg)
+    out = head.loss(batch)
+    *_, ptr = head._forward(batch.video, batch.text)
+    each = [torch.nn.functional.cross_entropy(ptr[0, k, 1:4], torch.zeros(3, dtype=torch.long)) for k in range(3)]
+    assert torch.allclose(out["loss"], torch.stack(each).mean(), atol=1e-6)
+
+
+def test_proposal_boxes_are_proposals_with_or_without_the_pointer():
+    batch = _batch(b=2, t=4, n=3, d=8)
+    props = batch.video.geometry.boxes
+    for pointer in (True, False):
+        out = FsmHead(8, FsmConfig(dim=8, queries=2, pointer=pointer)).tube_output(batch.video, batch.text)
+        hit = (out.boxes[:, :, None, :] == props).all(-1).any(-1)
+        assert bool(hit.all())
+    regressed = FsmHead(8, FsmConfig(dim=8, queries=2, proposal_boxes=False)).tube_output(batch.video, batch.text)
+    assert not bool((regressed.boxes[:, :, None, :] == props).all(-1).any(-1).all())

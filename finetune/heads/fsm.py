@@ -283,7 +283,9 @@ class FsmHead(GroundingHead):
         boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
         boxes = boxes * torch.cat([sc, sc], -1)
         se = self.sted(h)
-        return boxes, self.prob(h).squeeze(-1), se[..., 0], se[..., 1], h, attn, x, ptr
+        # each frame's ranking of its proposals: the pointer's logits, or without it the cross-attention weights
+        choice = ptr if ptr is not None else cross[..., :n].masked_fill(~video.region_mask[:, None], -1.0)
+        return boxes, self.prob(h).squeeze(-1), se[..., 0], se[..., 1], h, attn, x, choice
 
     # --- the lower stream (training only) -----------------------------------------------------------------------
     def _anchor(self, video: VideoBatch, x, t_boxes, t_mask):
@@ -310,6 +312,7 @@ class FsmHead(GroundingHead):
     def loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         video, tg, cfg = batch.video, batch.targets, self.cfg
         boxes, prob, ls, le, h, attn, x, ptr = self._forward(video, batch.text)
+        ptr = ptr if cfg.pointer else None
         b, nq, t, _ = boxes.shape
         use_mrcl = cfg.mrcl and nq > 1
         if use_mrcl:
@@ -349,7 +352,10 @@ class FsmHead(GroundingHead):
                 parts["att"] += float(att.detach()) / b
             if ptr is not None and cfg.w_pointer > 0 and ptr_on[i].any():
                 f = ptr_on[i]
-                pl = F.cross_entropy(ptr[i, j, f], best[i, f])
+                if cfg.pointer_queries == "all":
+                    pl = F.cross_entropy(ptr[i][:, f].flatten(0, 1), best[i, f].repeat(nq))
+                else:
+                    pl = F.cross_entropy(ptr[i, j, f], best[i, f])
                 loss_i = loss_i + cfg.w_pointer * pl
                 parts["pointer"] += float(pl.detach()) / b
             if use_mrcl and anchor_on[i].any():
@@ -369,10 +375,11 @@ class FsmHead(GroundingHead):
         return torch.sigmoid(prob).amax(1)
 
     def tube_output(self, video: VideoBatch, text: TextBatch) -> TubeOutput:
-        boxes, prob, ls, le, *_, ptr = self._forward(video, text)
-        if self.cfg.proposal_boxes and ptr is not None:
-            # each frame's box is the proposal the pointer ranks first (the detector's box, not the regression)
-            pick = ptr.argmax(-1)                                              # (B, nq, T)
+        boxes, prob, ls, le, *_, choice = self._forward(video, text)
+        if self.cfg.proposal_boxes:
+            # each frame's box is the proposal the pointer (or the attention) ranks first: the detector's box, not
+            # the regression
+            pick = choice.argmax(-1)                                           # (B, nq, T)
             g = video.geometry.boxes[:, None].expand(-1, pick.shape[1], -1, -1, -1)
             boxes = torch.gather(g, 3, pick[..., None, None].expand(*pick.shape, 1, 4))[..., 0, :]
         m = video.mask.to(prob.dtype)[:, None]
