@@ -107,7 +107,8 @@ def run_finetunes(cfg: FinetuneConfig, ray=None) -> dict:
     ray = ray or init_ray(cfg.cluster.address)
     features = {}
     for job in jobs:  # one extraction per distinct feature set (heads may want regions)
-        key = json.dumps([to_dict(job)["features"], to_dict(job)["dataset"], job.checkpoint], sort_keys=True)
+        key = json.dumps([to_dict(job)["features"], to_dict(job)["dataset"], job.checkpoint, to_dict(job)["tubes"],
+                          job.head == "fsm" and job.fsm.multiscale], sort_keys=True)   # multi-scale: more arrays
         if key not in features:
             features[key] = extract_features(job, ray)
     c = cfg.cluster
