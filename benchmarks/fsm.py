@@ -50,7 +50,7 @@ def _batches(cfg: FinetuneConfig, n: int, pixels: bool = False):
         from finetune.features import load_encoder
 
         enc = load_encoder(cfg.checkpoint)
-        feats = with_pixels(feats, train_videos(cfg, adapter), enc.image_size)
+        feats = with_pixels(feats, train_videos(cfg, adapter), enc.image_size, cfg.features.max_frames)
         tokenize = enc.tokenize
     batcher = StvgBatcher(cfg, adapter.train_samples(), feats, store.text_store.text, tokenizer_of(cfg.checkpoint),
                           truth=adapter.train_truth(), tokenize=tokenize)

@@ -62,8 +62,8 @@ def video_batch(videos: list, max_frames: int = 0, tubes: int = 1) -> VideoBatch
         regions[r, :k, :w], rmask[r, :k, :w] = v.regions[i], p.valid[i]
         if multiscale:
             regions_mid[r, :k, :w] = v.regions_mid[i]
-        if with_pixels:
-            pixels[r, :k] = v.pixels[i]
+        if with_pixels:   # with_pixels may have kept only the sampled frames already
+            pixels[r, :k] = v.pixels if len(v.pixels) == k else v.pixels[i]
         boxes[r, :k, :w], scores[r, :k, :w] = p.boxes[i], p.scores[i]
         frame_ids[r, :k], times[r, :k] = p.frames[i], p.frames[i] / p.fps
         ids[r, :k, :w] = np.where(p.valid[i], tube_ids(v)[i], -1)

@@ -55,14 +55,19 @@ def mid_block(cfg) -> int:
     return block
 
 
-def with_pixels(videos: dict, paths: dict[str, str], image_size: int) -> dict:
-    """End to end: each VideoTubes with its video decoded once at its proposals' frames (uint8 crops, in memory)."""
+def with_pixels(videos: dict, paths: dict[str, str], image_size: int, max_frames: int = 0) -> dict:
+    """End to end: each VideoTubes with its video decoded once at its proposals' frames (uint8 crops, in memory);
+    with max_frames, only the frames a training batch samples (finetune.train._subsample, the same every step)."""
     import dataclasses
 
+    from finetune.train import _subsample
     from tubes.pipeline import video_pixels
 
-    return {vid: dataclasses.replace(vt, pixels=video_pixels(vid, paths[vid], vt.proposals, image_size)[0])
-            for vid, vt in videos.items()}
+    out = {}
+    for vid, vt in videos.items():
+        pixels = video_pixels(vid, paths[vid], vt.proposals, image_size)[0]
+        out[vid] = dataclasses.replace(vt, pixels=pixels[_subsample(len(pixels), max_frames)])
+    return out
 
 
 def token_spans(tokenizer, sentence: str, k: int) -> list[tuple[int, int]]:

@@ -336,7 +336,8 @@ def run(cfg: FinetuneConfig) -> dict:
         if encoder is not None:   # end to end: each training video decoded once, its crops kept in memory
             from finetune.stvg_features import with_pixels
 
-            train_feats = with_pixels(train_feats, train_videos(cfg, adapter), encoder.image_size)
+            train_feats = with_pixels(train_feats, train_videos(cfg, adapter), encoder.image_size,
+                                      cfg.features.max_frames)
         # text from the sentence cache alone: nothing the batcher holds leads back to the adapter
         batcher = StvgBatcher(cfg, samples, train_feats, store.text_store.text, tokenizer,
                               truth=adapter.train_truth() if head.supervised else None,
