@@ -173,3 +173,34 @@ def test_bad_input_combinations_are_one_error_line(tmp_path):
     for bad, message in ((["optim.encoder_lr=-1"], "optim.encoder_lr"), (["tubes.mid_layer=-1"], "mid_layer >= 0")):
         with pytest.raises(C.ConfigError, match=message):
             load_config("configs/finetune/fsm_synthetic.yaml", ["checkpoint=x", *bad])
+
+
+def test_multiscale_head_adds_the_projected_second_scale():
+    """The second scale's projection is summed into each proposal's token (one token per proposal, docs/fsm.md);
+    every other weight starts as the single-scale head's; a batch without the second scale is refused."""
+    import dataclasses
+
+    from finetune.config import FsmConfig
+    from finetune.heads.fsm import FsmHead
+    from test_fsm import _batch
+
+    torch.manual_seed(0)
+    single = FsmHead(8, FsmConfig(dim=16, queries=3))
+    torch.manual_seed(0)
+    multi = FsmHead(8, FsmConfig(dim=16, queries=3, multiscale=True))
+    s, m = single.state_dict(), multi.state_dict()
+    assert set(m) - set(s) == {"pv_mid.weight", "pv_mid.bias"} and all(torch.equal(s[k], m[k]) for k in s)
+    batch = _batch()
+    with pytest.raises(ValueError, match="regions_mid"):
+        multi.loss(batch)
+    mid = torch.randn(batch.video.regions.shape, generator=torch.Generator().manual_seed(3))
+    video = dataclasses.replace(batch.video, regions_mid=mid)
+    cfg = FsmConfig(dim=16, queries=3, multiscale=True, frame_fusion=False, video_fusion=False, positions=False)
+    torch.manual_seed(0)
+    head = FsmHead(8, cfg)
+    x, _, _ = head._memory(video, batch.text)
+    assert x.shape == (2, 6, 3, 16)
+    assert torch.allclose(x, head.pv(video.regions) + head.pv_mid(mid), atol=1e-6)
+    loss = multi.loss(dataclasses.replace(batch, video=video))["loss"]
+    loss.backward()
+    assert multi.pv_mid.weight.grad.abs().sum() > 0

@@ -189,6 +189,10 @@ class FsmHead(GroundingHead):
         self.cfg = cfg
         d = cfg.dim
         self.pv, self.pt = nn.Linear(dim, d), nn.Linear(dim, d)
+        # multi-scale: the earlier block's region features get their own projection to d (the paper projects each
+        # level), drawn from a forked generator so every other weight starts as the single-scale head's
+        with torch.random.fork_rng(devices=[]):
+            self.pv_mid = nn.Linear(dim, d) if cfg.multiscale else None
         self.box_pos = nn.Sequential(nn.Linear(4, d), nn.ReLU(), nn.Linear(d, d))  # region box -> token position
         self.ffn_c, self.ffn_s, self.ffn_g, self.ffn_a = _ffn(d), _ffn(d), _ffn(d), _ffn(d)
         self.gamma = nn.Parameter(torch.zeros(cfg.max_frames))               # alpha_t = 1 at start
@@ -203,9 +207,6 @@ class FsmHead(GroundingHead):
             nn.init.zeros_(self.box[-1].bias)
         self.prob = nn.Linear(d, 1)
         self.sted = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 2))  # the paper's 2-layer MLPs
-        # multi-scale: the earlier block's region features get their own projection to d (the paper projects each
-        # level); made last so the other weights start as the single-scale head's
-        self.pv_mid = nn.Linear(dim, d) if cfg.multiscale else None
 
     # --- the upper stream ---------------------------------------------------------------------------------------
     def _memory(self, video: VideoBatch, text: TextBatch):
