@@ -85,6 +85,8 @@ def extract_features(cfg: FinetuneConfig, ray, chunk: int = 64) -> dict:
     counts["extracted"] += sum(p["extracted"] for p in parts)
     counts["cached"] -= sum(p["extracted"] for p in parts)
     for p in parts:
+        if "multiscale_added" in p:
+            counts["multiscale_added"] = counts.get("multiscale_added", 0) + p["multiscale_added"]
         for reason, n in p["failed"].items():
             counts["failed"][reason] = counts["failed"].get(reason, 0) + n
     return counts

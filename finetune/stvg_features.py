@@ -104,6 +104,7 @@ class StvgStore:
         self.sources: dict = {}   # split -> proposal source, opened when a video of that split is first asked for
         self.caches: dict = {}
         self.mid_layer = mid_block(cfg)   # > 0: the cache entries must hold that block's region features too
+        self.mid_only: set[str] = set()   # videos cached single-scale only: a miss for this multi-scale run
 
     def _source(self, split: str):
         from tubes.regions import RegionCache
@@ -144,6 +145,8 @@ class StvgStore:
                 continue
             if cached_tubes(vid, path, props, self.tube_cfg, self._cache(vid), self.mid_layer) is None:
                 out[vid] = path
+                if self.mid_layer and cached_tubes(vid, path, props, self.tube_cfg, self._cache(vid)) is not None:
+                    self.mid_only.add(vid)
         return out
 
     def extract(self, videos: dict[str, str], model=None, batch_frames: int = 64) -> dict:
@@ -153,6 +156,11 @@ class StvgStore:
 
         todo = self.missing(videos)
         counts: dict = {"videos": len(videos), "cached": len(videos) - len(todo), "extracted": 0, "failed": {}}
+        if self.mid_layer:   # entries that had everything but the multi-scale array: it is added, the rest kept
+            counts["multiscale_added"] = len(self.mid_only & set(todo))
+            if counts["multiscale_added"]:
+                log.warning("%d cached videos lack the region features of visual block %d (fsm.multiscale): "
+                            "adding them", counts["multiscale_added"], self.mid_layer)
         if todo and model is None:
             model = load_encoder(self.checkpoint)
         for vid, path in todo.items():

@@ -440,7 +440,8 @@ def test_fsm_supervised_finetune_under_ray_resumes_exactly(ray_cluster, features
                           ray_cluster)
     assert [j.get("error") for j in first["jobs"]] == [None] * 4 and first["features"][0]["extracted"] == 0
     after = features[1]._cache(vid).get(vid, os.path.getsize(videos[vid]))
-    assert first["features"][1]["extracted"] == 6 and "regions_mid" in after and "regions_mid" not in before
+    assert first["features"][1]["extracted"] == first["features"][1]["multiscale_added"] == 6
+    assert "regions_mid" in after and "regions_mid" not in before
     assert all(np.array_equal(before[k], after[k]) for k in before)           # the other heads' arrays as they were
     second = run_finetunes(cfg_for(export, corpus, cache, run, *common,
                                    f"sweep.variants={{resumed: [max_steps=4], e2e_resumed: [max_steps=4, {e2e}]}}"),
