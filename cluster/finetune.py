@@ -85,6 +85,8 @@ def extract_features(cfg: FinetuneConfig, ray, chunk: int = 64) -> dict:
     counts["extracted"] += sum(p["extracted"] for p in parts)
     counts["cached"] -= sum(p["extracted"] for p in parts)
     for p in parts:
+        if "multiscale_added" in p:
+            counts["multiscale_added"] = counts.get("multiscale_added", 0) + p["multiscale_added"]
         for reason, n in p["failed"].items():
             counts["failed"][reason] = counts["failed"].get(reason, 0) + n
     return counts
@@ -107,7 +109,8 @@ def run_finetunes(cfg: FinetuneConfig, ray=None) -> dict:
     ray = ray or init_ray(cfg.cluster.address)
     features = {}
     for job in jobs:  # one extraction per distinct feature set (heads may want regions)
-        key = json.dumps([to_dict(job)["features"], to_dict(job)["dataset"], job.checkpoint], sort_keys=True)
+        key = json.dumps([to_dict(job)["features"], to_dict(job)["dataset"], job.checkpoint, to_dict(job)["tubes"],
+                          job.head == "fsm" and job.fsm.multiscale], sort_keys=True)   # multi-scale: more arrays
         if key not in features:
             features[key] = extract_features(job, ray)
     c = cfg.cluster

@@ -113,6 +113,7 @@ class FsmConfig:
     w_sted: float = 10.0
     w_att: float = 1.0               # guided attention loss on the time self-attention
     w_mrcl: float = 1.0
+    multiscale: bool = False         # a second scale: the proposals over an earlier visual block (tubes.mid_layer)
 
 
 @dataclass
@@ -181,6 +182,7 @@ class OptimConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 1.0        # 1: constant LR after warmup
     grad_clip: float = 0.0           # 0: no clipping
+    encoder_lr: float = 0.0          # features.end_to_end: the encoder's lr (FSM paper: 1e-5 next to 5e-5); 0: lr
 
 
 @dataclass
@@ -268,9 +270,11 @@ def validate(cfg: FinetuneConfig) -> None:
                   f"datasets {STVG_DATASETS} take the STVG heads {STVG_HEADS}, the others the temporal ones)")
     if cfg.dataset.kind in STVG_DATASETS:
         cfg.tubes.validate()
-        if cfg.features.end_to_end or cfg.features.center:
-            raise err("features.end_to_end and features.center are not available for STVG datasets (region "
-                      "features are cached as they are)")
+        if cfg.features.center:
+            raise err("features.center is not available for STVG datasets (region features are cached as they are)")
+        if cfg.features.end_to_end and cfg.head != "fsm":
+            raise err(f"features.end_to_end on an STVG dataset is built for the fsm head only, not {cfg.head!r}: "
+                      "the other heads choose among tubes linked once from the cached region features")
     if cfg.tube_sim.temperature <= 0:
         raise err("tube_sim.temperature must be > 0")
     f = cfg.fsm
@@ -326,6 +330,7 @@ def validate(cfg: FinetuneConfig) -> None:
         raise err("features.fps must be > 0")
     o, f = cfg.optim, cfg.features
     cfglib.check_ranges(optimizer_ranges(o) + [
+        ("optim.encoder_lr", o.encoder_lr, o.encoder_lr >= 0, ">= 0"),
         ("features.batch_frames", f.batch_frames, f.batch_frames >= 1, ">= 1"),
         ("features.max_frames", f.max_frames, f.max_frames >= 0, ">= 0"),
         ("features.size", f.size, f.size >= 0, ">= 0"),
@@ -386,11 +391,13 @@ def train_settings(cfg: FinetuneConfig):
     from trainer.settings import TrainSettings
 
     o = cfg.optim
+    # end to end, the encoder (FinetuneModule.encoder) may learn at its own rate (the FSM paper's backbone 1e-5)
+    groups = (("encoder.", o.encoder_lr),) if cfg.features.end_to_end and o.encoder_lr > 0 else ()
     return TrainSettings(run=cfg.run, name="finetune", max_steps=cfg.max_steps, micro_batch=cfg.batch_size,
-                         deepspeed=cfg.deepspeed, optimizer="torch", lr=o.lr, weight_decay=o.weight_decay,
-                         betas=tuple(o.betas), eps=o.eps, warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio,
-                         grad_clip=o.grad_clip, precision="fp32", checkpoint_every=cfg.checkpoint_every,
-                         keep_last=cfg.keep_last, log_every=cfg.log_every)
+                         deepspeed=cfg.deepspeed, optimizer="torch", lr=o.lr, lr_groups=groups,
+                         weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps, warmup_steps=o.warmup_steps,
+                         min_lr_ratio=o.min_lr_ratio, grad_clip=o.grad_clip, precision="fp32",
+                         checkpoint_every=cfg.checkpoint_every, keep_last=cfg.keep_last, log_every=cfg.log_every)
 
 
 def load(path: str | None = None, overrides=()) -> FinetuneConfig:

@@ -1,5 +1,7 @@
 """STVG batches: a video's linked tubes (tubes.pipeline.VideoTubes) as a VideoBatch with its TubeGeometry, the
-raw sentences with their word spans, and, for a supervised head only, the rows' StvgTargets.
+raw sentences with their word spans, and, for a supervised head only, the rows' StvgTargets. End to end
+(features.end_to_end, FSM), the rows also carry their frames' pixels and the sentences' token ids: the module
+recomputes the region and word features with the live encoder.
 
 The Batcher of finetune/train.py draws the rows (the same seeded (seed, step) draw, so a resume needs no data
 state); this subclass only changes what a row holds. A weak finetune builds it without `truth`, and nothing in it
@@ -27,7 +29,8 @@ def tube_ids(vt) -> np.ndarray:
 
 def video_batch(videos: list, max_frames: int = 0, tubes: int = 1) -> VideoBatch:
     """Rows of VideoTubes (None: an all-padding row) padded to the longest (frames) and widest (regions); frames
-    evenly subsampled to at most max_frames (0: all)."""
+    evenly subsampled to at most max_frames (0: all). The multi-scale regions and the pixels come along when every
+    row has them."""
     real = [v for v in videos if v is not None]
     idx = [None if v is None else _subsample(len(v.proposals.frames), max_frames) for v in videos]
     t = max(len(i) for i in idx if i is not None)
@@ -35,7 +38,11 @@ def video_batch(videos: list, max_frames: int = 0, tubes: int = 1) -> VideoBatch
     d = real[0].regions.shape[-1]
     m = max([tubes] + [len(v.tubes) for v in real])
     b = len(videos)
+    multiscale = all(v.regions_mid is not None for v in real)
+    with_pixels = all(v.pixels is not None for v in real)
     frames = np.zeros((b, t, d), np.float32)
+    regions_mid = np.zeros((b, t, n, d), np.float32) if multiscale else None
+    pixels = np.zeros((b, t, *real[0].pixels.shape[1:]), np.uint8) if with_pixels else None
     mask = np.zeros((b, t), bool)
     regions = np.zeros((b, t, n, d), np.float32)
     rmask = np.zeros((b, t, n), bool)
@@ -53,6 +60,10 @@ def video_batch(videos: list, max_frames: int = 0, tubes: int = 1) -> VideoBatch
         p, k, w = v.proposals, len(i), v.proposals.valid.shape[1]
         frames[r, :k], mask[r, :k] = v.frames[i], True
         regions[r, :k, :w], rmask[r, :k, :w] = v.regions[i], p.valid[i]
+        if multiscale:
+            regions_mid[r, :k, :w] = v.regions_mid[i]
+        if with_pixels:   # with_pixels may have kept only the sampled frames already
+            pixels[r, :k] = v.pixels if len(v.pixels) == k else v.pixels[i]
         boxes[r, :k, :w], scores[r, :k, :w] = p.boxes[i], p.scores[i]
         frame_ids[r, :k], times[r, :k] = p.frames[i], p.frames[i] / p.fps
         ids[r, :k, :w] = np.where(p.valid[i], tube_ids(v)[i], -1)
@@ -60,7 +71,8 @@ def video_batch(videos: list, max_frames: int = 0, tubes: int = 1) -> VideoBatch
         fps[r], size[r] = p.fps, v.size
     T = torch.from_numpy
     geo = TubeGeometry(T(boxes), T(scores), T(frame_ids), T(times), T(ids), T(tmask), T(fps), T(size))
-    return VideoBatch(T(frames), T(mask), T(regions), T(rmask), geo)
+    opt = (lambda x: None if x is None else T(x))  # noqa: E731
+    return VideoBatch(T(frames), T(mask), T(regions), T(rmask), geo, opt(regions_mid), opt(pixels))
 
 
 def targets(truths: list, frame_ids: torch.Tensor) -> StvgTargets:
@@ -86,10 +98,11 @@ def text_batch(tf, sentences: list[str], tokenizer) -> TextBatch:
 class StvgBatcher(Batcher):
     """`videos`: {vid: VideoTubes}; `truth`: {sample key: TrainTruth}, given only for a supervised head."""
 
-    def __init__(self, cfg, samples, videos: dict, text_of, tokenizer, truth: dict | None = None):
+    def __init__(self, cfg, samples, videos: dict, text_of, tokenizer, truth: dict | None = None, tokenize=None):
         super().__init__(cfg, samples, videos, text_of)
         self.tokenizer = tokenizer
         self.truth = truth
+        self.encoder_tokenize = tokenize   # end to end: the module encodes these token ids with the live text tower
 
     def _pad(self, vids) -> VideoBatch:
         return video_batch([self.videos[v] if v is not None else None for v in vids], self.cfg.features.max_frames,
@@ -105,7 +118,8 @@ class StvgBatcher(Batcher):
             if missing:
                 raise KeyError(f"no training truth for sample(s) {missing[:3]}")
             tg = targets([self.truth[s.key] for s in samples], batch.video.geometry.frame_ids)
-        return TrainBatch(batch.video, text, batch.positive, batch.positive_gate, batch.groups, tg), samples, None
+        tokens = None if self.encoder_tokenize is None else self.encoder_tokenize(sentences)
+        return TrainBatch(batch.video, text, batch.positive, batch.positive_gate, batch.groups, tg), samples, tokens
 
 
 __all__ = ["StvgBatcher", "targets", "text_batch", "tube_ids", "video_batch"]

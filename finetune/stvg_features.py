@@ -29,6 +29,47 @@ def tokenizer_of(checkpoint: str):
     return open_clip.get_tokenizer(fsio.read_json(fsio.join(folder, "model_config.json"))["backbone"])
 
 
+def vision_depth(checkpoint: str) -> int:
+    """The export's visual transformer depth, from its config alone (no weights)."""
+    import open_clip
+
+    import pretrain.backbone  # noqa: F401 - registers the project's model configs with open_clip
+
+    folder = checkpoint.rstrip("/")
+    if folder.endswith(".pt"):
+        folder = folder.rsplit("/", 1)[0] if "/" in folder else "."
+    name = fsio.read_json(fsio.join(folder, "model_config.json"))["backbone"]
+    return int(open_clip.get_model_config(name)["vision_cfg"]["layers"])
+
+
+def mid_block(cfg) -> int:
+    """The earlier visual block whose region features this finetune reads (multi-scale, docs/fsm.md), 0 for none:
+    only the fsm head with fsm.multiscale asks; tubes.mid_layer names the block, 0 the middle one."""
+    if cfg.head != "fsm" or not cfg.fsm.multiscale:
+        return 0
+    depth = vision_depth(cfg.checkpoint)
+    block = cfg.tubes.mid_layer or max(1, depth // 2)
+    if not 1 <= block < depth:
+        raise UserError(f"tubes.mid_layer [{cfg.tubes.mid_layer}]: the export's image tower has {depth} blocks; "
+                        f"the earlier layer of fsm.multiscale is one of 1..{depth - 1}")
+    return block
+
+
+def with_pixels(videos: dict, paths: dict[str, str], image_size: int, max_frames: int = 0) -> dict:
+    """End to end: each VideoTubes with its video decoded once at its proposals' frames (uint8 crops, in memory);
+    with max_frames, only the frames a training batch samples (finetune.train._subsample, the same every step)."""
+    import dataclasses
+
+    from finetune.train import _subsample
+    from tubes.pipeline import video_pixels
+
+    out = {}
+    for vid, vt in videos.items():
+        pixels = video_pixels(vid, paths[vid], vt.proposals, image_size)[0]
+        out[vid] = dataclasses.replace(vt, pixels=pixels[_subsample(len(pixels), max_frames)])
+    return out
+
+
 def token_spans(tokenizer, sentence: str, k: int) -> list[tuple[int, int]]:
     """[start, end) characters of `sentence` for each of the first k word tokens (the rows of the word features,
     SOT excluded). A token the lower-cased text does not hold verbatim (the tokenizer's unicode clean-up) gets an
@@ -62,6 +103,8 @@ class StvgStore:
         self._cache_root = f.cache
         self.sources: dict = {}   # split -> proposal source, opened when a video of that split is first asked for
         self.caches: dict = {}
+        self.mid_layer = mid_block(cfg)   # > 0: the cache entries must hold that block's region features too
+        self.mid_only: set[str] = set()   # videos cached single-scale only: a miss for this multi-scale run
 
     def _source(self, split: str):
         from tubes.regions import RegionCache
@@ -100,8 +143,10 @@ class StvgStore:
             except _NoDetections:
                 out[vid] = path  # extract() counts it as failed
                 continue
-            if cached_tubes(vid, path, props, self.tube_cfg, self._cache(vid)) is None:
+            if cached_tubes(vid, path, props, self.tube_cfg, self._cache(vid), self.mid_layer) is None:
                 out[vid] = path
+                if self.mid_layer and cached_tubes(vid, path, props, self.tube_cfg, self._cache(vid)) is not None:
+                    self.mid_only.add(vid)
         return out
 
     def extract(self, videos: dict[str, str], model=None, batch_frames: int = 64) -> dict:
@@ -111,11 +156,17 @@ class StvgStore:
 
         todo = self.missing(videos)
         counts: dict = {"videos": len(videos), "cached": len(videos) - len(todo), "extracted": 0, "failed": {}}
+        if self.mid_layer:   # entries that had everything but the multi-scale array: it is added, the rest kept
+            counts["multiscale_added"] = len(self.mid_only & set(todo))
+            if counts["multiscale_added"]:
+                log.warning("%d cached videos lack the region features of visual block %d (fsm.multiscale): "
+                            "adding them", counts["multiscale_added"], self.mid_layer)
         if todo and model is None:
             model = load_encoder(self.checkpoint)
         for vid, path in todo.items():
             try:
-                video_tubes(model, vid, path, self._props(vid), None, None, self.tube_cfg, self._cache(vid))
+                video_tubes(model, vid, path, self._props(vid), None, None, self.tube_cfg, self._cache(vid),
+                            self.mid_layer)
             except Exception as e:  # noqa: BLE001 - a bad video is counted and skipped
                 reason = "no_detections" if isinstance(e, _NoDetections) else getattr(e, "reason", type(e).__name__)
                 counts["failed"][reason] = counts["failed"].get(reason, 0) + 1
@@ -135,7 +186,7 @@ class StvgStore:
                 props = self._props(vid)
             except _NoDetections:
                 continue
-            found = cached_tubes(vid, path, props, self.tube_cfg, self._cache(vid))
+            found = cached_tubes(vid, path, props, self.tube_cfg, self._cache(vid), self.mid_layer)
             if found is not None:
                 out[vid] = found
         return out
@@ -151,4 +202,4 @@ class StvgStore:
         return self.text_store.text(sentences)
 
 
-__all__ = ["StvgStore", "token_spans", "tokenizer_of"]
+__all__ = ["StvgStore", "mid_block", "token_spans", "tokenizer_of", "vision_depth", "with_pixels"]

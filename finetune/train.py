@@ -15,6 +15,7 @@ through finetune/heads, never through the trainer. Everything lands in the run f
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -65,10 +66,12 @@ def prepare(cfg: FinetuneConfig, adapter: Adapter | None = None, model=None) -> 
     adapter = adapter or build_adapter(cfg.dataset)
     store = feature_store(cfg)
     videos = {**train_videos(cfg, adapter), **adapter.videos("test")}
-    sentences = [] if cfg.features.end_to_end else sorted(
+    # end to end the module encodes the text itself; an STVG batch still takes the cached sentences' word spans
+    live_text = cfg.features.end_to_end and cfg.dataset.kind not in STVG_DATASETS
+    sentences = [] if live_text else sorted(
         {s.sentence for s in adapter.train_samples()} | {q.sentence for q in adapter.eval_queries()})
     todo = store.missing(videos)
-    if model is None and ((todo and not cfg.features.end_to_end) or store.missing_text(sentences)):
+    if model is None and ((todo and not live_text) or store.missing_text(sentences)):
         model = load_encoder(cfg.checkpoint)
     counts = store.extract(todo, model, cfg.features.batch_frames)
     counts.update(videos=len(videos), cached=len(videos) - len(todo))
@@ -173,16 +176,27 @@ class Batcher:
 
 
 class FinetuneModule(nn.Module):
-    """What DeepSpeed wraps: the head, and in end-to-end mode the encoder whose features feed it."""
+    """What DeepSpeed wraps: the head, and in end-to-end mode the encoder whose features feed it. An STVG batch
+    end to end carries its frames' pixels: region features are RoI-Aligned on the live patch grid (and on the grid
+    of visual block `mid_layer` for multi-scale), `roi_output` bins as the cache's."""
 
-    def __init__(self, head: GroundingHead, encoder: nn.Module | None = None):
+    def __init__(self, head: GroundingHead, encoder: nn.Module | None = None, roi_output: int = 2,
+                 mid_layer: int = 0):
         super().__init__()
         self.head = head
         self.encoder = encoder
+        self.roi_output, self.mid_layer = roi_output, mid_layer
 
     def encode_video(self, video: VideoBatch) -> VideoBatch:
         if self.encoder is None:
             return video
+        if video.pixels is not None and video.geometry is not None:
+            from tubes.regions import live_region_features
+
+            g, regions, mid = live_region_features(self.encoder, video.pixels, video.geometry.boxes,
+                                                   video.region_mask, video.geometry.size, self.roi_output,
+                                                   self.mid_layer)
+            return dataclasses.replace(video, frames=g, regions=regions, regions_mid=mid, pixels=None)
         g, _, _ = self.encoder.encode_frames(video.frames)   # uint8 pixels -> (B, T, d)
         return VideoBatch(g, video.mask)
 
@@ -192,9 +206,11 @@ class FinetuneModule(nn.Module):
             self.head.at_step(int(inputs["step"]))
         if self.encoder is not None:
             sentence, words, mask = self.encoder.encode_text(inputs["tokens"])
-            batch = TrainBatch(self.encode_video(batch.video), TextBatch(sentence, words, mask),
-                               None if batch.positive is None else self.encode_video(batch.positive),
-                               batch.positive_gate, batch.groups)
+            # the raw sentences, word spans and STVG targets stay; the features are the live encoder's
+            batch = dataclasses.replace(
+                batch, video=self.encode_video(batch.video),
+                text=dataclasses.replace(batch.text, sentence=sentence, words=words, word_mask=mask),
+                positive=None if batch.positive is None else self.encode_video(batch.positive))
         return self.head.loss(batch)
 
 
@@ -231,12 +247,34 @@ def _live_features(module: FinetuneModule, videos: dict[str, VideoFeatures], bat
             g, _ = encode_video(enc, f.pixels, batch, False)
             out[vid] = VideoFeatures(vid, g, f.times, f.duration)
 
+    return out, _live_text(enc)
+
+
+def _live_text(enc):
     def text_of(sentences):
         with torch.no_grad():
             g, w, m = enc.encode_text(enc.tokenize(list(sentences)))
         return TextFeatures(g.float().cpu().numpy(), w.float().cpu().numpy(), m.cpu().numpy())
 
-    return out, text_of
+    return text_of
+
+
+def _live_stvg_features(module: FinetuneModule, videos: dict, paths: dict[str, str], cfg: FinetuneConfig):
+    """End to end on an STVG dataset: each test video's region features (and multi-scale ones) recomputed with the
+    finetuned encoder, and a text encoder function. The linked tubes stay those of the cached features (only the
+    fsm head trains end to end, and it regresses boxes rather than choosing a tube)."""
+    from grounding.inference import CropGeometry
+    from tubes.pipeline import video_pixels
+    from tubes.regions import region_features
+
+    enc = module.encoder
+    out = {}
+    for vid, vt in videos.items():
+        frames, _ = video_pixels(vid, paths[vid], vt.proposals, enc.image_size)
+        regions, glob, *mid = region_features(enc, frames, vt.proposals, CropGeometry(*vt.size, enc.image_size),
+                                              cfg.tubes.roi_output, cfg.tubes.batch_frames, module.mid_layer)
+        out[vid] = dataclasses.replace(vt, regions=regions, frames=glob, regions_mid=mid[0] if mid else None)
+    return out, _live_text(enc)
 
 
 def _state_bytes(module: nn.Module) -> bytes:
@@ -285,8 +323,9 @@ def run(cfg: FinetuneConfig) -> dict:
     else:
         dim = next(iter(train_feats.values())).frames.shape[1]
         text_of = store.text
+    torch.manual_seed(cfg.seed)  # again: building the encoder drew random numbers; the head starts as on the cache
     head = build_head(cfg.head, dim, cfg)
-    module = FinetuneModule(head, encoder)
+    module = FinetuneModule(head, encoder, cfg.tubes.roi_output, getattr(store, "mid_layer", 0))
     table, table_counts = _read_table(cfg, samples)
     stvg = cfg.dataset.kind in STVG_DATASETS
     if stvg:  # the train truth is read only for a supervised head (finetune/datasets_stvg.py)
@@ -294,9 +333,15 @@ def run(cfg: FinetuneConfig) -> dict:
         from finetune.stvg_features import tokenizer_of
 
         tokenizer = tokenizer_of(cfg.checkpoint)
+        if encoder is not None:   # end to end: each training video decoded once, its crops kept in memory
+            from finetune.stvg_features import with_pixels
+
+            train_feats = with_pixels(train_feats, train_videos(cfg, adapter), encoder.image_size,
+                                      cfg.features.max_frames)
         # text from the sentence cache alone: nothing the batcher holds leads back to the adapter
         batcher = StvgBatcher(cfg, samples, train_feats, store.text_store.text, tokenizer,
-                              truth=adapter.train_truth() if head.supervised else None)
+                              truth=adapter.train_truth() if head.supervised else None,
+                              tokenize=None if encoder is None else encoder.tokenize)
     else:
         batcher = Batcher(cfg, samples, train_feats, text_of, table,
                           encoder.tokenize if encoder is not None else None,
@@ -318,7 +363,10 @@ def run(cfg: FinetuneConfig) -> dict:
                                                              "config": to_dict(cfg)[cfg.head]})
     if encoder is not None:
         fsio.write_bytes_atomic(fsio.join(cfg.run, "encoder.pt"), _state_bytes(encoder))
-        test_feats, text_of = _live_features(module, test_feats, cfg.features.batch_frames)
+        if stvg:
+            test_feats, text_of = _live_stvg_features(module, test_feats, adapter.videos("test"), cfg)
+        else:
+            test_feats, text_of = _live_features(module, test_feats, cfg.features.batch_frames)
 
     durations = {} if stvg else {v: f.duration for v, f in test_feats.items()}
     files = adapter.write_eval_files(fsio.join(cfg.run, "eval"), durations)

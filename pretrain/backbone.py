@@ -171,6 +171,32 @@ class Backbone(nn.Module):
             tokens = tokens @ proj
         return pooled, tokens
 
+    @property
+    def vision_layers(self) -> int:
+        return len(self.clip.visual.transformer.resblocks)
+
+    def encode_image_block(self, images: torch.Tensor, block: int
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """encode_image plus the patch tokens after visual block `block` (1-based, < the tower's depth), taken by
+        a forward hook on that block and mapped like the last layer's (the tower's ln_post, then visual.proj):
+        (CLS, patch tokens, block tokens), the last two (n, gh*gw, Dv)."""
+        if not 1 <= block < self.vision_layers:
+            raise ValueError(f"visual block {block}: the image tower has {self.vision_layers} blocks; an earlier "
+                             f"layer is one of 1..{self.vision_layers - 1}")
+        visual = self.clip.visual
+        seen: list[torch.Tensor] = []
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        hook = visual.transformer.resblocks[block - 1].register_forward_hook(
+            lambda _m, _i, out: seen.append(out if batch_first else out.transpose(0, 1)))
+        try:
+            pooled, tokens = self.encode_image(images)
+        finally:
+            hook.remove()
+        mid = visual.ln_post(seen[0])[:, 1:]       # the class token is the first (open_clip's ViT)
+        if visual.proj is not None:
+            mid = mid @ visual.proj
+        return pooled, tokens, mid
+
     def encode_text(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) ids -> EOT (B, Dt), all token features (B, L, Dt), through text_projection."""
         clip = self.clip

@@ -155,6 +155,18 @@ class GlobalLocalModel(nn.Module):
         cls, tokens = self._backbone_frames(images)
         return F.normalize(self.f(cls), dim=-1), F.normalize(self.f_local(tokens), dim=-1), self.grid
 
+    def encode_frames_block(self, frames: torch.Tensor, block: int):
+        """encode_frames plus f'(patch tokens of the earlier visual block `block`): (global, local, block local
+        (B, U, N, d), grid), the block's tokens through the same ln_post, proj and f' as the last layer's, so both
+        scales live in the word-region space."""
+        images = self._images(frames)
+        if images.dim() == 4:
+            images = images.unsqueeze(0)
+        b, u = images.shape[:2]
+        cls, tokens, mid = self.backbone.encode_image_block(images.flatten(0, 1), block)
+        local = (lambda x: F.normalize(self.f_local(x.view(b, u, x.shape[1], -1)), dim=-1))  # noqa: E731
+        return F.normalize(self.f(cls.view(b, u, -1)), dim=-1), local(tokens), local(mid), self.grid
+
     def _backbone_text(self, tokens: torch.Tensor):
         """EOT (B, Dt), word tokens (B, K, Dt) and mask (B, K): the tokens between SOT and EOT, at most K."""
         tokens = tokens.to(self.logit_scale.device)

@@ -418,19 +418,37 @@ def test_vcma_finetune_under_ray_writes_evaluator_output_and_resumes(ray_cluster
 
 def test_fsm_supervised_finetune_under_ray_resumes_exactly(ray_cluster, features, export, corpus, tmp_path):
     """The supervised FSM head on the train split's truth, as Ray tasks: one run stopped after step 2 and resumed
-    to step 4 logs the same per-step losses and ends with the same weights as one run straight to step 4."""
+    to step 4 logs the same per-step losses and ends with the same weights as one run straight to step 4; the same
+    for a pair finetuning the backbone end to end on multi-scale input (its own encoder lr), whose extraction adds
+    the earlier block's region features to the cache without touching what was there."""
     from cluster.finetune import run_finetunes
+    from finetune.datasets import build_adapter
+    from finetune.train import feature_store
 
     cache, run = features[0].features.cache, str(tmp_path / "run")
     common = ("head=fsm", "fsm.dim=16", "fsm.queries=3", "sweep.seeds=[0]")
+    e2e = "features.end_to_end=true, fsm.multiscale=true, optim.encoder_lr=0.00002"
+    videos = build_adapter(features[0].dataset).videos("test")
+    # the module's cache holds single-scale entries: a miss for a multi-scale run only
+    assert feature_store(cfg_for(export, corpus, cache, run, *common, "fsm.multiscale=true")).missing(videos) == videos
+    assert feature_store(cfg_for(export, corpus, cache, run, *common)).missing(videos) == {}
+    vid = sorted(videos)[0]
+    before = features[1]._cache(vid).get(vid, os.path.getsize(videos[vid]))
     first = run_finetunes(cfg_for(export, corpus, cache, run, *common,
-                                  "sweep.variants={resumed: [max_steps=2], straight: [max_steps=4]}"), ray_cluster)
-    assert [j.get("error") for j in first["jobs"]] == [None, None] and first["features"][0]["extracted"] == 0
-    second = run_finetunes(cfg_for(export, corpus, cache, run, *common, "sweep.variants={resumed: [max_steps=4]}"),
+                                  "sweep.variants={resumed: [max_steps=2], straight: [max_steps=4], "
+                                  f"e2e_resumed: [max_steps=2, {e2e}], e2e_straight: [max_steps=4, {e2e}]}}"),
+                          ray_cluster)
+    assert [j.get("error") for j in first["jobs"]] == [None] * 4 and first["features"][0]["extracted"] == 0
+    after = features[1]._cache(vid).get(vid, os.path.getsize(videos[vid]))
+    assert first["features"][1]["extracted"] == first["features"][1]["multiscale_added"] == 6
+    assert "regions_mid" in after and "regions_mid" not in before
+    assert all(np.array_equal(before[k], after[k]) for k in before)           # the other heads' arrays as they were
+    second = run_finetunes(cfg_for(export, corpus, cache, run, *common,
+                                   f"sweep.variants={{resumed: [max_steps=4], e2e_resumed: [max_steps=4, {e2e}]}}"),
                            ray_cluster)
-    assert [j.get("error") for j in second["jobs"]] == [None]
-    losses, heads = {}, {}
-    for job in [second["jobs"][0], first["jobs"][1]]:
+    assert [j.get("error") for j in second["jobs"]] == [None, None]
+    losses, heads, encoders = {}, {}, {}
+    for job in second["jobs"] + first["jobs"][1::2]:
         name = os.path.basename(job["run"])
         assert job["steps"] == 4 and job["head"] == "fsm"
         logs = sorted(glob.glob(os.path.join(job["run"], "logs", "*.jsonl")))
@@ -443,14 +461,30 @@ def test_fsm_supervised_finetune_under_ray_resumes_exactly(ray_cluster, features
         assert ev["benchmark"] == "vidstg" and {"m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5"} <= set(ev["metrics"])
         assert ev["counts"]["missing_predictions"] == 0
         heads[name] = torch.load(os.path.join(job["run"], "head.pt"))
-    resumed = [json.loads(x)["step"] for f in sorted(glob.glob(os.path.join(run, "resumed-seed0", "logs", "*.jsonl")))
-               for x in open(f) if x.strip() and "loss" in json.loads(x)]
-    assert resumed == [1, 2, 3, 4] and len(glob.glob(os.path.join(run, "resumed-seed0", "logs", "*.jsonl"))) == 2
-    assert losses["resumed-seed0"] == losses["straight-seed0"]                 # exactly, step by step
-    assert heads["resumed-seed0"].keys() == heads["straight-seed0"].keys()
-    assert all(torch.equal(heads["resumed-seed0"][k], heads["straight-seed0"][k]) for k in heads["straight-seed0"])
+        if name.startswith("e2e"):
+            encoders[name] = torch.load(os.path.join(job["run"], "encoder.pt"))
+    for pair in ("", "e2e_"):
+        resumed = [json.loads(x)["step"] for f in sorted(glob.glob(os.path.join(run, f"{pair}resumed-seed0", "logs",
+                                                                                 "*.jsonl")))
+                   for x in open(f) if x.strip() and "loss" in json.loads(x)]
+        assert resumed == [1, 2, 3, 4]
+        assert len(glob.glob(os.path.join(run, f"{pair}resumed-seed0", "logs", "*.jsonl"))) == 2
+        a, b = f"{pair}resumed-seed0", f"{pair}straight-seed0"
+        assert losses[a] == losses[b]                                             # exactly, step by step
+        assert heads[a].keys() == heads[b].keys()
+        assert all(torch.equal(heads[a][k], heads[b][k]) for k in heads[b])
+    assert "pv_mid.weight" in heads["e2e_straight-seed0"] and "pv_mid.weight" not in heads["straight-seed0"]
+    enc_a, enc_b = encoders["e2e_resumed-seed0"], encoders["e2e_straight-seed0"]
+    assert all(torch.equal(enc_a[k], enc_b[k]) for k in enc_b)
     from finetune.heads import build_head
+    from pretrain.model import load_model
 
+    start = load_model(export).state_dict()
+    conv = "backbone.clip.visual.conv1.weight"
+    assert not torch.equal(start[conv], enc_b[conv])                              # the backbone trained
+    state = torch.load(glob.glob(os.path.join(run, "e2e_straight-seed0", "checkpoints", "*",
+                                              "mp_rank_00_model_states.pt"))[0], weights_only=False)
+    assert sorted({g["lr"] for g in state["optimizer"]["param_groups"]}) == [0.00002, 0.0001]   # encoder, head
     torch.manual_seed(0)   # as finetune.train.run seeds the head's initial weights
     init = build_head("fsm", 32, cfg_for(export, corpus, cache, run, *common)).state_dict()
     assert not torch.equal(init["queries"], heads["straight-seed0"]["queries"])  # it trained

@@ -150,7 +150,7 @@ def test_loss_falls_and_tube_output_shapes():
     head = FsmHead(8, FsmConfig(dim=16, queries=3))
     opt = torch.optim.Adam(head.parameters(), 1e-2)
     first = None
-    for _ in range(40):
+    for _ in range(80):
         out = head.loss(batch)
         opt.zero_grad()
         out["loss"].backward()

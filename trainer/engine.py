@@ -91,14 +91,27 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, embeddings of scale (1-d tensors) and the logit temperature."""
-    decay, no_decay = [], []
+def param_groups(model: torch.nn.Module, weight_decay: float, lr_groups=()) -> list[dict]:
+    """No weight decay on biases, norms, embeddings of scale (1-d tensors) and the logit temperature. lr_groups:
+    (name prefix, lr) pairs; the parameters under a prefix form groups of their own with that lr (the others keep
+    the optimizer's lr); empty groups are left out."""
+    prefixes = [p for p, _ in lr_groups]
+    groups: dict = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or "logit_scale" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        which = next((i for i, pre in enumerate(prefixes) if name.startswith(pre)), -1)
+        groups.setdefault((which, p.ndim <= 1 or "logit_scale" in name), []).append(p)
+    out = []
+    for which in [-1] + list(range(len(prefixes))):
+        for plain in (False, True):
+            if which >= 0 and not groups.get((which, plain)):
+                continue
+            g = {"params": groups.get((which, plain), []), "weight_decay": 0.0 if plain else weight_decay}
+            if which >= 0:
+                g["lr"] = lr_groups[which][1]
+            out.append(g)
+    return out
 
 
 def build_engine(model: torch.nn.Module, s: TrainSettings, world: int, base: dict | None = None):
@@ -108,11 +121,11 @@ def build_engine(model: torch.nn.Module, s: TrainSettings, world: int, base: dic
     ds = ds_config(s, world, base=base)
     kwargs = {}
     if s.optimizer == "torch":
-        kwargs["optimizer"] = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.lr, betas=tuple(s.betas),
-                                                eps=s.eps)
+        kwargs["optimizer"] = torch.optim.AdamW(param_groups(model, s.weight_decay, s.lr_groups), lr=s.lr,
+                                                betas=tuple(s.betas), eps=s.eps)
         kwargs["model_parameters"] = None
     else:
-        kwargs["model_parameters"] = param_groups(model, s.weight_decay)
+        kwargs["model_parameters"] = param_groups(model, s.weight_decay, s.lr_groups)
 
     def schedule(optimizer):
         return torch.optim.lr_scheduler.LambdaLR(

@@ -16,6 +16,7 @@ class TrainSettings:
     grad_accum: int = 1
     optimizer: str = "torch"          # torch: AdamW handed to DeepSpeed; deepspeed: the file's optimizer
     lr: float = 1e-4
+    lr_groups: tuple = ()             # (parameter name prefix, lr) pairs: those parameters learn at that lr
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8

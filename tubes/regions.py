@@ -8,7 +8,9 @@ One roi_align call per chunk of frames, on the model's device.
 
 Cache (a file of its own beside the finetune feature store, keyed the same way):
     <cache>/<model key>/regions/<source name>/<video file name>.npz   regions (F, N, d) f16, frames (F, d) f16,
-                                                                       frame_ids, boxes, valid, source_bytes
+                                                                       frame_ids, size, roi_output, source_bytes;
+                                                                       multi-scale: regions_mid (F, N, d) f16 and
+                                                                       mid_layer (the earlier block, as asked)
 """
 from __future__ import annotations
 
@@ -40,32 +42,87 @@ def to_grid(boxes: np.ndarray, geometry: CropGeometry, grid: tuple[int, int]) ->
                      y2 * gh / geometry.size], -1)
 
 
+def crop_cells(boxes: torch.Tensor, size: torch.Tensor, image_size: int, grid: tuple[int, int]) -> torch.Tensor:
+    """to_grid in torch for a batch: boxes (B, ..., 4) source pixels, size (B, 2) the videos' width, height ->
+    grid cells of each video's crop (short side resized to image_size, centre crop)."""
+    lead = (slice(None),) + (None,) * (boxes.dim() - 2)
+    w, h = size[:, 0][lead], size[:, 1][lead]
+    scale = image_size / torch.minimum(w, h).clamp_min(1.0)
+    ox, oy = (w * scale - image_size) / 2, (h * scale - image_size) / 2
+    gh, gw = grid
+    return torch.stack([(boxes[..., 0] * scale - ox) * gw / image_size, (boxes[..., 1] * scale - oy) * gh / image_size,
+                        (boxes[..., 2] * scale - ox) * gw / image_size, (boxes[..., 3] * scale - oy) * gh / image_size],
+                       -1)
+
+
+def pool_regions(grid: torch.Tensor, cells: torch.Tensor, valid: torch.Tensor, output: int = 2) -> torch.Tensor:
+    """grid (F, D, gh, gw), cells (F, N, 4) in grid cells, valid (F, N) bool -> (F, N, D) region features,
+    L2-normalised, 0 at padding; differentiable (the end-to-end finetune calls it on the live grid)."""
+    fn, n = valid.shape
+    fi, ni = valid.nonzero(as_tuple=True)
+    out = grid.new_zeros(fn, n, grid.shape[1])
+    if len(fi):
+        rois = torch.cat([fi.to(grid.dtype)[:, None], cells[fi, ni].to(grid.dtype)], 1)
+        out = out.index_put((fi, ni), F.normalize(roi_pool(grid, rois, output), dim=-1))
+    return out
+
+
+def _as_grid(loc: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(..., gh*gw, d) tokens -> (n, d, gh, gw)."""
+    gh, gw = grid
+    return loc.reshape(-1, gh * gw, loc.shape[-1]).transpose(1, 2).reshape(-1, loc.shape[-1], gh, gw)
+
+
+def encode_grids(model, frames, block: int = 0):
+    """(global (..., d), local grid (n, d, gh, gw), grid of visual block `block` or None when 0) of uint8 crops
+    (..., S, S, 3) (numpy or torch), with gradients when the caller has them on."""
+    chunk = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+    x = model.preprocess_frames(chunk)
+    if block:
+        g, loc, mid, grid = model.encode_frames_block(x, block)
+        return g, _as_grid(loc, grid), _as_grid(mid, grid)
+    g, loc, grid = model.encode_frames(x)
+    return g, _as_grid(loc, grid), None
+
+
 @torch.no_grad()
-def encode_grid(model, frames: np.ndarray, batch: int = 64):
-    """(global (T, d), local grid (T, d, gh, gw)) on the model's device from (T, S, S, 3) uint8 crops."""
-    gs, ls = [], []
+def encode_grid(model, frames: np.ndarray, batch: int = 64, block: int = 0):
+    """(global (T, d), local grid (T, d, gh, gw)) on the model's device from (T, S, S, 3) uint8 crops; with
+    `block`, also the grid of that earlier visual block (a third item)."""
+    gs, ls, ms = [], [], []
     for i in range(0, len(frames), batch):
-        chunk = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch]))[None]
-        g, loc, (gh, gw) = model.encode_frames(model.preprocess_frames(chunk))
+        g, loc, mid = encode_grids(model, frames[i:i + batch][None], block)
         gs.append(g[0].float())
-        ls.append(loc[0].float().transpose(1, 2).reshape(loc.shape[1], -1, gh, gw))
-    return torch.cat(gs), torch.cat(ls)
+        ls.append(loc.float())
+        ms.append(None if mid is None else mid.float())
+    out = torch.cat(gs), torch.cat(ls)
+    return (*out, torch.cat(ms)) if block else out
 
 
 @torch.no_grad()
 def region_features(model, frames: np.ndarray, props: Proposals, geometry: CropGeometry, output: int = 2,
-                    batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+                    batch: int = 64, block: int = 0):
     """(regions (F, N, d) L2-normalised, 0 at padding; frame globals (F, d)) for frames (F, S, S, 3) aligned with
-    props.frames."""
-    glob, grid = encode_grid(model, frames, batch)
-    Fn, N = props.valid.shape
+    props.frames; with `block` (an earlier visual block), also the same proposals RoI-Aligned over that block's
+    grid (F, N, d) as a third item (the multi-scale input, docs/fsm.md)."""
+    glob, grid, *mid = encode_grid(model, frames, batch, block)
     cells = torch.from_numpy(to_grid(props.boxes, geometry, grid.shape[-2:]).astype(np.float32)).to(grid.device)
-    fi, ni = np.nonzero(props.valid)
-    out = torch.zeros(Fn, N, grid.shape[1], device=grid.device)
-    if len(fi):
-        rois = torch.cat([torch.from_numpy(fi).float().to(grid.device)[:, None], cells[fi, ni]], 1)
-        out[fi, ni] = F.normalize(roi_pool(grid, rois, output), dim=-1)
-    return out.cpu().numpy(), glob.cpu().numpy()
+    valid = torch.from_numpy(props.valid).to(grid.device)
+    regions = [pool_regions(g, cells, valid, output).cpu().numpy() for g in [grid, *mid]]
+    return (regions[0], glob.cpu().numpy(), *regions[1:])
+
+
+def live_region_features(model, pixels: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor, size: torch.Tensor,
+                         output: int = 2, block: int = 0):
+    """region_features of a batch, differentiable (the end-to-end finetune): pixels (B, T, S, S, 3) uint8 crops,
+    boxes (B, T, N, 4) source pixels, valid (B, T, N), size (B, 2) -> (globals (B, T, d), regions (B, T, N, d),
+    block regions (B, T, N, d) or None)."""
+    b, t, n = valid.shape
+    glob, grid, mid = encode_grids(model, pixels, block)
+    cells = crop_cells(boxes, size, model.image_size, tuple(grid.shape[-2:])).reshape(b * t, n, 4)
+    flat = valid.reshape(b * t, n)
+    pool = (lambda g: pool_regions(g, cells, flat, output).view(b, t, n, -1))  # noqa: E731
+    return glob, pool(grid), None if mid is None else pool(mid)
 
 
 def frames_for(decoded: np.ndarray, times: np.ndarray, fps: float, wanted: np.ndarray) -> np.ndarray:

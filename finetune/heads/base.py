@@ -29,11 +29,13 @@ class VideoBatch:
     regions: torch.Tensor | None = None        # (B, T, N, d) region / tube features
     region_mask: torch.Tensor | None = None    # (B, T, N) bool
     geometry: TubeGeometry | None = None       # STVG: the regions' boxes, frame ids and times, tube ids
+    regions_mid: torch.Tensor | None = None    # (B, T, N, d) STVG multi-scale: the regions over an earlier block
+    pixels: torch.Tensor | None = None         # (B, T, S, S, 3) uint8 crops: STVG end to end (the module encodes)
 
     def to(self, device) -> "VideoBatch":
         move = (lambda x: None if x is None else x.to(device))
         return VideoBatch(move(self.frames), move(self.mask), move(self.regions), move(self.region_mask),
-                          move(self.geometry))
+                          move(self.geometry), move(self.regions_mid), move(self.pixels))
 
 
 @dataclass

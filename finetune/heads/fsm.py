@@ -5,7 +5,9 @@ KL start/end and guided attention losses (Eq. 11), inference by Eqs. 12-13 with 
 
 Visual tokens per frame are the cached region features (B, T, N, d) of the proposals, each with an embedding of
 its box (the tokens' position, as DETR's memory carries one) and each frame with a sinusoidal embedding of its time
-in seconds; multi-scale patch tokens and backbone finetuning are not implemented (docs/fsm.md says why).
+in seconds. Multi-scale (fsm.multiscale): each proposal also has its region feature over an earlier visual block,
+projected to d on its own and summed into the proposal's token; backbone finetuning (features.end_to_end) feeds
+the same inputs computed by the live encoder (finetune/train.py). docs/fsm.md says why and how.
 """
 from __future__ import annotations
 
@@ -187,6 +189,10 @@ class FsmHead(GroundingHead):
         self.cfg = cfg
         d = cfg.dim
         self.pv, self.pt = nn.Linear(dim, d), nn.Linear(dim, d)
+        # multi-scale: the earlier block's region features get their own projection to d (the paper projects each
+        # level), drawn from a forked generator so every other weight starts as the single-scale head's
+        with torch.random.fork_rng(devices=[]):
+            self.pv_mid = nn.Linear(dim, d) if cfg.multiscale else None
         self.box_pos = nn.Sequential(nn.Linear(4, d), nn.ReLU(), nn.Linear(d, d))  # region box -> token position
         self.ffn_c, self.ffn_s, self.ffn_g, self.ffn_a = _ffn(d), _ffn(d), _ffn(d), _ffn(d)
         self.gamma = nn.Parameter(torch.zeros(cfg.max_frames))               # alpha_t = 1 at start
@@ -211,6 +217,12 @@ class FsmHead(GroundingHead):
         b, t, n, _ = video.regions.shape
         geo = video.geometry
         x = self.pv(video.regions)
+        if self.pv_mid is not None:
+            # both scales pool the same box: one token per proposal, the sum of the projected scales (= a
+            # projection of their channel concatenation, Eq. 14's X_t per box); Eq. 9's anchor reads these tokens
+            if video.regions_mid is None:
+                raise ValueError("fsm.multiscale: the batch carries no regions_mid (the earlier block's features)")
+            x = x + self.pv_mid(video.regions_mid)
         if self.cfg.positions:
             wh = geo.size[:, None, None, :].repeat(1, 1, 1, 2).clamp_min(1.0)
             x = x + self.box_pos(geo.boxes / wh)
