@@ -2,7 +2,8 @@
 
     python benchmarks/temporal_decomposition.py --checkpoint runs/demo/pretrain/export --test runs/demo/corpus/test \
         [--shards runs/demo/shards --config configs/pretrain/demo.yaml] [--smooth 1,3,5] \
-        [--calibrate runs/demo/corpus/train --calibrate-videos 100] [inference.key=value ...]
+        [--calibrate runs/demo/corpus/train --calibrate-videos 100] [--calibrate-box runs/demo/corpus/train] \
+        [inference.key=value ...]
 
 Prints one JSON object:
 - `frames`: per-frame action accuracy on the annotated seconds (argmax over the video's actions, no background),
@@ -12,6 +13,9 @@ Prints one JSON object:
   costs), (d) both true (the protocol's ceiling, ~100).
 - `calibration` (with --calibrate): tau chosen on the *train* split's hidden truth (grounding.inference.
   calibrate_tau: the per-frame accuracy with background, maximised), then used for every tau-dependent figure.
+- `box_calibration` (with --calibrate-box): inference.box_threshold chosen on the *train* split's hidden boxes
+  (grounding.inference.calibrate_box_threshold: mean IoU of the heatmap boxes of the true step), then used for
+  every box of the run.
 - `background`: with the inference tau, the share of background seconds predicted as background and of action
   seconds predicted as background.
 - `batches` (with --shards): in the batches the training loader yields with the config's data settings, the share
@@ -162,6 +166,32 @@ def calibrate(model, split: str, cfg, videos: int) -> dict:
     return {"split": split, "videos": len(scores), "tau": round(tau, 4), "train_frame_acc_with_bg": round(100 * acc, 2)}
 
 
+def calibrate_boxes(model, split: str, videos: int) -> dict:
+    """inference.box_threshold chosen on the split's hidden boxes: heatmaps of each annotated second's true step
+    (grounding.inference.calibrate_box_threshold, mean box IoU maximised)."""
+    from grounding.inference import calibrate_box_threshold, spatial_heatmaps
+    from grounding.predict import decode
+    from grounding.readers.groundingyoutube import read_groundingyoutube
+
+    truth = read_groundingyoutube(split)
+    heats, geoms, boxes = [], [], []
+    for vid, v in sorted(truth.items())[:videos]:
+        clip = decode(vid, os.path.join(split, "videos", f"{vid}.mp4"), 1.0, model.image_size)
+        by_step: dict = {}
+        for i, t in enumerate(np.rint(clip.times).astype(int)):
+            if int(t) in v.boxes:
+                step, box = v.boxes[int(t)]
+                by_step.setdefault(step, []).append((i, box))
+        for step, items in by_step.items():
+            for (_, box), h in zip(items, spatial_heatmaps(model, clip.frames[[i for i, _ in items]], step)):
+                heats.append(h)
+                geoms.append(clip.geometry)
+                boxes.append(box)
+    thr, iou = calibrate_box_threshold(heats, geoms, boxes)
+    return {"split": split, "videos": min(videos, len(truth)), "frames": len(heats), "box_threshold": thr,
+            "train_mean_box_iou": round(100 * iou, 2)}
+
+
 def batch_composition(shards: str, config: str, overrides: list[str], batches: int = 50) -> dict:
     """Share of in-batch negatives from the clip's own video, in the batches the training loader yields."""
     from common import config as C
@@ -197,6 +227,7 @@ def main() -> int:
     p.add_argument("--smooth", default="1,3,5")
     p.add_argument("--calibrate", help="train split folder whose hidden truth picks tau")
     p.add_argument("--calibrate-videos", type=int, default=100)
+    p.add_argument("--calibrate-box", help="train split folder whose hidden boxes pick inference.box_threshold")
     p.add_argument("overrides", nargs="*", help="InferenceConfig key=value (tau, normalize, smooth, ...)")
     args = p.parse_args()
     cfg = C.load(InferenceConfig, None, [o.removeprefix("inference.") for o in args.overrides])
@@ -207,6 +238,9 @@ def main() -> int:
             raise SystemExit("error: --calibrate picks tau for inference.smooth=1 only")
         out["calibration"] = calibrate(model, args.calibrate, cfg, args.calibrate_videos)
         cfg.tau = out["calibration"]["tau"]
+    if args.calibrate_box:
+        out["box_calibration"] = calibrate_boxes(model, args.calibrate_box, args.calibrate_videos)
+        cfg.box_threshold = out["box_calibration"]["box_threshold"]
     out.update(run(model, args.test, cfg, [int(w) for w in args.smooth.split(",")]))
     if args.shards:
         out["batches"] = batch_composition(args.shards, args.config, args.data)

@@ -150,17 +150,37 @@ def _evaluate(annotations: str, predictions: str) -> dict:
     return G.in_percent(G.evaluate("groundingyoutube", annotations, predictions)[0])
 
 
+def score(model, test: str, pdir: str, name: str, tau: float = 0.0) -> dict:
+    """One model on one test split as the demo scores it: grounding over each video's pool, evaluated with the
+    GroundingYouTube protocol (percent), plus pointing with the true step as the query. Writes the predictions to
+    pdir/<name>.json and pdir/<name>-pointing.json."""
+    from grounding.predict import PredictConfig, list_videos, predict_videos, read_pools
+    from grounding.readers.groundingyoutube import read_groundingyoutube
+
+    truth = read_groundingyoutube(test)
+    truth_steps = {vid: {t: step for t, (step, _) in v.boxes.items()} for vid, v in truth.items()}
+    videos = list_videos([test])
+    pools, _ = read_pools(None, [test])
+    pcfg = PredictConfig()
+    pcfg.inference.tau = tau
+    preds, _ = predict_videos(model, videos, pools, None, pcfg)
+    path = os.path.join(pdir, f"{name}.json")
+    json.dump(preds, open(path, "w"))
+    row = _evaluate(test, path)
+    points, _ = predict_videos(model, videos, None, None, pcfg, truth_steps)
+    ppath = os.path.join(pdir, f"{name}-pointing.json")
+    json.dump(points, open(ppath, "w"))
+    row["pointing_game"] = _evaluate(test, ppath)["pointing_game"]
+    return row
+
+
 def evaluate(cfg: DemoConfig, corpus_dir: str, models: dict[str, str]) -> dict:
     from grounding.baselines import random_segments
-    from grounding.predict import PredictConfig, list_videos, predict_videos, read_pools
     from grounding.readers.groundingyoutube import read_groundingyoutube
     from pretrain import load_model
 
     test = os.path.join(corpus_dir, "test")
     truth = read_groundingyoutube(test)
-    truth_steps = {vid: {t: step for t, (step, _) in v.boxes.items()} for vid, v in truth.items()}
-    videos = list_videos([test])
-    pools, _ = read_pools(None, [test])
     pdir = os.path.join(cfg.out, "predictions")
     os.makedirs(pdir, exist_ok=True)
     table: dict[str, dict] = {}
@@ -171,18 +191,7 @@ def evaluate(cfg: DemoConfig, corpus_dir: str, models: dict[str, str]) -> dict:
         chance.append(_evaluate(test, path))
     table["chance (random segments)"] = {k: round(sum(c[k] for c in chance) / len(chance), 2) for k in chance[0]}
     for name, export in models.items():
-        model = load_model(export)
-        pcfg = PredictConfig()
-        pcfg.inference.tau = cfg.tau
-        preds, _ = predict_videos(model, videos, pools, None, pcfg)
-        path = os.path.join(pdir, f"{name}.json")
-        json.dump(preds, open(path, "w"))
-        row = _evaluate(test, path)
-        points, _ = predict_videos(model, videos, None, None, pcfg, truth_steps)
-        ppath = os.path.join(pdir, f"{name}-pointing.json")
-        json.dump(points, open(ppath, "w"))
-        row["pointing_game"] = _evaluate(test, ppath)["pointing_game"]
-        table[name] = row
+        table[name] = score(load_model(export), test, pdir, name, cfg.tau)
     return table
 
 

@@ -221,6 +221,22 @@ def calibrate_tau(scores: list[np.ndarray], truth: list[np.ndarray], cfg: Infere
     return float(candidates[i]), hits[i] / max(1, len(allbest))
 
 
+def calibrate_box_threshold(heats: list[np.ndarray], geometries: list, boxes: list,
+                            candidates: tuple = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)) -> tuple[float, float]:
+    """(box_threshold, mean IoU): the threshold whose heatmap boxes (locate) best overlap the true boxes, over
+    frames given as heatmaps (gh, gw) with their crop geometry and true box (x1, y1, x2, y2, source pixels). Meant
+    for the train split's hidden boxes of the true step (never the test split's): decoding, not training."""
+    from grounding.metrics.boxes import box_iou_aligned
+
+    truth = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    means = []
+    for thr in candidates:
+        pred = np.asarray([locate(h, g, thr)[1] for h, g in zip(heats, geometries)], dtype=np.float64).reshape(-1, 4)
+        means.append(float(box_iou_aligned(pred, truth).mean()) if len(truth) else 0.0)
+    i = int(np.argmax(means))
+    return float(candidates[i]), means[i]
+
+
 def segments_from_labels(labels: np.ndarray, times: np.ndarray, step_s: float, min_len: int = 1
                          ) -> list[tuple[int, float, float]]:
     """Runs of equal non-background labels -> (label, start_s, end_s); end is the last frame's time + step."""

@@ -111,6 +111,26 @@ def contrastive(video: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | f
     return 0.5 * (v2t + t2v)
 
 
+def frame_max_contrastive(frames: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float, margin: float,
+                          gather: bool = True, hard_text: torch.Tensor | None = None,
+                          hard_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`contrastive` with each (clip, caption) pair scored by the clip's best frame: max_t <frames[i, t], text[j]>
+    on frames (B, T, d) and text (B, d), both L2-normalised (model.frame_pool=max). Inference scores single frames;
+    with the mean of T frames a caption's gradient lifts every frame of the window alike, the scene's objects
+    included, while the best frame is the one that shows what the caption says."""
+    rank, size = world() if gather else (0, 1)
+    all_frames = gather_with_grad(frames) if size > 1 else frames
+    all_text = gather_with_grad(text) if size > 1 else text
+    targets = torch.arange(frames.shape[0], device=frames.device) + rank * frames.shape[0]
+    logits = torch.einsum("itd,jd->ijt", frames, all_text).amax(-1)
+    if hard_text is not None:
+        hard = torch.einsum("itd,id->it", frames, hard_text).amax(-1, keepdim=True)
+        logits = torch.cat([logits, hard.masked_fill(~hard_mask.view(-1, 1).bool(), -1e4)], dim=1)
+    v2t = nce(logits, targets, margin, scale)
+    t2v = nce(torch.einsum("id,jtd->ijt", text, all_frames).amax(-1), targets, margin, scale)
+    return 0.5 * (v2t + t2v)
+
+
 def imposter_pairs(batch: int, imposters: int) -> list[int]:
     """Shifts s of the pairs (clip i, caption i + s mod B): 0 is the positive, then the imposters."""
     return list(range(0, min(imposters, batch - 1) + 1))

@@ -276,6 +276,9 @@ class GlobalLocalModel(nn.Module):
                 scale, cfg.margin, None if ids is None else torch.as_tensor(ids, device=images.device),
                 None if spans is None else torch.as_tensor(spans, device=images.device, dtype=video.dtype),
                 cfg.mil_shift, cfg.gather, hard_text, hard_mask)
+        elif cfg.loss_global and cfg.frame_pool == "max":
+            loss_global = losses.frame_max_contrastive(F.normalize(self.f(cls), dim=-1), text, scale, cfg.margin,
+                                                       cfg.gather, hard_text, hard_mask)
         elif cfg.loss_global:
             loss_global = losses.contrastive(video, text, scale, cfg.margin, cfg.gather, hard_text, hard_mask)
         if cfg.loss_local:

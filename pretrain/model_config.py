@@ -52,6 +52,9 @@ class ModelConfig:
                                       # extra positives (losses.mil_contrastive); 0: Eq. 1 as printed
     mil_shift: float = 2.0            # seconds between ASR spans that still count as neighbours (the narration's
                                       # shift against the action, the synthetic corpus's asr_shift)
+    frame_pool: str = "mean"          # how L_global scores a (clip, caption) pair from the T selected frames: mean
+                                      # (the paper: the mean frame feature) | max (its best frame's cosine, the
+                                      # per-frame score inference uses; losses.frame_max_contrastive)
 
     def __post_init__(self) -> None:
         if self.freeze not in FREEZE_MODES:
@@ -80,6 +83,10 @@ class ModelConfig:
             raise ConfigError("model temperatures must be > 0")
         if self.pseudo_positive_weight < 0:
             raise ConfigError(f"model.pseudo_positive_weight must be >= 0, got {self.pseudo_positive_weight}")
+        if self.frame_pool not in ("mean", "max"):
+            raise ConfigError(f"model.frame_pool must be mean|max, got {self.frame_pool!r}")
+        if self.frame_pool == "max" and self.mil_windows > 0:
+            raise ConfigError("model.frame_pool=max is not built for MIL-NCE (model.mil_windows > 0)")
         if self.mil_windows < 0 or self.mil_shift < 0:
             raise ConfigError(f"model.mil_windows and model.mil_shift must be >= 0, got {self.mil_windows}, "
                               f"{self.mil_shift}")

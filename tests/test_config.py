@@ -111,3 +111,20 @@ def test_every_entry_point_help_exits_0_and_lists_its_fields(module, capsys):
     assert out.startswith("usage:")
     if ENTRY_POINTS[module]:
         assert any(line.strip().startswith(ENTRY_POINTS[module]) for line in out.splitlines()), out[-2000:]
+
+
+def test_demo64_config_parses_and_its_shards_fit_its_model():
+    """configs/demo64.yaml (docs/pretraining.md, third round) loads as the demo's config, its pretraining file as
+    the demo passes it, and the shard size is the backbone's input size (a mismatch would fail after sharding)."""
+    import json
+    import os
+
+    from cluster.demo import DemoConfig
+    from pretrain.config import load
+
+    demo = C.load(DemoConfig, os.path.join(ROOT, "configs", "demo64.yaml"), [])
+    pcfg = load(os.path.join(ROOT, demo.pretrain), ["run=r", "data.shards=s", f"model.frames_in={demo.window_frames}"])
+    vision = json.load(open(os.path.join(ROOT, "pretrain", "model_configs", f"{pcfg.model.backbone}.json")))
+    assert demo.size == vision["vision_cfg"]["image_size"] == 64
+    assert pcfg.max_steps > C.load(PretrainConfig, os.path.join(ROOT, "configs", "pretrain", "demo.yaml")).max_steps
+    assert pcfg.data.micro_batch % pcfg.data.clips_per_video == 0

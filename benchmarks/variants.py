@@ -1,0 +1,170 @@
+"""The same model on other synthetic variants: does what it learnt hold beyond the corpus it was trained on?
+
+    python benchmarks/variants.py --export runs/demo/pretrain/export --test runs/demo/corpus/test \
+        [--out runs/variants] [--videos 40] [--only seed longer more_objects smaller_objects] [--tau 0]
+
+Issue 18's last target: "the same model on other synthetic variants (another seed, longer videos, more objects,
+smaller objects; generate them with the generator's own knobs) within 10% of the in-distribution figures". Each
+variant is the in-distribution corpus's own generator config (the `config.yaml` that `shards.synthetic` echoes next
+to the test split) with one thing changed, and only its test split is generated (`--videos` videos, under --out):
+
+  seed             seed + 1: other scenes and timelines from the same distribution
+  longer           min_seconds and max_seconds doubled: the same kind of steps, twice the background around them
+  more_objects     every scene holds the most objects the vocabulary allows (min = max = min(nouns, colours))
+  smaller_objects  object sizes x 0.6 (at the demo's 32 px input a default object is ~8 px, a small one ~5 px)
+
+Every split (the in-distribution one included, so the ratios compare like with like) is scored as `make demo`
+scores its test split (cluster.demo.score: grounding.predict over each video's pool, `grounding.evaluate
+groundingyoutube`, pointing with the true step as the query). Prints ONE JSON object: each split's figures, each
+variant's ratio to the in-distribution figure, and `within_10pct` (|ratio - 1| <= 0.10; a ratio is null where the
+in-distribution figure is 0). `action_x_chance` is the per-frame action accuracy over its pool chance, the fair
+comparison where a variant changes the pools. Bad input: one `error:` line, exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from common import cli  # noqa: E402
+from common.errors import UserError  # noqa: E402
+
+VARIANTS = ("seed", "longer", "more_objects", "smaller_objects")
+# the figures compared (percent, GroundingYouTube protocol and the per-frame action metrics of issue 18)
+METRICS = ("action_acc", "action_acc_verb", "action_acc_object", "action_x_chance", "pointing_game", "mAP@0.3",
+           "mAP@0.5", "mAP@0.1:0.5", "IoU+Point")
+TOLERANCE = 0.10
+
+
+def variant_overrides(name: str, base) -> dict:
+    """The generator knobs that make variant `name` from the in-distribution config `base` (a SyntheticConfig)."""
+    if name == "seed":
+        return {"seed": base.seed + 1}
+    if name == "longer":
+        return {"min_seconds": 2 * base.min_seconds, "max_seconds": 2 * base.max_seconds}
+    if name == "more_objects":
+        most = min(base.nouns, base.colours)
+        if base.min_objects >= most:
+            raise UserError(f"more_objects: the corpus already has {base.min_objects} objects per scene, the most "
+                            f"its vocabulary allows (min(nouns, colours) = {most})")
+        return {"min_objects": most, "max_objects": most}
+    if name == "smaller_objects":
+        return {"min_object_size": round(max(0.05, 0.6 * base.min_object_size), 3),
+                "max_object_size": round(max(0.05, 0.6 * base.max_object_size), 3)}
+    raise UserError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+
+
+def ratios(base: dict, row: dict, tolerance: float = TOLERANCE) -> dict:
+    """{metric: {"ratio", "within_10pct"}} of a variant's row against the in-distribution row; ratio None (and
+    within None) where the in-distribution figure is 0 or either figure is missing."""
+    out = {}
+    for k in METRICS:
+        b, v = base.get(k), row.get(k)
+        if b is None or v is None or b == 0:
+            out[k] = {"ratio": None, "within_10pct": None}
+            continue
+        r = v / b
+        out[k] = {"ratio": round(r, 4), "within_10pct": bool(abs(r - 1.0) <= tolerance + 1e-12)}
+    return out
+
+
+def with_chance_ratio(row: dict) -> dict:
+    if row.get("action_chance"):
+        row["action_x_chance"] = round(row["action_acc"] / row["action_chance"], 4)
+    return row
+
+
+def load_base_config(test: str):
+    from common import config as C
+    from shards.synthetic import SyntheticConfig
+
+    echo = os.path.join(os.path.dirname(os.path.abspath(test.rstrip("/"))), "config.yaml")
+    if not os.path.isfile(echo):
+        raise UserError(f"no generator config next to the test split: {echo} (shards.synthetic writes it; "
+                        "the variants are that config with one knob changed)")
+    return C.load(SyntheticConfig, echo, [])
+
+
+def check_inputs(export: str, test: str) -> None:
+    if not os.path.isfile(os.path.join(export, "model.pt")):
+        raise UserError(f"--export {export}: no model.pt (an export folder of pretraining is needed)")
+    for f in ("videos", os.path.join("truth", "ground_seg.json")):
+        if not os.path.exists(os.path.join(test, f)):
+            raise UserError(f"--test {test}: not a synthetic test split (no {f})")
+
+
+def generate_variant(base, name: str, out: str, videos: int) -> tuple[str, dict]:
+    """Write (or reuse, when complete) the variant's test split under out/name; returns (split dir, knobs)."""
+    import dataclasses
+
+    from shards.synthetic import generate
+
+    knobs = variant_overrides(name, base)
+    cfg = dataclasses.replace(base, **knobs, out=os.path.join(out, name), n_train=0, n_test=videos,
+                              workers=min(2, max(1, videos)))
+    split = os.path.join(cfg.out, "test")
+    done = os.path.join(cfg.out, "corpus.json")
+    if not (os.path.exists(done) and json.load(open(done)).get("config", {}).get("n_test") == videos
+            and all(json.load(open(done))["config"].get(k) == v for k, v in knobs.items())):
+        generate(cfg.validate())
+    return split, knobs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--export", required=True, help="pretraining export folder (model.pt)")
+    p.add_argument("--test", required=True, help="the in-distribution test split (its corpus' config.yaml is the base)")
+    p.add_argument("--out", default="runs/variants", help="where the variants' test splits and predictions go")
+    p.add_argument("--videos", type=int, default=40, help="test videos per variant")
+    p.add_argument("--only", nargs="+", default=list(VARIANTS), help=f"variants to run (of {', '.join(VARIANTS)})")
+    p.add_argument("--tau", type=float, default=0.0, help="background threshold, as the demo's (DemoConfig.tau)")
+    args = p.parse_args(argv)
+    if args.videos < 1:
+        raise UserError(f"--videos must be >= 1, got {args.videos}")
+    unknown = [v for v in args.only if v not in VARIANTS]
+    if unknown:
+        raise UserError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    check_inputs(args.export, args.test)
+    base = load_base_config(args.test)
+    for name in args.only:
+        variant_overrides(name, base)  # a variant the base cannot make fails before anything is generated
+
+    from cluster.demo import score
+    from pretrain import load_model
+
+    model = load_model(args.export)
+    t0 = time.time()
+    pdir = os.path.join(args.out, "predictions")
+    os.makedirs(pdir, exist_ok=True)
+    splits = {"in_distribution": {"test": os.path.abspath(args.test), "knobs": {}}}
+    rows = {"in_distribution": with_chance_ratio(score(model, args.test, pdir, "in_distribution", args.tau))}
+    seconds = {"in_distribution": round(time.time() - t0, 1)}
+    for name in args.only:
+        t = time.time()
+        split, knobs = generate_variant(base, name, args.out, args.videos)
+        rows[name] = with_chance_ratio(score(model, split, pdir, name, args.tau))
+        splits[name] = {"test": os.path.abspath(split), "knobs": knobs}
+        seconds[name] = round(time.time() - t, 1)
+    report = {name: {"ratio": ratios(rows["in_distribution"], rows[name])} for name in args.only}
+    outside = sorted({f"{n}:{k}" for n in args.only for k, r in report[n]["ratio"].items()
+                      if r["within_10pct"] is False})
+    print(json.dumps({
+        "benchmark": "variants", "export": os.path.abspath(args.export), "videos_per_variant": args.videos,
+        "tau": args.tau, "tolerance": TOLERANCE, "splits": splits,
+        "figures": {n: {k: round(v, 2) for k, v in r.items()} for n, r in rows.items()},
+        "ratios": {n: {k: r["ratio"] for k, r in report[n]["ratio"].items()} for n in args.only},
+        "within_10pct": {n: {k: r["within_10pct"] for k, r in report[n]["ratio"].items()} for n in args.only},
+        "all_within_10pct": not outside, "outside_10pct": outside,
+        "undefined": sorted(f"{n}:{k}" for n in args.only for k, r in report[n]["ratio"].items()
+                            if r["within_10pct"] is None),
+        "seconds": seconds}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,24 @@
+"""grounding.inference.calibrate_box_threshold on hand-made heatmaps: the threshold whose boxes best overlap."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from grounding.inference import CropGeometry, calibrate_box_threshold
+
+
+def test_box_threshold_maximises_mean_iou_by_hand():
+    geom = CropGeometry(4, 4, 4)                      # crop = source: cell (r, c) is the pixel square [c, c+1) x [r, r+1)
+    heat = np.full((4, 4), 0.1)
+    heat[1, 1] = 1.0
+    heat[1, 2] = heat[2, 1] = heat[2, 2] = 0.6        # the object: rows 1-2, cols 1-2
+    box = (1.0, 1.0, 3.0, 3.0)
+    # 0.05: every cell, IoU 4/16; 0.5: the 2x2 object, IoU 1; 0.7: the peak cell alone, IoU 1/4
+    thr, iou = calibrate_box_threshold([heat], [geom], [box], candidates=(0.05, 0.5, 0.7))
+    assert (thr, iou) == (0.5, pytest.approx(1.0))
+    # a second frame whose object is the whole grid: 0.05 gives (0.25 + 1) / 2, 0.5 gives (1 + 1/16) / 2
+    flat = np.full((4, 4), 0.2)
+    flat[0, 0] = 1.0
+    thr, iou = calibrate_box_threshold([heat, flat], [geom, geom], [box, (0.0, 0.0, 4.0, 4.0)],
+                                       candidates=(0.05, 0.5, 0.7))
+    assert thr == 0.05 and iou == pytest.approx(0.625)   # 0.7 gives (0.25 + 1/16) / 2
