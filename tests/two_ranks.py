@@ -55,6 +55,15 @@ def one_process(loss_fn, params) -> tuple[torch.Tensor, torch.Tensor]:
     return _loss_and_grads(loss_fn, 0, 1, params)
 
 
+def assert_ranks_match_one_process(loss_fn, params) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two ranks' mean loss and gradients equal one process's; returns the one-process (loss, grads)."""
+    dist_loss, dist_grads = two_ranks(loss_fn, params)
+    loss, grads = one_process(loss_fn, params)
+    torch.testing.assert_close(dist_loss, loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(dist_grads, grads, atol=1e-6, rtol=1e-5)
+    return loss, grads
+
+
 def share(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     """Rank `rank`'s rows of a global batch."""
     b = x.shape[0] // world
