@@ -29,6 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 from common import cli  # noqa: E402
 from common import config as cfglib  # noqa: E402
 from finetune.config import FinetuneConfig, resolve  # noqa: E402
+from finetune.heads.stvg import mean_unit_words  # noqa: E402
 
 
 def auc(score: np.ndarray, label: np.ndarray) -> float:
@@ -47,8 +48,7 @@ def frame_rows(batch):
     """(features (n, 6d+1), inside the span (n,), row of the batch (n,)) of a batch's valid frames."""
     v, tg = batch.video, batch.targets
     s = F.normalize(batch.text.sentence, dim=-1)
-    w = batch.text.word_mask.to(s.dtype)
-    q = (F.normalize(batch.text.words, dim=-1) * (w / w.sum(1, keepdim=True).clamp_min(1.0))[..., None]).sum(1)
+    q = mean_unit_words(batch.text.words, batch.text.word_mask)
     f = F.normalize(v.frames, dim=-1)
     prior = torch.einsum("btnd,bd->btn", v.regions, q).masked_fill(~v.region_mask, -2.0)
     pick = prior.argmax(-1)

@@ -22,7 +22,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from finetune.config import FsmConfig
 from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
-from finetune.heads.stvg import TubeOutput
+from finetune.heads.stvg import TubeOutput, mean_unit_words
 
 
 def _ffn(d: int) -> nn.Module:
@@ -252,8 +252,7 @@ class FsmHead(GroundingHead):
     def _prior(self, video: VideoBatch, text: TextBatch) -> torch.Tensor:
         """(B, T, N) the pretrained model's query-to-region score: the mean over the sentence's words of
         cos(region, g'(word)), the zero-shot row of benchmarks/stvg.py (regions are cached L2-normalised)."""
-        w = text.word_mask.to(text.words.dtype)
-        q = (F.normalize(text.words, dim=-1) * (w / w.sum(1, keepdim=True).clamp_min(1.0))[..., None]).sum(1)
+        q = mean_unit_words(text.words, text.word_mask)
         return torch.einsum("btnd,bd->btn", F.normalize(video.regions, dim=-1), q)
 
     def _pointer(self, video: VideoBatch, text: TextBatch, h, x) -> torch.Tensor:

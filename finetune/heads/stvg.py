@@ -74,4 +74,12 @@ def tube_pool(values: torch.Tensor, tube_ids: torch.Tensor, m: int, weight: torc
     return (sums / counts.clamp_min(1.0)).reshape(b, m, *rest), counts.reshape(b, m)
 
 
-__all__ = ["StvgTargets", "TubeGeometry", "TubeOutput", "tube_pool"]
+def mean_unit_words(words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(Q, d) the mean of each sentence's valid unit word vectors: a unit region's dot product with it is the mean
+    word-region cosine (the zero-shot region score), so no (..., K) axis is ever needed."""
+    w = mask.to(words.dtype)
+    w = w / w.sum(1, keepdim=True).clamp_min(1.0)
+    return (torch.nn.functional.normalize(words, dim=-1) * w[..., None]).sum(1)
+
+
+__all__ = ["StvgTargets", "TubeGeometry", "TubeOutput", "mean_unit_words", "tube_pool"]

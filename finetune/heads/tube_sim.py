@@ -16,7 +16,7 @@ from torch import nn
 
 from finetune.config import TubeSimConfig
 from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
-from finetune.heads.stvg import tube_pool
+from finetune.heads.stvg import mean_unit_words, tube_pool
 from finetune.losses_wsra import loss_video_query_nce
 
 
@@ -39,9 +39,7 @@ class TubeSimHead(GroundingHead):
         """(Q, d): the mean of the valid unit word vectors, or the unit sentence vector. The mean word-region cosine
         of a unit region is its dot product with this mean, so the words never need a (..., K) axis."""
         if self.cfg.words and text.words is not None:
-            w = text.word_mask.to(text.words.dtype)
-            w = w / w.sum(1, keepdim=True).clamp_min(1.0)
-            return (F.normalize(text.words, dim=-1) * w[..., None]).sum(1)
+            return mean_unit_words(text.words, text.word_mask)
         return F.normalize(text.sentence, dim=-1)
 
     def pair_region_scores(self, video: VideoBatch, text: TextBatch) -> torch.Tensor:
