@@ -34,12 +34,11 @@ def roi_pool(grid: torch.Tensor, boxes: torch.Tensor, output: int = 2) -> torch.
 
 
 def to_grid(boxes: np.ndarray, geometry: CropGeometry, grid: tuple[int, int]) -> np.ndarray:
-    """(..., 4) source-pixel boxes -> grid-cell units of the crop."""
-    x1, y1 = geometry.to_crop(boxes[..., 0], boxes[..., 1])
-    x2, y2 = geometry.to_crop(boxes[..., 2], boxes[..., 3])
-    gh, gw = grid
-    return np.stack([x1 * gw / geometry.size, y1 * gh / geometry.size, x2 * gw / geometry.size,
-                     y2 * gh / geometry.size], -1)
+    """(..., 4) source-pixel boxes of one video -> grid-cell units of the crop (crop_cells for one video)."""
+    boxes = np.asarray(boxes)
+    size = torch.tensor([[geometry.width, geometry.height]], dtype=torch.float64)
+    cells = crop_cells(torch.from_numpy(boxes.astype(np.float64))[None], size, geometry.size, grid)[0].numpy()
+    return cells.astype(boxes.dtype if boxes.dtype.kind == "f" else np.float64)   # the boxes' float type
 
 
 def crop_cells(boxes: torch.Tensor, size: torch.Tensor, image_size: int, grid: tuple[int, int]) -> torch.Tensor:
