@@ -262,7 +262,7 @@ def _live_text(enc):
 def _live_stvg_features(module: FinetuneModule, videos: dict, paths: dict[str, str], cfg: FinetuneConfig):
     """End to end on an STVG dataset: each test video's region features (and multi-scale ones) recomputed with the
     finetuned encoder, and a text encoder function. The linked tubes stay those of the cached features (only the
-    fsm head trains end to end, and it regresses boxes rather than choosing a tube)."""
+    fsm head trains end to end, and its boxes are per frame, not a chosen tube)."""
     from grounding.inference import CropGeometry
     from tubes.pipeline import video_pixels
     from tubes.regions import region_features
@@ -314,7 +314,6 @@ def run(cfg: FinetuneConfig) -> dict:
         train_feats = {v: centered(f) for v, f in train_feats.items()}
         test_feats = {v: centered(f) for v, f in test_feats.items()}
 
-    torch.manual_seed(cfg.seed)  # the head's initial weights (the untrained baseline uses the same)
     encoder = None
     if cfg.features.end_to_end:
         encoder = load_encoder(cfg.checkpoint).train()
@@ -323,7 +322,9 @@ def run(cfg: FinetuneConfig) -> dict:
     else:
         dim = next(iter(train_feats.values())).frames.shape[1]
         text_of = store.text
-    torch.manual_seed(cfg.seed)  # again: building the encoder drew random numbers; the head starts as on the cache
+    # the head's initial weights (the untrained baseline uses the same), drawn after the encoder is built so an
+    # end-to-end head starts as the cached-feature one
+    torch.manual_seed(cfg.seed)
     head = build_head(cfg.head, dim, cfg)
     module = FinetuneModule(head, encoder, cfg.tubes.roi_output, getattr(store, "mid_layer", 0))
     table, table_counts = _read_table(cfg, samples)
