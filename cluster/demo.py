@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common import cli  # noqa: E402
 from common import config as C  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,18 +63,25 @@ def _step(name: str):
     return time.time()
 
 
-def corpus(cfg: DemoConfig) -> str:
-    from shards.synthetic import SyntheticConfig, generate
+def corpus_config(cfg: DemoConfig):
+    """The synthetic corpus' config, validated (a bad value is the user's one error line before anything is written)."""
+    from shards.synthetic import SyntheticConfig
 
-    out = os.path.join(cfg.out, "corpus")
-    if os.path.exists(os.path.join(out, "corpus.json")):
-        print(f"corpus exists: {out}")
-        return out
     scfg = C.load(SyntheticConfig, None, [f"seed={cfg.seed}", f"n_train={cfg.n_train}", f"n_test={cfg.n_test}",
                                           "workers=2", *cfg.corpus])
-    scfg.out = out
-    print(json.dumps(generate(scfg.validate())))
-    return out
+    scfg.out = os.path.join(cfg.out, "corpus")
+    return scfg.validate()
+
+
+def corpus(cfg: DemoConfig) -> str:
+    from shards.synthetic import generate
+
+    scfg = corpus_config(cfg)
+    if os.path.exists(os.path.join(scfg.out, "corpus.json")):
+        print(f"corpus exists: {scfg.out}")
+        return scfg.out
+    print(json.dumps(generate(scfg)))
+    return scfg.out
 
 
 def shard(cfg: DemoConfig, corpus_dir: str, ray) -> str:
@@ -245,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = C.load(DemoConfig, args.config, args.overrides)
     if args.out:
         cfg.out = args.out
+    corpus_config(cfg)
     os.makedirs(cfg.out, exist_ok=True)
     C.dump(cfg, os.path.join(cfg.out, "demo.yaml"))
     timings = {}
@@ -302,4 +311,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

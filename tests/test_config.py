@@ -1,6 +1,7 @@
 """common.config and common.cli: what every stage's YAML + key=value handling promises a user."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -128,3 +129,20 @@ def test_demo64_config_parses_and_its_shards_fit_its_model():
     assert demo.size == vision["vision_cfg"]["image_size"] == 64
     assert pcfg.max_steps > C.load(PretrainConfig, os.path.join(ROOT, "configs", "pretrain", "demo.yaml")).max_steps
     assert pcfg.data.micro_batch % pcfg.data.clips_per_video == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "/nonexistent/demo.yaml"], "config file [/nonexistent/demo.yaml]: not found"),
+    (["n_train=-1"], "n_train and n_test must be >= 0"),
+])
+def test_demo_bad_input_is_one_error_line_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "demo.yaml").write_text("from an earlier run")
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}   # a user's fresh shell
+    run = subprocess.run([sys.executable, "-m", "cluster.demo", "--out", str(out), *args], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT, env=env)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], \
+        run.stderr
+    assert [p.name for p in out.iterdir()] == ["demo.yaml"] and (out / "demo.yaml").read_text() == "from an earlier run"
