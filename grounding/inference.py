@@ -268,12 +268,15 @@ def peak_and_box(heat: np.ndarray, threshold: float) -> tuple[tuple[float, float
 
 @torch.no_grad()
 def spatial_heatmaps(model, frames: np.ndarray, text: str, batch: int = 64) -> np.ndarray:
-    """(num_frames, gh, gw) local-branch heatmaps for one description, normalised to [0, 1] per frame."""
+    """(num_frames, gh, gw) local-branch heatmaps for one description, normalised to [0, 1] per frame. Each frame
+    is its own clip (T = 1): the word-over-region softmax then runs over that frame's regions only, so a frame's
+    point and box do not depend on which other frames were grounded with it (predicted with the same step, or
+    sharing a batch)."""
     tokens = model.tokenize([text])
     maps = []
     for i in range(0, len(frames), batch):
-        chunk = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch]))[None]
-        maps.append(model.heatmap(model.preprocess_frames(chunk), tokens)[0].float())
+        chunk = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch]))[:, None]     # (n, 1, H, W, 3)
+        maps.append(model.heatmap(model.preprocess_frames(chunk), tokens)[:, 0].float())
     h = torch.cat(maps, 0)
     h = h - h.flatten(1).min(1).values[:, None, None]
     h = h / (h.flatten(1).max(1).values[:, None, None] + 1e-8)
@@ -288,6 +291,16 @@ def ground_video(model, frames: np.ndarray, times: np.ndarray, pool: list[str], 
     if not pool:
         raise ValueError("the action pool is empty (besides 'background')")
     scores = temporal_scores(model, frames, pool, cfg.batch_frames, cfg.scores)
+    return decode_video(scores, times, geometry, cfg,
+                        lambda lab, idx: spatial_heatmaps(model, frames[idx], pool[lab], cfg.batch_frames), pool)
+
+
+def decode_video(scores: np.ndarray, times: np.ndarray, geometry: CropGeometry, cfg: InferenceConfig,
+                 heatmaps, pool: list[str]) -> list[FramePrediction]:
+    """ground_video after the encoder: (frames, pool) scores -> labels, segments, and for every frame of a
+    segment the point and box of its description's heatmap. heatmaps(label, frame indices) -> (len, gh, gw); a
+    caller that holds every frame's heatmap for every description (grounding.calibrate) decodes many
+    InferenceConfigs from one encoding."""
     labels, best = label_frames(scores, cfg)
     step_s = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
     keep = np.full(len(labels), -1)
@@ -296,8 +309,7 @@ def ground_video(model, frames: np.ndarray, times: np.ndarray, pool: list[str], 
     preds = [FramePrediction(time=float(t), step="background", score=float(b)) for t, b in zip(times, best)]
     for lab in sorted(set(keep.tolist()) - {-1}):
         idx = np.nonzero(keep == lab)[0]
-        heat = spatial_heatmaps(model, frames[idx], pool[lab], cfg.batch_frames)
-        for j, h in zip(idx, heat):
+        for j, h in zip(idx, heatmaps(lab, idx)):
             p = preds[j]
             p.step = pool[lab]
             p.point, p.box = locate(h, geometry, cfg.box_threshold)

@@ -325,7 +325,7 @@ class GlobalLocalModel(nn.Module):
 
     def heatmap(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Spatial grounding of query b in frames b: (B, T, H, W, 3) uint8 or (B, T, 3, S, S) with tokens (B, L)
-        -> (B, T, gh, gw), word-to-region attention averaged over the query's words (it sums to 1 over the
+        or (1, L) for one query in every clip -> (B, T, gh, gw), word-to-region attention averaged over the query's words (it sums to 1 over the
         T*gh*gw regions of a clip): of the projected tokens f', g' (cfg.heatmap word_region, what the word-region
         term of L_local trains) or of the local branch's last cross-attention (branch)."""
         images = self._images(frames)
@@ -334,6 +334,8 @@ class GlobalLocalModel(nn.Module):
         b, t = images.shape[:2]
         _, tok = self._backbone_frames(images)
         _, words, mask = self._backbone_text(tokens)
+        if words.shape[0] == 1 and b > 1:  # one query for every clip: its words are encoded once
+            words, mask = words.expand(b, -1, -1), mask.expand(b, -1)
         if words.shape[0] != b:
             raise ValueError(f"heatmap: {b} clips but {words.shape[0]} queries")
         video, text = self._local_inputs(tok, words, mask)

@@ -134,6 +134,7 @@ def test_demo64_config_parses_and_its_shards_fit_its_model():
 @pytest.mark.parametrize("args, message", [
     (["--config", "/nonexistent/demo.yaml"], "config file [/nonexistent/demo.yaml]: not found"),
     (["n_train=-1"], "n_train and n_test must be >= 0"),
+    (["calibrate_videos=900"], "DemoConfig [calibrate_videos]: the train split has 800 videos, got 900"),
 ])
 def test_demo_bad_input_is_one_error_line_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "demo"

@@ -108,8 +108,14 @@ class SecondPrediction:
 def read_per_second_predictions(url: str) -> dict[str, dict[int, SecondPrediction]]:
     """{vid: {"<second>": {"step": str, "score": float, "point": [x, y], "box": [x1, y1, x2, y2]}}}; every field
     optional (step defaults to background, score to 1)."""
+    return parse_per_second_predictions(_top(url), url)
+
+
+def parse_per_second_predictions(obj: dict, url: str = "predictions") -> dict[str, dict[int, SecondPrediction]]:
+    """read_per_second_predictions on an object already in memory (grounding.calibrate scores many decodings of
+    one encoding without writing each to a file)."""
     out = {}
-    for vid, per_sec in _top(url).items():
+    for vid, per_sec in obj.items():
         where = f"{url} [{vid!r}]"
         if not isinstance(per_sec, dict):
             raise InputError(f"{where}: expected {{second: {{step, score, point, box}}}}, got {type(per_sec).__name__}")
