@@ -1,5 +1,5 @@
 """Decoding chosen on a labelled split, never on the test split: the inference settings (smoothing, one run per
-description, shortest segment, tau, box threshold) whose GroundingYouTube figure on a split with hidden truth is
+description, shortest segment, box upsampling and threshold) whose GroundingYouTube figure on a split with hidden truth is
 best.
 
     python -m grounding.calibrate --checkpoint E --split runs/demo/corpus/train [--videos 60] \
@@ -7,10 +7,10 @@ best.
 
 Prints one JSON object: `overrides` (inference.key=value for grounding.predict), `chosen` (the same as a mapping),
 `best` (the split's figures with them), `paper` (the split's figures with the paper's decoding: per frame, tau 0,
-box threshold 0.5) and every candidate's objective. Each video is encoded once (its per-frame scores for its pool
-and every frame's heatmap for every description of the pool); each candidate is then decoded by
-grounding.inference.decode_video, the path grounding.predict takes, and scored by grounding.protocols.groundingyoutube,
-the path grounding.evaluate takes. So the split's figure of the chosen settings is what `grounding.predict` +
+box threshold 0.5 on the heatmap's cells) and every candidate's objective. Each video is encoded once (its
+per-frame scores for its pool and every frame's heatmap for every description of the pool); each candidate is then
+decoded by grounding.inference.decode_video, the path grounding.predict takes, and scored by
+grounding.protocols.groundingyoutube, the path grounding.evaluate takes. So the split's figure of the chosen settings is what `grounding.predict` +
 `grounding.evaluate groundingyoutube` give on that split with those overrides.
 
 Why the objective is the benchmark's mAP and not a per-frame figure: a tau that maximises per-frame accuracy with
@@ -38,14 +38,14 @@ from grounding.readers.common import InputError  # noqa: E402
 from grounding.inference import CropGeometry, InferenceConfig  # noqa: E402
 
 # The candidates, paper's decoding first (ties keep it): 160, ~0.4 s each on 60 videos of 2 CPU cores. smooth and
-# decode=once are the segment levers of issue 18, min_segment drops short flickers, tau marks background
-# (query-standardised scores; a wider range never won on the 64 px export), box_threshold sizes the boxes (the
-# 8x8 grid of a 64 px model wants lower thresholds than the paper's half peak).
+# decode=once are the segment levers of issue 18, min_segment drops short flickers, box_upsample and box_threshold
+# size the boxes (the 8x8 grid of a 64 px model wants lower thresholds than the paper's half peak). tau stays the
+# caller's: on the 64 px export no tau in -0.5..1.0 beat 0 on the train split's mAP (docs/pretraining.md).
 GRID = {
     "smooth": (1, 3, 5, 7),
     "decode": ("frame", "once"),
     "min_segment": (1, 3),
-    "tau": (0.0, 0.5),
+    "box_upsample": (False, True),
     "box_threshold": (0.5, 0.05, 0.1, 0.2, 0.3),
 }
 OBJECTIVES = ("mAP@0.1:0.5", "mAP@0.3", "mAP@0.5", "IoU+Point", "action_acc")
@@ -130,7 +130,8 @@ def calibrate(truth: dict, encoded: list[EncodedVideo], base: InferenceConfig, o
             best, best_key = (settings, f), key
     settings, f = best
     return {"objective": objective, "videos": len(encoded), "chosen": settings,
-            "overrides": [f"inference.{k}={v}" for k, v in settings.items()], "best": f,
+            "overrides": [f"inference.{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in settings.items()],
+            "best": f,
             "paper": figures(truth, encoded, base), "candidates": rows}
 
 

@@ -27,6 +27,10 @@ class InferenceConfig:
                                      # video's frames (removes a description's constant bias; a frame is
                                      # background when no description rises above tau of its own spread)
     box_threshold: float = 0.5       # box = region around the peak above this fraction of the peak
+    box_upsample: bool = False       # take that region on the heatmap bilinearly upsampled to the crop's pixels
+                                     # (as the paper's 3D mask at frame resolution) instead of on whole cells of
+                                     # the patch grid; the point stays the peak cell's centre. Off: the boxes of
+                                     # every figure before it
     batch_frames: int = 64           # frames per encoder call
     min_segment: int = 1             # drop segments shorter than this many frames
     smooth: int = 1                  # mean of each description's scores over this many consecutive frames
@@ -222,7 +226,8 @@ def calibrate_tau(scores: list[np.ndarray], truth: list[np.ndarray], cfg: Infere
 
 
 def calibrate_box_threshold(heats: list[np.ndarray], geometries: list, boxes: list,
-                            candidates: tuple = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)) -> tuple[float, float]:
+                            candidates: tuple = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+                            upsample: bool = False) -> tuple[float, float]:
     """(box_threshold, mean IoU): the threshold whose heatmap boxes (locate) best overlap the true boxes, over
     frames given as heatmaps (gh, gw) with their crop geometry and true box (x1, y1, x2, y2, source pixels). Meant
     for the train split's hidden boxes of the true step (never the test split's): decoding, not training."""
@@ -231,7 +236,8 @@ def calibrate_box_threshold(heats: list[np.ndarray], geometries: list, boxes: li
     truth = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     means = []
     for thr in candidates:
-        pred = np.asarray([locate(h, g, thr)[1] for h, g in zip(heats, geometries)], dtype=np.float64).reshape(-1, 4)
+        pred = np.asarray([locate(h, g, thr, upsample)[1] for h, g in zip(heats, geometries)],
+                          dtype=np.float64).reshape(-1, 4)
         means.append(float(box_iou_aligned(pred, truth).mean()) if len(truth) else 0.0)
     i = int(np.argmax(means))
     return float(candidates[i]), means[i]
@@ -253,16 +259,11 @@ def segments_from_labels(labels: np.ndarray, times: np.ndarray, step_s: float, m
 def peak_and_box(heat: np.ndarray, threshold: float) -> tuple[tuple[float, float], tuple[float, float, float, float]]:
     """Peak (x, y) and the box of the 4-connected region around it above threshold*peak, in heatmap pixel units
     (continuous coordinates: cell (r, c) spans [c, c+1) x [r, r+1))."""
+    from scipy import ndimage
+
     r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    mask = heat >= threshold * heat[r, c]
-    region = np.zeros_like(mask)
-    stack = [(r, c)]
-    while stack:
-        y, x = stack.pop()
-        if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and mask[y, x] and not region[y, x]:
-            region[y, x] = True
-            stack.extend(((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)))
-    ys, xs = np.nonzero(region)
+    regions, _ = ndimage.label(heat >= threshold * heat[r, c])     # default structure: 4-connected
+    ys, xs = np.nonzero(regions == regions[r, c])
     return (c + 0.5, r + 0.5), (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
 
 
@@ -312,15 +313,20 @@ def decode_video(scores: np.ndarray, times: np.ndarray, geometry: CropGeometry, 
         for j, h in zip(idx, heatmaps(lab, idx)):
             p = preds[j]
             p.step = pool[lab]
-            p.point, p.box = locate(h, geometry, cfg.box_threshold)
+            p.point, p.box = locate(h, geometry, cfg.box_threshold, cfg.box_upsample)
             p.heatmap = h
     return preds
 
 
-def locate(heat: np.ndarray, geometry: CropGeometry, threshold: float):
-    """Heatmap (gh, gw) of a crop -> (point, box) in source-video pixels (see peak_and_box)."""
+def locate(heat: np.ndarray, geometry: CropGeometry, threshold: float, upsample: bool = False):
+    """Heatmap (gh, gw) of a crop -> (point, box) in source-video pixels (see peak_and_box). The point is the peak
+    cell's centre; with `upsample` the box is taken on the heatmap bilinearly upsampled to the crop's pixels
+    (InferenceConfig.box_upsample) instead of on whole cells."""
     (px, py), (x1, y1, x2, y2) = peak_and_box(heat, threshold)
     sx, sy = geometry.size / heat.shape[1], geometry.size / heat.shape[0]
+    if upsample:
+        _, (x1, y1, x2, y2) = peak_and_box(upsample_heatmap(heat.astype(np.float32), geometry.size), threshold)
+        return (geometry.to_source(px * sx, py * sy), (*geometry.to_source(x1, y1), *geometry.to_source(x2, y2)))
     return (geometry.to_source(px * sx, py * sy),
             (*geometry.to_source(x1 * sx, y1 * sy), *geometry.to_source(x2 * sx, y2 * sy)))
 

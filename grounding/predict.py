@@ -172,7 +172,7 @@ def point_true_steps(model, clip: DecodedClip, steps: dict[int, str], cfg: Infer
     for step, idx in by_step.items():
         heat = spatial_heatmaps(model, clip.frames[idx], step, cfg.batch_frames)
         for i, h in zip(idx, heat):
-            point, box = locate(h, clip.geometry, cfg.box_threshold)
+            point, box = locate(h, clip.geometry, cfg.box_threshold, cfg.box_upsample)
             out[str(int(secs[i]))] = {"step": step, "point": [round(v, 2) for v in point],
                                       "box": [round(v, 2) for v in box]}
     return out

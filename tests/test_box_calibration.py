@@ -22,3 +22,20 @@ def test_box_threshold_maximises_mean_iou_by_hand():
     thr, iou = calibrate_box_threshold([heat, flat], [geom, geom], [box, (0.0, 0.0, 4.0, 4.0)],
                                        candidates=(0.05, 0.5, 0.7))
     assert thr == 0.05 and iou == pytest.approx(0.625)   # 0.7 gives (0.25 + 1/16) / 2
+
+
+def test_upsampled_box_is_the_region_at_pixel_resolution():
+    from grounding.inference import locate
+
+    geom = CropGeometry(64, 64, 64)                   # crop = source; a 4x4 grid of 16-pixel cells
+    heat = np.zeros((4, 4))
+    heat[1, 1] = 1.0
+    point, cells = locate(heat, geom, 0.75)
+    assert point == (24.0, 24.0) and cells == (16.0, 16.0, 32.0, 32.0)        # the whole cell
+    # bilinear between cell centres: the map falls to 0.75 a quarter cell from the peak cell's centre
+    point_up, up = locate(heat, geom, 0.75, upsample=True)
+    assert point_up == point
+    assert np.allclose(up, (20.0, 20.0, 28.0, 28.0), atol=1.0)
+    thr, _ = calibrate_box_threshold([heat], [geom], [(20.0, 20.0, 28.0, 28.0)], candidates=(0.5, 0.75),
+                                     upsample=True)
+    assert thr == 0.75
