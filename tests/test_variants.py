@@ -27,6 +27,15 @@ def test_ratio_and_flag_on_hand_numbers():
     assert V.with_chance_ratio({"action_acc": 51.6, "action_chance": 25.8})["action_x_chance"] == 2.0
 
 
+def test_targets_on_hand_numbers():
+    row = {"action_acc": 75.0, "mAP@0.1:0.5": 27.99, "mAP@0.5": 14.5, "pointing_game": 69.0}
+    t = V.targets(row, {"seed": {"action_acc": True, "mAP@0.5": None}, "longer": {"action_acc": True}})
+    assert [t[k]["met"] for k in ("action_acc", "mAP@0.1:0.5", "mAP@0.5", "pointing_game")] == [True, False, True, False]
+    assert t["mAP@0.5"] == {"value": 14.5, "target": 14.0, "met": True} and t["variants_within_10pct"] is True
+    assert V.targets(row, {"seed": {"action_acc": False}})["variants_within_10pct"] is False
+    assert V.targets(row, {})["variants_within_10pct"] is None
+
+
 def test_each_variant_changes_one_knob_and_validates(tmp_path):
     base = SyntheticConfig(out=str(tmp_path))
     assert V.variant_overrides("seed", base) == {"seed": 1}
@@ -80,11 +89,30 @@ def test_one_json_object_with_figures_and_ratios_of_a_real_run(tiny):
     flags = rep["within_10pct"]["longer"]
     assert rep["all_within_10pct"] == (not any(v is False for v in flags.values()))
     assert sorted(rep["outside_10pct"]) == sorted(f"longer:{k}" for k, v in flags.items() if v is False)
+    assert rep["targets"]["action_acc"] == {"value": base["action_acc"], "target": 75.0,
+                                            "met": base["action_acc"] >= 75.0}
+    assert rep["targets"]["variants_within_10pct"] == rep["all_within_10pct"] and rep["calibration"] is None
+
+
+def test_calibrated_decoding_is_applied_to_every_split(tiny):
+    out = tiny["out"] + "-cal"
+    # the tiny corpus has no train split: its test split stands in for one here (a user passes the train split)
+    proc = _run("--export", tiny["export"], "--test", tiny["test"], "--out", out, "--videos", "1", "--only", "seed",
+                "--calibrate", tiny["test"], "--calibrate-videos", "2")
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    cal = rep["calibration"]
+    assert cal["videos"] == 2 and len(cal["overrides"]) == 5
+    assert all(o.startswith("inference.") for o in cal["overrides"])
+    # the in-distribution split is the calibration split here, so its figure is the calibration's own
+    assert rep["figures"]["in_distribution"]["mAP@0.1:0.5"] == pytest.approx(cal["train"]["chosen"]["mAP@0.1:0.5"],
+                                                                              abs=0.01)
 
 
 @pytest.mark.parametrize("args, says", [
     (["--export", "/nonexistent/export"], "no model.pt"),
     (["--only", "bigger"], "unknown variant"),
+    (["--calibrate", "/nonexistent/train"], "not a split with hidden truth"),
 ])
 def test_bad_input_is_one_error_line_exit_2(tiny, args, says):
     base = {"--export": tiny["export"], "--test": tiny["test"], "--out": tiny["out"] + "-bad"}
