@@ -1,7 +1,7 @@
 """How much *when* the pretraining encoder can hold at all: the same image tower trained with per-frame labels.
 
     python benchmarks/action_ceiling.py --shards runs/demo/shards --corpus runs/demo/corpus [--steps 800] \
-        [--batch 64] [--config configs/pretrain/demo.yaml] [model.key=value ...]
+        [--batch 64] [--config configs/pretrain/demo32.yaml] [model.key=value ...]
 
 A diagnostic, not a method: the train split's hidden per-second truth (the step whose box is annotated at that
 second) labels the shard frames that fall on an action; the model's image tower + f gets three linear heads (verb,
@@ -78,7 +78,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shards", default="runs/demo/shards")
     p.add_argument("--corpus", default="runs/demo/corpus")
-    p.add_argument("--config", default=os.path.join(ROOT, "configs/pretrain/demo.yaml"))
+    p.add_argument("--config", default=os.path.join(ROOT, "configs/pretrain/demo32.yaml"))
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)

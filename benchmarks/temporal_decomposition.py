@@ -1,7 +1,7 @@
 """Where the temporal signal is lost: one run of a pretrained export on the synthetic test split, decomposed.
 
     python benchmarks/temporal_decomposition.py --checkpoint runs/demo/pretrain/export --test runs/demo/corpus/test \
-        [--shards runs/demo/shards --config configs/pretrain/demo.yaml] [--smooth 1,3,5] \
+        [--shards runs/demo/shards --config configs/pretrain/demo32.yaml] [--smooth 1,3,5] \
         [--calibrate runs/demo/corpus/train --calibrate-videos 100] [--calibrate-box runs/demo/corpus/train] \
         [inference.key=value ...]
 
@@ -222,7 +222,7 @@ def main() -> int:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--test", default="runs/demo/corpus/test")
     p.add_argument("--shards", help="shard set for the batch-composition figures")
-    p.add_argument("--config", default=os.path.join(ROOT, "configs/pretrain/demo.yaml"))
+    p.add_argument("--config", default=os.path.join(ROOT, "configs/pretrain/demo32.yaml"))
     p.add_argument("--data", nargs="*", default=[], help="data.key=value overrides for the batch figures")
     p.add_argument("--smooth", default="1,3,5")
     p.add_argument("--calibrate", help="train split folder whose hidden truth picks tau")

@@ -43,13 +43,14 @@ class DemoConfig:
                                        # instead of learning words, and test pointing stays near chance
     n_test: int = 40
     corpus: list[str] = field(default_factory=list)    # extra SyntheticConfig key=value overrides
-    size: int = 32                     # shard frame size (the tiny model's input size)
+    size: int = 64                     # shard frame size: the model's input (stg-micro64); configs/demo32.yaml: 32
     window_frames: int = 8             # U
     videos_per_shard: int = 32
     pretrain: str = "configs/pretrain/demo.yaml"
     pretrain_overrides: list[str] = field(default_factory=list)
     index: bool = True
-    second_round: bool = True          # after mining: continue pretraining with the pseudo-positive table
+    second_round: bool = False         # after mining: continue pretraining with the pseudo-positive table. Off: it
+                                       # did not beat a matched control (docs/pretraining.md, second round)
     second_round_steps: int = 300
     pictures: int = 3
     finetune: bool = True              # a short WSRA finetune from the export (issue 6), trained vs untrained head

@@ -114,21 +114,26 @@ def test_every_entry_point_help_exits_0_and_lists_its_fields(module, capsys):
         assert any(line.strip().startswith(ENTRY_POINTS[module]) for line in out.splitlines()), out[-2000:]
 
 
-def test_demo64_config_parses_and_its_shards_fit_its_model():
-    """configs/demo64.yaml (docs/pretraining.md, third round) loads as the demo's config, its pretraining file as
-    the demo passes it, and the shard size is the backbone's input size (a mismatch would fail after sharding)."""
+@pytest.mark.parametrize("config, size", [(None, 64), ("demo64.yaml", 64), ("demo32.yaml", 32)])
+def test_demo_configs_parse_and_their_shards_fit_their_model(config, size):
+    """make demo's defaults, configs/demo64.yaml and configs/demo32.yaml (docs/pretraining.md) load as the demo's
+    config, each pretraining file as the demo passes it, and the shard size is the backbone's input size (a mismatch
+    would fail after sharding)."""
     import json
     import os
 
     from cluster.demo import DemoConfig
     from pretrain.config import load
 
-    demo = C.load(DemoConfig, os.path.join(ROOT, "configs", "demo64.yaml"), [])
+    demo = C.load(DemoConfig, os.path.join(ROOT, "configs", config) if config else None, [])
     pcfg = load(os.path.join(ROOT, demo.pretrain), ["run=r", "data.shards=s", f"model.frames_in={demo.window_frames}"])
     vision = json.load(open(os.path.join(ROOT, "pretrain", "model_configs", f"{pcfg.model.backbone}.json")))
-    assert demo.size == vision["vision_cfg"]["image_size"] == 64
-    assert pcfg.max_steps > C.load(PretrainConfig, os.path.join(ROOT, "configs", "pretrain", "demo.yaml")).max_steps
+    assert demo.size == vision["vision_cfg"]["image_size"] == size
     assert pcfg.data.micro_batch % pcfg.data.clips_per_video == 0
+    default = load(os.path.join(ROOT, "configs", "pretrain", "demo.yaml"),
+                   ["run=r", "data.shards=s", f"model.frames_in={demo.window_frames}"])
+    if config == "demo64.yaml":   # the bigger budget: the same model and batches as make demo's, more steps
+        assert pcfg.max_steps > default.max_steps and pcfg.model == default.model and pcfg.data == default.data
 
 
 @pytest.mark.parametrize("args, message", [
