@@ -204,8 +204,10 @@ def test_a_caller_stopped_mid_decode_leaves_no_ffmpeg(inputs, tmp_path, sig):
     video = inputs["video"]
     code = ("import sys; from shards.decode import decode_video; "
             "decode_video(sys.argv[1], fps=1e7, size=32, transform=lambda a: 0, max_bytes=1 << 60)")
+    # as from a terminal: a test run started in the background (nohup, `&`) inherits SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler in the caller
     proc = subprocess.Popen([sys.executable, "-c", code, video], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ffmpeg = []
     for _ in range(600):
         ffmpeg = [c for c in _children(proc.pid) if _is_ffmpeg(c)]
