@@ -61,6 +61,17 @@ class DemoConfig:
                                        # export gains a row with it beside the paper's decoding; 0: off
     ray_address: str = ""
 
+    def validate(self) -> "DemoConfig":
+        """The demo's own settings and its corpus' (a bad value is the user's one error line before anything is
+        written)."""
+        corpus_config(self)
+        if self.calibrate_videos < 0:
+            raise C.ConfigError(f"DemoConfig [calibrate_videos]: must be >= 0 (0: off), got {self.calibrate_videos}")
+        if self.calibrate_videos > self.n_train:
+            raise C.ConfigError(f"DemoConfig [calibrate_videos]: the train split has {self.n_train} videos, got "
+                                f"{self.calibrate_videos}")
+        return self
+
 
 def _step(name: str):
     print(f"\n=== {name} ===", flush=True)
@@ -74,13 +85,7 @@ def corpus_config(cfg: DemoConfig):
     scfg = C.load(SyntheticConfig, None, [f"seed={cfg.seed}", f"n_train={cfg.n_train}", f"n_test={cfg.n_test}",
                                           "workers=2", *cfg.corpus])
     scfg.out = os.path.join(cfg.out, "corpus")
-    scfg.validate()
-    if cfg.calibrate_videos < 0:
-        raise C.ConfigError(f"DemoConfig [calibrate_videos]: must be >= 0 (0: off), got {cfg.calibrate_videos}")
-    if cfg.calibrate_videos > cfg.n_train:
-        raise C.ConfigError(f"DemoConfig [calibrate_videos]: the train split has {cfg.n_train} videos, got "
-                            f"{cfg.calibrate_videos}")
-    return scfg
+    return scfg.validate()
 
 
 def corpus(cfg: DemoConfig) -> str:
@@ -280,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = C.load(DemoConfig, args.config, args.overrides)
     if args.out:
         cfg.out = args.out
-    corpus_config(cfg)
+    cfg.validate()
     os.makedirs(cfg.out, exist_ok=True)
     C.dump(cfg, os.path.join(cfg.out, "demo.yaml"))
     timings = {}

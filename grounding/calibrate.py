@@ -34,6 +34,7 @@ if __package__ in (None, ""):
 
 from common import cli  # noqa: E402
 from common import config as C  # noqa: E402
+from common import fsio  # noqa: E402
 from grounding.readers.common import InputError  # noqa: E402
 from grounding.inference import CropGeometry, InferenceConfig  # noqa: E402
 
@@ -109,6 +110,11 @@ def figures(truth: dict, encoded: list[EncodedVideo], cfg: InferenceConfig) -> d
     return {k: round(100 * v, 4) for k, v in m.items()}
 
 
+def check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise InputError(f"--objective [{objective}]: must be one of {', '.join(OBJECTIVES)}")
+
+
 def candidates(base: InferenceConfig, grid: dict = GRID) -> list[InferenceConfig]:
     keys = list(grid)
     return [dataclasses.replace(base, **dict(zip(keys, values))) for values in itertools.product(*grid.values())]
@@ -118,8 +124,7 @@ def calibrate(truth: dict, encoded: list[EncodedVideo], base: InferenceConfig, o
               grid: dict = GRID) -> dict:
     """The candidate with the best objective on the encoded split (ties: IoU+Point, then the earlier candidate, so
     the paper's decoding wins a tie), with every candidate's figure."""
-    if objective not in OBJECTIVES:
-        raise InputError(f"--objective [{objective}]: must be one of {', '.join(OBJECTIVES)}")
+    check_objective(objective)
     rows, best, best_key = [], None, None
     for cfg in candidates(base, grid):
         f = figures(truth, encoded, cfg)
@@ -147,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="inference.key=value for what the grid leaves fixed (scores, ...)")
     args = p.parse_args(argv)
     base = C.load(InferenceConfig, None, [o.removeprefix("inference.") for o in args.overrides]).validate()
-    if args.objective not in OBJECTIVES:
-        raise InputError(f"--objective [{args.objective}]: must be one of {', '.join(OBJECTIVES)}")
+    check_objective(args.objective)
+    if args.out and os.path.isdir(args.out):
+        raise InputError(f"--out [{args.out}]: is a folder; give the JSON file's path")
     if args.videos < 1:
         raise InputError(f"--videos [{args.videos}]: must be >= 1")
     if not os.path.isdir(args.split):
@@ -162,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"benchmark": "grounding.calibrate", "checkpoint": args.checkpoint, "split": args.split,
            **calibrate(truth, encoded, base, args.objective)}
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(out, fh)
+        fsio.write_json_atomic(args.out, out)
     print(json.dumps(out))
     return 0
 

@@ -324,11 +324,13 @@ def locate(heat: np.ndarray, geometry: CropGeometry, threshold: float, upsample:
     (InferenceConfig.box_upsample) instead of on whole cells."""
     (px, py), (x1, y1, x2, y2) = peak_and_box(heat, threshold)
     sx, sy = geometry.size / heat.shape[1], geometry.size / heat.shape[0]
-    if upsample:
+    if upsample:   # the box in crop pixels: scale 1
         _, (x1, y1, x2, y2) = peak_and_box(upsample_heatmap(heat.astype(np.float32), geometry.size), threshold)
-        return (geometry.to_source(px * sx, py * sy), (*geometry.to_source(x1, y1), *geometry.to_source(x2, y2)))
+        bx, by = 1.0, 1.0
+    else:
+        bx, by = sx, sy
     return (geometry.to_source(px * sx, py * sy),
-            (*geometry.to_source(x1 * sx, y1 * sy), *geometry.to_source(x2 * sx, y2 * sy)))
+            (*geometry.to_source(x1 * bx, y1 * by), *geometry.to_source(x2 * bx, y2 * by)))
 
 
 def segments_of(preds: list[FramePrediction], step: str, period: float) -> list[tuple[float, float]]:

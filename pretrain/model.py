@@ -324,9 +324,9 @@ class GlobalLocalModel(nn.Module):
         return frames_global @ text_global.to(frames_global.dtype).t()
 
     def heatmap(self, frames: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Spatial grounding of query b in frames b: (B, T, H, W, 3) uint8 or (B, T, 3, S, S) with tokens (B, L)
-        or (1, L) for one query in every clip -> (B, T, gh, gw), word-to-region attention averaged over the query's words (it sums to 1 over the
-        T*gh*gw regions of a clip): of the projected tokens f', g' (cfg.heatmap word_region, what the word-region
+        """Spatial grounding of query b in frames b: (B, T, H, W, 3) uint8 or (B, T, 3, S, S) with tokens (B, L),
+        or (1, L) for one query in every clip -> (B, T, gh, gw), word-to-region attention averaged over the query's
+        words (it sums to 1 over the T*gh*gw regions of a clip): of the projected tokens f', g' (cfg.heatmap word_region, what the word-region
         term of L_local trains) or of the local branch's last cross-attention (branch)."""
         images = self._images(frames)
         if images.dim() == 4:

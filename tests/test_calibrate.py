@@ -95,6 +95,7 @@ def test_cli_figure_is_what_predict_and_evaluate_give(tiny):
     (["--objective", "accuracy"], "--objective [accuracy]: must be one of"),
     (["--videos", "0"], "--videos [0]: must be >= 1"),
     (["inference.box_threshold=2"], "box_threshold"),
+    (["--out", "tests"], "--out [tests]: is a folder"),
 ])
 def test_bad_input_is_one_error_line(tiny, args, message):
     base = {"--checkpoint": tiny["export"], "--split": tiny["split"]}
