@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import UserError
-from pretrain import losses, sinkhorn
+from pretrain import architecture, losses, sinkhorn
 from pretrain.backbone import Backbone, weights_follow
 from pretrain.model_config import ModelConfig
 
@@ -104,10 +104,15 @@ class LocalBranch(nn.Module):
 
 
 class GlobalLocalModel(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, weights=None):
+        """`cfg`'s unset architecture fields are resolved here (pretrain.architecture); self.cfg is the resolved
+        config, the one pretraining records. `weights`: cfg.pretrained already read (clip_weights.Weights)."""
         super().__init__()
+        if not architecture.is_resolved(cfg) or (cfg.pretrained and not os.path.isfile(cfg.pretrained)):
+            cfg = architecture.resolve(cfg, weights)
         self.cfg = cfg
-        self.backbone = Backbone(cfg.backbone, cfg.pretrained)
+        self.backbone = Backbone(cfg.backbone, cfg.pretrained, quick_gelu=cfg.quick_gelu, image_size=cfg.image_size,
+                                 mean=cfg.image_mean, std=cfg.image_std, weights=weights)
         self.backbone.freeze(cfg.freeze, cfg.unfrozen_blocks)
         bb = self.backbone
         self.image_size = bb.image_size
@@ -349,8 +354,8 @@ class GlobalLocalModel(nn.Module):
         return att.view(b, t, *self.grid)
 
 
-def build_model(cfg: ModelConfig) -> GlobalLocalModel:
-    return GlobalLocalModel(cfg)
+def build_model(cfg: ModelConfig, weights=None) -> GlobalLocalModel:
+    return GlobalLocalModel(cfg, weights)
 
 
 def load_model(export_dir_or_file: str, map_location: str | torch.device = "cpu") -> GlobalLocalModel:
@@ -376,8 +381,20 @@ def load_model(export_dir_or_file: str, map_location: str | torch.device = "cpu"
     unknown = sorted(set(data) - names)
     if unknown:
         raise ExportError(f"export [{conf_url}]: unknown model config keys {unknown}")
+    if "quick_gelu" not in data:  # written before the architecture was recorded: rebuilt as that run built it
+        try:
+            data.update(architecture.legacy(data, conf_url))
+        except UserError as e:
+            raise ExportError(str(e)) from None
+    if data.get("quick_gelu") is None:
+        raise ExportError(f"export [{conf_url}]: quick_gelu is null; an export records the activation it was "
+                          f"trained with (true: QuickGELU, false: GELU)")
     data["pretrained"] = None  # the export's weights replace the backbone initialisation
-    cfg = ModelConfig(**data)
+    try:
+        cfg = ModelConfig(**data)
+        cfg = architecture.resolve(cfg)  # fills nothing the file holds; validates the name
+    except (TypeError, ValueError, UserError) as e:
+        raise ExportError(f"export [{conf_url}]: {str(e).splitlines()[0]}") from None
     with weights_follow():
         model = build_model(cfg)
     state = load_weights(weights, map_location)
@@ -414,8 +431,12 @@ def load_weights(url: str, map_location: str | torch.device = "cpu"):
 
 
 def save_export(model: GlobalLocalModel, folder: str) -> None:
-    """Write model.pt + model_config.json (the layout load_model reads); a helper for tests and tools."""
+    """Write model.pt + model_config.json + backbone.safetensors (the layout pretrain.export writes and load_model
+    reads); a helper for tests and tools."""
+    from pretrain import backbone_file
+
     os.makedirs(folder, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(folder, "model.pt"))
+    backbone_file.write(model.state_dict(), model.cfg, os.path.join(folder, backbone_file.NAME))
     with open(os.path.join(folder, "model_config.json"), "w") as fh:
         json.dump(dataclasses.asdict(model.cfg), fh, indent=2)
