@@ -1,20 +1,20 @@
 """open_clip backbone with token outputs: per-frame patch grid + CLS, word tokens + EOT.
 
 Our tiny configs in `pretrain/model_configs/` are registered with open_clip on import, so
-`open_clip.create_model("stg-tiny")` works. Weights never download: `pretrained` is a local file, or an open_clip tag
-whose file is already in the local cache (HF hub cache or ~/.cache/clip).
+`open_clip.create_model("stg-tiny")` works. Weights never download: `pretrained` is a local file in any released
+format (pretrain/clip_weights.py), or an open_clip tag whose file is already in the local cache (HF hub cache or
+~/.cache/clip). The architecture beyond the name (activation, image size, mean/std) comes resolved from
+pretrain/architecture.py, so the same config always builds the same forward pass.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from pathlib import Path
 
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
@@ -39,35 +39,6 @@ def weights_follow():
         root.removeFilter(_not_random_init_notice)
 
 
-def _cached_tag_file(name: str, tag: str) -> tuple[str, dict]:
-    """The local file of open_clip's pretrained `tag` for `name`; raises if it is not cached (no downloads)."""
-    cfg = open_clip.pretrained.get_pretrained_cfg(name, tag)
-    if not cfg:
-        raise FileNotFoundError(
-            f"pretrained={tag!r} is neither a local weights file nor an open_clip tag of {name!r} "
-            f"(tags: {open_clip.list_pretrained_tags_by_model(name)})")
-    candidates = []
-    if cfg.get("hf_hub"):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            repo = cfg["hf_hub"].rstrip("/")
-            for fname in ("open_clip_pytorch_model.bin", "open_clip_model.safetensors"):
-                hit = try_to_load_from_cache(repo, fname)
-                if isinstance(hit, str):
-                    candidates.append(hit)
-        except ImportError:
-            pass
-    if cfg.get("url"):
-        candidates.append(os.path.expanduser(os.path.join("~/.cache/clip", os.path.basename(cfg["url"]))))
-    for path in candidates:
-        if os.path.isfile(path):
-            return path, cfg
-    raise FileNotFoundError(
-        f"weights for {name!r} pretrained={tag!r} are not in the local cache and this project never downloads "
-        f"at run time; download them yourself and pass pretrained=/path/to/weights")
-
-
 class Backbone(nn.Module):
     """Image and text towers of an open_clip CLIP model, exposing tokens as well as pooled features.
 
@@ -75,20 +46,23 @@ class Backbone(nn.Module):
     text_projection), so local and global features start in the same CLIP embedding space.
     """
 
-    def __init__(self, name: str, pretrained: str | None = None):
+    def __init__(self, name: str, pretrained: str | None = None, *, quick_gelu: bool, image_size: int,
+                 mean: tuple[float, float, float], std: tuple[float, float, float], weights=None):
+        """`pretrained`: a local weights file (an open_clip tag is resolved to its file by
+        pretrain.architecture.resolve, which also gives the other arguments); `weights`: that file already read
+        (clip_weights.Weights)."""
         super().__init__()
-        kwargs: dict = {}
-        mean, std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+        from pretrain import architecture, clip_weights
+        from pretrain.model_config import ModelConfig
+
+        kwargs = architecture.create_kwargs(ModelConfig(backbone=name, quick_gelu=quick_gelu, image_size=image_size))
         if pretrained:
-            if os.path.isfile(pretrained):
-                kwargs["pretrained"] = pretrained
-            else:
-                path, tag_cfg = _cached_tag_file(name, pretrained)
-                kwargs["pretrained"] = path
-                if tag_cfg.get("quick_gelu"):
-                    kwargs["force_quick_gelu"] = True
-                mean, std = tag_cfg.get("mean", mean), tag_cfg.get("std", std)
-        clip = open_clip.create_model(name, **kwargs)
+            weights = weights if weights is not None else clip_weights.read(pretrained)
+            with weights_follow():
+                clip = open_clip.create_model(name, **kwargs)
+            clip.load_state_dict(clip_weights.fit(clip, weights, name, resize="force_image_size" in kwargs))
+        else:
+            clip = open_clip.create_model(name, **kwargs)
         if not hasattr(clip, "token_embedding") or not hasattr(clip.visual, "conv1"):
             raise ValueError(f"backbone {name!r}: only open_clip ViT image towers with the built-in text "
                              f"transformer are supported (need patch tokens and word tokens)")

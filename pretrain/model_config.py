@@ -1,7 +1,9 @@
 """ModelConfig: the `model` section of the pretrain config, exported unchanged as `model_config.json`.
 
 Everything that changes the model's parameters or its forward pass lives here, so an export can be rebuilt from
-this file and `model.pt` alone.
+this file and `model.pt` alone. The backbone's architecture fields (quick_gelu, image_size, image_mean, image_std)
+may be left unset in a config; building the model resolves them (from the weights file, the open_clip tag, the
+backbone name: pretrain.architecture) and the resolved values are what pretraining records and every loader reads.
 """
 from __future__ import annotations
 
@@ -18,6 +20,13 @@ GRANULARITIES = ("local", "global")
 class ModelConfig:
     backbone: str = "stg-tiny"        # any open_clip model name or a config in pretrain/model_configs/
     pretrained: str | None = None     # open_clip tag or a local weights file; tags resolve from the local cache only
+    # the backbone's architecture beyond its name; None / 0: as the weights were trained where their file or tag
+    # says, else the open_clip name's config (pretrain.architecture.resolve; README "Start from CLIP weights")
+    quick_gelu: bool | None = None    # QuickGELU (OpenAI's and LAION-400M's CLIP) instead of GELU in both towers
+    image_size: int = 0               # the image tower's input size; 0: the name's (another size resizes the
+                                      # positional embedding of the loaded weights, as open_clip does)
+    image_mean: tuple[float, float, float] | None = None  # per-channel normalisation of frames; None: the tag's,
+    image_std: tuple[float, float, float] | None = None   # else OpenAI's CLIP values
     freeze: str = "none"              # none | all | partial
     unfrozen_blocks: int = 2          # partial: last N transformer blocks of each tower (+ final norms) train
     embed_dim: int = 256              # d of f, g (global) and f', g' (local)
@@ -90,6 +99,10 @@ class ModelConfig:
         if self.mil_windows < 0 or self.mil_shift < 0:
             raise ConfigError(f"model.mil_windows and model.mil_shift must be >= 0, got {self.mil_windows}, "
                               f"{self.mil_shift}")
+        if self.image_size < 0:
+            raise ConfigError(f"model.image_size must be >= 0 (0: the backbone's), got {self.image_size}")
+        if self.image_std is not None and min(self.image_std) <= 0:
+            raise ConfigError(f"model.image_std must be > 0, got {self.image_std}")
         if self.margin < 0:
             raise ConfigError(f"model.margin must be >= 0, got {self.margin}")
         if self.embed_dim % self.local_heads:

@@ -11,13 +11,14 @@ schedule, step, data position and RNG states, so a resumed run continues the exa
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import torch
 import torch.distributed as dist
 
 from pretrain import data
-from pretrain.config import PretrainConfig, to_dict, train_settings
+from pretrain.config import PretrainConfig, train_settings
 from trainer.engine import build_engine, init_distributed
 from trainer.loop import Report, Task, fit
 
@@ -43,7 +44,8 @@ class ShardTask(Task):
         self.batches_per_epoch = spe * cfg.optim.grad_accum
         self.loader = None
         self.skipped_before: Counter = Counter()
-        self.model_config = to_dict(cfg)["model"]
+        # the model's own config: its architecture resolved (pretrain.architecture), what an export rebuilds
+        self.model_config = dataclasses.asdict(model.cfg)
 
     def start(self, state: dict | None) -> None:
         position = None
