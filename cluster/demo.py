@@ -65,6 +65,12 @@ class DemoConfig:
         """The demo's own settings and its corpus' (a bad value is the user's one error line before anything is
         written)."""
         corpus_config(self)
+        from pretrain import architecture
+        from pretrain.config import PretrainConfig
+
+        model = C.load(PretrainConfig, os.path.join(ROOT, self.pretrain), self.pretrain_overrides).model
+        if model.pretrained:  # the weights file opened and fitted to the backbone now, not after corpus and shards
+            architecture.check(model)
         if self.calibrate_videos < 0:
             raise C.ConfigError(f"DemoConfig [calibrate_videos]: must be >= 0 (0: off), got {self.calibrate_videos}")
         if self.calibrate_videos > self.n_train:

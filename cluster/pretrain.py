@@ -9,9 +9,10 @@ The run URL is Ray's storage_path/name, so Ray's own run state sits beside our c
 makes Ray restart the whole worker group (FailureConfig.max_failures); the restarted workers resume from the
 newest complete checkpoint, as does a re-submitted job with the same `run` (after a crash, a stopped cluster, or
 with a larger max_steps). A re-launch may change only pretrain.config.RESUMABLE; any other difference from the
-run's config.yaml is refused before anything is written (docs/cluster.md). The config and the shard set are
-checked before Ray starts. With no --address (and no RAY_ADDRESS) a local Ray is started
-(cluster.runtime.init_ray); token authentication stays on.
+run's config.yaml is refused before anything is written (docs/cluster.md). The config, the shard set and the
+backbone's weights file (opened and fitted to the backbone by names and shapes) are checked before Ray starts.
+With no --address (and no RAY_ADDRESS) a local Ray is started (cluster.runtime.init_ray); token authentication
+stays on.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import sys
 from common import cli
 from common import config as cfglib
 from common import fsio
+from pretrain import architecture
 from pretrain.config import RESUMABLE, PretrainConfig, check_shards, from_dict, to_dict, train_settings, validate
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,8 @@ def quiet_ray_train() -> None:
 def prepare(cfg: PretrainConfig) -> tuple[PretrainConfig, dict, dict]:
     """Everything checked before Ray starts and nothing written: (cfg with absolute URLs, the DeepSpeed file's
     content, the DeepSpeed config this run uses). Raises a UserError for a bad config, a missing or empty shard
-    set, or a re-launch into an existing run with a different contract."""
+    set, a weights file (model.pretrained) that is missing, truncated or does not load into the backbone, or a re-launch
+    into an existing run with a different contract."""
     from trainer.engine import ds_config, load_ds_file
     from trainer.run_folder import refuse_changes
 
@@ -113,8 +116,27 @@ def prepare(cfg: PretrainConfig) -> tuple[PretrainConfig, dict, dict]:
         init=_absolute(cfg.init) if cfg.init else "")
     ds_base = load_ds_file(cfg.deepspeed)
     ds = ds_config(train_settings(cfg), cfg.cluster.workers, gpu=cfg.cluster.gpus_per_worker > 0, base=ds_base)
-    refuse_changes(cfg.run, to_dict(cfg), RESUMABLE, ds, defaults=to_dict(PretrainConfig()))
-    return cfg, ds_base, ds
+    # the backbone's architecture resolved and its weights file opened and fitted to it here, not in every worker;
+    # a run begun before the architecture was recorded keeps being built as it was (architecture.legacy)
+    stored = _stored_model(cfg.run)
+    before = stored is not None and "quick_gelu" not in stored
+    model = cfg.model
+    if before:
+        model = dataclasses.replace(model, **{k: tuple(v) if isinstance(v, list) else v
+                                              for k, v in architecture.legacy(to_dict(cfg)["model"], cfg.run).items()})
+    resolved = dataclasses.replace(cfg, model=architecture.check(model))
+    refuse_changes(cfg.run, to_dict(cfg if before else resolved), RESUMABLE, ds, defaults=to_dict(PretrainConfig()))
+    return resolved, ds_base, ds
+
+
+def _stored_model(run: str) -> dict | None:
+    """The model section of the run's config.yaml; None for a new run."""
+    import yaml
+
+    url = fsio.join(run, "config.yaml")
+    if not fsio.exists(url):
+        return None
+    return dict((yaml.safe_load(fsio.read_text(url)) or {}).get("model") or {})
 
 
 def prune_unreported(run: str) -> list[int]:
