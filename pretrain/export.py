@@ -1,5 +1,6 @@
-"""Consolidated fp32 model for finetuning and indexing: `<run>/export/model.pt` + `model_config.json`
-(docs/contracts.md section 3), from a complete checkpoint.
+"""Consolidated fp32 model for finetuning and indexing: `<run>/export/model.pt` + `model_config.json`, and the
+backbone alone as a plain open_clip file `backbone.safetensors` (docs/contracts.md section 3), from a complete
+checkpoint.
 
 ZeRO keeps the fp32 master weights sharded in the optimizer files; DeepSpeed's zero_to_fp32 merges them. A
 stage-0 checkpoint without optimizer shards holds the whole module (fp32 on CPU) in its model-states file.
@@ -22,6 +23,7 @@ import torch
 
 from common import cli, fsio
 from trainer import checkpoint
+from pretrain import backbone_file
 from pretrain.model import ExportError, ExportMissing, load_weights
 
 
@@ -65,11 +67,14 @@ def export_run(run: str, step: int | None = None) -> str:
         state = consolidated_state_dict(local_root, checkpoint.tag(step))
         local = os.path.join(tmp, "model.pt")
         torch.save(state, local)
+        clip_local = os.path.join(tmp, backbone_file.NAME)
+        clip = backbone_file.write(state, backbone_file.model_config(marker["model_config"], run), clip_local)
         # the config first: a reader that finds model.pt finds its config too
         fsio.write_json_atomic(fsio.join(out, "model_config.json"), marker["model_config"])
         fsio.put_file_atomic(local, fsio.join(out, "model.pt"))
+        fsio.put_file_atomic(clip_local, fsio.join(out, backbone_file.NAME))
     fsio.write_json_atomic(fsio.join(out, "export.json"), {"step": step, "checkpoint": checkpoint.url_of(run, step),
-                                                           "tensors": len(state)})
+                                                           "tensors": len(state), "backbone": clip})
     return fsio.join(out, "model.pt")
 
 
