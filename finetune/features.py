@@ -241,7 +241,7 @@ class FeatureStore:
 
 
 def _image_size(checkpoint: str) -> int:
-    """The encoder's input size from the export's config alone (its open_clip model config names it)."""
+    """The encoder's input size from the export's config alone (recorded, or its open_clip model config's)."""
     import open_clip
 
     import pretrain.backbone  # noqa: F401 - registers the project's model configs with open_clip
@@ -249,8 +249,10 @@ def _image_size(checkpoint: str) -> int:
     folder = checkpoint.rstrip("/")
     if folder.endswith(".pt"):
         folder = folder.rsplit("/", 1)[0] if "/" in folder else "."
-    name = fsio.read_json(fsio.join(folder, "model_config.json"))["backbone"]
-    size = open_clip.get_model_config(name)["vision_cfg"]["image_size"]
+    conf = fsio.read_json(fsio.join(folder, "model_config.json"))
+    if conf.get("image_size"):  # recorded by exports since the architecture is (docs/contracts.md section 3)
+        return int(conf["image_size"])
+    size = open_clip.get_model_config(conf["backbone"])["vision_cfg"]["image_size"]
     return int(size if isinstance(size, int) else size[0])
 
 

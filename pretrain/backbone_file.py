@@ -26,8 +26,7 @@ def write(state: dict[str, torch.Tensor], cfg: ModelConfig, path: str) -> dict:
     from safetensors.torch import save_file
 
     name, kwargs = architecture.open_clip_name(cfg)
-    clip = {k[len(PREFIX):]: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).clone()
-            for k, v in state.items() if k.startswith(PREFIX)}
+    clip = {k[len(PREFIX):]: _own(v) for k, v in state.items() if k.startswith(PREFIX)}
     if "logit_scale" in clip and clip["logit_scale"].shape == (1,):
         clip["logit_scale"] = clip["logit_scale"].reshape(())  # a plain CLIP's scalar (Backbone made it (1,))
     meta = {"format": "pt", "open_clip_model": name, "open_clip_kwargs": json.dumps(kwargs),
@@ -35,6 +34,13 @@ def write(state: dict[str, torch.Tensor], cfg: ModelConfig, path: str) -> dict:
             "image_mean": json.dumps(list(cfg.image_mean)), "image_std": json.dumps(list(cfg.image_std))}
     save_file(clip, path, metadata=meta)
     return {"file": NAME, "open_clip_model": name, "open_clip_kwargs": kwargs}
+
+
+def _own(v: torch.Tensor) -> torch.Tensor:
+    """fp32, contiguous, in storage of its own (safetensors refuses views into one flat buffer, which ZeRO's
+    consolidation returns); copied only where needed, a ViT-B/32 backbone being 600 MB."""
+    v = v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+    return v if v.untyped_storage().nbytes() == v.numel() * v.element_size() else v.clone()
 
 
 def model_config(data: dict, where: str) -> ModelConfig:
