@@ -50,6 +50,11 @@ def inputs(tmp_path_factory):
     (tmp / "didemo_pred.json").write_text(json.dumps({str(ann[0]["annotation_id"]): [[9, 9]]}))
     (tmp / "empty.json").write_text("{}")
     (tmp / "c" / "test").mkdir(parents=True)
+    from common.config import load
+    from shards.synthetic import SyntheticConfig
+    from shards.synthetic.generate import generate
+
+    generate(load(SyntheticConfig, None, [f"out={tmp / 'corpus'}", "n_train=0", "n_test=1", "max_seconds=24"]))
     return {"export": export, "trunc": str(trunc), "pickled": str(pickled), "video": str(shared_path(
         "videos", "carphone_pristine.mp4")), "junk": str(tmp / "junk.mp4"), "badyaml": str(tmp / "bad.yaml"),
         "badpool": str(tmp / "pool.json"), "tmp": str(tmp), "didemo": str(shared_path(
@@ -135,6 +140,7 @@ CASES = [
     ("synthetic-huge-frame", S, ["--out", "{tmp}/syn", "width=100000"], "width"),
     ("synthetic-out-is-a-file", S, ["--out", "{badyaml}", "n_train=0", "n_test=1"], "bad.yaml"),
     ("synthetic-fps-out-of-range", S, ["--out", "{tmp}/syn", "fps=100000"], "fps"),
+    ("synthetic-out-holds-another-corpus", S, ["--out", "{tmp}/corpus", "n_train=1", "n_test=1"], "n_train"),
 ]
 
 
@@ -148,8 +154,12 @@ def check_one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
 
 @pytest.mark.parametrize("case,module,argv,needle", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_exit_2(inputs, case, module, argv, needle):
+    from conftest import tree_digest
+
+    corpus = tree_digest(os.path.join(inputs["tmp"], "corpus"))
     r = run_cli(module, *[a.format(**inputs) for a in argv])
     check_one_line_error(r, needle)
+    assert tree_digest(os.path.join(inputs["tmp"], "corpus")) == corpus  # a refusal writes nothing
     if case == "synthetic-out-is-a-file":
         assert open(inputs["badyaml"]).read().startswith("fps: [1, 2"), "the file given as --out was rewritten"
 
