@@ -195,11 +195,13 @@ def test_local_default_starts_its_own_beside_a_live_recorded_head(ray_tmp, tmp_p
     import psutil
 
     env = user_env(RAY_TMPDIR=ray_tmp)
+    loopback = {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # the head and its check's driver on loopback only
     port = _free_port()
     head = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head",
                              f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                              "--include-dashboard=false", "--block"],
-                            env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},  # on loopback only stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            env=loopback,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         while not os.path.exists(_record(ray_tmp)) and head.poll() is None:
             time.sleep(0.2)
@@ -214,7 +216,7 @@ def test_local_default_starts_its_own_beside_a_live_recorded_head(ray_tmp, tmp_p
         with open(_record(ray_tmp)) as f:
             assert f.read().strip() == foreign
         # the only job the foreign cluster ever saw is this check's own
-        jobs = subprocess.run([sys.executable, "-c", JOBS, foreign], cwd=tmp_path, env=env, capture_output=True,
+        jobs = subprocess.run([sys.executable, "-c", JOBS, foreign], cwd=tmp_path, env=loopback, capture_output=True,
                               text=True, timeout=300)
         assert jobs.returncode == 0, jobs.stderr[-3000:]
         assert jobs.stdout.strip().splitlines()[-1] == "1"
