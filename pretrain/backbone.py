@@ -88,7 +88,11 @@ class Backbone(nn.Module):
                 if tag_cfg.get("quick_gelu"):
                     kwargs["force_quick_gelu"] = True
                 mean, std = tag_cfg.get("mean", mean), tag_cfg.get("std", std)
-        clip = open_clip.create_model(name, **kwargs)
+        # without `pretrained` the config asks for random initialisation, or weights follow (an export, a
+        # checkpoint, a warm start): open_clip's "Model initialized randomly" warning would tell nothing or the
+        # opposite of what happens
+        with contextlib.nullcontext() if pretrained else weights_follow():
+            clip = open_clip.create_model(name, **kwargs)
         if not hasattr(clip, "token_embedding") or not hasattr(clip.visual, "conv1"):
             raise ValueError(f"backbone {name!r}: only open_clip ViT image towers with the built-in text "
                              f"transformer are supported (need patch tokens and word tokens)")
