@@ -105,10 +105,13 @@ def trainer_class():
     belongs to the driver and goes down with it. Ray offers no switch for it, so it is left out of the
     trainer's default callbacks."""
     from ray.train.torch import TorchTrainer
-    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
     from cluster.runtime import serves_state_api
 
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    except ImportError:  # a Ray Train without the cleaner
+        return TorchTrainer
     if serves_state_api():
         return TorchTrainer
 
