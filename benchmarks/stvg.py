@@ -31,6 +31,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from common import cli  # noqa: E402
 from grounding import metrics as M  # noqa: E402
 from grounding.evaluate import evaluate  # noqa: E402
 from grounding.inference import InferenceConfig, label_frames, segments_from_labels  # noqa: E402
@@ -165,11 +166,30 @@ def arguments() -> argparse.ArgumentParser:
     return p
 
 
+def check(args: argparse.Namespace) -> None:
+    """What the benchmark refuses before any work, each as one UserError line."""
+    from common.errors import UserError
+
+    if not os.path.isfile(os.path.join(args.corpus, "corpus.json")):
+        raise UserError(f"--corpus [{args.corpus}]: not a synthetic corpus (no corpus.json; make one with "
+                        f"python -m shards.synthetic --out DIR mode=stvg)")
+    splits = sorted(d for d in os.listdir(args.corpus) if os.path.isdir(os.path.join(args.corpus, d)))
+    if args.split not in splits:
+        raise UserError(f"--split [{args.split}]: {args.corpus} has no such split (it has {', '.join(splits)})")
+    if not os.path.isfile(os.path.join(args.corpus, args.split, "truth", "vidstg.json")):
+        raise UserError(f"--corpus [{args.corpus}]: not an STVG corpus (no {args.split}/truth/vidstg.json; make one "
+                        f"with python -m shards.synthetic --out DIR mode=stvg)")
+    for name in ("tubes", "smooth"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} [{getattr(args, name)}]: must be >= 1")
+
+
 def measure(args: argparse.Namespace, linking: bool = True) -> dict:
     """Every row of the module docstring on `args.split` (scores in percent), tube purity and (with `linking`)
     the linking times: the JSON object main prints."""
     from pretrain.model import load_model
 
+    check(args)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     tmp = tempfile.mkdtemp(prefix="stvg-bench-")
     export = args.export or random_export(os.path.join(tmp, "export"))
@@ -234,4 +254,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -51,7 +51,8 @@ def finetune(name: str, config: str, overrides: list[str], seed: int, args) -> d
         proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0 or not os.path.exists(done):
         tail = open(os.path.join(run, "benchmark.log")).read().strip().splitlines()[-1:]
-        return {"error": f"exit {proc.returncode}: {tail[0] if tail else ''}", "command": " ".join(cmd)}
+        return {"error": f"exit {proc.returncode}: {tail[0] if tail else ''}", "exit": proc.returncode,
+                "command": " ".join(cmd)}
     return json.load(open(done))
 
 
@@ -82,7 +83,7 @@ def summarise(seeds: list[int], runs: list[dict]) -> dict:
     """A row of the output: the mean/std over its seeds and each seed's run."""
     return {**aggregate(runs),
             "runs": [{"seed": s, "steps": r.get("steps"), "first_loss": r.get("first_loss"), "last": r.get("last"),
-                      "seconds": r.get("seconds"), "error": r.get("error"),
+                      "seconds": r.get("seconds"), "error": r.get("error"), "exit": r.get("exit"),
                       "metrics": percent(r.get("metrics") or {})} for s, r in zip(seeds, runs)]}
 
 
@@ -132,6 +133,12 @@ def main(argv=None) -> int:
         out["beats_zero_shot"] = beats_zero_shot(out["baselines"]["zero_shot"], heads)
     out["wall_seconds"] = round(time.time() - t0, 1)
     print(json.dumps(out))
+    failed = [r for h in heads.values() for r in h["runs"] if r["error"]]
+    if heads and len(failed) == sum(len(h["runs"]) for h in heads.values()):
+        # nothing was measured: the JSON above holds each run's error; the exit status says so too (2: every
+        # finetune refused its input, as finetune.train does for bad input)
+        print(f"error: every finetune run failed (first: {failed[0]['error']})", file=sys.stderr)
+        return 2 if all(r.get("exit") == 2 for r in failed) else 1
     return 0
 
 

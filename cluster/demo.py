@@ -79,6 +79,26 @@ class DemoConfig:
         return self
 
 
+# what the demo's stages made in an existing --out depends on these; the others (steps of later stages, table
+# options) may change on a re-run
+_MADE_WITH = ("seed", "n_train", "n_test", "corpus", "size", "window_frames", "videos_per_shard", "pretrain",
+              "pretrain_overrides", "second_round_steps")
+
+
+def refuse_other_settings(cfg: DemoConfig) -> None:
+    """A re-run into an --out made with other settings is refused before anything is written (it used to rewrite
+    demo.yaml and the shards' config, then stop at the stage whose output disagreed)."""
+    path = os.path.join(cfg.out, "demo.yaml")
+    if not os.path.exists(path):
+        return
+    old = C.to_dict(C.load(DemoConfig, path, []))
+    new = C.to_dict(cfg)
+    differ = [k for k in _MADE_WITH if old.get(k) != new.get(k)]
+    if differ:
+        raise C.ConfigError(f"--out [{cfg.out}]: made with other settings ({', '.join(differ)} differ from its "
+                            f"demo.yaml); give another --out")
+
+
 def _step(name: str):
     print(f"\n=== {name} ===", flush=True)
     return time.time()
@@ -292,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         cfg.out = args.out
     cfg.validate()
+    refuse_other_settings(cfg)
     os.makedirs(cfg.out, exist_ok=True)
     C.dump(cfg, os.path.join(cfg.out, "demo.yaml"))
     timings = {}

@@ -64,6 +64,7 @@ def plan_embed(cfg: IndexConfig) -> tuple[list[str], list[str], str]:
     from index import embshards
     from index.errors import StaleEmbeddings
     from pretrain.export_key import export_key
+    from pretrain.model import load_model
 
     cfg.validate("embed")
     if not fsio.exists(cfg.shards):
@@ -73,6 +74,9 @@ def plan_embed(cfg: IndexConfig) -> tuple[list[str], list[str], str]:
         raise C.ConfigError(f"shard set [{cfg.shards}]: holds no finished data shard (shard-NNNNNN.tar with its "
                             f".stats.json); run cluster.shard first")
     export = export_key(cfg.embed.checkpoint)
+    # the export loads here, once, before any cluster starts: a truncated or mismatched one is the user's one
+    # error line, not every embedding actor's traceback
+    load_model(cfg.embed.checkpoint)
     emb_dir = cfg.embeddings_url()
     complete = {name: stats for name, stats in embshards.list_shards(emb_dir)[0]}
     if not cfg.embed.overwrite:

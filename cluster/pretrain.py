@@ -99,6 +99,32 @@ def quiet_ray_train() -> None:
     context.logger.setLevel(logging.WARNING)
 
 
+def trainer_class():
+    """TorchTrainer, without its placement-group cleaner on a Ray that serves no State API. The cleaner (a
+    detached actor, Ray Train 2.60) asks the State API every second whether the controller lives, to remove the
+    run's placement group should the controller die while the cluster lives on; on our local Ray the question
+    can never be answered (cluster.runtime.serves_state_api), and the case cannot arise either: the local cluster
+    belongs to the driver and goes down with it. Ray offers no switch for it, so it is left out of the
+    trainer's default callbacks."""
+    from ray.train.torch import TorchTrainer
+
+    from cluster.runtime import serves_state_api
+
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    except ImportError:  # a Ray Train without the cleaner
+        return TorchTrainer
+    if serves_state_api():
+        return TorchTrainer
+
+    class LocalTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks()
+                    if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return LocalTorchTrainer
+
+
 def prepare(cfg: PretrainConfig) -> tuple[PretrainConfig, dict, dict]:
     """Everything checked before Ray starts and nothing written: (cfg with absolute URLs, the DeepSpeed file's
     content, the DeepSpeed config this run uses). Raises a UserError for a bad config, a missing or empty shard
@@ -161,7 +187,7 @@ def prune_unreported(run: str) -> list[int]:
 def run_pretrain(cfg: PretrainConfig):
     """Run (or resume) the job described by cfg; returns Ray Train's Result."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     from cluster.runtime import init_ray
     from trainer.engine import prebuild_ops
@@ -185,7 +211,7 @@ def run_pretrain(cfg: PretrainConfig):
     resources = {"CPU": c.cpus_per_worker}
     if gpu:
         resources["GPU"] = c.gpus_per_worker
-    trainer = TorchTrainer(
+    trainer = trainer_class()(
         _worker,
         train_loop_config={"config": to_dict(cfg), "deepspeed": ds_base},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo", timeout_s=cfg.comm_timeout_s),

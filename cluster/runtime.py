@@ -28,12 +28,14 @@ FORWARDED_ENV = (
 _LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def quiet_worker_logs() -> None:
-    """Runs in every Ray worker process (runtime_env worker_process_setup_hook). Ray Train's placement-group
-    cleaner asks the State API whether the controller is alive; the State API lives in the dashboard, which a
-    local Ray starts without, so every check logs "Failed to query Ray Train Controller actor state" as a
-    warning. Without the dashboard that check can never succeed: its logger is set to errors only."""
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+def pin_own_cluster() -> None:
+    """Runs in every Ray worker process of our jobs (runtime_env worker_process_setup_hook). A Ray client or
+    State API client created without an address (Ray Train's placement-group cleaner and state actor are two)
+    otherwise picks "the current cluster" by scanning the machine's processes for GCS servers, which finds every
+    other user's Ray too: RAY_ADDRESS is set to this worker's own cluster (docs/cluster.md "Neighbours")."""
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
 def worker_env() -> dict[str, str]:
@@ -81,8 +83,24 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+# Ray Train's state actor asks the State API every 30 s whether each run's controller lives; a local Ray serves no
+# State API (below), so the question can never be answered there: the check is switched off for a local Ray.
+_NO_STATE_API_ENV = {"RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0"}
+
+
+def serves_state_api() -> bool:
+    """False for the local Ray init_ray started (it runs without a dashboard, which is what serves Ray's State
+    API); True for a given cluster, whose head normally runs one."""
+    return not _started_local
+
+
+_started_local = False
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
-    """Connect to `address` (or RAY_ADDRESS); start a local Ray when neither is set. Returns the ray module."""
+    """Connect to `address` (or RAY_ADDRESS); start a new local Ray when neither is set, whatever other Ray the
+    machine holds or records. Returns the ray module."""
+    global _started_local
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         if os.environ.get("RAY_AUTH_MODE", "token") == "token":
@@ -94,13 +112,23 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
 
     if ray.is_initialized():
         return ray
-    runtime_env = {"env_vars": worker_env(), "worker_process_setup_hook": "cluster.runtime.quiet_worker_logs"}
+    env = worker_env()
     if address:
+        runtime_env = {"env_vars": env, "worker_process_setup_hook": "cluster.runtime.pin_own_cluster"}
         ray.init(address=address, runtime_env=runtime_env, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, **kwargs)
-        node = ray.util.get_node_ip_address()
-        if not is_loopback(node):  # a bug (a Ray release that reads the address another way), never a user error
-            ray.shutdown()
-            raise RuntimeError(f"the local Ray took the non-loopback node address {node}; refusing to run on it")
+        return ray
+    # "local": a new cluster even where a `ray start` head is recorded on this machine (a user's own, or a dead
+    # one's stale record), never joining it. No dashboard (it costs ~1 GB and a dozen processes); its record in
+    # the GCS would still name the default port 8265, where another Ray's dashboard may answer for its own
+    # cluster, so the record names port 0, where no server can listen, and a State API call fails at once.
+    os.environ.update(_NO_STATE_API_ENV)
+    env.update(_NO_STATE_API_ENV)
+    runtime_env = {"env_vars": env, "worker_process_setup_hook": "cluster.runtime.pin_own_cluster"}
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_port=0,
+             runtime_env=runtime_env, **kwargs)
+    _started_local = True
+    node = ray.util.get_node_ip_address()
+    if not is_loopback(node):  # a bug (a Ray release that reads the address another way), never a user error
+        ray.shutdown()
+        raise RuntimeError(f"the local Ray took the non-loopback node address {node}; refusing to run on it")
     return ray

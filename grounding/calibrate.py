@@ -141,7 +141,7 @@ def calibrate(truth: dict, encoded: list[EncodedVideo], base: InferenceConfig, o
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="export folder (model.pt + model_config.json) or model.pt")
     p.add_argument("--split", required=True, help="a split folder with hidden truth (truth/ + videos/ + "
                                                    "manifest.csv), e.g. the synthetic corpus' train split")
@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"--videos [{args.videos}]: must be >= 1")
     if not os.path.isdir(args.split):
         raise InputError(f"--split [{args.split}]: not a folder")
+    if os.path.basename(os.path.normpath(args.split)) == "test":
+        raise InputError(f"--split [{args.split}]: a test split; decoding chosen on the split it is scored on "
+                         f"flatters it: choose it on another labelled split (e.g. the corpus' train split)")
     if not os.path.exists(args.checkpoint):
         raise InputError(f"--checkpoint [{args.checkpoint}]: not found")
     from pretrain import load_model

@@ -81,8 +81,11 @@ def list_videos(args: list[str]) -> list[tuple[str, str]]:
 def read_pools(pool_arg: str | None, videos_arg: list[str]) -> tuple[dict[str, list[str]] | None, list[str] | None]:
     """(per-video pools, shared pool): exactly one is not None."""
     if pool_arg is not None:
-        if fsio.exists(pool_arg) and not (fsio.is_local(pool_arg) and os.path.isdir(pool_arg)):
+        if pool_arg.strip() and fsio.exists(pool_arg) and not (fsio.is_local(pool_arg) and os.path.isdir(pool_arg)):
             return _pool_file(pool_arg)
+        if _names_a_file(pool_arg):  # a pool file that is not there is not an action description
+            raise InputError(f"--pool [{pool_arg}]: no such file (a pool is ';'-separated descriptions or a JSON "
+                             f"list / {{video: [steps]}} file)")
         shared = [p.strip() for p in pool_arg.split(";") if p.strip()]
         if not [p for p in shared if p != "background"]:
             raise InputError(f"--pool [{pool_arg!r}]: no action description in it (';'-separated, besides "
@@ -94,6 +97,13 @@ def read_pools(pool_arg: str | None, videos_arg: list[str]) -> tuple[dict[str, l
             return _pool_file(cand)
     raise InputError(f"--pool: no action pool for {videos_arg[0]}: pass --pool or put vid2step.json beside the "
                      f"videos")
+
+
+def _names_a_file(arg: str) -> bool:
+    """A --pool value that can only mean a file: a .json name, or a path with no space (descriptions have
+    spaces)."""
+    arg = arg.strip()
+    return arg.lower().endswith(".json") or "://" in arg or (os.sep in arg and " " not in arg and ";" not in arg)
 
 
 def _pool_file(url: str) -> tuple[dict[str, list[str]] | None, list[str] | None]:

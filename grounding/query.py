@@ -3,7 +3,7 @@
     python -m grounding.query --checkpoint RUN/export --video V.mp4 --text "crack eggs" [--picture out.png]
 
 Prints one JSON object: the segments where the query beats the background threshold (start, end, mean score) and,
-for the best-scoring second, the point and box in source-video pixels; writes a picture (grounding.visualize).
+for the best-scoring second, the point and box in source-video pixels; with --picture, draws it (grounding.visualize).
 With a single query there is no pool to compete with, so a frame is foreground when its z-scored similarity to the
 query (over the video's frames) is at least `tau` (default 0.5).
 """
@@ -63,15 +63,15 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(p)
-    p.add_argument("--picture", help="PNG to write (default: <video stem>.query.png in the cwd)")
+    p.add_argument("--picture", help="also draw the grounding into this PNG (default: no picture)")
     p.add_argument("--tau", type=float, default=0.5, help="foreground threshold on the z-scored similarity")
     args = p.parse_args(argv)
     check_request(args.video, args.text, args.fps, args.tau, args.max_decode_mb)
     res = ground_query(args.checkpoint, args.video, args.text, args.fps, args.tau,
                        max_decode_mb=args.max_decode_mb)
-    png = args.picture or os.path.splitext(os.path.basename(args.video))[0] + ".query.png"
-    render(res["frames"], res["times"], res["predictions"], args.text, res["geometry"], [], png)
-    print(json.dumps({**res["summary"], "picture": png}))
+    if args.picture:  # only where asked: a query writes nothing into the folder it is run from
+        render(res["frames"], res["times"], res["predictions"], args.text, res["geometry"], [], args.picture)
+    print(json.dumps({**res["summary"], "picture": args.picture}))
     return 0
 
 

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from grounding.query import add_common_args, check_request, ground_query
     from grounding.readers import InputError
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--truth", nargs=2, type=float, action="append", default=[], metavar=("START", "END"),

@@ -58,11 +58,13 @@ class Backbone(nn.Module):
         kwargs = architecture.create_kwargs(ModelConfig(backbone=name, quick_gelu=quick_gelu, image_size=image_size))
         if pretrained:
             weights = weights if weights is not None else clip_weights.read(pretrained)
-            with weights_follow():
-                clip = open_clip.create_model(name, **kwargs)
-            clip.load_state_dict(clip_weights.fit(clip, weights, name, resize="force_image_size" in kwargs))
-        else:
+        # open_clip's "Model initialized randomly" warning tells nothing here or the opposite of what happens:
+        # with a file its weights are loaded right below; without one the config asks for random
+        # initialisation, or weights follow (an export, a checkpoint, a warm start)
+        with weights_follow():
             clip = open_clip.create_model(name, **kwargs)
+        if pretrained:
+            clip.load_state_dict(clip_weights.fit(clip, weights, name, resize="force_image_size" in kwargs))
         if not hasattr(clip, "token_embedding") or not hasattr(clip.visual, "conv1"):
             raise ValueError(f"backbone {name!r}: only open_clip ViT image towers with the built-in text "
                              f"transformer are supported (need patch tokens and word tokens)")

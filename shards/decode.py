@@ -120,6 +120,7 @@ def decode_video(path: str, fps: float = 1.0, size: int = 224, threads: int = 1,
                             preexec_fn=(lambda: _die_with_parent(parent)) if _PRCTL is not None else None)
     err_lines: list[bytes] = []
     probed: dict = {}
+    header = threading.Event()  # ffmpeg has described its input (or ended): the duration is known if it has one
 
     def drain() -> None:
         # stderr is drained on its own thread: with both pipes unread ffmpeg would block once one fills; the
@@ -128,11 +129,17 @@ def decode_video(path: str, fps: float = 1.0, size: int = 224, threads: int = 1,
             err_lines.append(line)
             if "duration" not in probed and line.lstrip().startswith(b"Duration:"):
                 probed["duration"] = _probe_text(line.decode("utf-8", "replace"))[0]
+            if line.lstrip().startswith((b"Duration:", b"Stream mapping:")):
+                header.set()
+        header.set()
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     frames = []
     try:
+        # the bound is checked against the duration before the first frame is waited for: at an absurd fps
+        # ffmpeg may never send one
+        header.wait()
         while True:
             expected = probed.get("duration", 0.0) * fps
             if max(expected, len(frames) + 1) * frame_bytes > limit:

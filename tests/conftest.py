@@ -1,6 +1,7 @@
 """Session-wide real services: one local Ray cluster, one S3-protocol server (moto) on loopback."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -100,3 +101,31 @@ def user_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **extra}
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+# a user's other Ray app: `ray.init(include_dashboard=True)`, up until its stdin closes
+NEIGHBOUR = ("import ray, sys; ray.init(include_dashboard=True, num_cpus=1); "
+             "print(ray.get_runtime_context().gcs_address, flush=True); sys.stdin.read()")
+
+
+@contextlib.contextmanager
+def neighbour_ray(env: dict | None = None):
+    """A second local Ray head with a dashboard (on 8265 where free), started in its own process with the caller's
+    environment (so the same Ray temp dir), as a user's other Ray app would; yields its GCS address once its
+    dashboard serves."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", NEIGHBOUR], env=env or user_env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/")
+    try:
+        gcs = proc.stdout.readline().strip()
+        assert gcs, "the neighbouring Ray did not start"
+        yield gcs
+    finally:
+        proc.stdin.close()  # it shuts its Ray down and exits
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

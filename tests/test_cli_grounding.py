@@ -49,6 +49,12 @@ def inputs(tmp_path_factory):
     ann = json.loads(shared_path("benchmarks", "didemo", "test_data.json").read_text())
     (tmp / "didemo_pred.json").write_text(json.dumps({str(ann[0]["annotation_id"]): [[9, 9]]}))
     (tmp / "empty.json").write_text("{}")
+    (tmp / "c" / "test").mkdir(parents=True)
+    from common.config import load
+    from shards.synthetic import SyntheticConfig
+    from shards.synthetic.generate import generate
+
+    generate(load(SyntheticConfig, None, [f"out={tmp / 'corpus'}", "n_train=0", "n_test=1", "max_seconds=24"]))
     return {"export": export, "trunc": str(trunc), "pickled": str(pickled), "video": str(shared_path(
         "videos", "carphone_pristine.mp4")), "junk": str(tmp / "junk.mp4"), "badyaml": str(tmp / "bad.yaml"),
         "badpool": str(tmp / "pool.json"), "tmp": str(tmp), "didemo": str(shared_path(
@@ -96,6 +102,11 @@ CASES = [
     ("predict-not-a-video-with-pool", P, ["--checkpoint", "{export}", "--videos", "{junk}", "--pool", "cut",
                                          "--out", "{tmp}/p.json"], "junk.mp4"),
     ("predict-empty-pool", P, PA + ["--pool", " ; ;"], "--pool"),
+    ("predict-pool-empty-string", P, PA + ["--pool", ""], "--pool"),
+    ("predict-pool-file-missing", P, PA + ["--pool", "{tmp}/no_pool.json"], "no_pool.json"),
+    ("query-fps-1e9", Q, QA + ["--text", "cut", "--fps", "1e9"], "carphone_pristine.mp4"),
+    ("calibrate-on-a-test-split", "grounding.calibrate", ["--checkpoint", "{export}", "--split", "{tmp}/c/test"],
+     "test split"),
     ("predict-pool-only-background", P, PA + ["--pool", "background"], "--pool"),
     ("predict-out-is-a-folder", P, ["--checkpoint", "{export}", "--videos", "{video}", "--pool", "cut", "--out",
                                     "{tmp}"], "--out"),
@@ -129,6 +140,7 @@ CASES = [
     ("synthetic-huge-frame", S, ["--out", "{tmp}/syn", "width=100000"], "width"),
     ("synthetic-out-is-a-file", S, ["--out", "{badyaml}", "n_train=0", "n_test=1"], "bad.yaml"),
     ("synthetic-fps-out-of-range", S, ["--out", "{tmp}/syn", "fps=100000"], "fps"),
+    ("synthetic-out-holds-another-corpus", S, ["--out", "{tmp}/corpus", "n_train=1", "n_test=1"], "n_train"),
 ]
 
 
@@ -142,8 +154,12 @@ def check_one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
 
 @pytest.mark.parametrize("case,module,argv,needle", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_exit_2(inputs, case, module, argv, needle):
+    from conftest import tree_digest
+
+    corpus = tree_digest(os.path.join(inputs["tmp"], "corpus"))
     r = run_cli(module, *[a.format(**inputs) for a in argv])
     check_one_line_error(r, needle)
+    assert tree_digest(os.path.join(inputs["tmp"], "corpus")) == corpus  # a refusal writes nothing
     if case == "synthetic-out-is-a-file":
         assert open(inputs["badyaml"]).read().startswith("fps: [1, 2"), "the file given as --out was rewritten"
 
@@ -154,6 +170,23 @@ def test_query_says_nothing_about_random_weights(inputs, tmp_path):
     assert r.returncode == 0, r.stderr[-1500:]
     assert "pretrained" not in r.stderr.lower() and "randomly" not in r.stderr.lower(), r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["query"] == "cut the red cube"
+
+
+def test_query_writes_no_picture_unless_asked(inputs, tmp_path):
+    r = subprocess.run([sys.executable, "-m", Q, "--checkpoint", inputs["export"], "--video", inputs["video"],
+                        "--text", "cut the red cube"], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["picture"] is None
+    assert os.listdir(tmp_path) == []  # nothing written into the folder it was run from
+
+
+@pytest.mark.parametrize("module", ["grounding.calibrate", "grounding.visualize"])
+def test_help_says_whole_sentences(module):
+    r = run_cli(module, "--help")
+    assert r.returncode == 0, r.stderr
+    description = r.stdout.split("\n\n")[1]  # after the usage lines
+    assert description.rstrip().endswith("."), description
 
 
 def test_huge_fps_is_refused_by_the_decode_bound(inputs, tmp_path):

@@ -36,6 +36,12 @@ def make_world(root: str) -> dict:
     w["export"] = os.path.join(root, "export")
     save_export(build_model(ModelConfig(backbone="stg-micro", embed_dim=16, local_heads=2, frames_in=4,
                                         frames_selected=2, max_words=12)), w["export"])
+    w["trunc"] = os.path.join(root, "truncated_export")  # an export whose model.pt was cut short
+    os.makedirs(w["trunc"])
+    blob = open(os.path.join(w["export"], "model.pt"), "rb").read()
+    open(os.path.join(w["trunc"], "model.pt"), "wb").write(blob[: len(blob) // 2])
+    open(os.path.join(w["trunc"], "model_config.json"), "w").write(
+        open(os.path.join(w["export"], "model_config.json")).read())
     # tag "old": embeddings made by some other export
     data = synthetic.corpus(videos=12, clips_per_video=5, d=16, actions=3, seed=1)
     synthetic.write_shards(os.path.join(w["shards"], "embeddings", "old"), data, 30,
@@ -85,6 +91,8 @@ CASES = [
     ("embed-empty-shards", IDX + ["embed", "shards={empty}", E], 2, "empty"),
     ("embed-no-checkpoint", IDX + ["embed", S], 2, "embed.checkpoint"),
     ("embed-missing-export", IDX + ["embed", S, "embed.checkpoint={root}/no_export"], 2, "no_export"),
+    ("embed-truncated-export", IDX + ["embed", S, "embed.checkpoint={trunc}", "model_tag=trunc"], 2,
+     "{trunc}/model.pt"),
     ("embed-batch-size-0", IDX + ["embed", S, E, "embed.batch_size=0"], 2, "embed.batch_size"),
     ("embed-actors-negative", IDX + ["embed", S, E, "embed.actors=-1"], 2, "embed.actors"),
     ("embed-other-export", IDX + ["embed", S, E, "model_tag=old"], 2, "0123456789abcdef"),
@@ -157,6 +165,7 @@ def test_bad_or_repeated_input(world, case):
         errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and needle.format(**world) in errors[0], out.stderr
         assert "Started a local Ray instance" not in out.stderr  # refused before any cluster starts
+        assert not os.path.exists(os.path.join(world["shards"], "embeddings", "trunc"))  # nor a folder left
     else:
         assert needle in out.stdout and not out.stderr.count("error:")
 

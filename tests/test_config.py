@@ -152,3 +152,25 @@ def test_demo_bad_input_is_one_error_line_and_writes_nothing(tmp_path, args, mes
     assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], \
         run.stderr
     assert [p.name for p in out.iterdir()] == ["demo.yaml"] and (out / "demo.yaml").read_text() == "from an earlier run"
+
+
+def test_demo_refuses_an_out_made_with_other_settings_untouched(tmp_path):
+    """Issue 29: `--config configs/demo32.yaml --out COPY_OF_A_64PX_DEMO` rewrote demo.yaml and the shards' config
+    to 32 px, then stopped at stage 2."""
+    from cluster.demo import DemoConfig
+    from tests.conftest import tree_digest
+
+    out = tmp_path / "demo"
+    (out / "shards").mkdir(parents=True)
+    made = C.load(DemoConfig, None, [])
+    made.out = str(out)
+    C.dump(made, str(out / "demo.yaml"))
+    (out / "shards" / "config.yaml").write_text("size: 64\n")
+    before = tree_digest(out)
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}   # a user's fresh shell
+    run = subprocess.run([sys.executable, "-m", "cluster.demo", "--config", "configs/demo32.yaml", "--out", str(out)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), run.stderr
+    assert "size" in lines[0] and "demo.yaml" in lines[0]
+    assert tree_digest(out) == before

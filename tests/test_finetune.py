@@ -10,13 +10,16 @@ from __future__ import annotations
 import glob
 import json
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from common import config as C
-from conftest import shared_path
+from conftest import ROOT, shared_path
 from finetune import predict as P
 from finetune.config import FinetuneConfig
 from finetune.datasets import CharadesAdapter, DidemoAdapter, SyntheticAdapter
@@ -238,3 +241,34 @@ def test_sweep_under_ray_writes_evaluator_output(ray_cluster, export, corpus, tm
     assert [s["seed"] for s in sweep["jobs"]] == [0, 1] and all(s["metrics"] for s in sweep["jobs"])
     heads = [torch.load(os.path.join(j["run"], "head.pt")) for j in jobs]
     assert any(not torch.equal(heads[0][k], heads[1][k]) for k in heads[0])   # the seeds differ
+
+
+def test_cli_sweep_beside_a_neighbouring_ray_matches_the_in_process_sweep(ray_cluster, export, corpus, tmp_path):
+    """`python -m cluster.finetune` with its own local Ray, as a user runs it; a second local Ray head with a
+    dashboard starts (same environment, so the same Ray temp dir) once the job's Ray is up (issue 29). Every job
+    runs once and ends where the same sweep run in process on the session's Ray ends."""
+    from cluster.finetune import run_finetunes
+    from conftest import neighbour_ray, user_env
+
+    args = [f"checkpoint={export}", f"dataset.root={corpus}", f"features.cache={tmp_path / 'cache'}", "batch_size=4",
+            "max_steps=3", "checkpoint_every=2", "log_every=1", "optim.lr=0.001", "sweep.seeds=[0, 1]"]
+    ref = run_finetunes(C.load(FinetuneConfig, None, [*args, f"run={tmp_path / 'ref'}"]), ray_cluster)
+    env = user_env()
+    with open(tmp_path / "err", "w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "cluster.finetune", *args, f"run={tmp_path / 'cli'}"],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        while proc.poll() is None and "Started a local Ray" not in open(tmp_path / "err").read():
+            time.sleep(0.1)
+        with neighbour_ray(env):
+            stdout, _ = proc.communicate(timeout=900)
+        err.seek(0)
+        assert proc.returncode == 0, err.read()[-3000:]
+    lines = [ln for ln in stdout.splitlines() if ln.startswith('{"')]
+    assert lines, stdout[-3000:]
+    out = json.loads(lines[-1])
+    assert [j.get("error") for j in out["jobs"]] == [None, None]
+    for a, b in zip(ref["jobs"], out["jobs"]):
+        assert len(records(b["run"])) == 1  # one attempt each
+        assert b["metrics"] == pytest.approx(a["metrics"], abs=1e-6)
+        ha, hb = (torch.load(os.path.join(j["run"], "head.pt")) for j in (a, b))
+        assert all(torch.allclose(ha[k], hb[k], atol=1e-6) for k in ha)

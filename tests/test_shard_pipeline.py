@@ -123,10 +123,39 @@ def _ray_cfg(manifest, out):
     return _cfg(manifest, out, videos_per_shard=1, distributor="ray")
 
 
-def test_ray_run_killed_after_first_commit_resumes_to_the_same_bytes(good, ray_cluster, tmp_path):
-    clean, resumed = tmp_path / "clean", tmp_path / "resumed"
-    summary = run(_ray_cfg(good, clean), RayDistributor(ray_cluster))
+@pytest.fixture(scope="module")
+def clean(good, ray_cluster, tmp_path_factory):
+    """The uninterrupted Ray run the interrupted ones are compared with."""
+    out = tmp_path_factory.mktemp("clean") / "shards"
+    summary = run(_ray_cfg(good, out), RayDistributor(ray_cluster))
     assert summary["shards_built"] == 6 and summary["total_samples"] == 18 and not summary["failures"]
+    return out
+
+
+def test_cli_run_beside_a_neighbouring_ray_makes_the_same_bytes(good, clean, tmp_path):
+    """`cluster/shard.py` with its own local Ray, as a user runs it; a second local Ray head with a dashboard
+    starts (same environment, so the same Ray temp dir) once the first shard is committed (issue 29)."""
+    from conftest import neighbour_ray, user_env
+
+    out = tmp_path / "shards"
+    env = user_env()
+    with open(tmp_path / "err", "w+") as err:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "cluster" / "shard.py"), f"manifest={good}",
+                                 f"output={out}", "videos_per_shard=1", "window_frames=6", "size=64",
+                                 "progress=false"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        while proc.poll() is None and not (out.exists() and any(n.endswith(".stats.json") for n in os.listdir(out))):
+            time.sleep(0.05)
+        with neighbour_ray(env):
+            stdout, _ = proc.communicate(timeout=600)
+        err.seek(0)
+        assert proc.returncode == 0, err.read()[-3000:]
+    summary = json.loads(stdout[stdout.index("{"):])
+    assert summary["shards_built"] == 6 and summary["shards_failed"] == [] and not summary["failures"]
+    assert _tars(out) == _tars(clean)
+
+
+def test_ray_run_killed_after_first_commit_resumes_to_the_same_bytes(good, clean, ray_cluster, tmp_path):
+    resumed = tmp_path / "resumed"
 
     # the job entry, as `ray job submit` runs it, on this cluster; killed once its first shard is committed
     address = ray_cluster.get_runtime_context().gcs_address

@@ -1,5 +1,7 @@
 """benchmarks/stvg_heads.py: the per-seed aggregation and its refusal of a malformed row (its finetunes are the
 finetune tests' business; the figures it prints are in docs/stvg.md and the heads' docs)."""
+import json
+import os
 import subprocess
 import sys
 
@@ -37,3 +39,54 @@ def test_a_missing_corpus_or_export_is_one_error_line_before_any_run(tmp_path, m
                             "--out", str(tmp_path / "o"), *row], capture_output=True, text=True)
         assert p.returncode == 2 and p.stderr.startswith(f"error: {what}"), p.stderr
         assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_every_run_failing_is_not_exit_0(tmp_path):
+    """Issue 29: when every finetune of every row failed, the error was only inside the JSON and the exit 0."""
+    corpus, export = tmp_path / "c", tmp_path / "e"
+    (corpus / "test" / "truth").mkdir(parents=True)
+    (corpus / "test" / "truth" / "vidstg.json").write_text("{}")
+    export.mkdir()
+    (export / "model_config.json").write_text("{}")
+    p = subprocess.run([sys.executable, "-m", "benchmarks.stvg_heads", "--corpus", str(corpus), "--export",
+                        str(export), "--out", str(tmp_path / "o"), "--no-baselines", "--seeds", "0",
+                        "--head", "x", "configs/finetune/fsm_synthetic.yaml", "no_such_key=1"],
+                       capture_output=True, text=True)
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert p.returncode == 2 and len(errors) == 1 and "every finetune run failed" in errors[0], p.stderr
+    assert "no_such_key" in errors[0] and "Traceback" not in p.stderr
+    assert json.loads(p.stdout.strip().splitlines()[-1])["heads"]["x"]["seeds_done"] == 0
+
+
+@pytest.fixture(scope="module")
+def stvg_inputs(tmp_path_factory):
+    """A folder that is no corpus, a temporal (mode=steps) corpus, an STVG one (as far as the refusals look), an
+    export cut short."""
+    from pretrain_fixtures import tiny_export
+
+    root = tmp_path_factory.mktemp("stvg_bench")
+    for name, truth in (("temporal", "vid2step.json"), ("stvg", "vidstg.json")):
+        (root / name / "test" / "truth").mkdir(parents=True)
+        (root / name / "corpus.json").write_text("{}")
+        (root / name / "test" / "truth" / truth).write_text("{}")
+    export = tiny_export(str(root / "export"))
+    (root / "trunc").mkdir()
+    blob = open(os.path.join(export, "model.pt"), "rb").read()
+    (root / "trunc" / "model.pt").write_bytes(blob[: len(blob) // 2])
+    (root / "trunc" / "model_config.json").write_text(open(os.path.join(export, "model_config.json")).read())
+    return root
+
+
+@pytest.mark.parametrize("case,args,needle", [
+    ("missing-corpus", ["--corpus", "{root}/nowhere"], "nowhere"),
+    ("temporal-corpus", ["--corpus", "{root}/temporal"], "not an STVG corpus"),
+    ("truncated-export", ["--corpus", "{root}/stvg", "--export", "{root}/trunc"], "model.pt"),
+    ("split-val", ["--corpus", "{root}/stvg", "--split", "val"], "--split"),
+    ("tubes-0", ["--corpus", "{root}/stvg", "--tubes", "0"], "--tubes"),
+])
+def test_stvg_benchmark_bad_input_is_one_error_line(stvg_inputs, case, args, needle):
+    p = subprocess.run([sys.executable, "-m", "benchmarks.stvg", *[a.format(root=stvg_inputs) for a in args]],
+                       capture_output=True, text=True, timeout=300)
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert p.returncode == 2 and "Traceback" not in p.stderr and len(errors) == 1, p.stderr[-2000:]
+    assert needle in errors[0], errors[0]

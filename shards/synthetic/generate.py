@@ -125,9 +125,33 @@ def write_split(cfg: SyntheticConfig, split: str, records: list[dict]) -> dict:
     }
 
 
+# settings that change how a corpus is made, not what it holds
+_NOT_CONTENT = ("out", "workers")
+
+
+def refuse_another_corpus(cfg: SyntheticConfig) -> None:
+    """A folder holding a corpus made with other settings is refused before anything is written: re-rendering
+    into it would leave a mix (old truth describing new videos under the same ids)."""
+    from common.errors import UserError
+
+    url = fsio.join(cfg.out, "corpus.json")
+    if not fsio.exists(url):
+        return
+    try:
+        old = dict(fsio.read_json(url).get("config") or {})
+    except (ValueError, TypeError, AttributeError):
+        old = {}
+    new = to_dict(cfg)
+    differ = sorted(k for k in set(old) | set(new) if k not in _NOT_CONTENT and old.get(k) != new.get(k))
+    if differ:
+        raise UserError(f"--out [{cfg.out}]: holds a corpus made with other settings ({', '.join(differ)} differ"
+                        f"{'' if old else '; its corpus.json is unreadable'}); give another --out")
+
+
 def generate(cfg: SyntheticConfig) -> dict:
     """Write both splits and corpus.json; returns a summary with the counts and the wall time per video."""
     cfg.validate()
+    refuse_another_corpus(cfg)
     t0 = time.perf_counter()
     fsio.makedirs(cfg.out)
     counts = {"train": cfg.n_train, "test": cfg.n_test}
