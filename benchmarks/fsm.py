@@ -36,7 +36,7 @@ from finetune.config import FinetuneConfig, resolve  # noqa: E402
 def _batches(cfg: FinetuneConfig, n: int, pixels: bool = False):
     """n training batches of the finetune's own batcher; with `pixels`, each also with its frames' crops and the
     sentences' token ids (what an end-to-end step reads): [(TrainBatch, tokens or None)]."""
-    from finetune.datasets import build_adapter
+    from finetune.families import build_adapter
     from finetune.stvg_batches import StvgBatcher
     from finetune.stvg_features import tokenizer_of, with_pixels
     from finetune.train import feature_store, prepare, train_videos

@@ -77,7 +77,7 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, hidden: int, steps: int = 400, s
 
 
 def main(argv=None) -> int:
-    from finetune.datasets import build_adapter
+    from finetune.families import build_adapter
     from finetune.stvg_batches import StvgBatcher
     from finetune.stvg_features import tokenizer_of
     from finetune.train import feature_store, prepare, train_videos

@@ -181,13 +181,18 @@ def load(cls: type[T], path: str | None = None, overrides: Sequence[str] = ()) -
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file [{path}]: top level must be a mapping")
         data = merge(data, loaded)
+    return from_dict(cls, apply_overrides(data, overrides))
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """`a.b=value` overrides (values parsed as YAML) set in the nested dict `data` (changed in place, returned)."""
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"override [{ov}]: not of the form key=value")
         key, raw = ov.split("=", 1)
         # a blank value is the empty string (YAML would read it as null)
         _set_dotted(data, key.strip(), yaml_load(raw, f"override [{ov}]") if raw.strip() != "" else raw)
-    return from_dict(cls, data)
+    return data
 
 
 def _field_comments(cls: type) -> dict[str, str]:

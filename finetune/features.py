@@ -107,6 +107,8 @@ class FeatureStore:
     """Reads and writes one export's features at one (fps, size). `size` 0 takes the encoder's image size, which
     needs the model's config only (no weights are loaded to read a cache)."""
 
+    mid_layer = 0   # frame features have no earlier block's region features (finetune/stvg_features.py's may)
+
     def __init__(self, cache: str, checkpoint: str, fps: float = 1.0, size: int = 0, regions: bool = False,
                  pixels: bool = False, key: str | None = None):
         self.checkpoint = checkpoint
