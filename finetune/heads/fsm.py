@@ -24,7 +24,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 from common.config import ConfigError
 from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
 from finetune.heads.spec import STVG, HeadSpec
-from finetune.heads.stvg import TubeOutput, mean_unit_words
+from finetune.heads.stvg import TubeOutput, mean_unit_words, native_spans
 
 
 @dataclass
@@ -438,8 +438,7 @@ class FsmHead(GroundingHead):
         sel = score.argmax(1)                                                  # Eq. 13
         ar = torch.arange(len(sel), device=sel.device)
         span = decode_span(ls[ar, sel], le[ar, sel], video.mask)
-        fid = video.geometry.frame_ids
-        sted = torch.stack([fid[ar, span[:, 0]], fid[ar, span[:, 1]] + 1], -1)
+        sted = native_spans(video.geometry.frame_ids, span[:, 0], span[:, 1], video.mask.sum(1))
         return TubeOutput(frame_scores=torch.sigmoid(prob[ar, sel]), sted=sted, boxes=boxes[ar, sel])
 
 

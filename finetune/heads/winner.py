@@ -28,7 +28,7 @@ from torch import nn
 from common.config import ConfigError
 from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
 from finetune.heads.spec import STVG, HeadSpec
-from finetune.heads.stvg import TubeOutput, tube_pool
+from finetune.heads.stvg import TubeOutput, native_spans, tube_pool
 from finetune.losses_wsra import masked_softmax
 
 
@@ -584,17 +584,12 @@ def _k_of(p: int) -> int:
 
 
 def _sted(inside_clip: torch.Tensor, mask: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
-    """(B, 2) native frames [start, end) of each row's clip (frame t stands until the next feature frame)."""
+    """(B, 2) native frames [start, end) of each row's clip (heads/stvg.py's native_spans)."""
     on = inside_clip & mask
     t = torch.arange(on.shape[1], device=on.device)[None].expand_as(on)
     first = torch.where(on, t, torch.full_like(t, on.shape[1])).min(1).values.clamp(max=on.shape[1] - 1)
     last = torch.where(on, t, torch.full_like(t, -1)).max(1).values.clamp_min(0)
-    n = mask.sum(1)
-    rows = torch.arange(on.shape[0], device=on.device)
-    start = frame_ids[rows, first]
-    nxt = (last + 1).clamp(max=on.shape[1] - 1)
-    end = torch.where(last + 1 < n, frame_ids[rows, nxt], frame_ids[rows, last] + 1)
-    return torch.stack([start, end], 1).long()
+    return native_spans(frame_ids, first, last, mask.sum(1))
 
 
 def _validate(wn: WinnerConfig, cfg) -> None:
