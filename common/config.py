@@ -199,15 +199,16 @@ def _field_comments(cls: type) -> dict[str, str]:
     """The `# comment` after each field in the class source (the dataclasses carry their docs that way)."""
     import inspect
 
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
     out = {}
-    for line in src.splitlines():
-        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
-        if m:
-            out[m.group(1)] = m.group(2).strip()
+    for klass in reversed(cls.__mro__):   # a class built at run time (make_dataclass) has its bases' comments
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for line in src.splitlines():
+            m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
+            if m:
+                out[m.group(1)] = m.group(2).strip()
     return out
 
 

@@ -92,7 +92,7 @@ class FinetuneBase:
     checkpoint: str = ""             # pretrain export folder (model.pt + model_config.json)
     run: str = ""                    # output folder; "" -> <pretrain run>/finetune/<name>
     name: str = "wsra"
-    head: str = "wsra"
+    head: str = "wsra"               # a head the registry knows (finetune/heads/registry.py); its section below
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     tubes: TubeConfig = field(default_factory=TubeConfig)  # STVG: proposals -> region features -> M linked tubes
