@@ -21,6 +21,7 @@ from common import config as cfglib
 from common import fsio
 from finetune.families import family_of_kind, kinds
 from finetune.heads import registry
+from pretrain.export_ref import Export
 from trainer.settings import optimizer_ranges
 from tubes.config import TubeConfig
 
@@ -114,11 +115,7 @@ class FinetuneBase:
 
 def pretrain_run_of(checkpoint: str) -> str:
     """The pretrain run folder of an export (<run>/export -> <run>); the export's own folder otherwise."""
-    path = checkpoint.rstrip("/")
-    if path.endswith(".pt"):
-        path = path.rsplit("/", 1)[0] if "/" in path else "."
-    base = path.rsplit("/", 1)
-    return base[0] if len(base) == 2 and base[1] == "export" else path
+    return Export.of(checkpoint).run
 
 
 def config_class() -> type:
@@ -202,16 +199,14 @@ def check_inputs(cfg) -> None:
     """The checks that read something, once at the start of a run (finetune.train.run, cluster.finetune's driver):
     the export is there, the DeepSpeed JSON is readable, and whatever the head's spec checks (an installed parser
     model, ...). Each failure is one UserError line before any feature is extracted."""
-    from pretrain.export_key import export_folder
     from trainer.engine import load_ds_file
 
     spec = registry.spec_of(cfg.head)
     spec.check_io(cfg)
-    folder = export_folder(cfg.checkpoint)
-    for name in ("model_config.json", "model.pt"):
-        if not fsio.exists(fsio.join(folder, name)):
-            raise cfglib.ConfigError(f"checkpoint [{fsio.join(folder, name)}]: not found (a pretrain export holds "
-                                     "model.pt and model_config.json)")
+    for url in Export.of(cfg.checkpoint).files():
+        if not fsio.exists(url):
+            raise cfglib.ConfigError(f"checkpoint [{url}]: not found (a pretrain export holds model.pt and "
+                                     "model_config.json)")
     try:
         load_ds_file(cfg.deepspeed)
     except OSError as e:

@@ -24,6 +24,7 @@ import torch
 
 from common import fsio
 from pretrain.export_key import export_key as model_key  # noqa: F401 - the feature store's key
+from pretrain.export_ref import Export
 
 log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
@@ -243,17 +244,8 @@ class FeatureStore:
 
 
 def _image_size(checkpoint: str) -> int:
-    """The encoder's input size from the export's config alone (its open_clip model config names it)."""
-    import open_clip
-
-    import pretrain.backbone  # noqa: F401 - registers the project's model configs with open_clip
-
-    folder = checkpoint.rstrip("/")
-    if folder.endswith(".pt"):
-        folder = folder.rsplit("/", 1)[0] if "/" in folder else "."
-    name = fsio.read_json(fsio.join(folder, "model_config.json"))["backbone"]
-    size = open_clip.get_model_config(name)["vision_cfg"]["image_size"]
-    return int(size if isinstance(size, int) else size[0])
+    """The encoder's input size from the export's config alone."""
+    return Export.of(checkpoint).image_size()
 
 
 def encode_video(model, frames: np.ndarray, batch: int, regions: bool):

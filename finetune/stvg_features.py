@@ -10,36 +10,21 @@ from __future__ import annotations
 
 import logging
 
-from common import fsio
 from common.errors import UserError
 from finetune.features import FeatureStore, load_encoder
+from pretrain.export_ref import Export
 
 log = logging.getLogger(__name__)
 
 
 def tokenizer_of(checkpoint: str):
     """The export's text tokenizer from its config alone (no weights)."""
-    import open_clip
-
-    import pretrain.backbone  # noqa: F401 - registers the project's model configs with open_clip
-
-    folder = checkpoint.rstrip("/")
-    if folder.endswith(".pt"):
-        folder = folder.rsplit("/", 1)[0] if "/" in folder else "."
-    return open_clip.get_tokenizer(fsio.read_json(fsio.join(folder, "model_config.json"))["backbone"])
+    return Export.of(checkpoint).tokenizer()
 
 
 def vision_depth(checkpoint: str) -> int:
     """The export's visual transformer depth, from its config alone (no weights)."""
-    import open_clip
-
-    import pretrain.backbone  # noqa: F401 - registers the project's model configs with open_clip
-
-    folder = checkpoint.rstrip("/")
-    if folder.endswith(".pt"):
-        folder = folder.rsplit("/", 1)[0] if "/" in folder else "."
-    name = fsio.read_json(fsio.join(folder, "model_config.json"))["backbone"]
-    return int(open_clip.get_model_config(name)["vision_cfg"]["layers"])
+    return Export.of(checkpoint).vision_depth()
 
 
 def mid_block(cfg) -> int:
