@@ -173,8 +173,10 @@ def validate(cfg) -> None:
                   f"{family.name} datasets {family.kinds} take the heads {fits})")
     family.validate(cfg, spec)
     if cfg.features.end_to_end and not spec.end_to_end:
-        raise err(f"features.end_to_end is not built for the {cfg.head!r} head (its spec does not train the "
-                  "encoder: it chooses among what the cached features give)")
+        able = " / ".join(n for n in registry.names()
+                          if registry.spec_of(n).family == family.name and registry.spec_of(n).end_to_end)
+        raise err(f"features.end_to_end on {family.title} dataset is built for the {able or 'no'} head only, not "
+                  f"{cfg.head!r}: the other heads choose among what the cached features give")
     spec.validate(spec.section(cfg), cfg)
     if cfg.batch_size < 2:
         raise err("batch_size must be >= 2 (the in-batch queries are the negatives)")

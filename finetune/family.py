@@ -12,6 +12,7 @@ import abc
 
 class TaskFamily(abc.ABC):
     name: str = ""
+    title: str = ""                  # how messages name its datasets ("an STVG dataset")
     kinds: tuple[str, ...] = ()      # the dataset.kind values it reads
 
     @abc.abstractmethod

@@ -19,6 +19,7 @@ from finetune.stvg_features import StvgStore, tokenizer_of, with_pixels
 
 class StvgFamily(TaskFamily):
     name = "stvg"
+    title = "an STVG"
     kinds = datasets_stvg.STVG_KINDS
 
     def adapter(self, dataset):

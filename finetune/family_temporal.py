@@ -39,6 +39,7 @@ def read_pairs(cfg, spec, samples) -> tuple[dict | None, dict]:
 
 class TemporalFamily(TaskFamily):
     name = "temporal"
+    title = "a temporal"
     kinds = datasets.KINDS
 
     def adapter(self, dataset):
