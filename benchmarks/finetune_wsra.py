@@ -37,10 +37,11 @@ def supervised_ceiling(cfg, out_dir: str, steps: int, batch: int = 64) -> dict:
 
     from common import fsio
     from finetune import predict as P
-    from finetune.datasets import build_adapter
+    from finetune.families import build_adapter
     from finetune.features import centered
     from finetune.heads import build_head
-    from finetune.train import _stack, feature_store, train_videos
+    from finetune.batches import stack as _stack
+    from finetune.train import feature_store, train_videos
 
     adapter = build_adapter(cfg.dataset)
     store = feature_store(cfg)
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
     from common import config as C
     from finetune import predict as P
     from finetune.config import FinetuneConfig, resolve
-    from finetune.datasets import build_adapter
+    from finetune.families import build_adapter
     from finetune.train import feature_store, prepare, run
 
     t0 = time.time()

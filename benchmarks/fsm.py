@@ -29,14 +29,13 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from common import cli  # noqa: E402
-from common import config as cfglib  # noqa: E402
-from finetune.config import FinetuneConfig, resolve  # noqa: E402
+from finetune.config import load, resolve  # noqa: E402
 
 
-def _batches(cfg: FinetuneConfig, n: int, pixels: bool = False):
+def _batches(cfg, n: int, pixels: bool = False):
     """n training batches of the finetune's own batcher; with `pixels`, each also with its frames' crops and the
     sentences' token ids (what an end-to-end step reads): [(TrainBatch, tokens or None)]."""
-    from finetune.datasets import build_adapter
+    from finetune.families import build_adapter
     from finetune.stvg_batches import StvgBatcher
     from finetune.stvg_features import tokenizer_of, with_pixels
     from finetune.train import feature_store, prepare, train_videos
@@ -58,7 +57,7 @@ def _batches(cfg: FinetuneConfig, n: int, pixels: bool = False):
     return [(b, tok) for b, _, tok in (batcher.batch(s) for s in range(n))], dim, getattr(store, "mid_layer", 0)
 
 
-def _rate(cfg: FinetuneConfig, dim: int, batches, steps: int, warmup: int, device, mid_layer: int = 0) -> float:
+def _rate(cfg, dim: int, batches, steps: int, warmup: int, device, mid_layer: int = 0) -> float:
     from finetune.config import train_settings
     from finetune.features import load_encoder
     from finetune.heads import build_head
@@ -99,7 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("--end-to-end", action="store_true", help="frozen cached features vs backbone finetuning")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
-    cfg = resolve(cfglib.load(FinetuneConfig, a.config, ["head=fsm", *a.overrides]))
+    cfg = resolve(load(a.config, ["head=fsm", *a.overrides]))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if a.end_to_end:
         frozen = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, end_to_end=False))

@@ -10,17 +10,17 @@ JSON object (scores in percent; per head the mean and standard deviation over se
       --seeds 0 1 2 [--set max_steps=300 ...]
 
 `--head NAME CONFIG [KEY=VALUE ...]`: a row, its finetune config and that row's overrides; `--set` applies to every
-row. Each finetune is `python -m finetune.train` in a child process (one at a time: the seeds share the cores) into
-OUT/NAME/seedS; a row whose run already finished there (summary.json with metrics) is read, not re-run, so an
-interrupted benchmark continues where it stopped. `beats_zero_shot` compares each row's mean m_vIoU per sentence
+row. The rows x seeds are finetune/sweep.py's jobs, each a `finetune.train.run` in this process (one at a time: the
+seeds share the cores; each feature set read from the cache once) into OUT/NAME/seedS; a run that already finished
+there (summary.json with metrics) is read, not re-run, so an interrupted benchmark continues where it stopped. `beats_zero_shot` compares each row's mean m_vIoU per sentence
 type with the baseline zero_shot row (Sec. 3.5 span + best word-region tube of the same export).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -29,31 +29,43 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common.errors import UserError  # noqa: E402
+
 METRICS = ("m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5")
 QTYPES = ("", "declarative_", "interrogative_")
 
 
-def finetune(name: str, config: str, overrides: list[str], seed: int, args) -> dict:
-    """One finetune run (or the finished one already in its folder): its summary."""
-    run = os.path.join(args.out, name, f"seed{seed}")
-    done = os.path.join(run, "summary.json")
-    if os.path.exists(done):
-        summary = json.load(open(done))
-        if summary.get("metrics"):
-            return summary
-    cmd = [sys.executable, "-m", "finetune.train", "--config", config, f"checkpoint={args.export}",
-           f"dataset.root={args.corpus}", f"run={run}", f"seed={seed}", *args.set, *overrides]
-    if args.cache:
-        cmd.append(f"features.cache={args.cache}")
-    os.makedirs(run, exist_ok=True)
-    with open(os.path.join(run, "benchmark.log"), "a") as log:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0 or not os.path.exists(done):
-        tail = open(os.path.join(run, "benchmark.log")).read().strip().splitlines()[-1:]
-        return {"error": f"exit {proc.returncode}: {tail[0] if tail else ''}", "exit": proc.returncode,
-                "command": " ".join(cmd)}
-    return json.load(open(done))
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """DeepSpeed's op build and logs write to stdout (also from C): the one JSON object must stay alone there."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def run_rows(rows: list[tuple[str, str, list[str]]], seeds_of, args, common: list[str]) -> dict[str, list[dict]]:
+    """{row name: its runs' summaries over its seeds (`seeds_of(i)` for row i)}: finetune/sweep.py's jobs, in process."""
+    from finetune import sweep
+
+    grid = [job for i, row in enumerate(rows) for job in sweep.jobs([row], seeds_of(i), args.out, common)]
+
+    def done(job, summary):
+        print(json.dumps({"row": job.row, "seed": job.seed, "error": summary.get("error")}), file=sys.stderr,
+              flush=True)
+
+    with stdout_to_stderr():
+        summaries = sweep.run_local(grid, done)
+    out: dict[str, list[dict]] = {}
+    for job, summary in zip(grid, summaries):
+        out.setdefault(job.row, []).append(summary)
+    return out
 
 
 def percent(metrics: dict) -> dict:
@@ -124,10 +136,16 @@ def main(argv=None) -> int:
                               linking=False)
         out["baselines"] = b["rows"]
         out["queries"] = b["queries"]
-    heads = {}
-    for name, config, *overrides in args.head:
-        runs = [finetune(name, os.path.abspath(config), overrides, s, args) for s in args.seeds]
-        heads[name] = {"config": config, "overrides": overrides, **summarise(args.seeds, runs)}
+    common = [f"checkpoint={args.export}", f"dataset.root={args.corpus}", *args.set,
+              *([f"features.cache={args.cache}"] if args.cache else [])]
+    rows = [(name, os.path.abspath(config), overrides) for name, config, *overrides in args.head]
+    try:
+        runs = run_rows(rows, lambda i: args.seeds, args, common)
+    except UserError as e:   # a row's config that cannot be meant: nothing has run
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    heads = {name: {"config": config, "overrides": overrides, **summarise(args.seeds, runs[name])}
+             for name, config, *overrides in args.head}
     out["heads"] = heads
     if "baselines" in out:
         out["beats_zero_shot"] = beats_zero_shot(out["baselines"]["zero_shot"], heads)

@@ -28,7 +28,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from common import cli  # noqa: E402
 from common import config as cfglib  # noqa: E402
-from finetune.config import FinetuneConfig, resolve  # noqa: E402
+from finetune.config import load, resolve  # noqa: E402
 from finetune.heads.stvg import mean_unit_words  # noqa: E402
 
 
@@ -77,7 +77,7 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, hidden: int, steps: int = 400, s
 
 
 def main(argv=None) -> int:
-    from finetune.datasets import build_adapter
+    from finetune.families import build_adapter
     from finetune.stvg_batches import StvgBatcher
     from finetune.stvg_features import tokenizer_of
     from finetune.train import feature_store, prepare, train_videos
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.batches < 1 or a.held_out < 2:
         raise cfglib.ConfigError("--batches must be >= 1 and --held-out >= 2")
-    cfg = resolve(cfglib.load(FinetuneConfig, a.config, ["head=fsm", *a.overrides]))
+    cfg = resolve(load(a.config, ["head=fsm", *a.overrides]))
     adapter = build_adapter(cfg.dataset)
     store = feature_store(cfg, prepare(cfg, adapter)["model_key"])
     feats = store.load_all(train_videos(cfg, adapter))

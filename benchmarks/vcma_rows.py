@@ -1,7 +1,6 @@
 """VCMA's rows in one process: the head over seeds and the Table 3 / Table 4 variants, each a `finetune.train.run`
-on the synthetic STVG corpus, with the features loaded from the cache once for all of them (a separate process per
-run, as benchmarks/stvg_heads.py does, reloads 160 videos' regions and tubes each time: minutes on the shared
-2 cores). Prints one JSON object in stvg_heads' layout (per row: mean and std over seeds, overall and per sentence
+on the synthetic STVG corpus through finetune/sweep.py (as benchmarks/stvg_heads.py), the features loaded from the
+cache once for all of them. Prints one JSON object in stvg_heads' layout (per row: mean and std over seeds, overall and per sentence
 type), plus the baselines and `beats_zero_shot`.
 
   python -m benchmarks.vcma_rows --corpus /work/stvg/corpus --export /work/stvg/pretrain/export \\
@@ -18,7 +17,6 @@ export (they do not depend on the head).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -27,62 +25,8 @@ import time
 if __package__ in (None, ""):
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from benchmarks.stvg_heads import beats_zero_shot, input_error, summarise  # noqa: E402
-
-
-def _memoised_features():
-    """finetune.train reads the cache through feature_store(...).load_all; keep what it loaded for the next run."""
-    import finetune.train as T
-
-    make, loaded = T.feature_store, {}
-
-    def feature_store(cfg, key=None):
-        store = make(cfg, key)
-        load = store.load_all
-
-        def load_all(videos):
-            k = (store.key, tuple(sorted(videos)))
-            if k not in loaded:
-                loaded[k] = load(videos)
-            return {v: loaded[k][v] for v in videos if v in loaded[k]}
-
-        store.load_all = load_all
-        return store
-
-    T.feature_store = feature_store
-
-
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """DeepSpeed's op build and logs write to stdout (also from C): the one JSON object must stay alone there."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def one(name, overrides, seed, args) -> dict:
-    from common import config as cfglib
-    from finetune.config import FinetuneConfig
-    from finetune.train import run
-
-    folder = os.path.join(args.out, name, f"seed{seed}")
-    done = os.path.join(folder, "summary.json")
-    if os.path.exists(done) and json.load(open(done)).get("metrics"):
-        return json.load(open(done))
-    cfg = cfglib.load(FinetuneConfig, args.config, [f"checkpoint={args.export}", f"dataset.root={args.corpus}",
-                                                     f"run={folder}", f"seed={seed}", *args.set, *overrides])
-    try:
-        with stdout_to_stderr():
-            return run(cfg)
-    except Exception as e:  # noqa: BLE001 - one failed row must not hide the others
-        return {"error": f"{type(e).__name__}: {e}"[:2000]}
+from benchmarks.stvg_heads import beats_zero_shot, input_error, run_rows, summarise  # noqa: E402
+from common.errors import UserError  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -120,14 +64,18 @@ def main(argv=None) -> int:
             print(f"error: --baselines [{args.baselines}]: another corpus or export", file=sys.stderr)
             return 2
         out["baselines"], out["baselines_from"] = earlier["baselines"], args.baselines
-    _memoised_features()
+    def seeds_of(i):
+        return args.seeds if i == 0 or args.variant_seeds is None else args.variant_seeds
+
+    common = [f"checkpoint={args.export}", f"dataset.root={args.corpus}", *args.set]
+    try:
+        runs = run_rows([(name, args.config, overrides) for name, *overrides in args.row], seeds_of, args, common)
+    except UserError as e:   # a row's config that cannot be meant: nothing has run
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     rows = {}
     for i, (name, *overrides) in enumerate(args.row):
-        seeds = args.seeds if i == 0 or args.variant_seeds is None else args.variant_seeds
-        runs = [one(name, overrides, s, args) for s in seeds]
-        rows[name] = {"overrides": overrides, "seeds": seeds, **summarise(seeds, runs)}
-        print(json.dumps({"row": name, "mean": rows[name]["mean"], "seeds_done": rows[name]["seeds_done"]}),
-              file=sys.stderr, flush=True)
+        rows[name] = {"overrides": overrides, "seeds": seeds_of(i), **summarise(seeds_of(i), runs[name])}
     out["heads"] = rows
     if "baselines" in out:
         out["beats_zero_shot"] = beats_zero_shot(out["baselines"]["zero_shot"], rows)

@@ -116,7 +116,7 @@ def correlations(head, probes, test_feats, text_of, tokenizer) -> dict:
 
 def run_variant(name: str, overrides: list[str], args) -> dict:
     from finetune import config as fc
-    from finetune.datasets import build_adapter
+    from finetune.families import build_adapter
     from finetune.heads import build_head
     from finetune.stvg_batches import StvgBatcher
     from finetune.stvg_features import tokenizer_of

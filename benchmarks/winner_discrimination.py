@@ -58,7 +58,7 @@ def ranks(head, batcher, batches: int, first_step: int) -> dict:
 
 def main(argv=None) -> int:
     from finetune import config as fc
-    from finetune.datasets import build_adapter
+    from finetune.families import build_adapter
     from finetune.heads import build_head
     from finetune.stvg_batches import StvgBatcher
     from finetune.stvg_features import tokenizer_of

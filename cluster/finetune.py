@@ -13,74 +13,57 @@ With no --address (and no RAY_ADDRESS) a local Ray is started (cluster.runtime.i
 """
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import json
 import logging
 import os
 import sys
 
-import yaml
-
 from common import cli
 from common import config as cfglib
 from common import fsio
-from finetune.config import FinetuneConfig, SweepConfig, from_dict, resolve, to_dict
+from finetune import config as C
+from finetune import sweep
+from finetune.heads import registry
 
 log = logging.getLogger(__name__)
 
 
-def expand(cfg: FinetuneConfig) -> list[FinetuneConfig]:
-    """The jobs of a (resolved) config: itself when it names no sweep, else one per head x seed x variant, each
-    with its own run folder under cfg.run. A variant is a list of key=value overrides (e.g. an ablation row)."""
-    s = cfg.sweep
-    if not (s.heads or s.seeds or s.variants):
-        return [cfg]
-    jobs = []
-    variants = list(s.variants.items()) or [("", [])]
-    for head, seed, (variant, overrides) in itertools.product(s.heads or [cfg.head], s.seeds or [cfg.seed],
-                                                              variants):
-        name = "-".join(p for p in (head if s.heads else "", variant, f"seed{seed}") if p)
-        data = to_dict(dataclasses.replace(cfg, head=head, seed=seed, name=f"{cfg.name}-{name}",
-                                           run=fsio.join(cfg.run, name), sweep=SweepConfig()))
-        for ov in overrides:
-            key, _, raw = str(ov).partition("=")
-            node = data
-            *parents, leaf = key.strip().split(".")
-            for k in parents:
-                node = node[k]
-            node[leaf] = yaml.safe_load(raw)
-        jobs.append(from_dict(data))
-    return jobs
+def _config_in_task(config: dict, heads: list):
+    """A job's config inside a Ray task: the heads the driver registered (defined outside the library) first."""
+    for spec in heads:
+        registry.register(spec)
+    return C.from_dict(config)
 
 
-def _extract_task(config: dict, videos: dict[str, str]) -> dict:
+def _extract_task(config: dict, videos: dict[str, str], heads: list) -> dict:
     """One chunk of feature extraction (the encoder is loaded once per task)."""
     from finetune.train import feature_store
 
-    cfg = from_dict(config)
+    cfg = _config_in_task(config, heads)
     return feature_store(cfg).extract(videos, None, cfg.features.batch_frames)
 
 
-def _finetune_task(config: dict) -> dict:
+def _finetune_task(config: dict, heads: list) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     from finetune.train import run
 
-    return run(from_dict(config))
+    return run(_config_in_task(config, heads))
 
 
-def extract_features(cfg: FinetuneConfig, ray, chunk: int = 64) -> dict:
+def extract_features(cfg, ray, chunk: int = 64) -> dict:
     """Fill the feature cache for cfg's dataset with Ray tasks (video chunks); sentences on the driver."""
-    from finetune.datasets import build_adapter
+    from finetune.families import build_adapter
     from finetune.train import feature_store, prepare, train_videos
 
     adapter = build_adapter(cfg.dataset)
-    store = feature_store(cfg)
+    store = feature_store(cfg, adapter=adapter)
     todo = store.missing({**train_videos(cfg, adapter), **adapter.videos("test")})
     items = list(todo.items())
     c = cfg.cluster
     remote = ray.remote(num_cpus=c.cpus_per_task, num_gpus=c.gpus_per_task)(_extract_task)
-    parts = ray.get([remote.remote(to_dict(cfg), dict(items[i:i + chunk])) for i in range(0, len(items), chunk)])
+    heads = registry.registered()
+    parts = ray.get([remote.remote(C.to_dict(cfg), dict(items[i:i + chunk]), heads)
+                     for i in range(0, len(items), chunk)])
     counts = prepare(cfg, adapter)  # whatever is left (nothing, unless a task failed) and the sentences
     counts["extracted"] += sum(p["extracted"] for p in parts)
     counts["cached"] -= sum(p["extracted"] for p in parts)
@@ -92,30 +75,31 @@ def extract_features(cfg: FinetuneConfig, ray, chunk: int = 64) -> dict:
     return counts
 
 
-def run_finetunes(cfg: FinetuneConfig, ray=None) -> dict:
+def run_finetunes(cfg, ray=None) -> dict:
     """Run cfg's job(s) as Ray tasks; returns {"jobs": [summary or {"run", "error"}], "features": counts}."""
     from cluster.runtime import init_ray
     from trainer.engine import prebuild_ops
 
     from finetune.train import check_relaunch
 
-    cfg = resolve(cfg)
-    jobs = expand(cfg)
-    for job in jobs:  # before Ray starts: a job that would overwrite another run's records stops them all
-        check_relaunch(resolve(job))
+    C.validate(cfg)
+    cfg = C.resolve(cfg)
+    jobs = sweep.expand(cfg)
+    for job in jobs:  # before Ray starts: a bad input or a job that would overwrite another run's records stops all
+        C.check_inputs(job)
+        check_relaunch(C.resolve(job))
     if cfg.cluster.gpus_per_task <= 0:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # forwarded to the tasks by init_ray
     prebuild_ops()  # DeepSpeed's CPU op built once here; the tasks load it from the cache
     ray = ray or init_ray(cfg.cluster.address)
     features = {}
-    for job in jobs:  # one extraction per distinct feature set (heads may want regions)
-        key = json.dumps([to_dict(job)["features"], to_dict(job)["dataset"], job.checkpoint, to_dict(job)["tubes"],
-                          job.head == "fsm" and job.fsm.multiscale], sort_keys=True)   # multi-scale: more arrays
+    for job in jobs:  # one extraction per distinct feature set (heads may want regions, or an earlier block's)
+        key = sweep.features_key(job)
         if key not in features:
             features[key] = extract_features(job, ray)
     c = cfg.cluster
     remote = ray.remote(num_cpus=c.cpus_per_task, num_gpus=c.gpus_per_task, max_retries=0)(_finetune_task)
-    refs = [remote.remote(to_dict(j)) for j in jobs]
+    refs = [remote.remote(C.to_dict(j), registry.registered()) for j in jobs]
     results = []
     for job, ref in zip(jobs, refs):
         try:
@@ -134,11 +118,11 @@ def run_finetunes(cfg: FinetuneConfig, ray=None) -> dict:
 
 
 def main(argv=None) -> int:
-    p = cfglib.parser(FinetuneConfig, __doc__.split("\n\n")[0])
+    p = cfglib.parser(C.config_class(), __doc__.split("\n\n")[0])
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     args = p.parse_args(argv)
     overrides = list(args.overrides) + ([f"cluster.address={args.address}"] if args.address else [])
-    cfg = cfglib.load(FinetuneConfig, args.config, overrides)
+    cfg = cfglib.load(C.config_class(), args.config, overrides)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = run_finetunes(cfg)
     print(json.dumps(out, default=str))

@@ -181,28 +181,34 @@ def load(cls: type[T], path: str | None = None, overrides: Sequence[str] = ()) -
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file [{path}]: top level must be a mapping")
         data = merge(data, loaded)
+    return from_dict(cls, apply_overrides(data, overrides))
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """`a.b=value` overrides (values parsed as YAML) set in the nested dict `data` (changed in place, returned)."""
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"override [{ov}]: not of the form key=value")
         key, raw = ov.split("=", 1)
         # a blank value is the empty string (YAML would read it as null)
         _set_dotted(data, key.strip(), yaml_load(raw, f"override [{ov}]") if raw.strip() != "" else raw)
-    return from_dict(cls, data)
+    return data
 
 
 def _field_comments(cls: type) -> dict[str, str]:
     """The `# comment` after each field in the class source (the dataclasses carry their docs that way)."""
     import inspect
 
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
     out = {}
-    for line in src.splitlines():
-        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
-        if m:
-            out[m.group(1)] = m.group(2).strip()
+    for klass in reversed(cls.__mro__):   # a class built at run time (make_dataclass) has its bases' comments
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for line in src.splitlines():
+            m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
+            if m:
+                out[m.group(1)] = m.group(2).strip()
     return out
 
 

@@ -24,7 +24,6 @@ import io
 from dataclasses import dataclass
 
 from common import fsio
-from finetune.config import DatasetConfig
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ class Adapter(abc.ABC):
         """The evaluator's inputs besides the predictions: {"annotations": URL[, "durations": URL]}."""
 
 
-def _video_folder(folder: str, names: set[str], exts=(".mp4", "")) -> dict[str, str]:
+def video_folder(folder: str, names: set[str], exts=(".mp4", "")) -> dict[str, str]:
     """id -> path for ids found in `folder` (as <id>.mp4 or the file name itself); absent ids are left out (the
     feature extractor counts them)."""
     if not folder:
@@ -160,7 +159,7 @@ class CharadesAdapter(Adapter):
 
     def videos(self, split: str) -> dict[str, str]:
         ids = {s.video for s in self.train_samples()} if split == "train" else {q.video for q in self.eval_queries()}
-        return _video_folder(self.folder, ids)
+        return video_folder(self.folder, ids)
 
     def write_eval_files(self, out_dir: str, durations: dict[str, float]) -> dict[str, str]:
         out = {"annotations": self.test}
@@ -189,25 +188,33 @@ class DidemoAdapter(Adapter):
 
     def videos(self, split: str) -> dict[str, str]:
         ids = {s.video for s in self.train_samples()} if split == "train" else {q.video for q in self.eval_queries()}
-        return _video_folder(self.folder, ids, exts=("", ".mp4"))
+        return video_folder(self.folder, ids, exts=("", ".mp4"))
 
     def write_eval_files(self, out_dir: str, durations: dict[str, float]) -> dict[str, str]:
         return {"annotations": self.test}
 
 
-def build_adapter(cfg: DatasetConfig) -> Adapter:
+def train_videos(cfg, adapter: Adapter) -> dict[str, str]:
+    """The training videos of a FinetuneConfig's dataset: all of the adapter's, or the first dataset.max_train_videos."""
+    videos = adapter.videos("train")
+    if cfg.dataset.max_train_videos > 0:
+        videos = dict(list(videos.items())[: cfg.dataset.max_train_videos])
+    return videos
+
+
+KINDS = ("synthetic", "charades_sta", "didemo")   # the temporal family's datasets (finetune/family_temporal.py)
+
+
+def build_adapter(cfg) -> Adapter:
+    """The adapter of a DatasetConfig of one of KINDS."""
     if cfg.kind == "synthetic":
         return SyntheticAdapter(cfg.root)
     if cfg.kind == "charades_sta":
         return CharadesAdapter(cfg.train, cfg.test, cfg.durations, cfg.videos)
     if cfg.kind == "didemo":
         return DidemoAdapter(cfg.train, cfg.test, cfg.videos)
-    if cfg.kind in ("synthetic_stvg", "vidstg", "hcstvg"):
-        from finetune.datasets_stvg import build_stvg_adapter
-
-        return build_stvg_adapter(cfg)
-    raise ValueError(f"unknown dataset kind {cfg.kind!r}")
+    raise ValueError(f"unknown temporal dataset kind {cfg.kind!r}")
 
 
-__all__ = ["Adapter", "CharadesAdapter", "DidemoAdapter", "EvalQuery", "SyntheticAdapter", "WeakSample",
-           "build_adapter"]
+__all__ = ["Adapter", "CharadesAdapter", "DidemoAdapter", "EvalQuery", "KINDS", "SyntheticAdapter", "WeakSample",
+           "build_adapter", "train_videos", "video_folder"]

@@ -5,7 +5,7 @@ Weak supervision (WINNER, VCMA) means a training sample is a (video, sentence) p
 corpus's `queries.json`) or with everything but the sentence dropped as the annotation is read (VidSTG, HC-STVG),
 and `proposals(split)` the split's detections (no identities). The truth of the training queries (the target's
 span and per-frame boxes) is reachable only through `train_truth()`, which only a supervised head's finetune
-calls (finetune/train_stvg.py, `head.supervised`); a weak finetune runs with the train split's truth files absent
+calls (finetune.train.run, the head spec's `supervised`); a weak finetune runs with the train split's truth files absent
 (tests/test_finetune_stvg.py deletes them).
 
 Evaluation: `eval_queries()` are the test split's queries, `write_eval_files` names the annotation that
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from common import fsio
 from common.errors import UserError
-from finetune.datasets import Adapter, EvalQuery, WeakSample, _video_folder
+from finetune.datasets import Adapter, EvalQuery, WeakSample, video_folder
 from grounding.tube import Tube
 
 
@@ -119,7 +119,7 @@ class VidstgAdapter(StvgAdapter):
 
     def videos(self, split: str) -> dict[str, str]:
         ids = {s.video for s in self.train_samples()} if split == "train" else {q.video for q in self.eval_queries()}
-        return _video_folder(self.folder, ids)
+        return video_folder(self.folder, ids)
 
     def proposals(self, split: str):
         from tubes.proposals import DetectionsFile
@@ -138,7 +138,7 @@ class VidstgAdapter(StvgAdapter):
         return {"annotations": self.test}
 
 
-STVG_KINDS = ("synthetic_stvg", "vidstg", "hcstvg")
+STVG_KINDS = ("synthetic_stvg", "vidstg", "hcstvg")   # the STVG family's datasets (finetune/family_stvg.py)
 
 
 def build_stvg_adapter(cfg) -> StvgAdapter:

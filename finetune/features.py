@@ -24,6 +24,7 @@ import torch
 
 from common import fsio
 from pretrain.export_key import export_key as model_key  # noqa: F401 - the feature store's key
+from pretrain.export_ref import Export
 
 log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
@@ -106,6 +107,8 @@ def decode(path: str, fps: float, size: int) -> tuple[np.ndarray, np.ndarray, fl
 class FeatureStore:
     """Reads and writes one export's features at one (fps, size). `size` 0 takes the encoder's image size, which
     needs the model's config only (no weights are loaded to read a cache)."""
+
+    mid_layer = 0   # frame features have no earlier block's region features (finetune/stvg_features.py's may)
 
     def __init__(self, cache: str, checkpoint: str, fps: float = 1.0, size: int = 0, regions: bool = False,
                  pixels: bool = False, key: str | None = None):
@@ -241,19 +244,8 @@ class FeatureStore:
 
 
 def _image_size(checkpoint: str) -> int:
-    """The encoder's input size from the export's config alone (recorded, or its open_clip model config's)."""
-    import open_clip
-
-    import pretrain.backbone  # noqa: F401 - registers the project's model configs with open_clip
-
-    folder = checkpoint.rstrip("/")
-    if folder.endswith(".pt"):
-        folder = folder.rsplit("/", 1)[0] if "/" in folder else "."
-    conf = fsio.read_json(fsio.join(folder, "model_config.json"))
-    if conf.get("image_size"):  # recorded by exports since the architecture is (docs/contracts.md section 3)
-        return int(conf["image_size"])
-    size = open_clip.get_model_config(conf["backbone"])["vision_cfg"]["image_size"]
-    return int(size if isinstance(size, int) else size[0])
+    """The encoder's input size from the export's config alone."""
+    return Export.of(checkpoint).image_size()
 
 
 def encode_video(model, frames: np.ndarray, batch: int, regions: bool):

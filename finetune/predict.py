@@ -162,9 +162,12 @@ def best_segment(scores: np.ndarray) -> tuple[int, int]:
 
 
 def _span(frame_ids: np.ndarray, a: int, b: int) -> tuple[int, int]:
-    """Native frames [start, end) covered by feature frames a..b (frame t stands until the next one)."""
-    end = int(frame_ids[b + 1]) if b + 1 < len(frame_ids) else int(frame_ids[b]) + 1
-    return int(frame_ids[a]), end
+    """Native frames [start, end) covered by feature frames a..b (finetune/heads/stvg.py's native_spans)."""
+    from finetune.heads.stvg import native_spans
+
+    ids = torch.as_tensor(np.asarray(frame_ids), dtype=torch.long)[None]
+    start, end = native_spans(ids, torch.tensor([a]), torch.tensor([b]), torch.tensor([ids.shape[1]]))[0].tolist()
+    return int(start), int(end)
 
 
 def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray):

@@ -3,7 +3,7 @@ raw sentences with their word spans, and, for a supervised head only, the rows' 
 (features.end_to_end, FSM), the rows also carry their frames' pixels and the sentences' token ids: the module
 recomputes the region and word features with the live encoder.
 
-The Batcher of finetune/train.py draws the rows (the same seeded (seed, step) draw, so a resume needs no data
+The Batcher of finetune/batches.py draws the rows (the same seeded (seed, step) draw, so a resume needs no data
 state); this subclass only changes what a row holds. A weak finetune builds it without `truth`, and nothing in it
 then holds a truth span or box: the videos are proposals, features and tubes, the samples (key, video, sentence).
 """
@@ -15,7 +15,7 @@ import torch
 from finetune.heads.base import TextBatch, TrainBatch, VideoBatch
 from finetune.heads.stvg import StvgTargets, TubeGeometry
 from finetune.stvg_features import token_spans
-from finetune.train import Batcher, _subsample
+from finetune.batches import Batcher, subsample
 
 
 def tube_ids(vt) -> np.ndarray:
@@ -32,7 +32,7 @@ def video_batch(videos: list, max_frames: int = 0, tubes: int = 1) -> VideoBatch
     evenly subsampled to at most max_frames (0: all). The multi-scale regions and the pixels come along when every
     row has them."""
     real = [v for v in videos if v is not None]
-    idx = [None if v is None else _subsample(len(v.proposals.frames), max_frames) for v in videos]
+    idx = [None if v is None else subsample(len(v.proposals.frames), max_frames) for v in videos]
     t = max(len(i) for i in idx if i is not None)
     n = max(v.proposals.valid.shape[1] for v in real)
     d = real[0].regions.shape[-1]

@@ -10,63 +10,51 @@ from __future__ import annotations
 
 import logging
 
-from common import fsio
 from common.errors import UserError
 from finetune.features import FeatureStore, load_encoder
+from pretrain.export_ref import Export
 
 log = logging.getLogger(__name__)
 
 
 def tokenizer_of(checkpoint: str):
     """The export's text tokenizer from its config alone (no weights)."""
-    import open_clip
-
-    import pretrain.backbone  # noqa: F401 - registers the project's model configs with open_clip
-
-    folder = checkpoint.rstrip("/")
-    if folder.endswith(".pt"):
-        folder = folder.rsplit("/", 1)[0] if "/" in folder else "."
-    return open_clip.get_tokenizer(fsio.read_json(fsio.join(folder, "model_config.json"))["backbone"])
+    return Export.of(checkpoint).tokenizer()
 
 
 def vision_depth(checkpoint: str) -> int:
     """The export's visual transformer depth, from its config alone (no weights)."""
-    import open_clip
-
-    import pretrain.backbone  # noqa: F401 - registers the project's model configs with open_clip
-
-    folder = checkpoint.rstrip("/")
-    if folder.endswith(".pt"):
-        folder = folder.rsplit("/", 1)[0] if "/" in folder else "."
-    name = fsio.read_json(fsio.join(folder, "model_config.json"))["backbone"]
-    return int(open_clip.get_model_config(name)["vision_cfg"]["layers"])
+    return Export.of(checkpoint).vision_depth()
 
 
 def mid_block(cfg) -> int:
     """The earlier visual block whose region features this finetune reads (multi-scale, docs/fsm.md), 0 for none:
-    only the fsm head with fsm.multiscale asks; tubes.mid_layer names the block, 0 the middle one."""
-    if cfg.head != "fsm" or not cfg.fsm.multiscale:
+    a head whose spec asks for it (HeadSpec.mid_layer); tubes.mid_layer names the block, 0 the middle one."""
+    from finetune.heads.registry import spec_of
+
+    spec = spec_of(cfg.head)
+    if not spec.mid_layer(spec.section(cfg)):
         return 0
     depth = vision_depth(cfg.checkpoint)
     block = cfg.tubes.mid_layer or max(1, depth // 2)
     if not 1 <= block < depth:
         raise UserError(f"tubes.mid_layer [{cfg.tubes.mid_layer}]: the export's image tower has {depth} blocks; "
-                        f"the earlier layer of fsm.multiscale is one of 1..{depth - 1}")
+                        f"the earlier layer of {cfg.head}'s multi-scale features is one of 1..{depth - 1}")
     return block
 
 
 def with_pixels(videos: dict, paths: dict[str, str], image_size: int, max_frames: int = 0) -> dict:
     """End to end: each VideoTubes with its video decoded once at its proposals' frames (uint8 crops, in memory);
-    with max_frames, only the frames a training batch samples (finetune.train._subsample, the same every step)."""
+    with max_frames, only the frames a training batch samples (finetune.batches.subsample, the same every step)."""
     import dataclasses
 
-    from finetune.train import _subsample
+    from finetune.batches import subsample
     from tubes.pipeline import video_pixels
 
     out = {}
     for vid, vt in videos.items():
         pixels = video_pixels(vid, paths[vid], vt.proposals, image_size)[0]
-        out[vid] = dataclasses.replace(vt, pixels=pixels[_subsample(len(pixels), max_frames)])
+        out[vid] = dataclasses.replace(vt, pixels=pixels[subsample(len(pixels), max_frames)])
     return out
 
 
@@ -159,7 +147,7 @@ class StvgStore:
         if self.mid_layer:   # entries that had everything but the multi-scale array: it is added, the rest kept
             counts["multiscale_added"] = len(self.mid_only & set(todo))
             if counts["multiscale_added"]:
-                log.warning("%d cached videos lack the region features of visual block %d (fsm.multiscale): "
+                log.warning("%d cached videos lack the region features of visual block %d (multi-scale): "
                             "adding them", counts["multiscale_added"], self.mid_layer)
         if todo and model is None:
             model = load_encoder(self.checkpoint)

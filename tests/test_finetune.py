@@ -128,7 +128,7 @@ def test_moment_scores_mean_and_contrast():
 def test_batcher_marks_rows_of_the_same_video():
     from finetune.datasets import WeakSample
     from finetune.features import TextFeatures, VideoFeatures
-    from finetune.train import Batcher
+    from finetune.batches import Batcher
 
     rng = np.random.default_rng(0)
     videos = {f"v{i}": VideoFeatures(f"v{i}", rng.normal(size=(5 + i, 4)).astype(np.float16), np.arange(5.0 + i),

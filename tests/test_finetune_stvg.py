@@ -64,7 +64,7 @@ def cfg_for(export, corpus, cache, run, *extra) -> FinetuneConfig:
 @pytest.fixture(scope="module")
 def features(export, corpus, tmp_path_factory):
     """(cfg, store, train videos, test videos) with the region features extracted once."""
-    from finetune.datasets import build_adapter
+    from finetune.families import build_adapter
     from finetune.train import feature_store, prepare
 
     cfg = cfg_for(export, corpus, str(tmp_path_factory.mktemp("cache")), "unused")
@@ -422,7 +422,7 @@ def test_fsm_supervised_finetune_under_ray_resumes_exactly(ray_cluster, features
     for a pair finetuning the backbone end to end on multi-scale input (its own encoder lr), whose extraction adds
     the earlier block's region features to the cache without touching what was there."""
     from cluster.finetune import run_finetunes
-    from finetune.datasets import build_adapter
+    from finetune.families import build_adapter
     from finetune.train import feature_store
 
     cache, run = features[0].features.cache, str(tmp_path / "run")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from finetune.config import FsmConfig
+from finetune.heads.fsm import FsmConfig
 from finetune.heads.base import TextBatch, TrainBatch, VideoBatch
 from finetune.heads.fsm import (FsmHead, decode_span, gated_correlation, guided_attention, hungarian, match_query,
                                 mrcl, tube_costs, video_fusion)

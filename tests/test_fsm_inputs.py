@@ -125,7 +125,7 @@ def test_end_to_end_region_features_reach_the_encoder(model):
 
 
 def test_the_encoder_learns_at_its_own_rate(model, tmp_path):
-    from finetune.config import FsmConfig
+    from finetune.heads.fsm import FsmConfig
     from finetune.heads.fsm import FsmHead
     from finetune.train import FinetuneModule
     from trainer.engine import param_groups
@@ -180,7 +180,7 @@ def test_multiscale_head_adds_the_projected_second_scale():
     every other weight starts as the single-scale head's; a batch without the second scale is refused."""
     import dataclasses
 
-    from finetune.config import FsmConfig
+    from finetune.heads.fsm import FsmConfig
     from finetune.heads.fsm import FsmHead
     from test_fsm import _batch
 

@@ -164,7 +164,7 @@ def test_a_head_or_dataset_missing_a_method_fails_when_built():
         NoScores()
     with pytest.raises(TypeError, match="write_eval_files"):
         NoEvalFiles()
-    from finetune.config import WsraConfig
+    from finetune.heads.wsra import WsraConfig
     from finetune.heads.wsra import WSRAHead
 
     assert isinstance(WSRAHead(8, WsraConfig()), GroundingHead)  # the real ones still build

@@ -14,7 +14,8 @@ import torch
 from test_finetune_stvg import cfg_for, corpus, export, weak_corpus  # noqa: F401  (module fixtures)
 
 from common import config as C
-from finetune.config import FinetuneConfig, WinnerConfig, load
+from finetune.config import FinetuneConfig, load
+from finetune.heads.winner import WinnerConfig
 from finetune.heads.base import TextBatch, VideoBatch
 from finetune.heads.winner import (Chart, Merge, WinnerHead, context, inside, interfering, outside, phrase_hinge,
                                    subject_of, word_nce)

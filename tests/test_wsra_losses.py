@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from finetune import losses_wsra as L
-from finetune.config import FinetuneConfig, WsraConfig
+from finetune.config import FinetuneConfig
+from finetune.heads.wsra import WsraConfig
 from finetune.heads import TextBatch, TrainBatch, VideoBatch, build_head
 
 B = torch.tensor

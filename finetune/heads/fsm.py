@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +21,48 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from finetune.config import FsmConfig
+from common.config import ConfigError
 from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
-from finetune.heads.stvg import TubeOutput, mean_unit_words
+from finetune.heads.spec import STVG, HeadSpec
+from finetune.heads.stvg import TubeOutput, mean_unit_words, native_spans
+
+
+@dataclass
+class FsmConfig:
+    """The supervised FSM head (finetune/heads/fsm.py, docs/stvg.md section 4): switches for the paper's ablations."""
+    dim: int = 64                    # model width d after the input projection
+    queries: int = 5                 # N learnable object queries (paper: 5; ablation 1, 3, 10)
+    heads: int = 4                   # attention heads of the decoder (paper: 8)
+    ffn: int = 0                     # decoder FFN width; 0: 2 x dim (paper: 2048)
+    frame_fusion: bool = True        # Eqs. 1-3 (Table III)
+    video_fusion: bool = True        # Eqs. 4-5 (Table III)
+    gate: bool = True                # the sigmoid FFN gates of Eqs. 2-3 (Table IV); off: plain sums
+    mrcl: bool = True                # Eq. 10
+    tau: float = 0.1                 # MRCL temperature
+    max_frames: int = 256            # gamma_t of Eq. 5 per frame; later frames share the last one
+    anchor: bool = True              # Eq. 9 anchor decoder for MRCL's x^gt; off: the true box's pooled tokens
+    share_decoder: bool = True       # the anchor decoder shares the first decoder's weights (Table VIII)
+    positions: bool = True           # region box and frame time embeddings (ours: region tokens carry no grid)
+    box_ref: bool = True             # boxes refine the attention-weighted mean of the region boxes (ours)
+    pointer: bool = True             # box_ref's weights from a pointer over the frame's proposals, not the
+                                     # cross-attention: query-region logits + prior_scale x the pretrained
+                                     # word-region cosine (ours, docs/fsm.md); needs box_ref
+    proposal_boxes: bool = True      # prediction: each frame's box is the proposal the pointer ranks first (without
+                                     # the pointer: the query's cross-attention), not the regressed box (ours)
+    prior_scale: float = 10.0        # initial weight of the pretrained cosine in the pointer (learnt); 0: no prior
+    w_pointer: float = 1.0           # cross-entropy of the matched query's pointer to the proposal that best
+                                     # overlaps the true box (ours); 0: the pointer learns through the box terms only
+    pointer_queries: str = "all"     # which queries' pointers that cross-entropy trains: matched (the Hungarian
+                                     # match, as the box terms) | all (one truth object per video: every query's
+                                     # pointer can learn it; the class term still tells the queries apart)
+    sted_sigma: float = 1.0          # start/end targets: Gaussian of this many frames (TubeDETR); 0: one-hot
+    w_cls: float = 0.2               # Eq. 11 lambdas, the paper's HC-STVG setting (VidSTG: w_mrcl 2); lambda_box
+    w_l1: float = 1.0                # = 1 on both box terms, lambda_t 10, lambda_att 1; a weight of 0 is a term off
+    w_giou: float = 1.0
+    w_sted: float = 10.0
+    w_att: float = 1.0               # guided attention loss on the time self-attention
+    w_mrcl: float = 1.0
+    multiscale: bool = False         # a second scale: the proposals over an earlier visual block (tubes.mid_layer)
 
 
 def _ffn(d: int) -> nn.Module:
@@ -398,6 +438,27 @@ class FsmHead(GroundingHead):
         sel = score.argmax(1)                                                  # Eq. 13
         ar = torch.arange(len(sel), device=sel.device)
         span = decode_span(ls[ar, sel], le[ar, sel], video.mask)
-        fid = video.geometry.frame_ids
-        sted = torch.stack([fid[ar, span[:, 0]], fid[ar, span[:, 1]] + 1], -1)
+        sted = native_spans(video.geometry.frame_ids, span[:, 0], span[:, 1], video.mask.sum(1))
         return TubeOutput(frame_scores=torch.sigmoid(prob[ar, sel]), sted=sted, boxes=boxes[ar, sel])
+
+
+def _validate(f: FsmConfig, cfg) -> None:
+    for name, ok, rule in (("heads", f.heads >= 1, ">= 1"), ("ffn", f.ffn >= 0, ">= 0"),
+                           ("dim", f.dim > 0 and f.dim % max(f.heads, 1) == 0 and f.dim % 2 == 0,
+                            f"a positive multiple of fsm.heads ({f.heads}), and even (sine/cosine time code)"),
+                           ("queries", f.queries >= 1, ">= 1"), ("tau", f.tau > 0, "> 0"),
+                           ("max_frames", f.max_frames >= 1, ">= 1"),
+                           ("sted_sigma", f.sted_sigma >= 0, ">= 0"),
+                           ("pointer_queries", f.pointer_queries in ("matched", "all"), "matched or all"),
+                           ("pointer", f.box_ref or not f.pointer, "false when fsm.box_ref is false (it sets the "
+                                                                    "reference box's weights)"),
+                           *((w, getattr(f, w) >= 0, ">= 0") for w in ("w_cls", "w_l1", "w_giou", "w_sted", "w_att",
+                                                                        "w_mrcl", "w_pointer", "prior_scale"))):
+        if not ok:
+            raise ConfigError(f"fsm.{name} must be {rule}")
+
+
+# end to end: the only STVG head that may train the encoder (its boxes are per frame, not a tube chosen among
+# those linked once from the cached region features)
+SPEC = HeadSpec(name="fsm", head=FsmHead, config=FsmConfig, family=STVG, end_to_end=True,
+                mid_layer=lambda section: section.multiscale, validate=_validate)

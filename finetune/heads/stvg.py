@@ -74,6 +74,21 @@ def tube_pool(values: torch.Tensor, tube_ids: torch.Tensor, m: int, weight: torc
     return (sums / counts.clamp_min(1.0)).reshape(b, m, *rest), counts.reshape(b, m)
 
 
+def native_spans(frame_ids: torch.Tensor, first: torch.Tensor, last: torch.Tensor, valid: torch.Tensor
+                 ) -> torch.Tensor:
+    """(B, 2) long native frames [start, end) covered by feature frames first..last (B,) of each row, the project's
+    one convention for turning feature-frame spans into native ones: a feature frame stands for the native frames
+    until the next feature frame (as a frame at time t stands for [t, t + 1/fps)), the video's last valid one for
+    itself alone. `frame_ids` (B, T) native index of each feature frame, `valid` (B,) how many are valid.
+    With features at every native frame this is [frame_ids[first], frame_ids[last] + 1); with sparser features the
+    span reaches to the next feature frame (docs/results/finetune.md measures the difference)."""
+    rows = torch.arange(frame_ids.shape[0], device=frame_ids.device)
+    start = frame_ids[rows, first]
+    nxt = (last + 1).clamp(max=frame_ids.shape[1] - 1)
+    end = torch.where(last + 1 < valid, frame_ids[rows, nxt], frame_ids[rows, last] + 1)
+    return torch.stack([start, end], 1).long()
+
+
 def mean_unit_words(words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(Q, d) the mean of each sentence's valid unit word vectors: a unit region's dot product with it is the mean
     word-region cosine (the zero-shot region score), so no (..., K) axis is ever needed."""
@@ -82,4 +97,4 @@ def mean_unit_words(words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (torch.nn.functional.normalize(words, dim=-1) * w[..., None]).sum(1)
 
 
-__all__ = ["StvgTargets", "TubeGeometry", "TubeOutput", "mean_unit_words", "tube_pool"]
+__all__ = ["StvgTargets", "TubeGeometry", "TubeOutput", "mean_unit_words", "native_spans", "tube_pool"]

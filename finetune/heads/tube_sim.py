@@ -10,14 +10,25 @@ from the frame scores and the tube with the best mean region score inside it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.config import TubeSimConfig
+from common.config import ConfigError
 from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
+from finetune.heads.spec import STVG, HeadSpec
 from finetune.heads.stvg import mean_unit_words, tube_pool
 from finetune.losses_wsra import loss_video_query_nce
+
+
+@dataclass
+class TubeSimConfig:
+    """The similarity STVG head (finetune/heads/tube_sim.py): untrained, the zero-shot baseline as a head; trained,
+    a video-sentence contrastive loss on its tube scores."""
+    temperature: float = 0.05        # logit temperature of the video-sentence NCE (cosines lie in [-1, 1])
+    words: bool = True               # region score: mean word-region cosine (true) or region-sentence cosine
 
 
 class TubeSimHead(GroundingHead):
@@ -63,3 +74,11 @@ class TubeSimHead(GroundingHead):
         pooled = tubes.max(-1).values                                          # (B videos, Q queries)
         loss = loss_video_query_nce(pooled, self.cfg.temperature, batch.groups)
         return {"loss": loss, "positive_score": pooled.diagonal().mean().detach()}
+
+
+def _validate(section: TubeSimConfig, cfg) -> None:
+    if section.temperature <= 0:
+        raise ConfigError("tube_sim.temperature must be > 0")
+
+
+SPEC = HeadSpec(name="tube_sim", head=TubeSimHead, config=TubeSimConfig, family=STVG, validate=_validate)

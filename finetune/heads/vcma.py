@@ -20,13 +20,49 @@ from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.config import ConfigError, check_ranges
 from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
+from finetune.heads.spec import STVG, HeadSpec
 from finetune.heads.stvg import TubeOutput
+
+
+@dataclass
+class VcmaConfig:
+    """The weak VCMA head (finetune/heads/vcma.py, docs/vcma.md): sizes, the EM schedule and the ablation switches.
+    Defaults: the paper's D = 256, 2 blocks x 8 heads, beta = 0.3."""
+    dim: int = 256                   # D
+    blocks: int = 2                  # context encoder / temporal cross-attention / reconstruction decoder blocks
+    heads: int = 8
+    dropout: float = 0.1
+    spatial_context: bool = True     # Table 4: self-attention among a frame's regions
+    temporal_context: bool = True    # Table 4: self-attention along each linked tube
+    losses: str = "both"             # Table 3: both (EM) | contrastive (q_phi alone) | reconstruction (p_theta alone)
+    e_steps: int = 1                 # EM schedule: e_steps E-steps, then m_steps M-steps, repeated
+    m_steps: int = 1
+    reconstruct_from: str = "p"      # Z of Eqs. 13-15: p (p_theta's own, trained by it) | q (Eq. 12: q_phi's, fixed)
+    pseudo_label: str = "sample"     # Eq. 9 target: sample (one draw, the paper) | argmax | soft
+    similarity: str = "cosine"       # Eqs. 6 / 10 scores: cosine of g_S, g_V (Eq. 6: x a learned scale) | dot
+    prior: float = 0.0               # weight of the export's own phrase-region cosine added to those scores (ours)
+    temperature: float = 0.1         # tau of Eq. 11
+    match_norm: bool = True          # Eq. 10 with z^T normalised over frames and phrases averaged; false: as printed
+    gather: bool = True              # Eq. 11 negatives from all ranks
+    w_contra: float = 1.0            # weights of L_contra, L_Z (both steps), L_rec
+    w_assign: float = 1.0
+    w_rec: float = 1.0
+    beta: float = 0.3                # Eq. 16 (losses=contrastive uses 1, reconstruction 0)
+    box: str = "region"              # region: Eq. 16's best region per frame | tube: the best linked tube in the span
+    parser: str = "rules"            # rules (finetune/query_parse.py) | spacy (an installed spaCy model)
+    spacy_model: str = ""            # parser=spacy: the model's package name ("": the first en_* installed)
+    max_entities: int = 4
+    max_relations: int = 3
+    max_relation_words: int = 4
+    vocab: int = 4096                # hashed word vocabulary of the relation decoder
 
 PAD, BOS = 0, 1
 
@@ -531,3 +567,50 @@ def _pad_gather(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 __all__ = ["VcmaHead", "contrastive_loss", "gaussian_assignment", "hashed_ids", "match_scores", "positions",
            "spatial_assignment"]
+
+
+def _validate(v: VcmaConfig, cfg) -> None:
+    choices = (("losses", v.losses, ("both", "contrastive", "reconstruction")),
+               ("reconstruct_from", v.reconstruct_from, ("p", "q")),
+               ("pseudo_label", v.pseudo_label, ("sample", "argmax", "soft")), ("box", v.box, ("region", "tube")),
+               ("parser", v.parser, ("rules", "spacy")), ("similarity", v.similarity, ("cosine", "dot")))
+    for name, value, allowed in choices:
+        if value not in allowed:
+            raise ConfigError(f"vcma.{name} must be one of {allowed}, not {value!r}")
+    check_ranges([
+        ("vcma.blocks", v.blocks, v.blocks >= 1, ">= 1"), ("vcma.heads", v.heads, v.heads >= 1, ">= 1"),
+        ("vcma.dim", v.dim, v.dim > 0 and v.heads > 0 and v.dim % v.heads == 0 and v.dim % 2 == 0,
+         "a positive even multiple of vcma.heads"),
+        ("vcma.dropout", v.dropout, 0 <= v.dropout < 1, "in [0, 1)"),
+        ("vcma.e_steps", v.e_steps, v.e_steps >= 1, ">= 1"), ("vcma.m_steps", v.m_steps, v.m_steps >= 1, ">= 1"),
+        ("vcma.temperature", v.temperature, v.temperature > 0, "> 0"),
+        ("vcma.beta", v.beta, 0 <= v.beta <= 1, "in [0, 1]"), ("vcma.prior", v.prior, v.prior >= 0, ">= 0"),
+        *((f"vcma.{w}", getattr(v, w), getattr(v, w) >= 0, ">= 0") for w in ("w_contra", "w_assign", "w_rec")),
+        ("vcma.max_entities", v.max_entities, v.max_entities >= 1, ">= 1"),
+        ("vcma.max_relations", v.max_relations, v.max_relations >= 1, ">= 1"),
+        ("vcma.max_relation_words", v.max_relation_words, 1 <= v.max_relation_words <= 16, "in 1..16"),
+        ("vcma.vocab", v.vocab, v.vocab >= 16, ">= 16"),
+    ])
+
+
+def _check_io(cfg) -> None:
+    """The installed parser model and the DeepSpeed JSON's ZeRO stage: one error line before any feature work."""
+    v = cfg.vcma
+    if v.parser == "spacy":
+        from finetune.query_parse import spacy_parser
+
+        spacy_parser(v.spacy_model)
+    if cfg.train:
+        from trainer.engine import load_ds_file
+
+        try:
+            stage = load_ds_file(cfg.deepspeed).get("zero_optimization", {}).get("stage", 0)
+        except OSError:
+            return                           # a missing file is reported by the run's own check
+        if stage:
+            raise ConfigError(f"vcma: EM freezes one network per step (requires_grad off), which ZeRO stage {stage} "
+                              f"[{cfg.deepspeed}] is not known to honour (its flat partitions hold every parameter); "
+                              "use configs/deepspeed/zero0.json")
+
+
+SPEC = HeadSpec(name="vcma", head=VcmaHead, config=VcmaConfig, family=STVG, validate=_validate, check_io=_check_io)

@@ -25,10 +25,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.config import WinnerConfig
+from common.config import ConfigError
 from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
-from finetune.heads.stvg import TubeOutput, tube_pool
+from finetune.heads.spec import STVG, HeadSpec
+from finetune.heads.stvg import TubeOutput, native_spans, tube_pool
 from finetune.losses_wsra import masked_softmax
+
+
+@dataclass
+class WinnerConfig:
+    """The weakly supervised WINNER head (finetune/heads/winner.py, docs/winner.md): Eq. 8/10/20/21 weights at the
+    paper's values (Sec. 4.1), the interfering-node threshold delta, and switches for Table 3 and our choices."""
+    alpha: float = 1.0               # Eq. 8: weight of the node's own tube correlation (learnable, starts here)
+    beta: float = 0.5                # Eq. 8: weight of the parent/child context (learnable, starts here)
+    gamma: float = 0.5               # Eq. 20: hinge margin
+    lam: float = 1.0                 # Eq. 10: lambda, weight of the visual cue injected into a node
+    mu: float = 1.0                  # Eq. 21: weight of the word-level NCE (Eq. 18)
+    delta: float = 0.0               # Eq. 7: a node whose correlation cosine to the mean is below this interferes
+    center_filter: bool = True       # Eq. 7 on tube-centred correlations (false: the raw ones, as printed)
+    dsa: bool = True                 # Table 3: false = word-tube NCE only (no phrase hinge, Eqs. 19-20)
+    svhu: bool = True                # Table 3: false = no structural attention, backtracking or reconstruction
+    temperature: float = 1.0         # Eq. 18 logits s / temperature (the paper: none, i.e. 1)
+    recon: float = 1.0               # weight of the sentence reconstruction from the updated leaves (SVHU)
+    recon_temperature: float = 0.1   # its word-NCE temperature
+    temporal: float = 1.0            # weight of the clip NCE of the temporal localisation
+    temporal_temperature: float = 0.1
+    segments: int = 8                # a video's valid frames in this many equal segments; clips = runs of them
+    subject: str = "noun"            # node grounded at inference: noun (first noun's leaf) | phrase | root
+    existence: str = "marginal"      # Eq. 19 weight: marginal = exp(cB + cU - cB_root) <= 1 | product (as printed)
+    hidden: int = 64                 # width of the merge MLPs (Eqs. 1, 11)
 
 NEG = -1e4   # a score that never wins (finite, so 0 x NEG stays 0 in sums)
 
@@ -559,14 +584,26 @@ def _k_of(p: int) -> int:
 
 
 def _sted(inside_clip: torch.Tensor, mask: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
-    """(B, 2) native frames [start, end) of each row's clip (frame t stands until the next feature frame)."""
+    """(B, 2) native frames [start, end) of each row's clip (heads/stvg.py's native_spans)."""
     on = inside_clip & mask
     t = torch.arange(on.shape[1], device=on.device)[None].expand_as(on)
     first = torch.where(on, t, torch.full_like(t, on.shape[1])).min(1).values.clamp(max=on.shape[1] - 1)
     last = torch.where(on, t, torch.full_like(t, -1)).max(1).values.clamp_min(0)
-    n = mask.sum(1)
-    rows = torch.arange(on.shape[0], device=on.device)
-    start = frame_ids[rows, first]
-    nxt = (last + 1).clamp(max=on.shape[1] - 1)
-    end = torch.where(last + 1 < n, frame_ids[rows, nxt], frame_ids[rows, last] + 1)
-    return torch.stack([start, end], 1).long()
+    return native_spans(frame_ids, first, last, mask.sum(1))
+
+
+def _validate(wn: WinnerConfig, cfg) -> None:
+    for name, ok, rule in (*((x, getattr(wn, x) >= 0, ">= 0") for x in ("alpha", "beta", "gamma", "lam", "mu",
+                                                                          "recon", "temporal")),
+                           ("delta", -1 <= wn.delta <= 1, "in [-1, 1] (a cosine)"),
+                           ("temperature", wn.temperature > 0, "> 0"),
+                           ("recon_temperature", wn.recon_temperature > 0, "> 0"),
+                           ("temporal_temperature", wn.temporal_temperature > 0, "> 0"),
+                           ("segments", 1 <= wn.segments <= 64, "in [1, 64]"), ("hidden", wn.hidden >= 1, ">= 1"),
+                           ("subject", wn.subject in ("noun", "phrase", "root"), "noun, phrase or root"),
+                           ("existence", wn.existence in ("marginal", "product"), "marginal or product")):
+        if not ok:
+            raise ConfigError(f"winner.{name} must be {rule}, not {getattr(wn, name)!r}")
+
+
+SPEC = HeadSpec(name="winner", head=WinnerHead, config=WinnerConfig, family=STVG, validate=_validate)

@@ -10,13 +10,39 @@ input (Cat(v, t, v * t)), an explicit interaction the paper does not use.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.config import ConfigError
 from finetune import losses_wsra as L
-from finetune.config import WsraConfig
 from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
+from finetune.heads.spec import TEMPORAL, HeadSpec
+
+
+@dataclass
+class WsraConfig:
+    """Weights and margins of Eq. 11 (alpha L_bg + beta L_crov + gamma L_vas + delta L_ins-vas); a weight of 0
+    switches its term off (paper Table 1). Defaults: the paper's DiDeMo setting (delta = 1, the others 0.1)."""
+    alpha: float = 0.1               # L_bg, Eq. 3
+    beta: float = 0.1                # L_crov, Eq. 9 (also off when no pseudo-positive table is given)
+    gamma: float = 0.1               # L_vas, Eq. 5
+    delta: float = 1.0               # L_ins-vas, Eq. 6
+    margin: float = 0.2              # m of Eqs. 3, 5, 6 (phi lies in (0, 1))
+    bg_temperature: float = 10.0     # gamma of Eq. 3 (the "temperature factor")
+    crov_margin: float = 0.2         # m of Eq. 9 (cosine units)
+    crov_tau: float = 0.9            # tau of Eq. 10: caption cosine a pseudo-positive pair must exceed
+    top_k: int = 3                   # Sec. 3.2.1: most similar queries removed (pseudo-positives)
+    last_k: int = 2                  # least similar queries removed (easy negatives); Fig. 5's best is 3 / 2
+    attention_temperature: float = 1.0  # Eq. 2 as softmax(phi / this); 1 is the paper (see heads/wsra.py)
+    hidden: int = 256                # width of phi's hidden layer
+    fuse: str = "cat"                # phi input: cat = Cat(v, t) (Eq. 2) | cat_mul = Cat(v, t, v*t)
+    dropout: float = 0.1
+    moment_score: str = "contrast"   # how frame scores rank a candidate moment: mean | contrast (in - out)
+    epsilon: float = 0.0             # our addition: weight of the video-query NCE (losses_wsra.loss_video_query_nce)
+    nce_temperature: float = 0.05    # its logit temperature (phi lies in (0, 1))
 
 
 class WSRAHead(GroundingHead):
@@ -94,3 +120,25 @@ class WSRAHead(GroundingHead):
         out.update({k: p.detach() for k, p in parts.items()})
         return out
 
+
+def _validate(w: WsraConfig, cfg) -> None:
+    err = ConfigError
+    weights = (w.alpha, w.beta, w.gamma, w.delta, w.epsilon)
+    if min(weights) < 0 or sum(weights) == 0:
+        raise err("wsra.alpha/beta/gamma/delta/epsilon must be >= 0 and not all 0")
+    if w.nce_temperature <= 0:
+        raise err("wsra.nce_temperature must be > 0")
+    if w.top_k < 0 or w.last_k < 0:
+        raise err("wsra.top_k and wsra.last_k must be >= 0")
+    if w.attention_temperature <= 0:
+        raise err("wsra.attention_temperature must be > 0")
+    if w.fuse not in ("cat", "cat_mul"):
+        raise err(f"wsra.fuse must be cat or cat_mul, not {w.fuse!r}")
+    if w.moment_score not in ("mean", "contrast"):
+        raise err(f"wsra.moment_score must be mean or contrast, not {w.moment_score!r}")
+
+
+SPEC = HeadSpec(name="wsra", head=WSRAHead, config=WsraConfig, family=TEMPORAL, end_to_end=True, validate=_validate,
+                # L_crov's pairs (Eq. 9) only when its weight is on; Eq. 10's tau gates them
+                pseudo_positives=lambda w: w.crov_tau if w.beta > 0 else None,
+                predict_options=lambda w: {"mode": w.moment_score})
