@@ -232,7 +232,7 @@ class BatchTask(Task):
 def _read_table(cfg: FinetuneConfig, samples: list[WeakSample]) -> tuple[dict | None, dict]:
     if not cfg.pseudo_positives or cfg.wsra.beta <= 0:
         return None, {}
-    from index.mining import read_table
+    from pretrain.pseudo_positive_table import read_table
 
     table, counts = read_table(cfg.pseudo_positives, {s.key for s in samples}, strict=False)
     return table, {"rows": len(table), **counts}
