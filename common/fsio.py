@@ -36,7 +36,7 @@ def is_local(url: str) -> bool:
 def filesystem(url: str, options: dict | None = None):
     """(fs, path) for a URL; local paths are made absolute."""
     # imported here, not at module level: modules that only name paths (tubes/, pretrain/) must import on a bare
-    # GPU machine without fsspec (benchmarks/gpu_check.py)
+    # GPU machine without fsspec (benchmarks/gpu/check.py)
     import fsspec
 
     if is_local(url):

@@ -130,3 +130,33 @@ def test_no_import_up_the_stage_order():
             if dst != src and layer_of[dst] >= layer_of[src]:
                 up.append(f"{name} -> {t}")
     assert not up, "imports up (or across) the stage order of docs/contracts.md:\n" + "\n".join(up)
+
+
+def _top_imports(path) -> set[str]:
+    """The top-level names every import of the file starts from (absolute imports only)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_library_tests_and_benchmarks_keep_apart():
+    """benchmarks/ is a suite of modules run with `python -m` (no import-path edits); neither it nor the library
+    imports the tests or their helpers, and the tests run benchmarks only as fresh processes."""
+    test_modules = {"tests"} | {p.stem for p in (ROOT / "tests").glob("*.py")}
+    wrong = []
+    for path in sorted((ROOT / "benchmarks").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        if any(isinstance(n, ast.Attribute) and n.attr == "path" and isinstance(n.value, ast.Name)
+               and n.value.id == "sys" for n in ast.walk(tree)):
+            wrong.append(f"{path.relative_to(ROOT)} edits sys.path")
+        wrong += [f"{path.relative_to(ROOT)} imports {m}" for m in sorted(_top_imports(path) & test_modules)]
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        if "benchmarks" in _top_imports(path):
+            wrong.append(f"{path.relative_to(ROOT)} imports benchmarks")
+    for name, path in module_files().items():
+        wrong += [f"{name} imports {m}" for m in sorted(_top_imports(path) & (test_modules | {"benchmarks"}))]
+    assert not wrong, "\n".join(wrong)

@@ -1,7 +1,7 @@
 """Fast learning probe: the pretraining model trained in one process on a decoded shard set, with test pointing
 and per-frame action accuracy measured along the way; prints one JSON object (the curve, chance in the same run).
 
-    python benchmarks/learning_probe.py --shards runs/demo/shards --test runs/demo/corpus/test \
+    python -m benchmarks.diagnostics.learning_probe --shards runs/demo/shards --test runs/demo/corpus/test \
         [--steps 1000] [--batch 32] [--lr 1e-3] [--clips-per-video 1] [--evals 5] [model.key=value ...]
 
 `model.mil_windows=1` gives each clip the MIL-NCE bag of its neighbouring ASR windows' captions, built as the
@@ -24,8 +24,7 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
 
 def load_clips(shards: str):
