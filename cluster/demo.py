@@ -50,7 +50,7 @@ class DemoConfig:
     pretrain_overrides: list[str] = field(default_factory=list)
     index: bool = True
     second_round: bool = False         # after mining: continue pretraining with the pseudo-positive table. Off: it
-                                       # did not beat a matched control (docs/pretraining.md, second round)
+                                       # did not beat a matched control (docs/results/pretraining.md)
     second_round_steps: int = 300
     pictures: int = 3
     finetune: bool = True              # a short WSRA finetune from the export (issue 6), trained vs untrained head

@@ -9,7 +9,7 @@ loader builds it (pretrain.data.neighbour_captions).
 
 No Ray, no DeepSpeed, no loader: batches are drawn at random from all clips held in memory (or `--clips-per-video
 k`: B/k videos with k clips each, so that same-video negatives appear), so a model/loss question is answered in
-minutes (docs/pretraining.md has the table this produced). Model settings: configs/pretrain/demo32.yaml's `model`
+minutes (docs/results/pretraining.md). Model settings: configs/pretrain/demo32.yaml's `model`
 section plus overrides. Pointing: the heatmap peak of the true step's query on each annotated second at 1 fps;
 action accuracy: the argmax over the video's action pool of the per-description standardised global similarity on
 the annotated seconds (chance: the mean of 1 / pool size).
