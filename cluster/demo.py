@@ -1,6 +1,6 @@
 """`make demo`: the whole system on its embedded default, on a local Ray cluster.
 
-    python -m cluster.demo --out runs/demo [--config configs/demo.yaml] [key=value ...]
+    python -m cluster.demo --out runs/demo [--config configs/demo64.yaml] [key=value ...]
 
 Stages (each skipped when its output is already complete, so a re-run resumes):
   1. synthetic corpus (shards.synthetic): train and test splits of narrated mp4 videos with hidden truth,

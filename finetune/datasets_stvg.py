@@ -5,7 +5,7 @@ Weak supervision (WINNER, VCMA) means a training sample is a (video, sentence) p
 corpus's `queries.json`) or with everything but the sentence dropped as the annotation is read (VidSTG, HC-STVG),
 and `proposals(split)` the split's detections (no identities). The truth of the training queries (the target's
 span and per-frame boxes) is reachable only through `train_truth()`, which only a supervised head's finetune
-calls (finetune/train_stvg.py, `head.supervised`); a weak finetune runs with the train split's truth files absent
+calls (finetune/train.py, `head.supervised`); a weak finetune runs with the train split's truth files absent
 (tests/test_finetune_stvg.py deletes them).
 
 Evaluation: `eval_queries()` are the test split's queries, `write_eval_files` names the annotation that
