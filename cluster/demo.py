@@ -1,6 +1,6 @@
 """`make demo`: the whole system on its embedded default, on a local Ray cluster.
 
-    python -m cluster.demo --out runs/demo [--config configs/demo.yaml] [key=value ...]
+    python -m cluster.demo --out runs/demo [--config configs/demo64.yaml] [key=value ...]
 
 Stages (each skipped when its output is already complete, so a re-run resumes):
   1. synthetic corpus (shards.synthetic): train and test splits of narrated mp4 videos with hidden truth,
@@ -50,7 +50,7 @@ class DemoConfig:
     pretrain_overrides: list[str] = field(default_factory=list)
     index: bool = True
     second_round: bool = False         # after mining: continue pretraining with the pseudo-positive table. Off: it
-                                       # did not beat a matched control (docs/pretraining.md, second round)
+                                       # did not beat a matched control (docs/results/pretraining.md)
     second_round_steps: int = 300
     pictures: int = 3
     finetune: bool = True              # a short WSRA finetune from the export (issue 6), trained vs untrained head

@@ -177,6 +177,7 @@ _MINED_WITH = ("index_version", "k", "tau", "search_k", "nprobe", "export")
 
 def run_mine(cfg: IndexConfig, ray=None) -> dict:
     from index import build, mining, store
+    from pretrain.pseudo_positive_table import load_table
 
     cfg.validate("mine")
     m, url, out = cfg.mine, cfg.index_url(), cfg.table_url()
@@ -185,7 +186,7 @@ def run_mine(cfg: IndexConfig, ray=None) -> dict:
     want = {"index_version": meta.version, "k": m.k, "tau": m.tau, "search_k": m.search_k,
             "nprobe": cfg.search.nprobe, "export": meta.extra.get("export", "")}
     if fsio.exists(out) and not m.overwrite:
-        old = mining.load_table(out)
+        old = load_table(out)
         have = {k: old.get(k) for k in _MINED_WITH}
         if have == want and old.get("captions") is not None:
             log.info("table %s was mined from this index version with these settings: nothing to do", out)

@@ -158,7 +158,7 @@ def yaml_load(text: str, what: str) -> Any:
 
 
 def _read_config_text(path: str) -> str:
-    """A local config file is read without fsspec (benchmarks/gpu_check.py runs where fsspec is absent); a URL
+    """A local config file is read without fsspec (benchmarks/gpu/check.py runs where fsspec is absent); a URL
     through common.fsio."""
     from common import fsio
 

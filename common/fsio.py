@@ -7,12 +7,16 @@ so Ray workers inherit them through the runtime env.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
+import re
 import tempfile
 import uuid
 from typing import Any
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
 
 
 def storage_options(extra: dict | None = None) -> dict:
@@ -32,7 +36,7 @@ def is_local(url: str) -> bool:
 def filesystem(url: str, options: dict | None = None):
     """(fs, path) for a URL; local paths are made absolute."""
     # imported here, not at module level: modules that only name paths (tubes/, pretrain/) must import on a bare
-    # GPU machine without fsspec (benchmarks/gpu_check.py)
+    # GPU machine without fsspec (benchmarks/gpu/check.py)
     import fsspec
 
     if is_local(url):
@@ -47,6 +51,12 @@ def join(url: str, *parts: str) -> str:
     if is_local(url):
         return os.path.join(url, *parts)
     return posixpath.join(url, *parts)
+
+
+def video_file_name(vid: str) -> str:
+    """A cache file name for a video id (DiDeMo ids hold '@' and '.'; '/' and the like become '_') plus a short
+    hash so two ids that map to the same name stay apart (the finetune feature store's and tubes' region cache)."""
+    return f"{_UNSAFE.sub('_', vid)}-{hashlib.sha1(vid.encode()).hexdigest()[:6]}.npz"
 
 
 def exists(url: str, options: dict | None = None) -> bool:

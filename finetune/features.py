@@ -12,11 +12,9 @@ changed size is extracted again. Features are stored as float16: they are L2-nor
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +25,6 @@ from pretrain.export_key import export_key as model_key  # noqa: F401 - the feat
 from pretrain.export_ref import Export
 
 log = logging.getLogger(__name__)
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
 
 
 @dataclass
@@ -63,12 +60,6 @@ def centered(f: VideoFeatures) -> VideoFeatures:
     x = x - x.mean(0, keepdims=True)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
     return VideoFeatures(f.vid, x.astype(np.float16), f.times, f.duration, f.regions, f.pixels)
-
-
-def file_name(vid: str) -> str:
-    """A file name for a video id (DiDeMo ids hold '@' and '.'; '/' and the like become '_') plus a short hash so
-    two ids that map to the same name stay apart."""
-    return f"{_UNSAFE.sub('_', vid)}-{hashlib.sha1(vid.encode()).hexdigest()[:6]}.npz"
 
 
 def _size_of(url: str) -> int:
@@ -127,10 +118,10 @@ class FeatureStore:
 
     # --- videos ---------------------------------------------------------------------------------------------
     def _feature_url(self, vid: str) -> str:
-        return fsio.join(self.video_dir, file_name(vid))
+        return fsio.join(self.video_dir, fsio.video_file_name(vid))
 
     def _pixel_url(self, vid: str) -> str:
-        return fsio.join(self.pixel_dir, file_name(vid))
+        return fsio.join(self.pixel_dir, fsio.video_file_name(vid))
 
     def _fresh(self, url: str, source: str, need_regions: bool = False) -> bool:
         if not fsio.exists(url):

@@ -8,7 +8,7 @@ inflection rules (and a fallback for unknown -s verbs), chunking into noun phras
 patterns: declaratives ("[there is] NP [aux] VERB [NP] PP*", "NP is PREP NP"), subject questions ("what/who VP",
 "which NP VP", "what ATTR thing VP") and object questions ("who/what does NP VERB", "what is NP PREP"). It is exact
 on the synthetic STVG grammar (tested against the generator's truth/parses.json) and reasonable on VidSTG's
-sentences (benchmarks/vcma_parser.py counts how many yield a subject and a relation). No model is downloaded;
+sentences (benchmarks.diagnostics.vcma_parser counts how many yield a subject and a relation). No model is downloaded;
 `parser=spacy` (finetune/heads/vcma.py) uses a spaCy model only when the user has one installed.
 
 What the parse holds:

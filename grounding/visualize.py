@@ -1,19 +1,13 @@
 """Pictures of a grounding: heatmap and box overlays on sampled frames (PNG grid + MP4) with the query and a
 timeline strip of the predicted segment(s) against the true one(s).
 
-    python -m grounding.visualize --checkpoint RUN/export --video V.mp4 --text "cut red cube" --out DIR \
-        [--truth 4 9]
-
-Pure drawing lives in `render`; the CLI grounds one query on one video first (grounding.query does the same and
-prints the numbers).
+Drawing only: `render` takes frames and predictions already made. `python -m grounding.query ... --out DIR
+[--truth 4 9]` grounds one query on one video and draws it; cluster/demo.py draws a few test videos.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -125,34 +119,3 @@ def write_mp4(frames: list[np.ndarray], path: str, fps: float = 1.0) -> None:
                           capture_output=True)
     if proc.returncode != 0:
         raise RuntimeError(f"ffmpeg could not write {path}: {proc.stderr.decode(errors='replace')[-300:]}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    from grounding.query import add_common_args, check_request, ground_query
-    from grounding.readers import InputError
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_args(p)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--truth", nargs=2, type=float, action="append", default=[], metavar=("START", "END"),
-                   help="a true segment in seconds (repeatable)")
-    args = p.parse_args(argv)
-    for s, e in args.truth:
-        if not (np.isfinite(s) and np.isfinite(e) and 0 <= s < e):
-            raise InputError(f"--truth [{s:g} {e:g}]: a true segment needs 0 <= START < END in seconds")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise InputError(f"--out [{args.out}]: exists and is not a folder")
-    check_request(args.video, args.text, args.fps, max_decode_mb=args.max_decode_mb)
-    res = ground_query(args.checkpoint, args.video, args.text, fps=args.fps, max_decode_mb=args.max_decode_mb)
-    stem = os.path.splitext(os.path.basename(args.video))[0]
-    written = render(res["frames"], res["times"], res["predictions"], args.text, res["geometry"],
-                     [tuple(t) for t in args.truth], os.path.join(args.out, f"{stem}.png"),
-                     os.path.join(args.out, f"{stem}.mp4"))
-    print(json.dumps({**res["summary"], **written}))
-    return 0
-
-
-if __name__ == "__main__":
-    from common import cli
-
-    sys.exit(cli.run(main))

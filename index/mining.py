@@ -3,7 +3,8 @@ caption embeddings agree (cosine > tau) become its pseudo-positives.
 
 Neighbours come from the index (video similarity by default); the caption gate uses the exact stored text
 embeddings. The table is keyed by sample key: {key: [[neighbour key, index score, caption cosine], ...]}, best
-first, at most k each; clips without any pseudo-positive are left out (their count is recorded).
+first, at most k each; clips without any pseudo-positive are left out (their count is recorded). Its reader, shared
+with pretraining, is pretrain/pseudo_positive_table.py.
 """
 from __future__ import annotations
 
@@ -16,11 +17,10 @@ import numpy as np
 from common import fsio
 from index import embshards, store
 from index.build import Mapper, _read, local_map
-from index.errors import IndexInputError, UnknownKeys
+from index.errors import IndexInputError
 from index.search import set_nprobe
+from pretrain.pseudo_positive_table import TABLE_FORMAT
 
-TABLE_FORMAT = 2  # 2: the table carries the neighbours' captions ("captions"); 1 held keys only
-READABLE_FORMATS = (1, 2)
 BLOCK = 512  # queries per vectorised caption-gate step (bounds the (BLOCK, search_k, d) gather)
 
 
@@ -119,48 +119,3 @@ def mine(index_url: str, k: int, tau: float, search_k: int, clips_per_task: int,
 
 def write_table(url: str, result: dict) -> None:
     fsio.write_json_atomic(url, result)
-
-
-def load_table(url: str) -> dict:
-    """The whole table file (format 1 or 2), checked for shape; IndexInputError naming the file otherwise."""
-    try:
-        raw = fsio.read_json(url)
-    except FileNotFoundError as e:
-        raise IndexInputError(f"pseudo-positive table [{url}]: not found; run `cluster.index mine`") from e
-    except (ValueError, UnicodeDecodeError) as e:
-        raise IndexInputError(f"{url}: not a pseudo-positive table ({e})") from e
-    if not isinstance(raw, dict) or raw.get("format") not in READABLE_FORMATS or not isinstance(raw.get("table"), dict):
-        raise IndexInputError(f"{url}: not a pseudo-positive table (format {TABLE_FORMAT} with a 'table' mapping)")
-    if raw.get("captions") is not None and not isinstance(raw["captions"], dict):
-        raise IndexInputError(f"pseudo-positive table [{url}]: 'captions' must map sample keys to captions")
-    return raw
-
-
-def read_table(url: str, known_keys: set[str] | None = None, strict: bool = True,
-               raw: dict | None = None) -> tuple[dict, dict]:
-    """(table, counts). Keys (clips or neighbours) absent from `known_keys` raise UnknownKeys when strict;
-    otherwise those entries are dropped and counted. `raw`: the file as load_table read it (not read again)."""
-    raw = load_table(url) if raw is None else raw
-    table: dict[str, list] = {}
-    counts = collections.Counter()
-    unknown: list[str] = []
-    for key, pos in raw["table"].items():
-        if not isinstance(pos, list) or not all(isinstance(p, list) and len(p) == 3 for p in pos):
-            raise IndexInputError(f"{url}: entry {key!r} is not a list of [key, score, caption cosine]")
-        if known_keys is not None and key not in known_keys:
-            unknown.append(key)
-            counts["unknown_clip"] += 1
-            continue
-        kept = []
-        for p in pos:
-            if known_keys is not None and p[0] not in known_keys:
-                unknown.append(p[0])
-                counts["unknown_neighbour"] += 1
-            else:
-                kept.append((str(p[0]), float(p[1]), float(p[2])))
-        if kept:
-            table[key] = kept
-    if unknown and strict:
-        raise UnknownKeys(f"{url}: {len(unknown)} key(s) not in the shard set, e.g. {unknown[:3]} "
-                          f"(table from another corpus or model tag?)")
-    return table, dict(counts)

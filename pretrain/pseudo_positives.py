@@ -19,7 +19,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from index.errors import IndexInputError, UnknownKeys
+from pretrain.pseudo_positive_table import TableError, UnknownTableKeys, load_table, read_table
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,10 @@ class PseudoPositives:
 
     @classmethod
     def load(cls, url: str, shards_url: str, strict: bool = True) -> "PseudoPositives":
-        from index.mining import load_table, read_table  # the contract's reader (docs/contracts.md section 4)
-
         raw = load_table(url)
         captions = raw.get("captions")
         if raw["format"] < 2 or captions is None:
-            raise IndexInputError(
+            raise TableError(
                 f"pseudo-positive table [{url}]: holds no captions (format {raw['format']}, or mined from embeddings "
                 f"made before captions were stored); re-run `cluster.index mine mine.overwrite=true` (after "
                 f"`cluster.index embed embed.overwrite=true` for such embeddings)")
@@ -53,7 +51,7 @@ class PseudoPositives:
         if mined_from and not _same_place(mined_from, shards_url):
             msg = f"pseudo-positive table [{url}]: mined from shard set {mined_from}, data.shards is {shards_url}"
             if strict:
-                raise UnknownKeys(msg + " (set data.pseudo_positives_strict=false to use it anyway)")
+                raise UnknownTableKeys(msg + " (set data.pseudo_positives_strict=false to use it anyway)")
             log.warning("%s; using it (data.pseudo_positives_strict=false)", msg)
             counts["other_shard_set"] = 1
         known = set(captions) | set(raw["table"])  # a neighbour is usable only with its caption

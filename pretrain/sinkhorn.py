@@ -167,7 +167,7 @@ def select_frames(sim: torch.Tensor, word_mask: torch.Tensor, selected: int, mod
 def select_frames_reference(sim: torch.Tensor, word_mask: torch.Tensor, selected: int, iters: int = 3,
                             temperature: float = 0.1) -> torch.Tensor:
     """Per-sample, exp-domain Sinkhorn selection (the shape of the paper's public code): the ground truth that
-    `select_frames` must reproduce, and the baseline of benchmarks/sinkhorn.py."""
+    `select_frames` must reproduce, and the baseline of benchmarks/speed/sinkhorn.py."""
     out = []
     frames = sim.shape[-1]
     for b in range(sim.shape[0]):

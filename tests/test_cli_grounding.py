@@ -68,7 +68,6 @@ class _Pickled:
 
 Q = "grounding.query"
 P = "grounding.predict"
-V = "grounding.visualize"
 E = "grounding.evaluate"
 S = "shards.synthetic"
 QA = ["--checkpoint", "{export}", "--video", "{video}", "--picture", "{tmp}/q.png"]
@@ -90,12 +89,12 @@ CASES = [
      "nowhere"),
     ("query-truncated-export", Q, ["--checkpoint", "{trunc}", "--video", "{video}", "--text", "cut"], "model.pt"),
     ("query-pickled-export", Q, ["--checkpoint", "{pickled}", "--video", "{video}", "--text", "cut"], "model.pt"),
-    ("visualize-reversed-truth", V, VA + ["--truth", "3", "1"], "--truth"),
-    ("visualize-negative-truth", V, VA + ["--truth", "-1", "2"], "--truth"),
-    ("visualize-fps-zero", V, VA + ["--fps", "0"], "--fps"),
-    ("visualize-empty-text", V, ["--checkpoint", "{export}", "--video", "{video}", "--text", "", "--out",
+    ("query-out-reversed-truth", Q, VA + ["--truth", "3", "1"], "--truth"),
+    ("query-out-negative-truth", Q, VA + ["--truth", "-1", "2"], "--truth"),
+    ("query-out-fps-zero", Q, VA + ["--fps", "0"], "--fps"),
+    ("query-out-empty-text", Q, ["--checkpoint", "{export}", "--video", "{video}", "--text", "", "--out",
                                  "{tmp}/vis"], "--text"),
-    ("visualize-missing-video", V, ["--checkpoint", "{export}", "--video", "{missing}", "--text", "cut", "--out",
+    ("query-out-missing-video", Q, ["--checkpoint", "{export}", "--video", "{missing}", "--text", "cut", "--out",
                                     "{tmp}/vis"], "no_such_video.mp4"),
     ("predict-missing-video-with-pool", P, ["--checkpoint", "{export}", "--videos", "{missing}", "--pool", "cut",
                                            "--out", "{tmp}/p.json"], "no_such_video.mp4"),
@@ -181,7 +180,7 @@ def test_query_writes_no_picture_unless_asked(inputs, tmp_path):
     assert os.listdir(tmp_path) == []  # nothing written into the folder it was run from
 
 
-@pytest.mark.parametrize("module", ["grounding.calibrate", "grounding.visualize"])
+@pytest.mark.parametrize("module", ["grounding.calibrate", "grounding.query"])
 def test_help_says_whole_sentences(module):
     r = run_cli(module, "--help")
     assert r.returncode == 0, r.stderr

@@ -94,7 +94,7 @@ ENTRY_POINTS = {  # module: a field its --help must list (None: the command take
     "cluster.demo": "n_train=", "cluster.pretrain": "optim.lr=", "cluster.finetune": "max_steps=",
     "cluster.index": "mine.k=", "cluster.shard": "fps=", "grounding.predict": "inference.tau=",
     "grounding.evaluate": "charades_nms=", "shards.synthetic.__main__": "n_train=", "finetune.train": "max_steps=",
-    "tubes.__main__": None, "grounding.query": None, "grounding.visualize": None, "pretrain.export": None,
+    "tubes.__main__": None, "grounding.query": None, "pretrain.export": None,
 }
 
 

@@ -3,7 +3,7 @@
 (the session's local Ray) and `python -m grounding.evaluate` on the written predictions.
 
 These check plumbing (files, counts, resume, the cache, each loss term active); whether the trained head beats
-chance and an untrained head is measured by benchmarks/finetune_wsra.py on a larger corpus.
+chance and an untrained head is measured by benchmarks/experiments/finetune_wsra.py on a larger corpus.
 """
 from __future__ import annotations
 

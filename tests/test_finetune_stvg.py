@@ -270,9 +270,9 @@ def test_stvg_sweep_under_ray_writes_evaluator_output_and_resumes(ray_cluster, e
 
 
 def test_zero_shot_head_picks_the_benchmarks_zero_shot_tube(features, corpus, export):
-    """Untrained, tube_sim is the zero-shot row of benchmarks/stvg.py as a head: given the true span it picks the
+    """Untrained, tube_sim is the zero-shot row (tubes/zero_shot.py) as a head: given the true span it picks the
     tube with the best mean word-region cosine."""
-    from benchmarks.stvg import tube_scores
+    from tubes.zero_shot import tube_scores
     from finetune.heads import build_head
     from finetune.stvg_batches import text_batch, tube_ids, video_batch
     from finetune.stvg_features import tokenizer_of

@@ -1,6 +1,6 @@
-"""benchmarks/gpu_check.py: its no-GPU answer, its code path on tiny CPU sizes, and the bare-machine contract (it
+"""benchmarks/gpu/check.py: its no-GPU answer, its code path on tiny CPU sizes, and the bare-machine contract (it
 runs with ray, deepspeed, webdataset, faiss, fsspec and s3fs unimportable), each in a fresh interpreter started
-the way docs/gpu_check.md runs it: `python3 benchmarks/gpu_check.py` from the checkout."""
+the way docs/gpu_check.md runs it: `python3 -m benchmarks.gpu.check` from the checkout's root."""
 from __future__ import annotations
 
 import json
@@ -13,13 +13,14 @@ import textwrap
 
 import pytest
 
-from benchmarks import gpu_check
+from trainer.device_peaks import peak_bf16_tflops
 
-SCRIPT = str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py")
+ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+MODULE = "benchmarks.gpu.check"
 BLOCKED = ("ray", "deepspeed", "webdataset", "faiss", "fsspec", "s3fs")
 
 # Put first on sys.meta_path of a fresh interpreter: importing any of BLOCKED (or a submodule) raises ImportError,
-# as on a machine where they are not installed. It then reports which of them it refused, and runs the script.
+# as on a machine where they are not installed. It then reports which of them it refused, and runs the module.
 BLOCKER = textwrap.dedent(f"""
     import importlib.abc, json, runpy, sys
     BLOCKED = {BLOCKED!r}
@@ -36,13 +37,13 @@ BLOCKER = textwrap.dedent(f"""
             refused[name] = str(e)
     print(json.dumps({{"refused": refused}}), file=sys.stderr)
     sys.argv = sys.argv[1:]
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """)
 
 
 def _env(**extra) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
-    env.pop("PYTHONPATH", None)  # the script must find the project from its own location
+    env.pop("PYTHONPATH", None)  # the project is found from the checkout's root, as `python3 -m` there does
     return env
 
 
@@ -53,7 +54,7 @@ def _json_line(stdout: str) -> dict:
 
 
 def test_without_a_gpu_it_says_so_and_exits_0():
-    out = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True, timeout=120, cwd="/",
+    out = subprocess.run([sys.executable, "-m", MODULE], capture_output=True, text=True, timeout=120, cwd=ROOT,
                          env=_env(CUDA_VISIBLE_DEVICES=""))
     assert out.returncode == 0, out.stderr
     res = _json_line(out.stdout)
@@ -64,8 +65,8 @@ def test_without_a_gpu_it_says_so_and_exits_0():
 
 def test_cpu_smoke_runs_every_section_on_a_bare_machine(tmp_path):
     out_file = tmp_path / "check.json"
-    out = subprocess.run([sys.executable, "-c", BLOCKER, SCRIPT, "--cpu-smoke", "--out", str(out_file)],
-                         capture_output=True, text=True, timeout=300, cwd="/", env=_env(CUDA_VISIBLE_DEVICES=""))
+    out = subprocess.run([sys.executable, "-c", BLOCKER, MODULE, "--cpu-smoke", "--out", str(out_file)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=_env(CUDA_VISIBLE_DEVICES=""))
     assert out.returncode == 0, out.stderr[-3000:]
     # every package was refused by the blocker itself (whether or not it is installed here), so the run below
     # would have failed had gpu_check or a project module imported one of them
@@ -103,18 +104,22 @@ def test_cpu_smoke_runs_every_section_on_a_bare_machine(tmp_path):
     ("NVIDIA L4", 121.0), ("NVIDIA L40S", 362.0), ("Tesla T4", None), ("cpu", None),
 ])
 def test_peak_table_matches_the_most_specific_name(name, tflops):
-    assert gpu_check.peak_bf16_tflops(name) == tflops
+    assert peak_bf16_tflops(name) == tflops
 
 
 @pytest.mark.parametrize("argv", [["--sections", "sinkhorn,nope"], ["--sections", ","], ["--micro-batch", "1"]])
-def test_bad_arguments_are_one_error_line_and_exit_2(argv, capsys):
-    assert gpu_check.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ")
+def test_bad_arguments_are_one_error_line_and_exit_2(argv):
+    out = subprocess.run([sys.executable, "-m", MODULE, *argv], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT, env=_env(CUDA_VISIBLE_DEVICES=""))
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(err) == 1 and err[0].startswith("error: "), out.stderr
 
 
 def test_flops_only_counts_a_training_step_and_an_embedding():
-    res = gpu_check.flops_only("cpu", gpu_check.smoke_sizes(), seed=0)
+    out = subprocess.run([sys.executable, "-m", MODULE, "--flops-only", "--cpu-smoke"], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT, env=_env(CUDA_VISIBLE_DEVICES=""))
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = _json_line(out.stdout)["train"]
     assert res["flops_per_step"] == res["flops_per_sample"] * res["micro_batch"] > 0
     # the embedding encodes each window frame once without gradients; a training sample also encodes the selected
     # frames again with gradients and runs the backward

@@ -1,5 +1,5 @@
 """Inference (paper Sec. 3.5) on a tiny randomly initialised export: hand-worked pieces, then the commands
-grounding.predict / grounding.query / grounding.visualize end to end on real synthetic mp4 files."""
+grounding.predict / grounding.query (drawing with grounding.visualize) end to end on real synthetic mp4s."""
 from __future__ import annotations
 
 import json
@@ -144,7 +144,7 @@ def test_random_segment_baseline_is_well_formed(corpus):
         assert steps and steps <= set(truth[vid].pool)
 
 
-def test_query_and_visualize_write_pictures(corpus, export, tmp_path):
+def test_query_writes_pictures_and_a_movie(corpus, export, tmp_path):
     test = os.path.join(corpus, "test")
     truth = read_groundingyoutube(test)
     vid = sorted(truth)[0]
@@ -157,14 +157,14 @@ def test_query_and_visualize_write_pictures(corpus, export, tmp_path):
         assert 0 <= seg["start"] < seg["end"]
     assert Image.open(png).size[0] > 0
     out = tmp_path / "pics"
-    v = _run("grounding.visualize", "--checkpoint", export, "--video", video, "--text", step, "--out", str(out),
+    v = _run("grounding.query", "--checkpoint", export, "--video", video, "--text", step, "--out", str(out),
              "--truth", str(s), str(e + 1))
-    im = Image.open(v["png"])
+    im = Image.open(v["picture"])
     assert im.size[0] == 8 * 128
-    assert os.path.getsize(v["mp4"]) > 1000
+    assert os.path.getsize(v["movie"]) > 1000
     from shards.decode import decode_video
 
-    dec = decode_video(v["mp4"], fps=1.0, size=64)
+    dec = decode_video(v["movie"], fps=1.0, size=64)
     assert len(dec.frames) >= 10   # one picture per decoded second of the ~15 s video
 
 

@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 
 from common import config as C
-from index import embshards, mining
+from index import embshards
 from index.config import IndexConfig
+from pretrain.pseudo_positive_table import read_table
 from pretrain_fixtures import make_shards
 
 SHARDS, PER_SHARD, FRAMES = 4, 8, 4
@@ -212,7 +213,7 @@ def test_build_mine_search_on_embeddings(embedded, ray_cluster):
     captions = {}
     for i in range(SHARDS):
         captions.update({k: m["caption"] for k, (m, _) in _samples(os.path.join(shards, f"shard-{i:06d}.tar")).items()})
-    table, dropped = mining.read_table(report["table"], set(captions))
+    table, dropped = read_table(report["table"], set(captions))
     assert dropped == {} and report["counts"]["clips"] == len(keys)
     # the table carries the neighbours' captions, as the tars hold them
     carried = json.load(open(report["table"]))["captions"]

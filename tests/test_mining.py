@@ -10,7 +10,7 @@ import pytest
 
 from index import build, mining, synthetic
 from index.config import BuildSection
-from index.errors import IndexInputError, UnknownKeys
+from pretrain.pseudo_positive_table import TableError, UnknownTableKeys, read_table
 
 D = 32
 
@@ -93,7 +93,7 @@ def test_table_roundtrip_and_unknown_keys(corpus, tmp_path):
     out = str(tmp_path / "pp.json")
     mining.write_table(out, res)
     known = set(data["keys"].tolist())
-    table, counts = mining.read_table(out, known)
+    table, counts = read_table(out, known)
     assert counts == {} and table == {k: [tuple(p) for p in v] for k, v in res["table"].items()}
 
     raw = json.load(open(out))
@@ -101,15 +101,15 @@ def test_table_roundtrip_and_unknown_keys(corpus, tmp_path):
     raw["table"]["ghost__s0000"] = [[first, 0.9, 0.95]]
     raw["table"][first].append(["elsewhere__s0001", 0.5, 0.95])
     json.dump(raw, open(out, "w"))
-    with pytest.raises(UnknownKeys, match="ghost__s0000|elsewhere__s0001"):
-        mining.read_table(out, known)
-    table, counts = mining.read_table(out, known, strict=False)
+    with pytest.raises(UnknownTableKeys, match="ghost__s0000|elsewhere__s0001"):
+        read_table(out, known)
+    table, counts = read_table(out, known, strict=False)
     assert counts == {"unknown_clip": 1, "unknown_neighbour": 1}
     assert "ghost__s0000" not in table and all(p[0] in known for v in table.values() for p in v)
 
     open(out, "w").write('{"table": []}')
-    with pytest.raises(IndexInputError, match="not a pseudo-positive table"):
-        mining.read_table(out, known)
+    with pytest.raises(TableError, match="not a pseudo-positive table"):
+        read_table(out, known)
     with pytest.raises(ValueError, match="search_k"):
         mining.mine(url, k=10, tau=0.9, search_k=5, clips_per_task=100)
 
@@ -133,6 +133,6 @@ def test_job_entry_build_add_mine(tmp_path, ray_cluster):
     report = run_mine(cfg, ray=ray_cluster)
     assert report["table"] == os.path.join(emb, "index", "pseudo_positives.json")
     assert report["counts"]["clips"] == 400 and report["clips_in_table"] > 0
-    table, counts = mining.read_table(report["table"], set(data["keys"].tolist()))
+    table, counts = read_table(report["table"], set(data["keys"].tolist()))
     assert len(table) == report["clips_in_table"] and counts == {}
     assert os.path.exists(os.path.join(emb, "index", "config.yaml"))

@@ -12,8 +12,8 @@ import os
 import pytest
 import torch
 
-from index.errors import IndexInputError, UnknownKeys
 from pretrain import data, losses
+from pretrain.pseudo_positive_table import TableError, UnknownTableKeys
 from pretrain.pseudo_positives import PseudoPositives
 from shards.reader import read_samples
 from pretrain_fixtures import make_shards
@@ -173,21 +173,21 @@ def test_unknown_keys_are_an_error_or_counted(shard_dir, tmp_path):
     keys = sorted(_captions(shard_dir))
     # a neighbour the table holds no caption for (mined elsewhere): refused, or dropped and counted
     url, _, _ = _hand_table(shard_dir, str(tmp_path / "pp.json"), {keys[1]: [["ghost__s0003", 0.9, 0.99]]})
-    with pytest.raises(UnknownKeys, match="ghost__s0003"):
+    with pytest.raises(UnknownTableKeys, match="ghost__s0003"):
         PseudoPositives.load(url, shard_dir)
     pp = PseudoPositives.load(url, shard_dir, strict=False)
     assert pp.counts["unknown_neighbour"] == 1 and keys[1] not in pp.neighbours
     assert all(n in pp.captions for pos in pp.neighbours.values() for n in pos)
     # a table mined from another shard set
     other, _, _ = _hand_table(shard_dir, str(tmp_path / "other.json"), shards=str(tmp_path / "elsewhere"))
-    with pytest.raises(UnknownKeys, match="elsewhere"):
+    with pytest.raises(UnknownTableKeys, match="elsewhere"):
         PseudoPositives.load(other, shard_dir)
     assert PseudoPositives.load(other, shard_dir, strict=False).counts["other_shard_set"] == 1
 
 
 def test_old_table_without_captions_is_refused_clearly(shard_dir, tmp_path):
     url, _, _ = _hand_table(shard_dir, str(tmp_path / "pp.json"), format=1, captions=None)
-    with pytest.raises(IndexInputError, match=r"pp\.json.*holds no captions.*cluster.index mine"):
+    with pytest.raises(TableError, match=r"pp\.json.*holds no captions.*cluster.index mine"):
         PseudoPositives.load(url, shard_dir)
 
 

@@ -106,8 +106,8 @@ def test_spacy_without_a_model_is_one_error_line(tmp_path):
 
         assert parser_of("spacy")("an adult pushes a baby walker").subject is not None
         return
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.vcma_parser", "--parser", "spacy", "--annotations",
-                           str(tmp_path / "none.json")], capture_output=True, text=True, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.diagnostics.vcma_parser", "--parser", "spacy",
+                           "--annotations", str(tmp_path / "none.json")], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": ROOT})
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and "spacy" in lines[0]

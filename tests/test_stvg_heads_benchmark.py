@@ -1,5 +1,5 @@
-"""benchmarks/stvg_heads.py: the per-seed aggregation and its refusal of a malformed row (its finetunes are the
-finetune tests' business; the figures it prints are in docs/stvg.md and the heads' docs)."""
+"""benchmarks/experiments/stvg_heads.py: the per-seed aggregation (finetune.stvg_rows) and its refusal of a malformed
+row (its finetunes are the finetune tests' business; the figures it prints are in docs/stvg.md and the heads' docs)."""
 import json
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmarks.stvg_heads import aggregate
+from finetune.stvg_rows import aggregate
 
 
 def test_mean_and_std_over_seeds_per_sentence_type():
@@ -22,13 +22,13 @@ def test_mean_and_std_over_seeds_per_sentence_type():
 
 @pytest.mark.parametrize("row", [["only_a_name"], ["name", "configs/finetune/no_such.yaml"]])
 def test_a_malformed_row_is_one_error_line(tmp_path, row):
-    p = subprocess.run([sys.executable, "-m", "benchmarks.stvg_heads", "--corpus", str(tmp_path), "--export",
-                        str(tmp_path), "--out", str(tmp_path / "o"), "--head", *row], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "benchmarks.experiments.stvg_heads", "--corpus", str(tmp_path),
+                        "--export", str(tmp_path), "--out", str(tmp_path / "o"), "--head", *row], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.startswith("error: --head") and len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("module", ["benchmarks.stvg_heads", "benchmarks.vcma_rows"])
+@pytest.mark.parametrize("module", ["benchmarks.experiments.stvg_heads", "benchmarks.experiments.vcma_rows"])
 def test_a_missing_corpus_or_export_is_one_error_line_before_any_run(tmp_path, module):
     row = ["--head", "x", "configs/finetune/fsm_synthetic.yaml"] if module.endswith("heads") else ["--row", "x"]
     for corpus, export, what in [(tmp_path / "none", tmp_path, "--corpus"),
@@ -48,7 +48,7 @@ def test_every_run_failing_is_not_exit_0(tmp_path):
     (corpus / "test" / "truth" / "vidstg.json").write_text("{}")
     export.mkdir()
     (export / "model_config.json").write_text("{}")
-    p = subprocess.run([sys.executable, "-m", "benchmarks.stvg_heads", "--corpus", str(corpus), "--export",
+    p = subprocess.run([sys.executable, "-m", "benchmarks.experiments.stvg_heads", "--corpus", str(corpus), "--export",
                         str(export), "--out", str(tmp_path / "o"), "--no-baselines", "--seeds", "0",
                         "--head", "x", "configs/finetune/fsm_synthetic.yaml", "no_such_key=1"],
                        capture_output=True, text=True)
@@ -85,7 +85,7 @@ def stvg_inputs(tmp_path_factory):
     ("tubes-0", ["--corpus", "{root}/stvg", "--tubes", "0"], "--tubes"),
 ])
 def test_stvg_benchmark_bad_input_is_one_error_line(stvg_inputs, case, args, needle):
-    p = subprocess.run([sys.executable, "-m", "benchmarks.stvg", *[a.format(root=stvg_inputs) for a in args]],
+    p = subprocess.run([sys.executable, "-m", "benchmarks.experiments.stvg_baselines", *[a.format(root=stvg_inputs) for a in args]],
                        capture_output=True, text=True, timeout=300)
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
     assert p.returncode == 2 and "Traceback" not in p.stderr and len(errors) == 1, p.stderr[-2000:]

@@ -1,11 +1,12 @@
-"""benchmarks/stvg_when_probe.py: its ROC area on hand numbers, and a bad argument is one error line."""
+"""benchmarks/diagnostics/stvg_when_probe.py: its ROC area (grounding.metrics.roc) on hand numbers, and a bad argument
+is one error line."""
 import os
 import subprocess
 import sys
 
 import numpy as np
 
-from benchmarks.stvg_when_probe import auc
+from grounding.metrics.roc import auc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +21,7 @@ def test_auc_hand_numbers():
 
 
 def test_bad_argument_is_one_error_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "benchmarks.stvg_when_probe", "--batches", "0",
+    out = subprocess.run([sys.executable, "-m", "benchmarks.diagnostics.stvg_when_probe", "--batches", "0",
                           f"checkpoint={tmp_path}/none", f"dataset.root={tmp_path}"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     lines = out.stderr.strip().splitlines()

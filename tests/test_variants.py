@@ -1,5 +1,6 @@
-"""benchmarks/variants.py: the variants are the corpus' own generator knobs with one thing changed, the ratios and
-their 10% flags are right on hand numbers, a real run prints one JSON object, bad input is one error line."""
+"""benchmarks/experiments/variants.py: the variants are the corpus' own generator knobs with one thing changed
+(grounding.variants), the ratios and their 10% flags are right on hand numbers, a real run prints one JSON object,
+bad input is one error line."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from benchmarks import variants as V
+from grounding import variants as V
 from shards.synthetic import SyntheticConfig
 from tests.conftest import ROOT
 
@@ -53,7 +54,7 @@ def test_each_variant_changes_one_knob_and_validates(tmp_path):
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "variants.py"), *args],
+    return subprocess.run([sys.executable, "-m", "benchmarks.experiments.variants", *args],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
 

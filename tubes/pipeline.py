@@ -1,6 +1,7 @@
 """A video's tubes end to end: decode at the proposals' frame rate, region features (cached), link.
 
-Used by benchmarks/stvg.py and meant for the STVG heads: everything a tube-selection head needs per video.
+Used by benchmarks/experiments/stvg_baselines.py and meant for the STVG heads: everything a tube-selection head
+needs per video.
 """
 from __future__ import annotations
 

@@ -135,14 +135,12 @@ class RegionCache:
     """Region features of one export and one proposal source, one npz per video."""
 
     def __init__(self, cache: str, checkpoint: str, source_name: str, key: str | None = None):
-        from finetune.features import model_key
+        from pretrain.export_key import export_key
 
-        self.root = fsio.join(cache, key or model_key(checkpoint), "regions", source_name)
+        self.root = fsio.join(cache, key or export_key(checkpoint), "regions", source_name)
 
     def url(self, vid: str) -> str:
-        from finetune.features import file_name
-
-        return fsio.join(self.root, file_name(vid))
+        return fsio.join(self.root, fsio.video_file_name(vid))
 
     def get(self, vid: str, source_bytes: int) -> dict | None:
         url = self.url(vid)

@@ -1,4 +1,4 @@
-"""The head interface every downstream head implements (WSRA now; WINNER, VCMA, FSM later).
+"""The head interface every downstream head implements (WSRA; the STVG heads tube_sim, WINNER, VCMA, FSM).
 
 In: frame features (B, T, d), optionally region/tube features (B, T, N, d) (patch tokens of the pretrained encoder,
 or proposal/tube features a head builds itself), and query features (sentence (B, d), words (B, K, d)), all with

@@ -291,7 +291,7 @@ class FsmHead(GroundingHead):
 
     def _prior(self, video: VideoBatch, text: TextBatch) -> torch.Tensor:
         """(B, T, N) the pretrained model's query-to-region score: the mean over the sentence's words of
-        cos(region, g'(word)), the zero-shot row of benchmarks/stvg.py (regions are cached L2-normalised)."""
+        cos(region, g'(word)), the zero-shot row of tubes/zero_shot.py (regions are cached L2-normalised)."""
         q = mean_unit_words(text.words, text.word_mask)
         return torch.einsum("btnd,bd->btn", F.normalize(video.regions, dim=-1), q)
 

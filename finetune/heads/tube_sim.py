@@ -1,7 +1,7 @@
 """The similarity STVG head: the zero-shot baseline as a head, plus a tiny trainable version of it.
 
 Region score of query q on region r: the mean over q's words of cos(P r, g'(word)) (`tube_sim.words`, the
-zero-shot row of benchmarks/stvg.py) or cos(P r, g(sentence)); frame score: cos(f(frame), g(sentence)). P is a
+zero-shot row of tubes/zero_shot.py) or cos(P r, g(sentence)); frame score: cos(f(frame), g(sentence)). P is a
 d x d map initialised to the identity, so the untrained head (`train=false`) is exactly the pretrained model's
 query-to-region similarity. Training (weak: video-sentence pairs only) is a video-sentence NCE on
 s(V, S) = max over V's tubes of the tube's mean region score, both directions, a video's other queries in the

@@ -523,7 +523,7 @@ class WinnerHead(GroundingHead):
 
     def node_scores(self, video: VideoBatch, text: TextBatch, weight: torch.Tensor | None = None):
         """Eq. 15 for every node of each row's own tree (B, P, M) on the tubes cropped to `weight` (B, T), and the
-        chart: what benchmarks/winner_correlation.py follows over training."""
+        chart: what benchmarks/experiments/winner_correlation.py follows over training."""
         enc, _, idx = self._own(video, text)
         feats, ok = self.tube_features(video, weight)
         return self.node_tube_scores(enc.nodes, feats, ok), self.chart(_k_of(enc.nodes.shape[1]), feats.device)

@@ -1,6 +1,7 @@
 """The paper's ablations on the synthetic benchmark at `make demo` scale; prints one JSON table.
 
-    python benchmarks/ablations.py [--demo runs/demo] [--out runs/ablations] [--steps 600] [--only sinkhorn,topk]
+    python -m benchmarks.experiments.ablations [--demo runs/demo] [--out runs/ablations] [--steps 600] \
+        [--only sinkhorn,topk]
 
 Reuses the demo's corpus and shards (run `make demo` first, or this makes them), pretrains one model per variant
 with the demo's pretraining config on the local Ray cluster, and scores each with `python -m grounding.evaluate
@@ -18,8 +19,6 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 

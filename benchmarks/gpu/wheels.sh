@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The extra wheels benchmarks/gpu_check.py needs on a bare GPU machine (torch, torchvision, numpy, timm and
+# The extra wheels benchmarks/gpu/check.py needs on a bare GPU machine (torch, torchvision, numpy, timm and
 # huggingface_hub there; no package index): open_clip_torch and its pure-Python dependencies ftfy and wcwidth at
 # constraints.txt's pins, and regex (compiled) for CPython 3.10-3.13 on x86_64 Linux. Run on a machine with PyPI;
 # prints what it fetched and the total, which must stay under 64 MiB (docs/gpu_check.md).
-#   bash benchmarks/gpu_wheels.sh [DIR]        # default DIR: .whl (git-ignored)
+#   bash benchmarks/gpu/wheels.sh [DIR]        # default DIR: .whl (git-ignored)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 DIR=${1:-.whl}
 PIP=${PIP:-$( [ -x .venv/bin/pip ] && echo .venv/bin/pip || echo "python3 -m pip" )}
 pin() { grep -i "^$1==" constraints.txt | head -1; }

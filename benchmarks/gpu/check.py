@@ -1,19 +1,19 @@
 """Every GPU figure in one short run (docs/gpu_check.md); prints one JSON object.
 
-  python3 benchmarks/gpu_check.py                  # on one GPU: a few minutes (budget: 8 min on an H200)
-  python3 benchmarks/gpu_check.py --cpu-smoke      # the same code path at tiny sizes on CPU (tests/test_gpu_check.py)
-  python3 benchmarks/gpu_check.py --sections sinkhorn,train --out gpu_check.json
+  python3 -m benchmarks.gpu.check                  # on one GPU: a few minutes (budget: 8 min on an H200)
+  python3 -m benchmarks.gpu.check --cpu-smoke      # the same code path at tiny sizes on CPU (tests/test_gpu_check.py)
+  python3 -m benchmarks.gpu.check --sections sinkhorn,train --out gpu_check.json
 
 Without a CUDA device (and without --cpu-smoke) it prints {"measured": false, "reason": ...} and exits 0.
 
 Sections, each against a baseline in the same run:
-- sinkhorn: batched log-domain Sinkhorn frame selection vs the per-sample loop (benchmarks/sinkhorn.py's two
+- sinkhorn: batched log-domain Sinkhorn frame selection vs the per-sample loop (benchmarks/speed/sinkhorn.py's two
   paths) at batch 256, K=20 words, U=16 frames, T=8; the selections must be identical (target speedup >= 50x).
 - train: the global-local model's training step at configs/pretrain/vitb32.yaml's sizes (ViT-B/32, 224 px,
   16 -> 8 frames, micro-batch 32, partial freeze), random init (the machine has no weights; the FLOPs and the step
   time do not depend on the values), plain torch AdamW under bf16 autocast: samples/s, peak memory, FLOPs per
   step counted by torch.utils.flop_counter, model FLOP utilisation against the device's dense bf16 peak
-  (PEAK_BF16_TFLOPS; unknown devices: null with the name), and the losses of 20 steps from one seed under bf16
+  (trainer/device_peaks.py; unknown devices: null with the name), and the losses of 20 steps from one seed under bf16
   autocast vs fp32 (TF32 off), which must agree within LOSS_RTOL (every step) and LOSS_MEAN_RTOL (on average).
 - regions: RoI-Align region features (tubes.regions.region_features: the ViT-B/32 patch grid of every frame, then
   roi_align) at VidSTG sizes (200 frames, 10 and 20 proposals per frame), and roi_align alone on the device vs on
@@ -22,7 +22,8 @@ Sections, each against a baseline in the same run:
 
 Bare-machine contract: this file and every project module it imports need only torch, torchvision, numpy, PyYAML,
 open_clip_torch (+ ftfy, regex, wcwidth) — no Ray, DeepSpeed, WebDataset, FAISS, fsspec or s3fs
-(tests/test_gpu_check.py runs it with those imports blocked). It runs from a checkout without installing it.
+(tests/test_gpu_check.py runs it with those imports blocked). It runs from the checkout's root without installing
+it (`python3 -m` puts the root first on the import path).
 """
 from __future__ import annotations
 
@@ -36,30 +37,14 @@ import platform
 import sys
 import time
 
-if __package__ in (None, ""):  # run as a file: the project root, not benchmarks/, must come first
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from trainer.device_peaks import peak_bf16_tflops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 SECTIONS = ("sinkhorn", "train", "regions", "linking")
 
-# Dense (no sparsity) bf16 tensor-core peaks in TFLOPS, from NVIDIA's data sheets; the first substring of the
-# device name that matches wins, so the more specific names come first (GH200 before H200, H100 PCIe before H100).
-PEAK_BF16_TFLOPS = (
-    ("GH200", 989.0),
-    ("H200 NVL", 835.0),
-    ("H200", 989.0),          # H200 SXM
-    ("H100 NVL", 835.0),
-    ("H100 PCIe", 756.0),
-    ("H100", 989.0),          # H100 SXM5 ("NVIDIA H100 80GB HBM3")
-    ("B200", 2250.0),
-    ("A100", 312.0),          # SXM4 and PCIe alike
-    ("L40S", 362.0),
-    ("A10G", 70.0),
-    ("L4", 121.0),
-)
 # bf16 autocast vs fp32, r_i = |l_bf16 - l_fp32| / |l_fp32| at step i: they agree when max r_i <= LOSS_RTOL and
 # mean r_i <= LOSS_MEAN_RTOL (docs/gpu_check.md: why, and the CPU check of ViT-B/32 that sized them)
 LOSS_RTOL = 0.05
@@ -67,13 +52,6 @@ LOSS_MEAN_RTOL = 0.02
 
 WORDS = ("crack", "eggs", "into", "the", "bowl", "whisk", "until", "smooth", "then", "pour", "batter", "pan", "heat",
          "slowly", "flip", "pancake", "cut", "red", "onion", "dice", "garlic", "add", "salt", "stir", "sauce")
-
-
-def peak_bf16_tflops(name: str) -> float | None:
-    for key, tflops in PEAK_BF16_TFLOPS:
-        if key.lower() in name.lower():
-            return tflops
-    return None
 
 
 @dataclasses.dataclass
@@ -114,7 +92,7 @@ def sync(device: str) -> None:
 # --- (a) Sinkhorn frame selection ---------------------------------------------------------------------------------
 
 def sinkhorn_section(device: str, z: Sizes, seed: int) -> dict:
-    from benchmarks import sinkhorn as sk
+    from benchmarks.speed import sinkhorn as sk
 
     text, mask, video, _ = sk.inputs(z.batch, z.words, z.frames, 1, z.dim, seed, device)
     extra = (z.selected, 3, 0.1)  # the model's sinkhorn_iters and sinkhorn_temperature
@@ -387,14 +365,14 @@ def run(sections: list[str], device: str, z: Sizes, seed: int) -> dict:
     out = {"benchmark": "gpu_check", "measured": True, "device": device, "device_name": name,
            **environment(device), "sections": sections, "seconds": {}}
     # the project's modules (open_clip behind pretrain.model) take seconds to import: not part of any section
-    import benchmarks.sinkhorn  # noqa: F401
+    import benchmarks.speed.sinkhorn  # noqa: F401
     import pretrain.model  # noqa: F401
     import tubes.linking  # noqa: F401
     import tubes.regions  # noqa: F401
 
     out["seconds"]["imports"] = round(time.perf_counter() - t_start, 2)
     if device.startswith("cuda") and peak is None:
-        out["peak_unknown"] = f"no dense bf16 peak known for {name!r}: mfu is null (add it to PEAK_BF16_TFLOPS)"
+        out["peak_unknown"] = f"no dense bf16 peak known for {name!r}: mfu is null (add it to trainer/device_peaks.py)"
     model = None
     for sec in sections:
         t0 = time.perf_counter()
@@ -425,7 +403,8 @@ def main(argv=None) -> int:
     p.add_argument("--micro-batch", type=int, help="train: samples per step (default: the config's 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--flops-only", action="store_true",
-                   help="count the FLOPs of one training step at the GPU sizes (any device; nothing timed)")
+                   help="count the FLOPs of one training step at the GPU sizes (any device; nothing timed)"
+                        " (with --cpu-smoke: at the smoke sizes, on the CPU)")
     p.add_argument("--out", help="also write the JSON object to this file")
     a = p.parse_args(argv)
     sections = [s.strip() for s in a.sections.split(",") if s.strip()]
@@ -438,7 +417,8 @@ def main(argv=None) -> int:
         print(f"error: --micro-batch must be >= 2 (contrastive negatives), got {a.micro_batch}", file=sys.stderr)
         return 2
     if a.flops_only:
-        device, z = ("cuda" if torch.cuda.is_available() else "cpu"), Sizes()
+        device = "cuda" if torch.cuda.is_available() and not a.cpu_smoke else "cpu"
+        z = smoke_sizes() if a.cpu_smoke else Sizes()  # with --cpu-smoke: the code path at tiny sizes
         if a.micro_batch:
             z.micro_batch = a.micro_batch
         t0 = time.perf_counter()

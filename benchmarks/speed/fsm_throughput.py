@@ -1,7 +1,8 @@
 """FSM training throughput (clips/s) with and without the anchor decoder (Eq. 9), or frozen cached features against
 backbone finetuning (--end-to-end), in one run. Prints one JSON object.
 
-    python -m benchmarks.fsm --config configs/finetune/fsm_synthetic.yaml checkpoint=RUN/export dataset.root=DIR \
+    python -m benchmarks.speed.fsm_throughput --config configs/finetune/fsm_synthetic.yaml checkpoint=RUN/export \
+        dataset.root=DIR \
         [--steps 20] [--warmup 3] [--repeats 2] [--end-to-end] [key=value ...]
 
 The batches are the finetune's own (StvgBatcher over the region-feature cache, with the train truth), drawn once
@@ -18,13 +19,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import platform
 import sys
 import time
-
-if __package__ in (None, ""):
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 

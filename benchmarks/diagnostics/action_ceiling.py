@@ -1,6 +1,6 @@
 """How much *when* the pretraining encoder can hold at all: the same image tower trained with per-frame labels.
 
-    python benchmarks/action_ceiling.py --shards runs/demo/shards --corpus runs/demo/corpus [--steps 800] \
+    python -m benchmarks.diagnostics.action_ceiling --shards runs/demo/shards --corpus runs/demo/corpus [--steps 800] \
         [--batch 64] [--config configs/pretrain/demo32.yaml] [model.key=value ...]
 
 A diagnostic, not a method: the train split's hidden per-second truth (the step whose box is annotated at that
@@ -23,8 +23,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
 
 def labelled_frames(shards: str, truth_dir: str):

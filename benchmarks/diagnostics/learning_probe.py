@@ -1,7 +1,7 @@
 """Fast learning probe: the pretraining model trained in one process on a decoded shard set, with test pointing
 and per-frame action accuracy measured along the way; prints one JSON object (the curve, chance in the same run).
 
-    python benchmarks/learning_probe.py --shards runs/demo/shards --test runs/demo/corpus/test \
+    python -m benchmarks.diagnostics.learning_probe --shards runs/demo/shards --test runs/demo/corpus/test \
         [--steps 1000] [--batch 32] [--lr 1e-3] [--clips-per-video 1] [--evals 5] [model.key=value ...]
 
 `model.mil_windows=1` gives each clip the MIL-NCE bag of its neighbouring ASR windows' captions, built as the
@@ -9,7 +9,7 @@ loader builds it (pretrain.data.neighbour_captions).
 
 No Ray, no DeepSpeed, no loader: batches are drawn at random from all clips held in memory (or `--clips-per-video
 k`: B/k videos with k clips each, so that same-video negatives appear), so a model/loss question is answered in
-minutes (docs/pretraining.md has the table this produced). Model settings: configs/pretrain/demo32.yaml's `model`
+minutes (docs/results/pretraining.md). Model settings: configs/pretrain/demo32.yaml's `model`
 section plus overrides. Pointing: the heatmap peak of the true step's query on each annotated second at 1 fps;
 action accuracy: the argmax over the video's action pool of the per-description standardised global similarity on
 the annotated seconds (chance: the mean of 1 / pool size).
@@ -24,8 +24,7 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
 
 def load_clips(shards: str):

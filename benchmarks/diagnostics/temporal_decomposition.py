@@ -1,6 +1,7 @@
 """Where the temporal signal is lost: one run of a pretrained export on the synthetic test split, decomposed.
 
-    python benchmarks/temporal_decomposition.py --checkpoint runs/demo/pretrain/export --test runs/demo/corpus/test \
+    python -m benchmarks.diagnostics.temporal_decomposition --checkpoint runs/demo/pretrain/export \
+        --test runs/demo/corpus/test \
         [--shards runs/demo/shards --config configs/pretrain/demo32.yaml] [--smooth 1,3,5] \
         [--calibrate runs/demo/corpus/train --calibrate-videos 100] [--calibrate-box runs/demo/corpus/train] \
         [inference.key=value ...]
@@ -30,8 +31,7 @@ import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
 
 def _pred_entry(step: str, box=None, point=None, score: float = 1.0) -> dict:

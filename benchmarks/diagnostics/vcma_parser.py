@@ -3,22 +3,18 @@
 share of sentences that yield a subject and at least one relation (with an object, or any), and the share whose
 target entity names a noun. Prints one JSON object, with a few parses of each type for reading.
 
-  python -m benchmarks.vcma_parser --annotations ../shared/benchmarks/vidstg/test_annotations.json
+  python -m benchmarks.diagnostics.vcma_parser --annotations ../shared/benchmarks/vidstg/test_annotations.json
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
-if __package__ in (None, ""):
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from common import cli  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from finetune.query_parse import parser_of  # noqa: E402
+from common import cli
+from common.errors import UserError
+from finetune.query_parse import parser_of
 
 
 def sentences(path: str) -> list[tuple[str, str]]:

@@ -1,9 +1,9 @@
 """Index benchmark: recall@10 against exact search and the query-speed ratio, on >= 200k clustered 512-d vectors
 (and on real embedding shards when given --embeddings). Prints one JSON object.
 
-  .venv/bin/python -m benchmarks.index                       # synthetic, 200k x 512
-  .venv/bin/python -m benchmarks.index --embeddings <shards>/embeddings/<tag>
-  OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.index --sizes 50000,100000,200000 --dim 256 --mine
+  .venv/bin/python -m benchmarks.speed.index_search                       # synthetic, 200k x 512
+  .venv/bin/python -m benchmarks.speed.index_search --embeddings <shards>/embeddings/<tag>
+  OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.speed.index_search --sizes 50000,100000,200000 --dim 256 --mine
       # the same measurement at each size (synthetic only), with the growth exponent of every cost (docs/scale.md)
 
 `--mine` also times pseudo-positive mining (index.mining.mine: every clip searched against the index, the
@@ -20,12 +20,8 @@ import json
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import time
-
-if __package__ in (None, ""):  # run as a file: the project root, not benchmarks/, must come first
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402

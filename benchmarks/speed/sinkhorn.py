@@ -3,8 +3,8 @@ public code (per clip: word-frame similarity matmul, exp-domain Sinkhorn, top-T)
 run; the selected frames of both are compared. Prints one JSON object. The gather of the selected frames' patch
 features (a memory copy of B*T*N*d floats, the same in both) is timed separately, not in the speedup.
 
-  .venv/bin/python -m benchmarks.sinkhorn                  # batch 256, K=20, U=16, T=8, 49 patches x 512-d
-  .venv/bin/python -m benchmarks.sinkhorn --threads 1 --device cuda
+  .venv/bin/python -m benchmarks.speed.sinkhorn                  # batch 256, K=20, U=16, T=8, 49 patches x 512-d
+  .venv/bin/python -m benchmarks.speed.sinkhorn --threads 1 --device cuda
 
 Target: speedup >= 50x with the same selected frames (same_selection = 1.0; float32 may flip an exact near-tie).
 """
@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 
-if __package__ in (None, ""):  # run as a file: the project root, not benchmarks/, must come first
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from pretrain import sinkhorn  # noqa: E402
+from pretrain import sinkhorn
 
 
 def inputs(batch, words, frames, patches, dim, seed, device):

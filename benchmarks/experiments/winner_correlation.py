@@ -2,7 +2,7 @@
 noun's node (the same noun later in the sentence: "the red cube left of the blue cube", the corpus's same_noun
 queries) pick the true tube. Prints one JSON object.
 
-  python -m benchmarks.winner_correlation --corpus DIR --export RUN/export [--steps 150 --every 25 --seed 0]
+  python -m benchmarks.experiments.winner_correlation --corpus DIR --export RUN/export [--steps 150 --every 25 --seed 0]
       [--variant full="" --variant base="winner.dsa=false winner.svhu=false"] [KEY=VALUE ...]
 
 Each variant trains the WINNER head of configs/finetune/winner_synthetic.yaml (plus the overrides) with the
@@ -24,13 +24,10 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 CONFIG = os.path.join(ROOT, "configs", "finetune", "winner_synthetic.yaml")
 
 

@@ -1,18 +1,18 @@
 """VCMA's rows in one process: the head over seeds and the Table 3 / Table 4 variants, each a `finetune.train.run`
-on the synthetic STVG corpus through finetune/sweep.py (as benchmarks/stvg_heads.py), the features loaded from the
+on the synthetic STVG corpus through finetune/sweep.py (as benchmarks/experiments/stvg_heads.py), the features loaded from the
 cache once for all of them. Prints one JSON object in stvg_heads' layout (per row: mean and std over seeds, overall and per sentence
 type), plus the baselines and `beats_zero_shot`.
 
-  python -m benchmarks.vcma_rows --corpus /work/stvg/corpus --export /work/stvg/pretrain/export \\
+  python -m benchmarks.experiments.vcma_rows --corpus /work/stvg/corpus --export /work/stvg/pretrain/export \\
       --out /work/runs-vcma/rows --config configs/finetune/vcma_synthetic.yaml --seeds 0 1 2 \\
       --row vcma --row contrastive_only vcma.losses=contrastive --row reconstruction_only vcma.losses=reconstruction \\
       [--variant-seeds 0] [--baselines compute|none|FILE]
 
 `--row NAME [KEY=VALUE ...]`: a row and its overrides of the config; the first row runs over `--seeds`, the others
 over `--variant-seeds` (default: the same). A run whose folder OUT/NAME/seedS already holds a summary with metrics
-is read, not re-run. `--baselines compute` runs benchmarks/stvg.py's rows (random, zero-shot, ceilings) for the same
-export here; FILE reads them from the JSON line of an earlier `benchmarks.stvg_heads` run on the same corpus and
-export (they do not depend on the head).
+is read, not re-run. `--baselines compute` runs benchmarks/experiments/stvg_baselines.py's rows (random,
+zero-shot, ceilings) for the same export here; FILE reads them from the JSON line of an earlier
+`benchmarks.experiments.stvg_heads` run on the same corpus and export (they do not depend on the head).
 """
 from __future__ import annotations
 
@@ -22,11 +22,9 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from benchmarks.stvg_heads import beats_zero_shot, input_error, run_rows, summarise  # noqa: E402
-from common.errors import UserError  # noqa: E402
+from benchmarks.experiments.stvg_heads import run_rows
+from common.errors import UserError
+from finetune.stvg_rows import beats_zero_shot, input_error, summarise
 
 
 def main(argv=None) -> int:
@@ -52,7 +50,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     out = {"corpus": args.corpus, "export": args.export, "config": args.config, "set": args.set}
     if args.baselines == "compute":
-        from benchmarks import stvg as baselines
+        from benchmarks.experiments import stvg_baselines as baselines
 
         b = baselines.measure(baselines.arguments().parse_args(["--corpus", args.corpus, "--export", args.export]),
                               linking=False)

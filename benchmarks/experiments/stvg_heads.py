@@ -1,8 +1,8 @@
 """STVG heads against the baselines and ceilings, in one run: every head finetuned over seeds on the synthetic STVG
-corpus, scored by grounding's vidstg evaluator, next to benchmarks/stvg.py's rows for the same export. Prints one
-JSON object (scores in percent; per head the mean and standard deviation over seeds, overall and per sentence type).
+corpus, scored by grounding's vidstg evaluator, next to benchmarks/experiments/stvg_baselines.py's rows for the
+same export. Prints one JSON object (scores in percent; per head the mean and standard deviation over seeds, overall and per sentence type).
 
-  python -m benchmarks.stvg_heads --corpus runs/stvg/corpus --export RUN/export --out runs/stvg/heads \\
+  python -m benchmarks.experiments.stvg_heads --corpus runs/stvg/corpus --export RUN/export --out runs/stvg/heads \\
       --head zero_shot_head configs/finetune/tube_sim_synthetic.yaml train=false \\
       --head tube_sim configs/finetune/tube_sim_synthetic.yaml \\
       --head winner configs/finetune/winner_synthetic.yaml \\
@@ -24,15 +24,9 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common.errors import UserError
+from finetune.stvg_rows import beats_zero_shot, input_error, summarise
 
-import numpy as np  # noqa: E402
-
-from common.errors import UserError  # noqa: E402
-
-METRICS = ("m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5")
-QTYPES = ("", "declarative_", "interrogative_")
 
 
 @contextlib.contextmanager
@@ -68,43 +62,6 @@ def run_rows(rows: list[tuple[str, str, list[str]]], seeds_of, args, common: lis
     return out
 
 
-def percent(metrics: dict) -> dict:
-    """finetune's eval.json holds the evaluator's figures already in percent."""
-    return {k: round(v, 2) for k, v in metrics.items() if isinstance(v, (int, float))}
-
-
-def aggregate(runs: list[dict]) -> dict:
-    ok = [percent(r["metrics"]) for r in runs if r.get("metrics")]
-    keys = [q + m for q in QTYPES for m in METRICS if ok and q + m in ok[0]]
-    return {"seeds_done": len(ok),
-            "mean": {k: round(float(np.mean([r[k] for r in ok])), 2) for k in keys},
-            "std": {k: round(float(np.std([r[k] for r in ok])), 2) for k in keys}}
-
-
-def input_error(corpus: str, export: str) -> str | None:
-    """Why the corpus or the export cannot be used (checked before any run starts), or None."""
-    truth = os.path.join(corpus, "test", "truth", "vidstg.json")
-    if not os.path.exists(truth):
-        return f"--corpus [{corpus}]: no test/truth/vidstg.json (python -m shards.synthetic --out DIR mode=stvg)"
-    if not os.path.exists(os.path.join(export, "model_config.json")):
-        return f"--export [{export}]: not a pretrain export (it holds model.pt and model_config.json)"
-    return None
-
-
-def summarise(seeds: list[int], runs: list[dict]) -> dict:
-    """A row of the output: the mean/std over its seeds and each seed's run."""
-    return {**aggregate(runs),
-            "runs": [{"seed": s, "steps": r.get("steps"), "first_loss": r.get("first_loss"), "last": r.get("last"),
-                      "seconds": r.get("seconds"), "error": r.get("error"), "exit": r.get("exit"),
-                      "metrics": percent(r.get("metrics") or {})} for s, r in zip(seeds, runs)]}
-
-
-def beats_zero_shot(zero_shot: dict, rows: dict) -> dict:
-    """Per row and sentence type: its mean m_vIoU above the baseline zero_shot row's."""
-    return {name: {qt.rstrip("_") or "all": h["mean"].get(qt + "m_vIoU", -1) > zero_shot.get(qt + "m_vIoU", 101)
-                   for qt in QTYPES} for name, h in rows.items() if h["seeds_done"]}
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--corpus", required=True, help="synthetic STVG corpus (python -m shards.synthetic mode=stvg)")
@@ -115,7 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--set", nargs="*", default=[], help="overrides for every row (e.g. max_steps=300)")
     p.add_argument("--cache", default="", help="feature cache (default: the finetunes' own default)")
-    p.add_argument("--no-baselines", action="store_true", help="skip benchmarks/stvg.py's rows")
+    p.add_argument("--no-baselines", action="store_true", help="skip benchmarks/experiments/stvg_baselines.py's rows")
     args = p.parse_args(argv)
     for row in args.head:
         if len(row) < 2 or not os.path.exists(row[1]):
@@ -130,7 +87,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     out = {"corpus": args.corpus, "export": args.export, "seeds": args.seeds, "set": args.set}
     if not args.no_baselines:
-        from benchmarks import stvg as baselines
+        from benchmarks.experiments import stvg_baselines as baselines
 
         b = baselines.measure(baselines.arguments().parse_args(["--corpus", args.corpus, "--export", args.export]),
                               linking=False)

@@ -1,6 +1,6 @@
 """WSRA finetune on the synthetic corpus vs chance and vs the same head untrained; prints one JSON object.
 
-    python benchmarks/finetune_wsra.py --checkpoint RUN/export [--corpus DIR | --n-train 160 --n-test 40]
+    python -m benchmarks.experiments.finetune_wsra --checkpoint RUN/export [--corpus DIR | --n-train 160 --n-test 40]
         [--out runs/bench-finetune-wsra] [--steps 300] [--seeds 0,1,2] [--ceiling] [key=value ...]
 
 The finetune settings are configs/finetune/wsra_synthetic.yaml (--config) plus key=value overrides.
@@ -22,8 +22,7 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/stground/torch_extensions"))

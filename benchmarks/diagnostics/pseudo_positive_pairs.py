@@ -1,6 +1,6 @@
 """What the mined pseudo-positives pair: statistics against the train split's hidden truth, and a picture.
 
-    python benchmarks/pseudo_positive_pairs.py --dump PAIRS.json --shards runs/demo/shards \
+    python -m benchmarks.diagnostics.pseudo_positive_pairs --dump PAIRS.json --shards runs/demo/shards \
         --truth runs/demo/corpus/train [--picture pairs.png --pictures 6]
 
 PAIRS.json is `learning_probe.py --pseudo-positives --pp-dump PAIRS.json` (rows index the shard set's clips in
@@ -25,8 +25,6 @@ from collections import Counter
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def kind(caption: str) -> str:

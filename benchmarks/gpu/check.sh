@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The one command of docs/gpu_check.md on a bare GPU machine: if open_clip is not importable, unpack the wheels of
-# benchmarks/gpu_wheels.sh (a wheel is a zip of the installed files; no pip, no index needed) into a folder on
-# PYTHONPATH, then run benchmarks/gpu_check.py with the arguments given.
-#   bash benchmarks/gpu_check.sh [--out FILE] [gpu_check.py arguments]      # WHEELS=DIR (default .whl)
+# benchmarks/gpu/wheels.sh (a wheel is a zip of the installed files; no pip, no index needed) into a folder on
+# PYTHONPATH, then run benchmarks/gpu/check.py with the arguments given.
+#   bash benchmarks/gpu/check.sh [--out FILE] [benchmarks.gpu.check arguments]      # WHEELS=DIR (default .whl)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 if ! $PY -c "import open_clip" 2>/dev/null; then
   WHEELS=${WHEELS:-.whl}
@@ -14,10 +14,10 @@ if ! $PY -c "import open_clip" 2>/dev/null; then
   shopt -s nullglob
   wheels=("$WHEELS"/open_clip_torch-*.whl "$WHEELS"/ftfy-*.whl "$WHEELS"/wcwidth-*.whl "$WHEELS"/regex-*-"$tag"-*.whl)
   if [ ${#wheels[@]} -lt 4 ]; then
-    echo "error: open_clip is not importable and $WHEELS lacks its wheels for $tag (bash benchmarks/gpu_wheels.sh)" >&2
+    echo "error: open_clip is not importable and $WHEELS lacks its wheels for $tag (bash benchmarks/gpu/wheels.sh)" >&2
     exit 2
   fi
   for w in "${wheels[@]}"; do $PY -m zipfile -e "$w" "$site"; done
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-exec $PY benchmarks/gpu_check.py "$@"
+exec $PY -m benchmarks.gpu.check "$@"

@@ -1,8 +1,8 @@
 """Sharder throughput against a plain ffmpeg decode of the same files, in the same run.
 
-  python benchmarks/shard_throughput.py [--videos 4 --seconds 60 --height 480 | --manifest DIR/manifest.csv
+  python -m benchmarks.speed.shard_throughput [--videos 4 --seconds 60 --height 480 | --manifest DIR/manifest.csv
                                         | --videos-dir DIR]
-  OMP_NUM_THREADS=1 python benchmarks/shard_throughput.py --videos 2 --sizes 30,60,120   # growth (docs/scale.md)
+  OMP_NUM_THREADS=1 python -m benchmarks.speed.shard_throughput --videos 2 --sizes 30,60,120   # growth (docs/scale.md)
 
 Prints one JSON object: seconds of video processed per core-second (user+sys CPU of this process and its ffmpeg
 children) by the sharder (sequential distributor, so all work is in this process tree) and by
@@ -19,11 +19,8 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from shards.config import ShardConfig  # noqa: E402
 from shards.corpus import read_manifest  # noqa: E402

@@ -1,8 +1,8 @@
 """How much *when* the frozen STVG features hold: a probe trained on the train split's truth to tell a frame inside
 the referred span from one outside, scored on held-out train videos. Prints one JSON object.
 
-    python -m benchmarks.stvg_when_probe --config configs/finetune/fsm_synthetic.yaml checkpoint=RUN/export \
-        dataset.root=DIR [--batches 150] [--held-out 5] [key=value ...]
+    python -m benchmarks.diagnostics.stvg_when_probe --config configs/finetune/fsm_synthetic.yaml \
+        checkpoint=RUN/export dataset.root=DIR [--batches 150] [--held-out 5] [key=value ...]
 
 The rows are the FSM finetune's own batches (StvgBatcher over the region-feature cache, frames subsampled as in
 training). Each frame's probe input: the frame's global feature, the proposal the pretrained word-region cosine
@@ -16,11 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-
-if __package__ in (None, ""):
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -30,18 +26,7 @@ from common import cli  # noqa: E402
 from common import config as cfglib  # noqa: E402
 from finetune.config import load, resolve  # noqa: E402
 from finetune.heads.stvg import mean_unit_words  # noqa: E402
-
-
-def auc(score: np.ndarray, label: np.ndarray) -> float:
-    """Area under the ROC curve: the chance a positive scores above a negative (ties count a half)."""
-    label = label.astype(bool)
-    pos, neg = int(label.sum()), int((~label).sum())
-    if pos == 0 or neg == 0:
-        return float("nan")
-    from scipy.stats import rankdata
-
-    ranks = rankdata(score)   # ties share their mean rank
-    return float((ranks[label].sum() - pos * (pos + 1) / 2) / (pos * neg))
+from grounding.metrics.roc import auc
 
 
 def frame_rows(batch):

@@ -4,7 +4,7 @@ words and wh-words left out), the rank of the sentence's own video among the bat
 own video by the clip NCE's score. For the untrained head (with and without SVHU) and any trained head.pt given.
 Prints one JSON object.
 
-  python -m benchmarks.winner_discrimination --corpus DIR --export RUN/export [--head RUN/head.pt ...]
+  python -m benchmarks.diagnostics.winner_discrimination --corpus DIR --export RUN/export [--head RUN/head.pt ...]
       [--videos 24 --batches 6]
 """
 from __future__ import annotations
@@ -14,13 +14,10 @@ import json
 import os
 import sys
 
-if __package__ in (None, ""):
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 CONFIG = os.path.join(ROOT, "configs", "finetune", "winner_synthetic.yaml")
 SKIP = {"the", "is", "?", "what", "which", "of", "left", "right", "above", "below", "next", "to", "thing"}
 

@@ -6,11 +6,11 @@
 2. A real pretraining job through cluster.pretrain (Ray Train, DeepSpeed workers, WebDataset shards): the
    fraction of step time rank 0 spent waiting for its next batch, from the run's per-step log. Target < 5%.
 
-    python benchmarks/train_step.py [--config configs/pretrain/tiny.yaml] [--shards URL] [key=value ...]
+    python -m benchmarks.speed.train_step [--config configs/pretrain/tiny.yaml] [--shards URL] [key=value ...]
 
 Without --shards, `--videos DIR` shards the mp4s of DIR with the project's sharder (shards.pipeline, real ffmpeg
-decoding; one caption every 4 s since real videos come without ASR), and with neither a small patterned shard
-set in the contract format is generated (tests/pretrain_fixtures.py).
+decoding; one caption every 4 s since real videos come without ASR), and with neither a small synthetic corpus
+(shards.synthetic: real mp4s and their narration) is generated and sharded the same way.
 """
 from __future__ import annotations
 
@@ -20,12 +20,10 @@ import json
 import os
 import socket
 import statistics
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/stground/torch_extensions"))
 os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -149,6 +147,23 @@ def shard_videos(video_dir: str, out: str, frames: int, size: int) -> str:
     return shards
 
 
+def synthetic_shards(out: str, frames: int, size: int, videos: int = 32) -> str:
+    """The train split of a small synthetic corpus (~250 clips), sharded by the real sharder."""
+    from shards.config import ShardConfig
+    from shards.pipeline import run
+    from shards.synthetic import SyntheticConfig, generate
+
+    corpus = os.path.join(out, "corpus")
+    generate(SyntheticConfig(out=corpus, n_train=videos, n_test=0))
+    shards = os.path.join(out, "shards")
+    cfg = ShardConfig(manifest=os.path.join(corpus, "train", "manifest.csv"), output=shards, size=size,
+                      window_frames=frames, videos_per_shard=4, distributor="sequential", progress=False)
+    summary = run(cfg)
+    if summary.get("shards_failed"):
+        raise RuntimeError(f"sharding failed: {summary}")
+    return shards
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=os.path.join(ROOT, "configs", "pretrain", "tiny.yaml"))
@@ -170,11 +185,7 @@ def main(argv=None) -> None:
         if not shards and args.videos:
             shards = shard_videos(args.videos, os.path.join(tmp, "real"), base.model.frames_in, args.size)
         if not shards:
-            sys.path.insert(0, os.path.join(ROOT, "tests"))
-            from pretrain_fixtures import make_shards
-
-            shards = make_shards(os.path.join(tmp, "shards"), shards=8, per_shard=32,
-                                 frames=base.model.frames_in, size=args.size)
+            shards = synthetic_shards(os.path.join(tmp, "synthetic"), base.model.frames_in, args.size)
         over = [f"data.shards={shards}", f"run={os.path.join(tmp, 'run')}", *args.overrides]
         cfg = load(args.config, over)
         out = {"config": args.config, "shards": shards, **step_overhead(cfg, args.blocks, args.steps_per_block)}

@@ -2,7 +2,7 @@
 purity and how linking time grows with frames x proposals. Prints one JSON object.
 
   python -m shards.synthetic --out runs/stvg/corpus mode=stvg n_train=40 n_test=40
-  python -m benchmarks.stvg --corpus runs/stvg/corpus [--export DIR] [--split test]
+  python -m benchmarks.experiments.stvg_baselines --corpus runs/stvg/corpus [--export DIR] [--split test]
 
 Rows (each: m_tIoU, m_vIoU, vIoU@0.3, vIoU@0.5, overall and per sentence type):
 - random: a uniform random span and one of the M linked tubes at random; random_true_span: a random tube with the
@@ -25,23 +25,20 @@ import sys
 import tempfile
 import time
 
-if __package__ in (None, ""):
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from common import cli  # noqa: E402
-from grounding import metrics as M  # noqa: E402
-from grounding.evaluate import evaluate  # noqa: E402
-from grounding.inference import InferenceConfig, label_frames, segments_from_labels  # noqa: E402
-from grounding.readers.stvg import read_vidstg  # noqa: E402
-from tubes.linking import NEG, link_scores, link_tubes, pairwise_iou  # noqa: E402
-from tubes.config import TubeConfig  # noqa: E402
-from tubes.pipeline import video_tubes  # noqa: E402
-from tubes.proposals import synthetic  # noqa: E402
-from tubes.purity import purity  # noqa: E402
-from tubes.regions import RegionCache  # noqa: E402
+from common import cli
+from grounding import metrics as M
+from grounding.evaluate import evaluate
+from grounding.readers.stvg import read_vidstg
+from tubes.linking import NEG, link_scores, link_tubes, pairwise_iou
+from tubes.config import TubeConfig
+from tubes.pipeline import video_tubes
+from tubes.proposals import synthetic
+from tubes.purity import purity
+from tubes.regions import RegionCache
+from tubes.zero_shot import tube_scores, zero_shot_spans
 
 
 def random_export(folder: str) -> str:
@@ -51,43 +48,6 @@ def random_export(folder: str) -> str:
     save_export(build_model(ModelConfig(backbone="stg-micro", embed_dim=64, local_heads=2, frames_in=4,
                                         frames_selected=2, max_words=12, pretrained=None)), folder)
     return folder
-
-
-def zero_shot_spans(model, glob: np.ndarray, frame_ids: np.ndarray, sentences: list[str], smooth: int = 1
-                    ) -> list[tuple[int, int]]:
-    """Sec. 3.5 temporal detection over the video's query pool: each query's longest run of frames."""
-    with torch.no_grad():
-        tg, _, _ = model.encode_text(model.tokenize(sentences))
-    scores = glob @ tg.float().cpu().numpy().T
-    labels, best = label_frames(scores, InferenceConfig(normalize="query", tau=0.0, smooth=smooth))
-    runs = segments_from_labels(labels, frame_ids.astype(float), 1.0)
-    out = []
-    for q in range(len(sentences)):
-        mine = [(e - s, s, e) for lab, s, e in runs if lab == q]
-        if mine:
-            _, s, e = max(mine)
-            out.append((int(s), int(e)))
-        else:  # the query never wins a frame: the frame where it comes closest
-            f = int(frame_ids[int(np.argmax(scores[:, q] - scores.max(1)))])
-            out.append((f, f + 1))
-    return out
-
-
-def tube_scores(model, vt, sentence: str, span: tuple[int, int]) -> np.ndarray:
-    """Mean word-region cosine of each tube over the span's frames where it has a box."""
-    with torch.no_grad():
-        _, words, mask = model.encode_text(model.tokenize([sentence]))
-    w = words[0][mask[0]].float().cpu().numpy()                        # (K, d)
-    inside = (vt.proposals.frames >= span[0]) & (vt.proposals.frames < span[1])
-    out = []
-    for t in vt.tubes:
-        pos = np.flatnonzero(inside & (t.index >= 0))
-        if not len(pos):
-            out.append(-np.inf)
-            continue
-        feats = vt.regions[pos, t.index[pos]]                            # (P, d)
-        out.append(float((feats @ w.T).mean()))
-    return np.asarray(out)
 
 
 def prediction(vt, tube_idx: int, span: tuple[int, int]) -> dict:

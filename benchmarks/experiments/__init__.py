@@ -1,0 +1,1 @@
+"""Experiments that reproduce a table or figure (the papers' or docs/results/'), one JSON object each."""
