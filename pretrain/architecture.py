@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def name_config(name: str) -> dict:
     import open_clip
 
-    import pretrain.backbone  # noqa: F401 - registers our configs with open_clip
+    import pretrain.open_clip_models  # noqa: F401 - registers our configs with open_clip
 
     cfg = open_clip.get_model_config(name)
     if cfg is None:
@@ -94,7 +94,7 @@ def check(cfg: ModelConfig) -> ModelConfig:
     import torch
 
     from pretrain import clip_weights
-    from pretrain.backbone import weights_follow
+    from pretrain.open_clip_models import weights_follow
 
     weights = clip_weights.read(cfg.pretrained) if cfg.pretrained and os.path.isfile(cfg.pretrained) else None
     out = resolve(cfg, weights)

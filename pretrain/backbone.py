@@ -8,35 +8,12 @@ pretrain/architecture.py, so the same config always builds the same forward pass
 """
 from __future__ import annotations
 
-import contextlib
-import logging
-from pathlib import Path
-
 import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
-if str(CONFIG_DIR) not in {str(p) for p in open_clip.factory._MODEL_CONFIG_PATHS}:
-    open_clip.add_model_config(CONFIG_DIR)
-
-
-def _not_random_init_notice(record: logging.LogRecord) -> bool:
-    return "initialized randomly" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def weights_follow():
-    """Build models inside this when their weights are loaded right after (an export): open_clip's warning
-    "No pretrained weights loaded ... Model initialized randomly" (root logger, no option to turn it off) would
-    say the opposite of what happens."""
-    root = logging.getLogger()
-    root.addFilter(_not_random_init_notice)
-    try:
-        yield
-    finally:
-        root.removeFilter(_not_random_init_notice)
+from pretrain.open_clip_models import CONFIG_DIR, weights_follow  # noqa: F401 - registers our configs
 
 
 class Backbone(nn.Module):

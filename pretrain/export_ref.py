@@ -43,7 +43,7 @@ class Export:
     def _clip_config(self) -> dict:
         import open_clip
 
-        import pretrain.backbone  # noqa: F401 - registers the project's model configs with open_clip
+        import pretrain.open_clip_models  # noqa: F401 - registers the project's model configs with open_clip
 
         return open_clip.get_model_config(self.model_config["backbone"])
 
@@ -51,7 +51,7 @@ class Export:
         """The text tokenizer, from the config alone (no weights)."""
         import open_clip
 
-        import pretrain.backbone  # noqa: F401 - registers the project's model configs with open_clip
+        import pretrain.open_clip_models  # noqa: F401 - registers the project's model configs with open_clip
 
         return open_clip.get_tokenizer(self.model_config["backbone"])
 
