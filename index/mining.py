@@ -84,11 +84,12 @@ def mine_task(index_url: str, out: str, group: Sequence[tuple[str, int, int]], k
 
 
 def mine(index_url: str, out: str, k: int, tau: float, search_k: int, clips_per_task: int, nprobe: int | None = None,
-         mapper: Mapper = local_map, shards: str = "") -> dict:
+         mapper: Mapper = local_map, shards: str = "", max_clips: int = 0) -> dict:
     """Mine the pseudo-positive table of every clip in the index into the table folder `out` (common.pseudo_table):
     each task writes the parts of its shards; the driver keeps counts and part entries only, then commits the
     manifest. Returns the manifest without its part list. `shards` (the shard set the embeddings were made from)
-    is recorded for the table's readers."""
+    is recorded for the table's readers. `max_clips` > 0 mines only the first shards holding that many query clips
+    (against the whole index): a fixed sample, for measuring memory at sizes where mining everything takes hours."""
     if not 0 < k <= search_k:
         raise IndexInputError(f"need 0 < k <= search_k, got k={k}, search_k={search_k}")
     if not -1.0 <= tau <= 1.0:
@@ -97,8 +98,11 @@ def mine(index_url: str, out: str, k: int, tau: float, search_k: int, clips_per_
     meta = store.read_meta(index_url)
     store.load(index_url, meta=meta)  # verify checksums once, before fanning out
     cols = store.columns(index_url, meta)
-    groups, cur, size = [], [], 0
+    groups, cur, size, total = [], [], 0, 0
     for s in meta.shards:
+        if max_clips and total >= max_clips:
+            break
+        total += s["count"]
         cur.append((s["name"], s["count"], s["first_id"]))
         size += s["count"]
         if size >= clips_per_task:
