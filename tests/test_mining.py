@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import faiss
 import numpy as np
 import pytest
 
@@ -93,6 +94,17 @@ def test_ray_equals_local(corpus, ray_cluster, tmp_path):
     approx = _mine(ivf, tmp_path / "approx", k=3, tau=0.9, search_k=64, clips_per_task=300, nprobe=4)
     vid = dict(zip(data["keys"].tolist(), data["video_ids"].tolist()))
     assert approx["counts"]["pairs"] > 0
+    # equal to the one-process implementation it replaced (every caption vector in memory, one search of all clips)
+    index, _ = store.load(ivf)
+    faiss.extract_index_ivf(index).nprobe = 4
+    scores, ids = index.search(data["video"], 64)
+    before = {}
+    for i in range(len(ids)):
+        pos = [(j, sc) for j, sc in zip(ids[i], scores[i]) if j >= 0 and data["video_ids"][j] != data["video_ids"][i]
+               and float(data["text"][j] @ data["text"][i]) > 0.9][:3]
+        if pos:
+            before[str(data["keys"][i])] = [(str(data["keys"][j]), float(sc)) for j, sc in pos]
+    assert {k: [(p[0], pytest.approx(p[1], abs=1e-6)) for p in v] for k, v in approx["table"].items()} == before
     assert all(vid[k] != vid[p[0]] and p[2] > 0.9 for k, v in approx["table"].items() for p in v)
 
 
