@@ -24,10 +24,22 @@ BLOCK = 512  # queries per vectorised caption-gate step (bounds the (BLOCK, sear
 LEGACY_FORMATS = (1, 2)  # one JSON file; still read by read_table (finetune), refused by pretraining
 
 
-def mine_block(index, queries: np.ndarray, qtext: np.ndarray, qcodes: np.ndarray, cols: columns.Columns, k: int,
+class ArrayColumns:
+    """In-memory arrays with the `take` of index.columns.Columns, for callers that hold a small set whole (the
+    learning probe)."""
+
+    def __init__(self, **arrays: np.ndarray):
+        self.arrays = arrays
+
+    def take(self, column: str, ids: np.ndarray) -> np.ndarray:
+        return self.arrays[column][ids]
+
+
+def mine_block(index, queries: np.ndarray, qtext: np.ndarray, qcodes: np.ndarray, cols, k: int,
                tau: float, search_k: int) -> tuple[list[list[tuple[int, float, float]]], collections.Counter]:
     """Pseudo-positives of one block of query clips (video vectors `queries`, caption vectors `qtext`, video codes
-    `qcodes`); the candidates' caption vectors and video codes are read from the index's columns by id."""
+    `qcodes`); the candidates' caption vectors and video codes are read by id from `cols` (index.columns.Columns,
+    or ArrayColumns)."""
     counts: collections.Counter = collections.Counter()
     scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), search_k)
     valid = ids >= 0

@@ -5,7 +5,7 @@ three sizes, each step in its own fresh process. Prints one JSON object.
       --videos 10000,100000,1000000
 
 Index steps (synthetic clustered 256-d embedding shards of 10,000 clips, IVF1024,PQ32 merged on disk so the
-index's own codes are memory-mapped, 20,000 training points at every size): `build` over all shards but the last,
+index's own codes are memory-mapped, the same training sample at every size; --factory, --train): `build` over all shards but the last,
 `add` of the last, `search` (100 queries, hits with their keys), `mine` (whole shards of query clips up to
 --mine-clips, against the whole index, writing the table), `loader` (a pretraining process's pseudo-positive
 reader attaching captions to every clip of 4 shards). Caption steps (generated caption.json and manifest of N
@@ -30,7 +30,7 @@ import sys
 import tempfile
 
 DIM, PER_SHARD, ACTIONS, CLIPS_PER_VIDEO = 256, 10_000, 64, 10
-FACTORY, TRAIN = "IVF1024,PQ32", 20_000
+FACTORY, TRAIN = os.environ.get("MEM_FACTORY", "IVF1024,PQ32"), int(os.environ.get("MEM_TRAIN", "20000"))
 
 
 def _rss_mb() -> float:
@@ -176,6 +176,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="50000,250000,1000000", help="index vectors per size")
     ap.add_argument("--videos", default="10000,100000,1000000", help="caption.json videos per size")
     ap.add_argument("--mine-clips", type=int, default=20000, help="query clips mined at every size (whole shards)")
+    ap.add_argument("--factory", default=FACTORY, help="FAISS factory of every index built")
+    ap.add_argument("--train", type=int, default=TRAIN, help="training points at every size")
     ap.add_argument("--work", default="", help="scratch folder (default: a temp dir, removed)")
     ap.add_argument("--step", default="", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
@@ -183,9 +185,9 @@ def main() -> None:
     if a.step:
         print(json.dumps(step(a.step, a.work, a.n)))
         return
-    env = {**os.environ, "MINE_CLIPS": str(a.mine_clips)}
+    env = {**os.environ, "MINE_CLIPS": str(a.mine_clips), "MEM_FACTORY": a.factory, "MEM_TRAIN": str(a.train)}
     root = a.work or tempfile.mkdtemp(prefix="stg-mem-")
-    out: dict = {"dim": DIM, "factory": FACTORY, "train_points": TRAIN, "mine_clips": a.mine_clips, "index": {},
+    out: dict = {"dim": DIM, "factory": a.factory, "train_points": a.train, "mine_clips": a.mine_clips, "index": {},
                  "captions": {}}
     try:
         idle = _run("idle", root, 0, env)["peak_rss_mb"]
@@ -218,8 +220,8 @@ def main() -> None:
                 growth["shard_driver_" + s] = _slope(videos, [out["captions"][n][s]["peak_rss_mb"] - idle_shards
                                                               for n in videos])
         out["growth_exponent_rss_above_idle"] = growth
-        out["target_met"] = all(v is not None and v <= 0.2 for k, v in growth.items()
-                                if k not in ("index_codes", "shard_driver_parse"))
+        out["target_met"] = bool(growth) and all(v is not None and v <= 0.2 for k, v in growth.items()
+                                                 if k not in ("index_codes", "shard_driver_parse"))
     finally:
         if not a.work:
             shutil.rmtree(root, ignore_errors=True)
