@@ -37,6 +37,14 @@ def video_codes(video_ids) -> np.ndarray:
                                     .digest(), "little", signed=True) for v in video_ids], dtype=np.int64)
 
 
+def _npy(path: str, dtype, shape: tuple):
+    """An open .npy file with its header written, for the rows to be appended in order."""
+    f = open(path, "wb")
+    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                             "fortran_order": False, "shape": shape})
+    return f
+
+
 class SegmentWriter:
     """Writes one segment of `count` rows in order, a shard at a time, into `folder`."""
 
@@ -45,14 +53,15 @@ class SegmentWriter:
         self.columns = list(STRINGS) + list(ARRAYS)
         self.written = 0
         self.captions_missing = False  # a shard embedded before captions were stored: the segment has none
-        self._off = {c: np.lib.format.open_memmap(self._path(c, 0), "w+", np.int64, (count + 1,))
-                     for c in self.columns if c in STRINGS}
-        self._bin = {c: open(self._path(c, 1), "wb") for c in self._off}
-        self._arr = {"video_codes": np.lib.format.open_memmap(self._path("video_codes", 0), "w+", np.int64, (count,)),
-                     "times": np.lib.format.open_memmap(self._path("times", 0), "w+", np.float32, (count, 2)),
-                     "text": np.lib.format.open_memmap(self._path("text", 0), "w+", np.float32, (count, dim))}
-        for c in self._off:
-            self._off[c][0] = 0
+        # plain appending writes, not memory maps: pages written through a map stay in the writer's resident set
+        self._off = {c: _npy(self._path(c, 0), np.int64, (count + 1,)) for c in STRINGS}
+        self._last = {c: 0 for c in STRINGS}
+        self._bin = {c: open(self._path(c, 1), "wb") for c in STRINGS}
+        self._arr = {"video_codes": _npy(self._path("video_codes", 0), np.int64, (count,)),
+                     "times": _npy(self._path("times", 0), np.float32, (count, 2)),
+                     "text": _npy(self._path("text", 0), np.float32, (count, dim))}
+        for c in STRINGS:
+            self._off[c].write(np.zeros(1, np.int64).tobytes())
 
     def _path(self, column: str, i: int) -> str:
         return os.path.join(self.folder, files_of(column, self.version)[i])
@@ -66,24 +75,23 @@ class SegmentWriter:
             self.captions_missing = True
             captions = [""] * n
         values = {"keys": keys, "video_ids": video_ids, "captions": captions}
-        for c, off in self._off.items():
-            data = [str(s).encode("utf-8", "surrogateescape") for s in values[c]]
-            off[lo + 1:hi + 1] = off[lo] + np.cumsum([len(b) for b in data], dtype=np.int64)
+        for c in STRINGS:
+            data = [str(x).encode("utf-8", "surrogateescape") for x in values[c]]
+            ends = self._last[c] + np.cumsum([len(b) for b in data], dtype=np.int64)
+            self._off[c].write(ends.tobytes())
+            self._last[c] = int(ends[-1]) if n else self._last[c]
             self._bin[c].write(b"".join(data))
-        self._arr["video_codes"][lo:hi] = video_codes(video_ids)
-        self._arr["times"][lo:hi] = np.asarray(times, np.float32).reshape(-1, 2)
-        self._arr["text"][lo:hi] = text
+        self._arr["video_codes"].write(video_codes(video_ids).tobytes())
+        self._arr["times"].write(np.ascontiguousarray(np.asarray(times, np.float32).reshape(-1, 2)).tobytes())
+        self._arr["text"].write(np.ascontiguousarray(text, dtype=np.float32).tobytes())
         self.written = hi
 
     def close(self) -> dict:
         """The segment's entry for the sidecar (without first_id)."""
         if self.written != self.count:
             raise RuntimeError(f"segment {self.version}: {self.written} rows written of {self.count}")
-        for f in self._bin.values():
+        for f in list(self._bin.values()) + list(self._off.values()) + list(self._arr.values()):
             f.close()
-        for a in list(self._off.values()) + list(self._arr.values()):
-            a.flush()
-        self._off, self._arr = {}, {}
         kept = [c for c in self.columns if not (c == "captions" and self.captions_missing)]
         return {"count": self.count, "columns": {c: files_of(c, self.version) for c in kept}}
 
