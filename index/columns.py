@@ -17,6 +17,7 @@ A reader maps a file only for the duration of one call, so what it touched leave
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 
 import numpy as np
@@ -29,6 +30,21 @@ def files_of(column: str, version: int) -> list[str]:
     if column in STRINGS:
         return [f"{column}-{version:06d}.off.npy", f"{column}-{version:06d}.bin"]
     return [f"{column}-{version:06d}.npy"]
+
+
+def _random_rows(path: str) -> np.ndarray:
+    """A .npy file memory-mapped for scattered reads: MADV_RANDOM turns off read-ahead and fault-around, which
+    would otherwise map whole neighbourhoods of every row read (and, over many scattered rows, the whole file) into
+    the resident set. The map goes when the returned array does."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        offset = f.tell()
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mmap, "MADV_RANDOM"):
+        mm.madvise(mmap.MADV_RANDOM)
+    return np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
 
 
 def video_codes(video_ids) -> np.ndarray:
@@ -139,13 +155,11 @@ class Columns:
         out = None
         for si in np.unique(seg):
             s = self.segments[si]
-            m = np.load(self._path(s, column), mmap_mode="r")
             sel = seg == si
-            rows = np.asarray(m[ids[sel] - s["first_id"]])
+            rows = _random_rows(self._path(s, column))[ids[sel] - s["first_id"]]  # a copy: the map is dropped
             if out is None:
                 out = np.empty((len(ids),) + rows.shape[1:], rows.dtype)
             out[sel] = rows
-            del m
         return out if out is not None else np.zeros((0,), np.float32)
 
     def take_strings(self, column: str, ids: np.ndarray) -> np.ndarray:
@@ -157,8 +171,8 @@ class Columns:
             s = self.segments[si]
             sel = np.flatnonzero(seg == si)
             local = ids[sel] - s["first_id"]
-            off = np.load(self._path(s, column, 0), mmap_mode="r")
-            starts, ends = np.asarray(off[local]), np.asarray(off[local + 1])
+            off = _random_rows(self._path(s, column, 0))
+            starts, ends = off[local], off[local + 1]
             del off
             with open(self._path(s, column, 1), "rb") as f:
                 for j, a, b in zip(sel, starts, ends):

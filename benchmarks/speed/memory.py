@@ -12,8 +12,8 @@ reader attaching captions to every clip of 4 shards). Caption steps (generated c
 videos, 3 segments each): `plan` (the sharding driver's plan: manifest, caption index, tasks) and, as the
 baseline of the same run, `parse` (what the driver did before: json.loads of the whole caption file).
 
-The floor of the index steps is `idle` (a process importing what they import, torch included, and doing nothing),
-that of the caption steps `idle_shards`. Growth exponents are
+The floor of the index steps is `idle` (a process importing what they import and doing nothing), that of the
+loader `idle_loader` (pretrain imports torch), that of the caption steps `idle_shards`. Growth exponents are
 least-squares slopes of log(peak RSS - idle) on log(size) over the sizes; the FAISS index's own codes (index-*.faiss
 and .ivfdata bytes) are reported beside them, since they grow with n by design.
 """
@@ -79,11 +79,12 @@ def step(name: str, work: str, n: int) -> dict:
     """One measured step, in this (fresh) process."""
     emb, url, table = os.path.join(work, "emb"), os.path.join(work, "index"), os.path.join(work, "pp")
     out: dict = {}
-    if name == "idle":  # the floor of the index steps: their imports (the loader's pretrain imports torch)
+    if name == "idle":  # the floor of the index steps: their imports
         import faiss  # noqa: F401
         import numpy  # noqa: F401
 
         from index import build, mining  # noqa: F401
+    elif name == "idle_loader":  # the loader's floor: pretrain imports torch
         from pretrain import pseudo_positives  # noqa: F401
     elif name == "idle_shards":  # the floor of the caption steps
         from shards import corpus, pipeline  # noqa: F401
@@ -193,6 +194,7 @@ def main() -> None:
         idle = _run("idle", root, 0, env)["peak_rss_mb"]
         out["idle_rss_mb"] = idle
         idle_shards = out["idle_shards_rss_mb"] = _run("idle_shards", root, 0, env)["peak_rss_mb"]
+        idle_loader = out["idle_loader_rss_mb"] = _run("idle_loader", root, 0, env)["peak_rss_mb"]
         sizes = [int(x) for x in a.sizes.split(",") if x]
         for n in sizes:
             work = os.path.join(root, f"index-{n}")
@@ -212,7 +214,8 @@ def main() -> None:
         growth = {}
         for s in ("build", "add", "search", "mine", "loader"):
             if len(sizes) > 1:
-                growth[s] = _slope(sizes, [out["index"][n][s]["peak_rss_mb"] - idle for n in sizes])
+                floor = idle_loader if s == "loader" else idle
+                growth[s] = _slope(sizes, [out["index"][n][s]["peak_rss_mb"] - floor for n in sizes])
         if len(sizes) > 1:
             growth["index_codes"] = _slope(sizes, [out["index"][n]["add"]["index_codes_mb"] for n in sizes])
         for s in ("plan", "parse"):
