@@ -33,13 +33,21 @@ log = logging.getLogger("cluster.index")
 
 
 def ray_mapper(ray):
-    """mapper(fn, args) running fn as one Ray task per argument tuple, results in order."""
+    """mapper(fn, args) running fn as one Ray task per argument tuple, yielding results in order, one at a time
+    (the driver holds one result; the others wait in the object store)."""
     remotes = {}
 
     def mapper(fn, args):
         if fn not in remotes:
             remotes[fn] = ray.remote(num_cpus=1)(fn)
-        return ray.get([remotes[fn].remote(*a) for a in args])
+        refs = [remotes[fn].remote(*a) for a in args]
+
+        def results():
+            for i in range(len(refs)):
+                ref, refs[i] = refs[i], None
+                yield ray.get(ref)
+
+        return results()
 
     return mapper
 
@@ -176,8 +184,8 @@ _MINED_WITH = ("index_version", "k", "tau", "search_k", "nprobe", "export")
 
 
 def run_mine(cfg: IndexConfig, ray=None) -> dict:
+    from common import pseudo_table
     from index import build, mining, store
-    from pretrain.pseudo_positive_table import load_table
 
     cfg.validate("mine")
     m, url, out = cfg.mine, cfg.index_url(), cfg.table_url()
@@ -186,24 +194,26 @@ def run_mine(cfg: IndexConfig, ray=None) -> dict:
     want = {"index_version": meta.version, "k": m.k, "tau": m.tau, "search_k": m.search_k,
             "nprobe": cfg.search.nprobe, "export": meta.extra.get("export", "")}
     if fsio.exists(out) and not m.overwrite:
-        old = load_table(out)
+        old = pseudo_table.read_manifest(out)  # an older format is refused here, naming mine.overwrite
         have = {k: old.get(k) for k in _MINED_WITH}
-        if have == want and old.get("captions") is not None:
+        if have == want and old.get("captions"):
             log.info("table %s was mined from this index version with these settings: nothing to do", out)
-            return {k: v for k, v in old.items() if k not in ("table", "captions")} | {
-                "table": out, "clips_in_table": len(old["table"]), "already_mined": True}
+            return {k: v for k, v in old.items() if k != "parts"} | {
+                "table": out, "parts": len(old["parts"]), "clips_in_table": old["counts"].get("with_positives", 0),
+                "already_mined": True}
         differ = sorted(k for k in _MINED_WITH if have[k] != want[k]) or ["captions"]
         raise C.ConfigError(f"pseudo-positive table [{out}]: mined with other {', '.join(differ)} "
                             f"({ {k: have.get(k) for k in differ} }); mine.overwrite=true replaces it, mine.out= "
                             f"writes another")
+    if fsio.exists(out) and not fsio.exists(fsio.join(out, pseudo_table.MANIFEST)) and \
+            fsio.filesystem(out)[0].isfile(fsio.filesystem(out)[1]):
+        fsio.remove(out)  # a legacy one-file table, replaced (mine.overwrite=true) by a table folder
     ray = ray or _ray(cfg)
     shards = cfg.shards if not cfg.shards or "://" in cfg.shards else os.path.abspath(cfg.shards)
-    result = mining.mine(url, m.k, m.tau, m.search_k, m.clips_per_task, cfg.search.nprobe,
-                         mapper=ray_mapper(ray), put=ray.put, shards=shards)
-    mining.write_table(out, result)
-    C.dump(cfg, out + ".config.yaml")
-    return {k: v for k, v in result.items() if k not in ("table", "captions")} | {
-        "table": out, "clips_in_table": len(result["table"])}
+    result = mining.mine(url, out, m.k, m.tau, m.search_k, m.clips_per_task, cfg.search.nprobe,
+                         mapper=ray_mapper(ray), shards=shards)
+    C.dump(cfg, fsio.join(out, "config.yaml"))
+    return result | {"table": out}
 
 
 def run_search(cfg: IndexConfig) -> str:

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 if __package__ in (None, ""):  # run as a script (ray job submit -- python cluster/shard.py): import the project
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import cli
+from common import cli, fsio
 from common import config as C
 from shards.config import ShardConfig
 from shards.distribute import Outcome, SequentialDistributor
@@ -65,11 +65,13 @@ def make_distributor(cfg: ShardConfig, ray=None):
 
 def check_inputs(cfg: ShardConfig) -> None:
     """The manifest and captions must exist and parse (a bad video is counted and skipped later, not fatal)."""
-    from shards.corpus import default_captions, read_captions, read_manifest
+    from shards.corpus import default_captions, index_captions, read_manifest
+    from shards.pipeline import CAPTION_INDEX
 
     if not read_manifest(cfg.manifest):
         raise C.ConfigError(f"manifest [{cfg.manifest}]: lists no video")
-    read_captions(cfg.captions or default_captions(cfg.manifest))
+    fsio.makedirs(cfg.output)  # the caption file is indexed once, streaming; run() reuses the index
+    index_captions(cfg.captions or default_captions(cfg.manifest), cache=fsio.join(cfg.output, CAPTION_INDEX))
 
 
 def main(argv: list[str] | None = None) -> int:

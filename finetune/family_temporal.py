@@ -31,7 +31,7 @@ def read_pairs(cfg, spec, samples) -> tuple[dict | None, dict]:
     """The pseudo-positive table's rows of these samples when the head trains on them, with its counts."""
     if not cfg.pseudo_positives or spec.pseudo_positives(spec.section(cfg)) is None:
         return None, {}
-    from pretrain.pseudo_positive_table import read_table
+    from index.mining import read_table
 
     table, counts = read_table(cfg.pseudo_positives, {s.key for s in samples}, strict=False)
     return table, {"rows": len(table), **counts}

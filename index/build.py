@@ -2,11 +2,13 @@
 indices (independent tasks), merge them in shard order, publish a new version (index.store).
 
 Parallelism is the caller's: every function that touches many shards takes `mapper(fn, arg_tuples) -> results`
-(a list comprehension by default; cluster/index.py passes one running Ray tasks). Ids are global and sequential
-in shard order, so the merged index equals one built in a single pass.
+(results in order, yielded one at a time so the driver never holds them all; cluster/index.py passes one running
+Ray tasks). Ids are global and sequential in shard order, so the merged index equals one built in a single pass.
+The per-vector data goes into a new column segment (index.columns) as each partial index arrives.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -15,7 +17,7 @@ from typing import Callable, Sequence
 import faiss
 import numpy as np
 
-from index import embshards, store
+from index import columns, embshards, store
 from index.config import BuildSection
 from index.errors import DimensionMismatch, EmbeddingShardError, IndexExists, StaleEmbeddings
 from index.factory import choose_factory, is_ivf, make_index, train_size
@@ -24,8 +26,8 @@ log = logging.getLogger(__name__)
 Mapper = Callable[[Callable, Sequence[tuple]], list]
 
 
-def local_map(fn: Callable, args: Sequence[tuple]) -> list:
-    return [fn(*a) for a in args]
+def local_map(fn: Callable, args: Sequence[tuple]):
+    return (fn(*a) for a in args)
 
 
 # ---- GPU (faiss-gpu) -------------------------------------------------------------------------------------------
@@ -103,7 +105,7 @@ def sample_task(emb_dir: str, name: str, expect: int, dim: int, vectors: str, ro
 def add_task(trained: bytes, emb_dir: str, group: Sequence[tuple[str, int, int]], dim: int, vectors: str,
              gpu: str) -> tuple[bytes, list[dict]]:
     """Add shards [(name, samples, first_id)] to a copy of the trained index. Returns the partial index and, per
-    shard, its id map (keys, video ids, times)."""
+    shard, its per-vector columns (keys, video ids, times, caption vectors and texts)."""
     index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
     maps = []
     for name, expect, first_id in group:
@@ -116,8 +118,8 @@ def add_task(trained: bytes, emb_dir: str, group: Sequence[tuple[str, int, int]]
             if index.ntotal + group[0][2] != first_id:
                 raise RuntimeError("flat partial index received shards out of order")
             index.add(x)
-        maps.append({"name": name, "first_id": first_id, "keys": shard.keys.tolist(),
-                     "video_ids": shard.video_ids.tolist(), "times": shard.times.tolist()})
+        maps.append({"name": name, "first_id": first_id, "keys": shard.keys, "video_ids": shard.video_ids,
+                     "times": shard.times, "text": embshards.l2_normalise(shard.text), "captions": shard.captions})
     return faiss.serialize_index(index).tobytes(), maps
 
 
@@ -137,14 +139,13 @@ def _train(cfg: BuildSection, emb_dir: str, todo, dim: int, seed: int, mapper: M
         rows = chosen[(chosen >= lo) & (chosen < lo + count)] - lo
         if len(rows):
             args.append((emb_dir, name, count, dim, cfg.vectors, rows))
-    x = np.concatenate(mapper(sample_task, args))
+    x = np.concatenate(list(mapper(sample_task, args)))
     log.info("training %s on %d of %d vectors", factory, len(x), n)
     index = _on_gpu(index, cfg.gpu, lambda ix: ix.train(x))
     return index, factory, len(x)
 
 
-def _partials(cfg: BuildSection, emb_dir: str, todo, first_id: int, dim: int, trained: faiss.Index,
-              mapper: Mapper) -> tuple[list[bytes], list[dict]]:
+def _groups(cfg: BuildSection, todo, first_id: int) -> list[list[tuple[str, int, int]]]:
     groups, nxt = [], first_id
     for i in range(0, len(todo), max(1, cfg.shards_per_task)):
         group = []
@@ -152,9 +153,22 @@ def _partials(cfg: BuildSection, emb_dir: str, todo, first_id: int, dim: int, tr
             group.append((name, count, nxt))
             nxt += count
         groups.append(group)
+    return groups
+
+
+def _partials(cfg: BuildSection, emb_dir: str, todo, first_id: int, dim: int, trained: faiss.Index,
+              mapper: Mapper, segment: columns.SegmentWriter, shards: list[dict]):
+    """The partial indices in shard order, one at a time; each one's columns go into `segment` (and its shards'
+    id ranges into `shards`) as it arrives, so the driver holds one partial's data at a time."""
     blob = faiss.serialize_index(trained).tobytes()
-    results = mapper(add_task, [(blob, emb_dir, g, dim, cfg.vectors, cfg.gpu) for g in groups])
-    return [r[0] for r in results], [m for r in results for m in r[1]]
+    results = mapper(add_task, [(blob, emb_dir, g, dim, cfg.vectors, cfg.gpu) for g in _groups(cfg, todo, first_id)])
+    for part, maps in results:
+        for m in maps:
+            if m["first_id"] != first_id + segment.written:
+                raise RuntimeError(f"id map out of order at {m['name']}")
+            segment.append(m["keys"], m["video_ids"], m["times"], m["text"], m["captions"])
+            shards.append({"name": m["name"], "first_id": m["first_id"], "count": len(m["keys"])})
+        yield part
 
 
 def _copy(index: faiss.Index) -> faiss.Index:
@@ -162,15 +176,14 @@ def _copy(index: faiss.Index) -> faiss.Index:
     return faiss.deserialize_index(faiss.serialize_index(index))
 
 
-def _merge_memory(base: faiss.Index, partials: list[bytes]) -> faiss.Index:
+def _merge_memory(base: faiss.Index, partials) -> faiss.Index:
     for blob in partials:
         part = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
         base.merge_from(part, 0)
     return base
 
 
-def _merge_ondisk(trained: faiss.Index, base: faiss.Index | None, partials: list[bytes],
-                  stage: store.Stage) -> faiss.Index:
+def _merge_ondisk(trained: faiss.Index, base: faiss.Index | None, partials, stage: store.Stage) -> faiss.Index:
     """Inverted lists of `base` (if any) and of the partials, merged into the stage's .ivfdata file."""
     if not is_ivf(trained):
         raise ValueError("build.merge=ondisk needs an IVF index; this one is "
@@ -196,18 +209,33 @@ def _merge_ondisk(trained: faiss.Index, base: faiss.Index | None, partials: list
     ivf.replace_invlists(ondisk, True)
     ondisk.this.disown()
     out.ntotal = ivf.ntotal = total
-    for i in range(len(partials)):
+    for i in range(len(keep)):
         os.remove(stage.local(f"part-{i:05d}.faiss"))
     return out
 
 
-def _check_keys(known: set[str], maps: list[dict], where: str) -> None:
-    seen = set(known)
-    for m in maps:
-        dup = seen.intersection(m["keys"])
-        if dup:
-            raise EmbeddingShardError(f"{where}/{m['name']}.npz: keys already indexed, e.g. {sorted(dup)[:3]}")
-        seen.update(m["keys"])
+def _check_keys(new: columns.Columns, old: columns.Columns | None, where: str) -> None:
+    """No sample key twice in the index. Compared by 64-bit hashes (8 bytes per key, not the keys themselves);
+    only keys whose hash repeats are read back and compared as strings."""
+    def hashes(cols):
+        for _, keys in cols.chunks("keys"):
+            yield keys, np.fromiter((hash(k) for k in keys), np.int64, len(keys))
+
+    new_h = np.concatenate([h for _, h in hashes(new)] or [np.zeros(0, np.int64)])
+    values, counts = np.unique(new_h, return_counts=True)
+    suspects = set(values[counts > 1].tolist())
+    if old is not None:
+        for _, h in hashes(old):
+            suspects.update(h[np.isin(h, values)].tolist())
+    if not suspects:
+        return
+    seen: collections.Counter = collections.Counter()
+    for cols in [new] + ([old] if old is not None else []):
+        for keys, h in hashes(cols):
+            seen.update(k for k, x in zip(keys, h.tolist()) if x in suspects)
+    dup = sorted(k for k, c in seen.items() if c > 1)
+    if dup:
+        raise EmbeddingShardError(f"{where}: sample keys indexed twice, e.g. {dup[:3]}")
 
 
 def check_export(meta: store.Meta, emb_dir: str, index_url: str) -> str:
@@ -260,18 +288,10 @@ def build(cfg: BuildSection, emb_dir: str, index_url: str, seed: int = 0, mapper
         export = embshards.export_of(embshards.list_shards(emb_dir)[0], emb_dir)
         trained, factory, n_train = _train(cfg, emb_dir, todo, dim, seed, mapper)
         t_train = time.time()
-        partials, maps = _partials(cfg, emb_dir, todo, 0, dim, trained, mapper)
-        _check_keys(set(), maps, emb_dir)
+        meta = store.Meta(factory=factory, dim=dim, vectors=cfg.vectors, embeddings=emb_dir, shards=[],
+                          extra={"export": export} if export else {})
+        index = _add_segment(cfg, emb_dir, todo, meta, trained, None, None, stage, mapper)
         t_add = time.time()
-        if cfg.merge == "ondisk":
-            index = _merge_ondisk(trained, None, partials, stage)
-        elif cfg.merge == "memory":
-            index = _merge_memory(_copy(trained), partials)
-        else:
-            raise ValueError(f"build.merge must be memory or ondisk, got {cfg.merge!r}")
-        meta = store.Meta(factory=factory, dim=dim, vectors=cfg.vectors, embeddings=emb_dir, shards=[], keys=[],
-                          video_ids=[], times=[], extra={"export": export} if export else {})
-        _extend(meta, maps)
         meta = stage.commit(index, meta, trained=trained)
     t_end = time.time()
     return {"index": index_url, "version": meta.version, "factory": factory, "count": meta.count,
@@ -280,9 +300,31 @@ def build(cfg: BuildSection, emb_dir: str, index_url: str, seed: int = 0, mapper
                         "merge_and_save": round(t_end - t_add, 3)}}
 
 
+def _add_segment(cfg: BuildSection, emb_dir: str, todo, meta: store.Meta, trained: faiss.Index,
+                 base: faiss.Index | None, old: columns.Columns | None, stage: store.Stage,
+                 mapper: Mapper) -> faiss.Index:
+    """Add the shards `todo` after meta.count: their partial indices merged into `base` (or a copy of `trained`),
+    their columns written as a new segment in the stage; meta's count, shards and segments extended."""
+    first = meta.count
+    segment = columns.SegmentWriter(stage.dir, stage.version, sum(c for _, c in todo), meta.dim)
+    partials = _partials(cfg, emb_dir, todo, first, meta.dim, trained, mapper, segment, meta.shards)
+    if (cfg.merge == "ondisk") if base is None else bool(meta.ivfdata):  # an add keeps the index's own layout
+        index = _merge_ondisk(trained, base, partials, stage)
+    elif cfg.merge == "memory":
+        index = _merge_memory(base if base is not None else _copy(trained), partials)
+    else:
+        raise ValueError(f"build.merge must be memory or ondisk, got {cfg.merge!r}")
+    entry = {"first_id": first, **segment.close()}
+    _check_keys(columns.Columns(stage.dir, [entry]), old, emb_dir)
+    meta.segments = list(meta.segments) + [entry]
+    meta.count = first + entry["count"]
+    return index
+
+
 def add(cfg: BuildSection, emb_dir: str, index_url: str, mapper: Mapper = local_map) -> dict:
-    """Add embedding shards not yet in the index (incremental: the trained quantiser is reused, nothing is retrained).
-    The previous version stays live until the new one is committed; with nothing new it is a no-op."""
+    """Add embedding shards not yet in the index (incremental: the trained quantiser is reused, nothing is retrained;
+    the earlier column segments are kept as they are). The previous version stays live until the new one is
+    committed; with nothing new it is a no-op."""
     t0 = time.time()
     with store.Stage(index_url, overwrite=None) as stage:
         prev = stage.previous
@@ -297,25 +339,8 @@ def add(cfg: BuildSection, emb_dir: str, index_url: str, mapper: Mapper = local_
                     "already_built": True, "skipped": {k: len(v) for k, v in skipped.items()}}
         trained = store.load_trained(index_url, prev)
         base, _ = store.load(index_url, meta=prev)
-        partials, maps = _partials(cfg, emb_dir, todo, prev.count, prev.dim, trained, mapper)
-        _check_keys(set(prev.keys), maps, emb_dir)
-        if prev.ivfdata:
-            index = _merge_ondisk(trained, base, partials, stage)
-        else:
-            index = _merge_memory(base, partials)
-        meta = store.Meta(**{**prev.__dict__, "shards": list(prev.shards), "keys": list(prev.keys),
-                             "video_ids": list(prev.video_ids), "times": list(prev.times)})
-        _extend(meta, maps)
+        meta = store.Meta(**{**prev.__dict__, "shards": list(prev.shards), "segments": list(prev.segments)})
+        index = _add_segment(cfg, emb_dir, todo, meta, trained, base, store.columns(index_url, prev), stage, mapper)
         meta = stage.commit(index, meta)
     return {"index": index_url, "version": meta.version, "count": meta.count, "shards_added": len(todo),
             "skipped": {k: len(v) for k, v in skipped.items()}, "seconds": {"add": round(time.time() - t0, 3)}}
-
-
-def _extend(meta: store.Meta, maps: list[dict]) -> None:
-    for m in maps:
-        if m["first_id"] != meta.count:
-            raise RuntimeError(f"id map out of order at {m['name']}")
-        meta.shards.append({"name": m["name"], "first_id": m["first_id"], "count": len(m["keys"])})
-        meta.keys.extend(m["keys"])
-        meta.video_ids.extend(m["video_ids"])
-        meta.times.extend(m["times"])

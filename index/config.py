@@ -35,7 +35,7 @@ class MineSection:
     tau: float = 0.9              # caption cosine gate (WSRA Eq. 10), in [-1, 1]
     search_k: int = 64            # neighbours fetched per clip before the video and caption filters (>= k)
     clips_per_task: int = 20000   # query clips per Ray task
-    out: str = ""                 # table URL; empty: <index>/pseudo_positives.json
+    out: str = ""                 # table folder URL; empty: <index>/pseudo_positives
     overwrite: bool = False       # replace a table mined with other settings or from another index version
 
 
@@ -72,7 +72,7 @@ class IndexConfig:
         return self.index or fsio.join(self.embeddings_url(), "index")
 
     def table_url(self) -> str:
-        return self.mine.out or fsio.join(self.index_url(), "pseudo_positives.json")
+        return self.mine.out or fsio.join(self.index_url(), "pseudo_positives")
 
     def validate(self, command: str) -> "IndexConfig":
         """Refuse values that cannot be meant, before any cluster is started."""

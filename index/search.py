@@ -41,8 +41,7 @@ class Searcher:
         self.url = url
         self.index, self.meta = store.load(url, verify=verify)
         set_nprobe(self.index, nprobe or self.meta.nprobe)
-        self.keys, self.video_ids, self.times = store.id_arrays(self.meta)
-        self._id_of: dict[str, int] | None = None
+        self.columns = store.columns(url, self.meta)  # per-vector data, read by id (index.columns)
 
     @property
     def dim(self) -> int:
@@ -53,18 +52,22 @@ class Searcher:
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         scores, ids = self.search_raw(queries, k)
+        found = ids[ids >= 0]
+        keys = dict(zip(found.tolist(), self.columns.take_strings("keys", found)))
+        vids = dict(zip(found.tolist(), self.columns.take_strings("video_ids", found)))
+        times = dict(zip(found.tolist(), self.columns.take("times", found).tolist())) if len(found) else {}
         out = []
         for srow, irow in zip(scores, ids):
-            out.append([Hit(str(self.keys[i]), str(self.video_ids[i]), float(self.times[i, 0]),
-                            float(self.times[i, 1]), float(s)) for s, i in zip(srow, irow) if i >= 0])
+            out.append([Hit(keys[i], vids[i], float(times[i][0]), float(times[i][1]), float(s))
+                        for s, i in zip(srow.tolist(), irow.tolist()) if i >= 0])
         return out
 
     def id_of(self, key: str) -> int:
-        if self._id_of is None:
-            self._id_of = {k: i for i, k in enumerate(self.meta.keys)}
-        if key not in self._id_of:
-            raise UnknownKeys(f"sample key {key!r} is not in the index at {self.url}")
-        return self._id_of[key]
+        """The id of a sample key: a scan of the key column, a chunk at a time (one lookup per search command)."""
+        for first, keys in self.columns.chunks("keys"):
+            if key in keys:
+                return first + keys.index(key)
+        raise UnknownKeys(f"sample key {key!r} is not in the index at {self.url}")
 
     def clip_vector(self, key: str, which: str | None = None) -> np.ndarray:
         """The stored embedding of an indexed clip (exact, read from its embedding shard)."""

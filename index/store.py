@@ -3,8 +3,11 @@
 Layout under an index URL (local dir or s3 prefix):
   index-000003.faiss      the index (FAISS's own serialisation)
   index-000003.ivfdata    inverted lists of an on-disk index (memory-mapped; absent for in-memory indices)
+  keys-000003.off.npy ... the per-vector columns (index.columns: keys, video ids, times, caption vectors and
+                          texts), one segment per build or add run, read by id range
   index.json              sidecar naming the current version: factory, dim, metric, count, sizes and sha256 of
-                          the data files, the embedding shards added (with their id ranges) and the id -> key map.
+                          every file, the embedding shards added (with their id ranges) and the column segments.
+                          It stays small (no per-vector data), whatever the index's size.
 A new version's files are uploaded first and the sidecar is rewritten last, so a run that fails midway leaves the
 previous version intact; superseded files are removed only after the new sidecar is in place.
 """
@@ -19,13 +22,13 @@ import shutil
 import tempfile
 
 import faiss
-import numpy as np
 
 from common import fsio
+from index.columns import Columns
 from index.errors import CorruptIndex, IndexExists, NoIndex
 
 SIDECAR = "index.json"
-FORMAT = 1
+FORMAT = 2  # 2: per-vector data in column files (index.columns); 1 held it in the JSON
 METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
 
 
@@ -36,9 +39,8 @@ class Meta:
     vectors: str                       # video | text
     embeddings: str                    # embedding dir the shards came from
     shards: list[dict]                 # [{"name", "first_id", "count"}], in id order
-    keys: list[str]                    # id -> sample key
-    video_ids: list[str]               # id -> video id
-    times: list[list[float]]           # id -> [window start, window end]
+    count: int = 0
+    segments: list[dict] = dataclasses.field(default_factory=list)  # [{"first_id", "count", "columns"}]
     metric: str = METRIC
     version: int = 0
     data: str = ""
@@ -48,15 +50,11 @@ class Meta:
     nprobe: int = 16
     extra: dict = dataclasses.field(default_factory=dict)
 
-    @property
-    def count(self) -> int:
-        return len(self.keys)
-
     def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["count"] = self.count
-        d["format"] = FORMAT
-        return d
+        return {**dataclasses.asdict(self), "format": FORMAT}
+
+    def column_files(self) -> list[str]:
+        return [n for seg in self.segments for names in seg["columns"].values() for n in names]
 
 
 def sidecar_url(url: str) -> str:
@@ -73,15 +71,18 @@ def read_meta(url: str) -> Meta:
         raise NoIndex(f"index [{url}]: no index there (missing {SIDECAR}); run `cluster.index build` first")
     try:
         raw = fsio.read_json(side)
+        if raw.get("format") == 1:
+            raise CorruptIndex(f"{side}: format 1 (per-vector data inside the JSON) is no longer read; rebuild it "
+                               f"with `cluster.index build build.rebuild=true`")
         if raw.get("format") != FORMAT:
             raise CorruptIndex(f"{side}: unknown format {raw.get('format')!r}")
-        count = raw.pop("count")
         raw.pop("format")
         meta = Meta(**raw)
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as e:
         raise CorruptIndex(f"{side}: unreadable sidecar ({e})") from e
-    if not (meta.count == count == len(meta.video_ids) == len(meta.times)):
-        raise CorruptIndex(f"{side}: count {count} disagrees with the id map ({meta.count} keys)")
+    if sum(s["count"] for s in meta.segments) != meta.count or any(
+            s["first_id"] != sum(t["count"] for t in meta.segments[:i]) for i, s in enumerate(meta.segments)):
+        raise CorruptIndex(f"{side}: count {meta.count} disagrees with its column segments")
     return meta
 
 
@@ -121,6 +122,12 @@ class Stage:
         faiss.write_index(index, self.local(self.data))
         names = [self.data] + ([self.ivfdata] if os.path.exists(self.local(self.ivfdata)) else [])
         files = {}
+        for n in meta.column_files():  # segments of earlier versions stay as they are (an add never rewrites them)
+            if os.path.exists(self.local(n)):
+                names.append(n)
+            else:
+                assert self.previous is not None
+                files[n] = self.previous.files[n]
         if trained is not None:
             meta.trained = f"trained-{self.version:06d}.faiss"
             faiss.write_index(trained, self.local(meta.trained))
@@ -159,13 +166,12 @@ def _local_copy(url: str, meta: Meta, verify: bool, names: list[str]) -> str:
     else:
         folder = tempfile.mkdtemp(prefix="stg-index-dl-")
         atexit.register(shutil.rmtree, folder, True)  # an on-disk index memory-maps its file while in use
-        for n in names:
+        fs, base = fsio.filesystem(url)
+        for n in names:  # streamed to disk: column files can be far larger than memory
             try:
-                data = fsio.read_bytes(fsio.join(url, n))
+                fs.get_file(base.rstrip("/") + "/" + n, os.path.join(folder, n))
             except FileNotFoundError as e:
                 raise CorruptIndex(f"{fsio.join(url, n)}: missing (named by {SIDECAR})") from e
-            with open(os.path.join(folder, n), "wb") as f:
-                f.write(data)
     for n in names:
         info = meta.files[n]
         path = os.path.join(folder, n)
@@ -195,8 +201,9 @@ def load(url: str, verify: bool = True, meta: Meta | None = None) -> tuple[faiss
     return index, meta
 
 
-def id_arrays(meta: Meta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return np.asarray(meta.keys), np.asarray(meta.video_ids), np.asarray(meta.times, dtype=np.float32).reshape(-1, 2)
+def columns(url: str, meta: Meta, verify: bool = False) -> Columns:
+    """The version's per-vector columns (index.columns), sizes checked (and checksums with verify)."""
+    return Columns(_local_copy(url, meta, verify, meta.column_files()), meta.segments)
 
 
 def load_trained(url: str, meta: Meta, verify: bool = True) -> faiss.Index:

@@ -147,3 +147,164 @@ def clean_segments(video_id: str, entry, duration: float) -> CleanCaptions:
         else:
             out.segments.append(Segment(i, s, e, " ".join(t.split())))
     return out
+
+
+# ---- caption.json read a video at a time -----------------------------------------------------------------------
+# HowTo100M's caption file is gigabytes of JSON: no process parses it whole. One streaming pass records where each
+# video's entry lies (CaptionIndex, kept beside the shard set); a sharding task then reads just its videos' entries.
+
+CHUNK = 1 << 20
+
+
+def iter_caption_spans(url: str):
+    """(video id, byte offset, byte length) of every entry of caption.json, in file order, in one streaming pass
+    holding one chunk and one entry at a time. CorpusError for a file that is not a JSON object."""
+    import codecs
+
+    decoder = json.JSONDecoder()
+    dec = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    fs, path = fsio.filesystem(url)
+    try:
+        f = fs.open(path, "rb")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        raise CorpusError(f"captions [{url}]: not found") from e
+    with f:
+        buf, base, eof = "", 0, False  # base: byte offset of buf[0]
+
+        def more() -> bool:
+            nonlocal buf, eof
+            if eof:
+                return False
+            data = f.read(CHUNK)
+            eof = not data
+            buf += dec.decode(data, final=eof)
+            return bool(data) or bool(buf)
+
+        def skip_ws(i: int) -> int:
+            while True:
+                while i < len(buf) and buf[i] in " \t\r\n":
+                    i += 1
+                if i < len(buf) or not more():
+                    return i
+
+        def value(i: int):
+            while True:
+                try:
+                    return decoder.raw_decode(buf, i)
+                except json.JSONDecodeError as e:
+                    if eof or not more():
+                        raise CorpusError(f"captions [{url}]: not JSON ({e.msg} near byte {base + len(buf[:e.pos].encode('utf-8', 'surrogateescape'))})") from e
+
+        more()
+        if buf.startswith("\ufeff"):
+            buf = buf[1:]
+            base += 3
+        i = skip_ws(0)
+        if i >= len(buf) or buf[i] != "{":
+            raise CorpusError(f"captions [{url}]: top level must map video_id -> {{start, end, text}}")
+        i = skip_ws(i + 1)
+        if i < len(buf) and buf[i] == "}":
+            return
+        while True:
+            key, i = value(i)
+            if not isinstance(key, str):
+                raise CorpusError(f"captions [{url}]: top level must map video_id -> {{start, end, text}}")
+            i = skip_ws(i)
+            if i >= len(buf) or buf[i] != ":":
+                raise CorpusError(f"captions [{url}]: not JSON (expected ':' after {key!r})")
+            i = skip_ws(i + 1)
+            start = base + len(buf[:i].encode("utf-8", "surrogateescape"))
+            _, j = value(i)
+            length = len(buf[i:j].encode("utf-8", "surrogateescape"))
+            yield key, start, length
+            base = start + length  # drop what is consumed: memory stays one chunk plus one entry
+            buf = buf[j:]
+            i = skip_ws(0)
+            if i < len(buf) and buf[i] == "}":
+                return
+            if i >= len(buf) or buf[i] != ",":
+                raise CorpusError(f"captions [{url}]: not JSON (expected ',' or '}}' after the entry of {key!r})")
+            i = skip_ws(i + 1)
+
+
+@dataclass
+class CaptionIndex:
+    """Where each video's entry lies in caption.json: sorted video ids, byte offsets and lengths."""
+    url: str
+    size: int
+    video_ids: "np.ndarray"
+    offsets: "np.ndarray"
+    lengths: "np.ndarray"
+
+    def span(self, video_id: str) -> tuple[int, int] | None:
+        import numpy as np
+
+        i = int(np.searchsorted(self.video_ids, video_id))
+        if i < len(self.video_ids) and self.video_ids[i] == video_id:
+            return int(self.offsets[i]), int(self.lengths[i])
+        return None
+
+
+def _size(url: str) -> int:
+    fs, path = fsio.filesystem(url)
+    return int(fs.size(path))
+
+
+def index_captions(url: str, cache: str = "") -> CaptionIndex:
+    """The CaptionIndex of caption.json: read from `cache` (a file URL) when it was made from a file of the same
+    URL and size, else built in one streaming pass (and written to `cache`)."""
+    import io as _io
+
+    import numpy as np
+
+    try:
+        size = _size(url)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        raise CorpusError(f"captions [{url}]: not found") from e
+    if cache and fsio.exists(cache):
+        try:
+            with np.load(_io.BytesIO(fsio.read_bytes(cache)), allow_pickle=False) as z:
+                if str(z["url"]) == url and int(z["size"]) == size:
+                    return CaptionIndex(url, size, z["video_ids"], z["offsets"], z["lengths"])
+        except (OSError, ValueError, KeyError):
+            pass  # an unreadable cache is rebuilt
+    ids, offsets, lengths = [], [], []
+    for vid, off, n in iter_caption_spans(url):
+        ids.append(vid)
+        offsets.append(off)
+        lengths.append(n)
+    ids_a = np.array(ids, dtype=str)
+    order = np.argsort(ids_a, kind="stable")
+    index = CaptionIndex(url, size, ids_a[order], np.array(offsets, np.int64)[order],
+                         np.array(lengths, np.int64)[order])
+    if cache:
+        buf = _io.BytesIO()
+        np.savez(buf, url=url, size=size, video_ids=index.video_ids, offsets=index.offsets, lengths=index.lengths)
+        fsio.write_bytes_atomic(cache, buf.getvalue())
+    return index
+
+
+def read_caption_entries(url: str, spans: list[tuple[int, int] | None]) -> list:
+    """The raw caption.json entries at the given byte spans (None where a video has no entry): range reads only."""
+    fs, path = fsio.filesystem(url)
+    out = []
+    with fs.open(path, "rb") as f:
+        for span in spans:
+            if span is None:
+                out.append(None)
+                continue
+            f.seek(span[0])
+            raw = f.read(span[1]).decode("utf-8", errors="surrogateescape")
+            try:
+                out.append(json.loads(raw))
+            except json.JSONDecodeError as e:  # the file changed since it was indexed
+                raise CorpusError(f"captions [{url}]: entry at byte {span[0]} is not JSON ({e.msg}); the file "
+                                  f"changed since its index was made") from e
+    return out
+
+
+def captions_of(url: str, video_ids, index: CaptionIndex | None = None) -> dict:
+    """{video id: raw caption.json entry} for the given videos only (absent ids are left out)."""
+    index = index or index_captions(url)
+    spans = [index.span(v) for v in video_ids]
+    return {v: e for v, e, s in zip(video_ids, read_caption_entries(url, spans), spans) if s is not None}

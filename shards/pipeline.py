@@ -15,7 +15,7 @@ from tqdm import tqdm
 from common import config as C
 from common import fsio
 from shards.config import ShardConfig
-from shards.corpus import default_captions, read_captions, read_manifest
+from shards.corpus import default_captions, index_captions, read_manifest
 from shards.distribute import Distributor, SequentialDistributor
 from shards.shard import ShardTask, build_shard, stats_url
 
@@ -27,11 +27,18 @@ class ConfigMismatch(C.ConfigError):
     pass
 
 
+CAPTION_INDEX = "caption_index.npz"  # where each video's caption entry lies (shards.corpus.CaptionIndex)
+
+
 def plan(cfg: ShardConfig) -> list[ShardTask]:
+    """Tasks carry their videos and the byte spans of their caption entries, not the entries: the driver never
+    parses caption.json whole (one streaming pass builds the index, kept as <output>/caption_index.npz and reused
+    while the caption file keeps its URL and size), and each task reads only its own videos' entries."""
     videos = read_manifest(cfg.manifest)
-    captions = read_captions(cfg.captions or default_captions(cfg.manifest))
+    url = cfg.captions or default_captions(cfg.manifest)
+    index = index_captions(url, cache=fsio.join(cfg.output, CAPTION_INDEX))
     per = cfg.videos_per_shard
-    tasks = [ShardTask(i // per, [(v, captions.get(v.video_id)) for v in videos[i:i + per]])
+    tasks = [ShardTask(i // per, videos[i:i + per], url, [index.span(v.video_id) for v in videos[i:i + per]])
              for i in range(0, len(videos), per)]
     return tasks[: cfg.max_shards] if cfg.max_shards > 0 else tasks
 

@@ -15,13 +15,13 @@ import resource
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
 from common import fsio
 from shards.config import ShardConfig
-from shards.corpus import Failure, Video, clean_segments
+from shards.corpus import Failure, Video, clean_segments, read_caption_entries
 from shards.decode import DecodedVideo, DecodeError, decode_video
 from shards.tarwriter import TarWriter, frame_name, sample_key
 from shards.windows import plan_window
@@ -32,7 +32,14 @@ log = logging.getLogger(__name__)
 @dataclass
 class ShardTask:
     index: int
-    videos: list[tuple[Video, object]]     # (video, its raw caption.json entry or None)
+    videos: list[Video]
+    captions: str = ""                      # caption.json URL
+    spans: list = field(default_factory=list)  # per video: (byte offset, length) of its entry, or None
+
+    def with_captions(self):
+        """(video, its raw caption.json entry or None): only these videos' entries are read (range reads)."""
+        return zip(self.videos, read_caption_entries(self.captions, self.spans) if self.captions
+                   else [None] * len(self.videos))
 
     @property
     def name(self) -> str:
@@ -147,7 +154,7 @@ def build_shard(cfg: ShardConfig, task: ShardTask) -> dict:
         local_tar = os.path.join(tmp, task.name + ".tar")
         with open(local_tar, "wb") as f:
             writer = TarWriter(f)
-            for video, entry in task.videos:
+            for video, entry in task.with_captions():
                 workdir = tempfile.mkdtemp(dir=tmp)
                 n, secs = process_video(video, entry, cfg, writer, workdir, failures)
                 samples += n

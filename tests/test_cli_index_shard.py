@@ -51,8 +51,8 @@ def make_world(root: str) -> dict:
     synthetic.write_shards(w["emb"], data, 20)
     w["index"] = os.path.join(w["emb"], "index")
     build.build(BuildSection(factory="Flat"), w["emb"], w["index"])
-    result = mining.mine(w["index"], k=5, tau=0.9, search_k=64, clips_per_task=20000, nprobe=16)
-    mining.write_table(os.path.join(w["index"], "pseudo_positives.json"), result)
+    mining.mine(w["index"], os.path.join(w["index"], "pseudo_positives"), k=5, tau=0.9, search_k=64,
+                clips_per_task=20000, nprobe=16)
     w["key"] = str(data["keys"][3])
     # tag "grown": a finished index, then one more embedding shard
     grown = os.path.join(w["shards"], "embeddings", "grown")
@@ -114,7 +114,7 @@ CASES = [
     ("mine-clips-per-task-0", IDX + ["mine", S, X, "mine.clips_per_task=0"], 2, "mine.clips_per_task"),
     ("mine-no-index", IDX + ["mine", S, X, "index={root}/no_index"], 2, "no_index"),
     ("mine-finished", IDX + ["mine", S, X], 0, "already_mined"),
-    ("mine-other-settings", IDX + ["mine", S, X, "mine.k=3"], 2, "pseudo_positives.json"),
+    ("mine-other-settings", IDX + ["mine", S, X, "mine.k=3"], 2, "pseudo_positives"),
     ("search-nothing", IDX + ["search", S, X], 2, "search.text"),
     ("search-empty-text", IDX + ["search", S, X, "search.text="], 2, "search.text"),
     ("search-both", IDX + ["search", S, X, "search.text=cut", "search.clip={key}"], 2, "search.text"),
@@ -174,9 +174,10 @@ def test_no_op_leaves_every_byte(world):
     """build, add and mine again on finished work: the index folder is byte-identical afterwards."""
     import hashlib
 
-    def digest():
-        return {n: hashlib.sha256(open(os.path.join(world["index"], n), "rb").read()).hexdigest()
-                for n in sorted(os.listdir(world["index"]))}
+    def digest():  # the index folder and the table folder inside it
+        return {os.path.relpath(os.path.join(d, n), world["index"]):
+                hashlib.sha256(open(os.path.join(d, n), "rb").read()).hexdigest()
+                for d, _, names in os.walk(world["index"]) for n in names}
 
     before = digest()
     for command in ("build", "add", "mine"):

@@ -48,6 +48,10 @@ def _at_once(url: str, x: np.ndarray) -> faiss.Index:
     return ref
 
 
+def _keys(url: str, meta: store.Meta) -> list[str]:
+    return store.columns(url, meta).strings("keys", 0, meta.count)
+
+
 def _same_results(a: faiss.Index, b: faiss.Index, q: np.ndarray, k: int = 10, nprobe: int = 8) -> None:
     for ix in (a, b):
         if is_ivf(ix):
@@ -73,7 +77,7 @@ def test_partials_merged_equal_one_build(tmp_path, data, ray_cluster):
     ref = _at_once(urls["one_task"], data["video"])
     for name, url in urls.items():
         index, meta = store.load(url)
-        assert meta.keys == data["keys"].tolist() and index.ntotal == 3000
+        assert _keys(url, meta) == data["keys"].tolist() and index.ntotal == 3000
         assert (meta.ivfdata is not None) == (name == "ray_ondisk")
         _same_results(index, ref, q)
     # the neighbours are meaningful: a clip finds itself first
@@ -96,7 +100,7 @@ def test_incremental_add_equals_full_build(tmp_path, data):
         rep = build.add(_ivf(merge=merge), emb, url)
         assert rep["shards_added"] == 2 and rep["count"] == 3000 and rep["skipped"] == {"already_indexed": 3}
         index, meta = store.load(url)
-        assert meta.version == 2 and meta.keys == data["keys"].tolist()
+        assert meta.version == 2 and _keys(url, meta) == data["keys"].tolist()
         assert meta.trained == "trained-000001.faiss"  # quantiser reused, not retrained
         _same_results(index, _at_once(url, data["video"]), data["video"][::41])
         # superseded files are gone, the current ones listed
@@ -104,6 +108,46 @@ def test_incremental_add_equals_full_build(tmp_path, data):
             n for n in meta.files if n.startswith("index-"))
         again = build.add(_ivf(merge=merge), emb, url)  # nothing new: no new version
         assert again["shards_added"] == 0 and store.read_meta(url).version == 2
+
+
+def test_columns_appended_by_add_equal_a_fresh_build(tmp_path, data):
+    """The per-vector columns: an add writes a new segment and leaves the first one's bytes alone, and the result
+    reads back, by any id range, what a fresh build of every shard gives; an old or truncated sidecar is refused."""
+    emb = str(tmp_path / "emb")
+    synthetic.write_shards(emb, {k: v[:1200] for k, v in data.items()}, 600)
+    grown, fresh = str(tmp_path / "grown"), str(tmp_path / "fresh")
+    build.build(_ivf(), emb, grown)
+    first = {n: open(os.path.join(grown, n), "rb").read() for n in os.listdir(grown) if n.endswith("000001.bin")}
+    synthetic.write_shards(emb, {k: v[1200:] for k, v in data.items()}, 600, first_shard=2)
+    build.add(_ivf(), emb, grown)
+    build.build(_ivf(), emb, fresh)
+    assert {n: open(os.path.join(grown, n), "rb").read() for n in first} == first
+    a, b = store.read_meta(grown), store.read_meta(fresh)
+    assert [s["count"] for s in a.segments] == [1200, 1800] and [s["count"] for s in b.segments] == [3000]
+    ca, cb = store.columns(grown, a), store.columns(fresh, b)
+    for lo, hi in ((0, 3000), (1190, 1210), (2999, 3000)):
+        for col in ("keys", "video_ids", "captions"):
+            assert ca.strings(col, lo, hi) == cb.strings(col, lo, hi)
+        for col in ("times", "text", "video_codes"):
+            np.testing.assert_array_equal(ca.array(col, lo, hi), cb.array(col, lo, hi))
+    assert ca.strings("keys", 0, 3000) == data["keys"].tolist()
+    np.testing.assert_array_equal(ca.array("times", 0, 3000), data["times"])
+    ids = np.array([2999, 0, 1200, 1199, 5])
+    assert ca.take_strings("keys", ids).tolist() == data["keys"][ids].tolist()
+    np.testing.assert_array_equal(ca.take("text", ids), embshards.l2_normalise(data["text"][ids]))
+    assert os.path.getsize(os.path.join(grown, "index.json")) < 8192
+
+    # a truncated column file is refused naming it; a format-1 sidecar (id maps in the JSON) in one line
+    col = os.path.join(grown, a.segments[1]["columns"]["keys"][1])
+    blob = open(col, "rb").read()
+    open(col, "wb").write(blob[:-7])
+    with pytest.raises(CorruptIndex, match=os.path.basename(col) + ".*truncated"):
+        store.columns(grown, a)
+    side = os.path.join(fresh, "index.json")
+    json.dump({**json.load(open(side)), "format": 1, "keys": []}, open(side, "w"))
+    with pytest.raises(CorruptIndex, match="format 1.*build.rebuild=true") as e:
+        store.read_meta(fresh)
+    assert "\n" not in str(e.value)
 
 
 def test_small_sets_are_exact(tmp_path, data):

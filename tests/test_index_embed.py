@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from common import config as C
-from index import embshards
+from common import pseudo_table
+from index import embshards, mining, store
 from index.config import IndexConfig
-from pretrain.pseudo_positive_table import read_table
 from pretrain_fixtures import make_shards
 
 SHARDS, PER_SHARD, FRAMES = 4, 8, 4
@@ -203,6 +203,17 @@ def test_build_mine_search_on_embeddings(embedded, ray_cluster):
     built = run_build(cfg, incremental=False, ray=ray_cluster)
     assert built["count"] == len(keys) and built["factory"] == "Flat"
     index_files = _folder_digest(cfg.index_url())
+    # the index's columns read back exactly what the embedding shards hold (and the JSON sidecar used to)
+    meta = store.read_meta(cfg.index_url())
+    cols = store.columns(cfg.index_url(), meta)
+    cat = lambda f: np.concatenate([f(s) for s in emb.values()])  # noqa: E731
+    assert cols.strings("keys", 0, meta.count) == keys
+    assert cols.strings("video_ids", 0, meta.count) == cat(lambda s: s.video_ids).tolist()
+    assert cols.strings("captions", 0, meta.count) == cat(lambda s: s.captions).tolist()
+    np.testing.assert_array_equal(cols.array("times", 0, meta.count), cat(lambda s: s.times))
+    np.testing.assert_array_equal(cols.array("text", 0, meta.count), embshards.l2_normalise(cat(lambda s: s.text)))
+    assert cols.strings("keys", 5, 9) == keys[5:9]  # by id range, across segments or not
+    assert os.path.getsize(os.path.join(cfg.index_url(), "index.json")) < 4096  # no per-vector data in the JSON
 
     report = run_mine(cfg, ray=ray_cluster)
     # finished work: build, add and mine again are no-ops that say so and rewrite nothing
@@ -213,11 +224,12 @@ def test_build_mine_search_on_embeddings(embedded, ray_cluster):
     captions = {}
     for i in range(SHARDS):
         captions.update({k: m["caption"] for k, (m, _) in _samples(os.path.join(shards, f"shard-{i:06d}.tar")).items()})
-    table, dropped = read_table(report["table"], set(captions))
+    table, dropped = mining.read_table(report["table"], set(captions))
     assert dropped == {} and report["counts"]["clips"] == len(keys)
-    # the table carries the neighbours' captions, as the tars hold them
-    carried = json.load(open(report["table"]))["captions"]
+    # the table carries the neighbours' captions, as the tars hold them, one part per embedding shard
+    carried = {p[0]: p[3] for _, pos in pseudo_table.Table(report["table"]) for p in pos}
     assert carried and carried == {n: captions[n] for pos in table.values() for n, _, _ in pos}
+    assert report["parts"] == len(emb)
     video_of = {k: k.split("__")[0] for k in keys}
     for key, pos in table.items():
         assert 1 <= len(pos) <= 3 and all(video_of[n] != video_of[key] and cos > 0.9 for n, _, cos in pos)

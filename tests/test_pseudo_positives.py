@@ -12,8 +12,8 @@ import os
 import pytest
 import torch
 
+from common import pseudo_table
 from pretrain import data, losses
-from pretrain.pseudo_positive_table import TableError, UnknownTableKeys
 from pretrain.pseudo_positives import PseudoPositives
 from shards.reader import read_samples
 from pretrain_fixtures import make_shards
@@ -99,20 +99,30 @@ def _captions(shard_dir: str) -> dict[str, str]:
     return {x["key"]: x["json"]["caption"] for x in read_samples(data.read_manifest(shard_dir).urls)}
 
 
-def _hand_table(shard_dir: str, path: str, extra: dict | None = None, **fields) -> tuple[str, dict, dict]:
+def _shard_of(shard_dir: str) -> dict[str, str]:
+    """Sample key -> the embedding shard name of its data shard (emb-NNNNNN for shard-NNNNNN.tar)."""
+    return {x["key"]: "emb-" + url.rsplit("shard-", 1)[1][:6]
+            for url in data.read_manifest(shard_dir).urls for x in read_samples([url])}
+
+
+def _hand_table(shard_dir: str, path: str, captions_stored: bool = True, **fields) -> tuple[str, dict, dict]:
     """Every other clip gets two clips of other videos whose caption differs from its own (so an attached caption
-    can only have come from the table); the table carries their captions, as `cluster.index mine` writes it."""
+    can only have come from the table); written as `cluster.index mine` writes it: one part per shard."""
     captions = _captions(shard_dir)
+    shard_of = _shard_of(shard_dir)
     keys = sorted(captions)
     table = {}
     for key in keys[::2]:
         others = [o for o in keys if o.split("__")[0] != key.split("__")[0] and captions[o] != captions[key]]
         table[key] = [[others[0], 0.9, 0.95], [others[-1], 0.8, 0.93]]
-    table.update(extra or {})
-    needed = {n for pos in table.values() for n, _, _ in pos if n in captions}
-    with open(path, "w") as f:
-        json.dump({"format": 2, "k": 2, "tau": 0.9, "shards": shard_dir, "table": table,
-                   "captions": {n: captions[n] for n in needed}, **fields}, f)
+    parts, videos = [], []
+    for shard in sorted(set(shard_of.values())):
+        rows = [(k, [(n, s, c, captions[n]) for n, s, c in pos]) for k, pos in table.items() if shard_of[k] == shard]
+        parts.append(pseudo_table.write_part(path, shard, rows))
+        videos.append(sorted({data.video_of(k) for k, _ in rows}))
+    manifest = {"k": 2, "tau": 0.9, "shards": shard_dir, "captions": captions_stored,
+                "counts": {"with_positives": len(table), "pairs": 2 * len(table)}, **fields}
+    pseudo_table.write_manifest(path, manifest, parts, videos)
     return path, table, captions
 
 
@@ -122,9 +132,9 @@ def _loader(shard_dir, **kw):
 
 
 def test_loader_attaches_a_neighbours_caption_deterministically(shard_dir, tmp_path):
-    url, table, captions = _hand_table(shard_dir, str(tmp_path / "pp.json"))
+    url, table, captions = _hand_table(shard_dir, str(tmp_path / "pp"))
     pp = PseudoPositives.load(url, shard_dir)
-    assert pp.counts["clips"] == len(table) and pp.counts["captions"] == len(pp.captions) > 0
+    assert pp.counts["clips"] == len(table) and pp.counts["parts"] == 3
 
     def draws(loader, n):
         out = []
@@ -158,7 +168,7 @@ def test_model_inputs_follow_the_config(shard_dir, tmp_path):
     from pretrain.config import load
     from pretrain.model import build_model
 
-    url, table, _ = _hand_table(shard_dir, str(tmp_path / "pp.json"))
+    url, table, _ = _hand_table(shard_dir, str(tmp_path / "pp"))
     cfg = load(TINY, [f"data.shards={shard_dir}", f"data.pseudo_positives={url}"])
     model = build_model(cfg.model)
     batch = _loader(shard_dir).next()
@@ -169,42 +179,60 @@ def test_model_inputs_follow_the_config(shard_dir, tmp_path):
     assert set(data.model_inputs(batch, off, model.tokenize, "cpu")) == {"frames", "tokens", "valid_frames"}
 
 
-def test_unknown_keys_are_an_error_or_counted(shard_dir, tmp_path):
-    keys = sorted(_captions(shard_dir))
-    # a neighbour the table holds no caption for (mined elsewhere): refused, or dropped and counted
-    url, _, _ = _hand_table(shard_dir, str(tmp_path / "pp.json"), {keys[1]: [["ghost__s0003", 0.9, 0.99]]})
-    with pytest.raises(UnknownTableKeys, match="ghost__s0003"):
-        PseudoPositives.load(url, shard_dir)
-    pp = PseudoPositives.load(url, shard_dir, strict=False)
-    assert pp.counts["unknown_neighbour"] == 1 and keys[1] not in pp.neighbours
-    assert all(n in pp.captions for pos in pp.neighbours.values() for n in pos)
-    # a table mined from another shard set
-    other, _, _ = _hand_table(shard_dir, str(tmp_path / "other.json"), shards=str(tmp_path / "elsewhere"))
-    with pytest.raises(UnknownTableKeys, match="elsewhere"):
+def test_a_process_reads_only_the_parts_of_its_shards(shard_dir, tmp_path):
+    """A loader over one shard opens the table's manifest, its video index and that shard's part, no other file
+    (every open(2) of the process is counted by an audit hook); a part read once stays cached."""
+    import sys
+
+    url, table, captions = _hand_table(shard_dir, str(tmp_path / "pp"))
+    opened: list[str] = []
+    sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" and
+                     str(args[0]).startswith(url) else None)
+    pp = PseudoPositives.load(url, shard_dir)
+    one = data.ShardSet(data.read_manifest(shard_dir).urls[1:2], data.read_manifest(shard_dir).samples[1:2])
+    loader = data.RankLoader(one, micro_batch=4, batches_per_epoch=3, seed=3, rank=0, shuffle_buffer=8)
+    got = [c for _ in range(3) for c in pp.attach(loader.next())]
+    assert any(got)
+    names = [os.path.basename(p) for p in opened]
+    assert set(names) == {"table.json", "videos.npy", "video_parts.npy", "part-emb-000001.npz"}
+    assert names.count("part-emb-000001.npz") == 1 and pp.table.opened == ["part-emb-000001.npz"]
+
+
+def test_other_shard_set_is_refused_or_counted(shard_dir, tmp_path):
+    other, _, _ = _hand_table(shard_dir, str(tmp_path / "other"), shards=str(tmp_path / "elsewhere"))
+    with pytest.raises(pseudo_table.UnknownTableKeys, match="elsewhere"):
         PseudoPositives.load(other, shard_dir)
     assert PseudoPositives.load(other, shard_dir, strict=False).counts["other_shard_set"] == 1
 
 
-def test_old_table_without_captions_is_refused_clearly(shard_dir, tmp_path):
-    url, _, _ = _hand_table(shard_dir, str(tmp_path / "pp.json"), format=1, captions=None)
-    with pytest.raises(TableError, match=r"pp\.json.*holds no captions.*cluster.index mine"):
+def test_old_tables_and_bad_parts_are_refused_clearly(shard_dir, tmp_path):
+    old = str(tmp_path / "pp.json")  # format 2: one JSON file
+    json.dump({"format": 2, "k": 2, "tau": 0.9, "shards": shard_dir, "table": {}, "captions": {}}, open(old, "w"))
+    with pytest.raises(pseudo_table.TableError, match=r"pp\.json.*format 1 or 2.*cluster.index mine mine.overwrite=true") as e:
+        PseudoPositives.load(old, shard_dir)
+    assert "\n" not in str(e.value)
+    url, _, _ = _hand_table(shard_dir, str(tmp_path / "nocap"), captions_stored=False)
+    with pytest.raises(pseudo_table.TableError, match=r"nocap.*holds no captions.*cluster.index mine"):
         PseudoPositives.load(url, shard_dir)
+    url, table, _ = _hand_table(shard_dir, str(tmp_path / "cut"))
+    part = os.path.join(url, "part-emb-000000.npz")
+    blob = open(part, "rb").read()
+    open(part, "wb").write(blob[: len(blob) // 2])
+    pp = PseudoPositives.load(url, shard_dir)  # parts are checked when first read
+    key = next(k for k in table if pp.table.part_of(data.video_of(k)) == 0)
+    with pytest.raises(pseudo_table.TableError, match=r"part-emb-000000\.npz.*truncated"):
+        pp.choose(key, 0)
 
 
 def test_the_table_is_read_without_any_shard_tar(shard_dir, tmp_path):
     """The caption pass is gone: with every tar of the shard set removed, the table still gives each clip the
-    caption of one of its neighbours (what a rank used to read from all tars now comes from the table file)."""
+    caption of one of its neighbours (what a rank used to read from all tars now comes from the table)."""
     import shutil
 
-    url, table, captions = _hand_table(shard_dir, str(tmp_path / "pp.json"))
     bare = str(tmp_path / "shards_without_tars")
+    url, table, captions = _hand_table(shard_dir, str(tmp_path / "pp"), shards=bare)
     shutil.copytree(shard_dir, bare, ignore=shutil.ignore_patterns("*.tar"))
     assert not [n for n in os.listdir(bare) if n.endswith(".tar")]
-    with open(url) as f:
-        raw = json.load(f)
-    raw["shards"] = bare
-    with open(url, "w") as f:
-        json.dump(raw, f)
     pp = PseudoPositives.load(url, bare)
     key = next(iter(table))
     got = pp.choose(key, 7)
@@ -234,8 +262,8 @@ def mined(ray_cluster, tmp_path_factory):
     run_build(cfg, incremental=False, ray=ray_cluster)
     report = run_mine(cfg, ray=ray_cluster)
     assert report["clips_in_table"] > 0
-    mined = json.load(open(report["table"]))
-    assert mined["format"] == 2 and mined["shards"] == os.path.abspath(shards) and mined["captions"]
+    mined = pseudo_table.read_manifest(report["table"])
+    assert mined["format"] == 3 and mined["shards"] == os.path.abspath(shards) and mined["captions"]
     return shards, report["table"], root
 
 

@@ -60,13 +60,14 @@ def mine_pseudo_positives(model, frames, captions, videos, k: int, tau: float, s
     vec, txt = np.concatenate(vec).astype(np.float32), np.concatenate(txt).astype(np.float32)
     index = faiss.IndexFlatIP(vec.shape[1])
     index.add(vec)
-    from index.mining import mine_block
+    from index.mining import ArrayColumns, mine_block
 
     _, codes = np.unique(videos, return_inverse=True)
+    columns = ArrayColumns(text=txt, video_codes=codes)
     table, counts = {}, {}
     for lo in range(0, len(vec), 512):
         qids = np.arange(lo, min(len(vec), lo + 512))
-        rows, c = mine_block(index, vec[qids], qids, txt, codes, k, tau, search_k)
+        rows, c = mine_block(index, vec[qids], txt[qids], codes[qids], columns, k, tau, search_k)
         for q, r in zip(qids.tolist(), rows):
             if r:
                 table[q] = [n for n, _, _ in r]
