@@ -152,7 +152,8 @@ def read_format1(output: str) -> tuple[int, int]:
     shards.reader decodes on the CPU). Returns (windows, JPEG decodes)."""
     from collections import Counter
 
-    from shards.reader import decode_jpegs, raw_samples
+    from shards.jpeg import decode_jpegs
+    from shards.reader import raw_samples
 
     n = decodes = 0
     for raw in raw_samples(os.path.join(output, "shard-000000.tar"), Counter()):
@@ -164,12 +165,12 @@ def read_format1(output: str) -> tuple[int, int]:
 
 def read_format2(output: str) -> tuple[int, int]:
     """Every window of a format-2 shard set through shards.reader (the loader's cut). Returns (windows, decodes)."""
-    from shards import reader
+    from shards import jpeg, reader
 
-    before, n = reader.decoded_frames, 0
+    before, n = jpeg.decoded_frames, 0
     for _ in reader.read_samples([u for u, _ in reader.shard_urls(output)]):
         n += 1
-    return n, reader.decoded_frames - before
+    return n, jpeg.decoded_frames - before
 
 
 def read_loader(output: str, windows: int, clips_per_video: int) -> tuple[int, int]:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from common import fsio
-from shards import reader
+from shards import jpeg, reader
 from shards.reader import SampleError
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
             next(raw)
             position += 1
         skipped.clear()  # counted before the checkpoint already
-        decoded = reader.decoded_frames
+        decoded = jpeg.decoded_frames
         shape = None
         frames, captions, keys, valid, seeds, near, spans = [], [], [], [], [], [], []
         for w in raw:
@@ -186,12 +186,12 @@ class StreamDataset(torch.utils.data.IterableDataset):
                 batch = {"frames": stacked, "captions": captions, "keys": keys,
                          "valid_frames": torch.tensor(valid, dtype=torch.long), "sample_seeds": seeds,
                          "stream": stream, "position": position, "skipped": dict(skipped),
-                         "jpeg_decodes": reader.decoded_frames - decoded}
+                         "jpeg_decodes": jpeg.decoded_frames - decoded}
                 if self.mil_windows > 0:
                     batch.update(neighbours=near, asr_spans=spans)
                 yield batch
                 skipped.clear()
-                decoded = reader.decoded_frames
+                decoded = jpeg.decoded_frames
                 frames, captions, keys, valid, seeds, near, spans = [], [], [], [], [], [], []
 
 

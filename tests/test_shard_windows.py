@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from shard_fixtures import caps, make_video, write_corpus
-from shards import reader
+from shards import jpeg, reader
 from shards.config import ShardConfig
 from shards.decode import decode_video
 from shards.pipeline import run
@@ -79,10 +79,10 @@ def test_cut_windows_equal_format_1_samples(corpus):
 def test_each_frame_is_decoded_once_per_video(corpus):
     """Reading a video's windows decodes each frame they hold once, however many windows share it."""
     url = reader.shard_urls(corpus["shards"])[0][0]
-    before = reader.decoded_frames
+    before = jpeg.decoded_frames
     windows = list(reader.read_samples([url]))
     held = {(w["json"]["video_id"], t) for w in windows for t in w["json"]["frame_times"]}
-    assert reader.decoded_frames - before == len(held) < sum(w["json"]["valid_frames"] for w in windows)
+    assert jpeg.decoded_frames - before == len(held) < sum(w["json"]["valid_frames"] for w in windows)
 
 
 def test_a_shard_holds_each_frame_once(corpus):
