@@ -8,13 +8,21 @@ import io
 import numpy as np
 from PIL import Image
 
+class JpegError(ValueError):
+    """Blob `index` of a batch is not a JPEG image."""
+
+    def __init__(self, index: int, detail: str):
+        super().__init__(f"frame {index}: {detail}")
+        self.index = index
+
+
 decoded_frames = 0  # JPEG frames this process has decoded (benchmarks and the loader's batches report it)
 
 
 def decode_jpegs(blobs: list[bytes], device=None) -> list:
     """Decoded RGB frames of JPEG blobs: device None decodes with PIL on this CPU into (H, W, 3) uint8 arrays; a
     torch device ("cpu", "cuda") decodes the batch with torchvision.io.decode_jpeg on it (nvJPEG on a GPU) into
-    (H, W, 3) uint8 tensors there. Raises ValueError naming the first blob that is not a JPEG image."""
+    (H, W, 3) uint8 tensors there. Raises JpegError naming the first blob that is not a JPEG image."""
     global decoded_frames
     if device is None:
         out = []
@@ -23,7 +31,7 @@ def decode_jpegs(blobs: list[bytes], device=None) -> list:
                 with Image.open(io.BytesIO(b)) as im:
                     out.append(np.asarray(im.convert("RGB")))
             except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for broken data
-                raise ValueError(f"frame {j}: {exc}") from None
+                raise JpegError(j, str(exc)) from None
         decoded_frames += len(out)
         return out
     import torch
@@ -38,6 +46,6 @@ def decode_jpegs(blobs: list[bytes], device=None) -> list:
             try:
                 out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
             except (RuntimeError, ValueError) as exc:
-                raise ValueError(f"frame {j}: {str(exc).splitlines()[0]}") from None
+                raise JpegError(j, str(exc).splitlines()[0]) from None
     decoded_frames += len(out)
     return [x.permute(1, 2, 0) for x in out]

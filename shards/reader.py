@@ -16,7 +16,6 @@ except a shard set of another format version (`ShardFormatError`: one line sayin
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import posixpath
@@ -25,12 +24,11 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
-from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from common import fsio
 from common.errors import UserError
-from shards.jpeg import decode_jpegs
+from shards.jpeg import JpegError, decode_jpegs
 from shards.tarwriter import frame_name, sample_key
 from shards.windows import plan_window
 
@@ -233,8 +231,9 @@ class VideoFrames:
                 raise SampleError("missing_frames", f"{clip.key}: {missing[:3]}")
             try:
                 self._frames.update(zip(need, decode_jpegs([self.raw[frame_name(i)] for i in need], self.device)))
-            except ValueError as exc:
-                raise SampleError("bad_jpeg", f"{clip.key}: {exc}") from None
+            except JpegError as exc:
+                detail = str(exc).split(": ", 1)[-1]
+                raise SampleError("bad_jpeg", f"{clip.key}/{frame_name(need[exc.index])}: {detail}") from None
             frames = [self._frames[i] for i in clip.indices]
             shapes = {tuple(f.shape) for f in frames}
             if len(shapes) > 1:

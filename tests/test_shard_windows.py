@@ -4,7 +4,6 @@ ASR segment): the same frames bit for bit after decode, frame times, window time
 from __future__ import annotations
 
 import io
-import os
 import shutil
 from collections import Counter
 
