@@ -206,3 +206,12 @@ def test_model_inputs_carry_verb_swapped_hard_negatives(shard_dir):
         assert (h != c and h.split()[1:] == c.split()[1:]) if m else h == ""
     plain = data.model_inputs(batch, load(None, [f"data.shards={shard_dir}"]), lambda t: torch.zeros(len(t), 3), "cpu")
     assert "hard_tokens" not in plain
+
+
+def test_window_frames_is_chosen_at_training_time(shard_dir):
+    """data.window_frames cuts windows of another U from the same shards (format 2 stores frames, not windows):
+    the U frames centred on each segment, here the middle two of each 4-frame action."""
+    short, full = loader(shard_dir, window_frames=2).next(), loader(shard_dir).next()
+    assert short["keys"] == full["keys"] and full["frames"].shape == (4, 4, 32, 32, 3)
+    assert short["frames"].shape == (4, 2, 32, 32, 3) and short["valid_frames"].tolist() == [2] * 4
+    assert torch.equal(short["frames"], full["frames"][:, 1:3])
