@@ -20,7 +20,7 @@ class DataConfig:
     micro_batch: int = 4  # samples per rank per forward/backward
     samples_per_epoch: int = 0  # 0: the manifest's total_samples
     loader_workers: int = 0  # DataLoader processes per rank; 0 decodes in the training process
-    shuffle_buffer: int = 32  # samples mixed across the shard being read and the ones before it
+    shuffle_buffer: int = 32  # windows mixed (after videos are mixed in a buffer holding about as many windows)
     clips_per_video: int = 1  # k > 1: video-grouped batches, B / k videos with k clips each (same-video negatives)
     verb_swap: dict[str, str] = field(default_factory=dict)  # verb -> -ing form; each caption's first listed verb
                                                               # swapped gives its clip a hard negative (L_global)

@@ -3,7 +3,7 @@
 Each rank reads W independent, resampled streams (W = max(1, loader workers)): a stream draws shards with
 replacement (weighted by their window counts from manifest.json) from a generator seeded by
 (seed, epoch, rank, stream), reads their video samples with webdataset's tar iterators, mixes the videos through a
-seeded shuffle buffer, cuts each video's windows (one per ASR segment, shards.reader) in a seeded order, mixes the
+seeded shuffle buffer (about shuffle_buffer windows' worth of videos), cuts each video's windows (one per ASR segment, shards.reader) in a seeded order, mixes the
 windows through a second shuffle buffer, decodes and batches. A window is decoded only when it leaves the buffer,
 from its video's frames decoded once for all its windows (shards.reader.VideoFrames). An epoch is a fixed number of
 batches derived from the manifest, not a pass over the files. Everything is a function of the seeds, so the data
@@ -55,6 +55,12 @@ class ShardSet:
     @property
     def total_samples(self) -> int:
         return sum(self.samples)
+
+    def videos_for(self, windows: int) -> int:
+        """How many videos hold about `windows` windows (the video shuffle buffer's size: a video sample holds
+        every frame of its video, so buffering videos by the window buffer's count would hold far more pixels)."""
+        per_video = self.total_samples / max(1, sum(self.videos)) if self.videos else 1.0
+        return max(2, round(windows / max(per_video, 1.0)))
 
 
 def read_manifest(shards_url: str) -> ShardSet:
@@ -144,7 +150,8 @@ class StreamDataset(torch.utils.data.IterableDataset):
     def _batches(self, stream: int) -> Iterator[dict]:
         skipped: Counter = Counter()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, stream])
-        videos = _shuffled(_raw_samples(self.shards, rng, skipped, self.max_bad_shards), rng, self.shuffle_buffer)
+        videos = _shuffled(_raw_samples(self.shards, rng, skipped, self.max_bad_shards), rng,
+                           self.shards.videos_for(self.shuffle_buffer) if self.shuffle_buffer > 1 else 0)
         k = self.clips_per_video
         windows = _video_windows(videos, rng, skipped, k, self.window_frames, self.mil_windows, self.mil_shift,
                                  self.device)
