@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from shards.config import ShardConfig  # noqa: E402
@@ -40,6 +42,7 @@ from shards.tarwriter import TarWriter, sample_key  # noqa: E402
 from shards.windows import plan_window  # noqa: E402
 
 SEGMENT_EVERY = 3.5  # seconds between ASR segments in HowTo100M (docs/scale.md)
+BATCH = 8             # windows per loader batch (the reading sides stack their windows into batches of this many)
 
 
 def cpu_seconds() -> float:
@@ -148,38 +151,50 @@ def shard_format1(cfg: ShardConfig) -> int:
 
 
 def read_format1(output: str) -> tuple[int, int]:
-    """The format-1 reader's work per window: tar members, json, every one of its U JPEGs decoded (PIL, as
-    shards.reader decodes on the CPU). Returns (windows, JPEG decodes)."""
+    """The format-1 loader's work per window: tar members, json, every one of its U JPEGs decoded (PIL, as
+    shards.reader decodes on the CPU), windows stacked into batches. Returns (windows, JPEG decodes)."""
     from collections import Counter
 
     from shards.jpeg import decode_jpegs
     from shards.reader import raw_samples
 
     n = decodes = 0
+    batch = []
     for raw in raw_samples(os.path.join(output, "shard-000000.tar"), Counter()):
         meta = json.loads(raw["json"])
         frames = decode_jpegs([raw[f"f{i:02d}.jpg"] for i in range(len(meta["frame_times"]))])
         n, decodes = n + 1, decodes + len(frames)
+        batch.append(np.stack(frames))
+        if len(batch) == BATCH:  # the loader's batch, as it stacks it
+            np.stack(batch)
+            batch = []
     return n, decodes
 
 
 def read_format2(output: str) -> tuple[int, int]:
-    """Every window of a format-2 shard set through shards.reader (the loader's cut). Returns (windows, decodes)."""
+    """Every window of a format-2 shard set through shards.reader (the loader's cut), stacked into batches.
+    Returns (windows, decodes)."""
     from shards import jpeg, reader
 
-    before, n = jpeg.decoded_frames, 0
-    for _ in reader.read_samples([u for u, _ in reader.shard_urls(output)]):
+    before, n, batch = jpeg.decoded_frames, 0, []
+    for w in reader.read_samples([u for u, _ in reader.shard_urls(output)]):
         n += 1
+        batch.append(w["frames"])
+        if len(batch) == BATCH:
+            np.stack(batch)
+            batch = []
     return n, jpeg.decoded_frames - before
 
 
 def read_loader(output: str, windows: int, clips_per_video: int) -> tuple[int, int]:
-    """Pretraining's RankLoader over a format-2 shard set (resampled shards, shuffle buffers, batches of 8), for
-    `windows` windows. Returns (windows, decodes)."""
+    """Pretraining's RankLoader over a format-2 shard set (shards drawn with replacement, shuffle buffers, batches),
+    for about `windows` windows. On a set of a few videos a video is often drawn again while windows of its last read
+    still wait in the buffer, which decodes its frames again: decodes per window are higher here than on a large
+    set. Returns (windows, decodes)."""
     from pretrain import data
 
-    loader = data.RankLoader(data.read_manifest(output), micro_batch=8, batches_per_epoch=10**9, seed=0, rank=0,
-                             shuffle_buffer=32, clips_per_video=clips_per_video, decode="cpu")
+    loader = data.RankLoader(data.read_manifest(output), micro_batch=BATCH, batches_per_epoch=10**9, seed=0, rank=0,
+                             shuffle_buffer=16, clips_per_video=clips_per_video, decode="cpu")
     n = decodes = 0
     while n < windows:
         b = loader.next()
@@ -217,8 +232,8 @@ def measure(args, manifest: str, tmp: str) -> dict:
     windows = report["total_samples"]
     for _ in range(args.rounds):  # interleaved again
         for name, fn in (("format1", lambda: read_format1(v1_dir)), ("format2", lambda: read_format2(outputs[-1])),
-                         ("loader", lambda: read_loader(outputs[-1], 3 * windows, 1)),
-                         ("loader_k4", lambda: read_loader(outputs[-1], 3 * windows, 4))):
+                         ("loader", lambda: read_loader(outputs[-1], windows, 1)),
+                         ("loader_k4", lambda: read_loader(outputs[-1], windows, 4))):
             got = {}
             cpu, _ = measure_cpu(lambda: got.update(r=fn()))
             reads[name].append((cpu, *got["r"]))
@@ -248,7 +263,7 @@ def measure(args, manifest: str, tmp: str) -> dict:
     }
     out["meets_target"] = out["ratio"] >= out["target"]
     out["meets_bytes_target"] = out["bytes_format1_over_format2"] >= out["bytes_target"]
-    out["meets_read_target"] = out["loader_windows_per_core_s_over_format1"] >= out["read_target"]
+    out["meets_read_target"] = out["read_windows_per_core_s_format2_over_format1"] >= out["read_target"]
     out["sharding_no_worse"] = out["sharding_cpu_format1_over_format2"] >= 1.0
     return out
 

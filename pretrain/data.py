@@ -11,8 +11,8 @@ position is a handful of integers: the epoch, the batch index within it, and how
 handed out. Resuming rebuilds the streams and fast-forwards them without decoding, which gives the same sample
 sequence as an uninterrupted run.
 
-With `clips_per_video` k > 1 the stream is video-grouped: k windows of each video are drawn without replacement (all
-of a video with fewer) from its one read, and whole groups go through the shuffle buffer (shuffle_buffer / k
+With `clips_per_video` k > 1 the stream is video-grouped: a video's windows, read once, are dealt in a drawn order
+into groups of k (all of a video with fewer), and whole groups go through the shuffle buffer (shuffle_buffer / k
 groups, about as many samples as ungrouped), so a batch of B samples holds B / k videos with k clips each:
 same-video negatives, which share the scene and differ in the action (docs/pretraining.md). The position still
 counts windows handed out, so resume stays exact.
@@ -232,9 +232,11 @@ def video_of(key: str) -> str:
 
 def _video_windows(videos: Iterator[dict], rng: np.random.Generator, skipped: Counter, k: int, window_frames: int,
                    mil_windows: int, mil_shift: float, device) -> Iterator[list[Window]]:
-    """The windows of each raw video sample, in an order drawn from rng (k > 1: k of them, drawn without
-    replacement); a video sample that cannot be used is counted and gives none. Nothing is decoded here: the
-    windows share one VideoFrames, which decodes each frame once when the first window holding it is cut."""
+    """The windows of each raw video sample in an order drawn from rng: one list of them all, or (k > 1) groups of
+    k (a video with fewer than k windows is one group; the windows beyond a multiple of k wait for another read of
+    the video). A video sample that cannot be used is counted and gives none. Nothing is decoded here: the windows
+    share one VideoFrames, which decodes each frame once when the first window holding it is cut, and frees it when
+    the last one has been."""
     for raw in videos:
         clips = reader.video_clips(raw, skipped, None, window_frames)
         if not clips:
@@ -245,11 +247,13 @@ def _video_windows(videos: Iterator[dict], rng: np.random.Generator, skipped: Co
                      for c in clips]
             bags = [tuple(b or ()) for b in neighbour_captions(spans, mil_windows, mil_shift)]
         order = rng.permutation(len(clips)).tolist()
-        if 1 < k < len(clips):
-            order = order[:k]
-        picked = [clips[i] for i in order]
-        frames = reader.VideoFrames(raw, picked, device)
-        yield [Window(clips[i], frames, raw.get("__url__", ""), bags[i]) for i in order]
+        if 1 < k < len(clips):  # every k windows a group; the remainder waits for another read of the video
+            order = order[: len(order) // k * k]
+        frames = reader.VideoFrames(raw, [clips[i] for i in order], device)
+        windows = [Window(clips[i], frames, raw.get("__url__", ""), bags[i]) for i in order]
+        step = k if k > 1 else len(windows)
+        for g in range(0, len(windows), step):
+            yield windows[g:g + step]
 
 
 def neighbour_captions(spans: list, n: int, shift: float) -> list:
