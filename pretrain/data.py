@@ -171,11 +171,11 @@ class StreamDataset(torch.utils.data.IterableDataset):
         for w in raw:
             position += 1
             try:
-                clip = w.frames.cut(w.clip)
+                clip = w.frames.frames(w.clip)  # stacked once, into the batch
                 if shape is None:
-                    shape = tuple(clip.shape)
-                elif tuple(clip.shape) != shape:
-                    raise SampleError("bad_shape", f"{w.clip.key}: {tuple(clip.shape)} != {shape}")
+                    shape = (len(clip), *clip[0].shape)
+                elif (len(clip), *clip[0].shape) != shape:
+                    raise SampleError("bad_shape", f"{w.clip.key}: {(len(clip), *clip[0].shape)} != {shape}")
             except SampleError as exc:
                 skipped[exc.reason] += 1
                 reader.warn_once((w.url, w.clip.key), "skipping sample from %s: %s", w.url, exc)
@@ -189,8 +189,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
             near.append(list(w.neighbours))
             spans.append([float(meta["asr_start"]), float(meta["asr_end"])])
             if len(frames) == self.micro_batch:
-                stacked = torch.stack(frames) if self.device is not None else torch.from_numpy(np.stack(frames))
-                batch = {"frames": stacked, "captions": captions, "keys": keys,
+                batch = {"frames": _stacked(frames, shape, self.device), "captions": captions, "keys": keys,
                          "valid_frames": torch.tensor(valid, dtype=torch.long), "sample_seeds": seeds,
                          "stream": stream, "position": position, "skipped": dict(skipped),
                          "jpeg_decodes": jpeg.decoded_frames - decoded}
@@ -200,6 +199,17 @@ class StreamDataset(torch.utils.data.IterableDataset):
                 skipped.clear()
                 decoded = jpeg.decoded_frames
                 frames, captions, keys, valid, seeds, near, spans = [], [], [], [], [], [], []
+
+
+def _stacked(clips: list[list], shape: tuple, device) -> torch.Tensor:
+    """(B, U, H, W, 3) uint8 from B windows' frame lists, copied once."""
+    if device is not None:
+        return torch.stack([torch.stack(c) for c in clips])
+    out = np.empty((len(clips), *shape), np.uint8)
+    for b, c in enumerate(clips):
+        for u, f in enumerate(c):
+            out[b, u] = f
+    return torch.from_numpy(out)
 
 
 def sample_seed(seed: int, epoch: int, rank: int, stream: int, position: int) -> int:

@@ -220,8 +220,8 @@ class VideoFrames:
                 self._held.pop(i, None)
                 self._frames.pop(i, None)
 
-    def cut(self, clip: Clip):
-        """The window's (U, H, W, 3) uint8 frames (numpy, or a tensor on `device`), or SampleError."""
+    def frames(self, clip: Clip) -> list:
+        """The window's U frames, (H, W, 3) uint8 each (numpy, or tensors on `device`), or SampleError."""
         try:
             if clip.error is not None:
                 raise clip.error
@@ -238,13 +238,18 @@ class VideoFrames:
             shapes = {tuple(f.shape) for f in frames}
             if len(shapes) > 1:
                 raise SampleError("bad_shape", f"{clip.key}: frames of sizes {sorted(shapes)}")
-            if self.device is None:
-                return np.stack(frames)
-            import torch
-
-            return torch.stack(frames)
+            return frames
         finally:
             self._release(clip)
+
+    def cut(self, clip: Clip):
+        """The window's (U, H, W, 3) uint8 frames (numpy, or a tensor on `device`), or SampleError."""
+        frames = self.frames(clip)
+        if self.device is None:
+            return np.stack(frames)
+        import torch
+
+        return torch.stack(frames)
 
 
 def video_clips(raw: dict, counts: Counter, failed: list | None = None, window_frames: int = 0) -> list[Clip]:
