@@ -162,7 +162,8 @@ class StreamDataset(torch.utils.data.IterableDataset):
             raw = _shuffled((w for g in windows for w in g), rng, self.shuffle_buffer)
         position = 0
         for _ in range(self.positions[stream]):  # fast-forward: same draws, no decoding
-            next(raw)
+            w = next(raw)
+            w.frames.release(w.clip)
             position += 1
         skipped.clear()  # counted before the checkpoint already
         decoded = jpeg.decoded_frames

@@ -213,7 +213,8 @@ class VideoFrames:
     def hold(self, clip: Clip) -> None:
         self._held.update(set(clip.indices))
 
-    def _release(self, clip: Clip) -> None:
+    def release(self, clip: Clip) -> None:
+        """Drop the clip's hold on its frames (cut does it; a window skipped without cutting must)."""
         for i in set(clip.indices):
             self._held[i] -= 1
             if self._held[i] <= 0:
@@ -240,7 +241,7 @@ class VideoFrames:
                 raise SampleError("bad_shape", f"{clip.key}: frames of sizes {sorted(shapes)}")
             return frames
         finally:
-            self._release(clip)
+            self.release(clip)
 
     def cut(self, clip: Clip):
         """The window's (U, H, W, 3) uint8 frames (numpy, or a tensor on `device`), or SampleError."""
