@@ -20,11 +20,15 @@ class DataConfig:
     micro_batch: int = 4  # samples per rank per forward/backward
     samples_per_epoch: int = 0  # 0: the manifest's total_samples
     loader_workers: int = 0  # DataLoader processes per rank; 0 decodes in the training process
-    shuffle_buffer: int = 32  # samples mixed across the shard being read and the ones before it
+    shuffle_buffer: int = 32  # windows mixed (after videos are mixed in a buffer holding about as many windows)
     clips_per_video: int = 1  # k > 1: video-grouped batches, B / k videos with k clips each (same-video negatives)
     verb_swap: dict[str, str] = field(default_factory=dict)  # verb -> -ing form; each caption's first listed verb
                                                               # swapped gives its clip a hard negative (L_global)
     prefetch: int = 2  # batches each loader worker keeps ready
+    # where JPEG frames are decoded: cpu (PIL, in the loader), gpu (nvJPEG via torchvision in the training process,
+    # needs loader_workers=0), auto (gpu where CUDA is present and loader_workers=0, else cpu)
+    decode: str = "auto"
+    window_frames: int = 0  # U frames per window cut by the loader; 0: the shard set's window_frames
     max_bad_shards: int = 50  # consecutive unreadable shards before a loader gives up (all shards broken)
     # pseudo-positive table of `cluster.index mine` (docs/contracts.md section 4); empty: no cross-video term.
     # Read only when model.cross_video is true; each sample with an entry gets one neighbour's caption.
@@ -93,7 +97,8 @@ def from_dict(data: dict) -> PretrainConfig:
 # What a re-launch into an existing run may change (docs/cluster.md "Resuming a run"); any other difference from
 # the run's config.yaml is refused before anything is written. Dotted names; a section name covers its fields.
 RESUMABLE = ("run", "max_steps", "stop_at_step", "checkpoint_every", "keep_last", "log_every", "progress", "export",
-             "comm_timeout_s", "cluster", "data.loader_workers", "data.prefetch", "data.max_bad_shards")
+             "comm_timeout_s", "cluster", "data.loader_workers", "data.prefetch", "data.max_bad_shards",
+             "data.decode")
 
 
 def validate(cfg: PretrainConfig) -> None:
@@ -115,6 +120,8 @@ def validate(cfg: PretrainConfig) -> None:
         ("data.loader_workers", d.loader_workers, d.loader_workers >= 0, ">= 0"),
         ("data.shuffle_buffer", d.shuffle_buffer, d.shuffle_buffer >= 0, ">= 0"),
         ("data.prefetch", d.prefetch, d.prefetch >= 1, ">= 1"),
+        ("data.decode", d.decode, d.decode in ("cpu", "gpu", "auto"), "cpu, gpu or auto"),
+        ("data.window_frames", d.window_frames, d.window_frames >= 0, ">= 0 (0: the shard set's)"),
         ("data.max_bad_shards", d.max_bad_shards, d.max_bad_shards >= 1, ">= 1"),
         ("cluster.workers", c.workers, c.workers >= 1, ">= 1"),
         ("cluster.cpus_per_worker", c.cpus_per_worker, c.cpus_per_worker >= 0, ">= 0"),

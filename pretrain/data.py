@@ -1,18 +1,21 @@
-"""Training batches from a WebDataset shard set (docs/contracts.md section 2), local or s3.
+"""Training batches from a WebDataset shard set (docs/contracts.md section 2, format 2), local or s3.
 
 Each rank reads W independent, resampled streams (W = max(1, loader workers)): a stream draws shards with
-replacement (weighted by their sample counts from manifest.json) from a generator seeded by
-(seed, epoch, rank, stream), reads them with webdataset's tar iterators, mixes them through a seeded shuffle
-buffer, decodes and batches. An epoch is a fixed number of batches derived from the manifest, not a pass
-over the files. Everything is a function of the seeds, so the data position is a handful of integers: the
-epoch, the batch index within it, and how many raw samples each stream has handed out. Resuming rebuilds the
-streams and fast-forwards them without decoding, which gives the same sample sequence as an uninterrupted run.
+replacement (weighted by their window counts from manifest.json) from a generator seeded by
+(seed, epoch, rank, stream), reads their video samples with webdataset's tar iterators, mixes the videos through a
+seeded shuffle buffer (about shuffle_buffer windows' worth of videos), cuts each video's windows (one per ASR segment, shards.reader) in a seeded order, mixes the
+windows through a second shuffle buffer, decodes and batches. A window is decoded only when it leaves the buffer,
+from its video's frames decoded once for all its windows (shards.reader.VideoFrames). An epoch is a fixed number of
+batches derived from the manifest, not a pass over the files. Everything is a function of the seeds, so the data
+position is a handful of integers: the epoch, the batch index within it, and how many windows each stream has
+handed out. Resuming rebuilds the streams and fast-forwards them without decoding, which gives the same sample
+sequence as an uninterrupted run.
 
-With `clips_per_video` k > 1 the stream is video-grouped: the consecutive samples of one video (a shard holds whole
-videos, contract 2) are gathered, k of them drawn without replacement (all of a video with fewer), and whole
-groups go through the shuffle buffer (shuffle_buffer / k groups, about as many samples as ungrouped), so a batch of
-B samples holds B / k videos with k clips each: same-video negatives, which share the scene and differ in the
-action (docs/pretraining.md). The position still counts samples handed out, so resume stays exact.
+With `clips_per_video` k > 1 the stream is video-grouped: a video's windows, read once, are dealt in a drawn order
+into groups of k (all of a video with fewer), and whole groups go through the shuffle buffer (shuffle_buffer / k
+groups, about as many samples as ungrouped), so a batch of B samples holds B / k videos with k clips each:
+same-video negatives, which share the scene and differ in the action (docs/pretraining.md). The position still
+counts windows handed out, so resume stays exact.
 
 Shards are read and samples checked by shards.reader, the one reader of the contract: a bad shard or sample is
 skipped with a warning and counted under its reason there (docs/contracts.md section 2); the counts ride along with
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 
 from common import fsio
-from shards import reader
+from shards import jpeg, reader
 from shards.reader import SampleError
 
 log = logging.getLogger(__name__)
@@ -46,11 +49,18 @@ class DataError(RuntimeError):
 @dataclass(frozen=True)
 class ShardSet:
     urls: tuple[str, ...]
-    samples: tuple[int, ...]
+    samples: tuple[int, ...]        # windows (training samples) per shard
+    videos: tuple[int, ...] = ()    # video samples per shard tar (what a whole tar holds)
 
     @property
     def total_samples(self) -> int:
         return sum(self.samples)
+
+    def videos_for(self, windows: int) -> int:
+        """How many videos hold about `windows` windows (the video shuffle buffer's size: a video sample holds
+        every frame of its video, so buffering videos by the window buffer's count would hold far more pixels)."""
+        per_video = self.total_samples / max(1, sum(self.videos)) if self.videos else 1.0
+        return max(2, round(windows / max(per_video, 1.0)))
 
 
 def read_manifest(shards_url: str) -> ShardSet:
@@ -58,27 +68,55 @@ def read_manifest(shards_url: str) -> ShardSet:
     url = fsio.join(shards_url, "manifest.json")
     if not fsio.exists(url):
         raise DataError(f"{url} not found: data.shards must name a finished shard set (docs/contracts.md section 2)")
-    manifest = fsio.read_json(url)
-    urls, counts = [], []
+    manifest = reader.read_manifest(shards_url)
+    urls, counts, videos = [], [], []
     for entry in manifest.get("shards", []):
         if int(entry.get("samples", 0)) <= 0:
             continue
         rel = entry["url"]
         urls.append(rel if "://" in rel or rel.startswith("/") else fsio.join(shards_url, rel))
         counts.append(int(entry["samples"]))
+        videos.append(int(entry["videos"]))
     if not urls:
         raise DataError(f"{url} lists no shard with samples")
-    return ShardSet(tuple(urls), tuple(counts))
+    return ShardSet(tuple(urls), tuple(counts), tuple(videos))
+
+
+DECODES = ("cpu", "gpu", "auto")
+
+
+def decode_device(decode: str, device=None, loader_workers: int = 0):
+    """The device JPEG frames are decoded on for `data.decode` (cpu | gpu | auto: gpu where CUDA is present and
+    the loader runs in the training process): None (PIL on the loader's CPU) or a CUDA device (nvJPEG through
+    torchvision.io.decode_jpeg; frames then stay on the device, where the model normalises them)."""
+    import torch
+
+    if decode not in DECODES:
+        raise DataError(f"data.decode must be one of {DECODES}, got {decode!r}")
+    if decode == "cpu" or (decode == "auto" and (loader_workers or not torch.cuda.is_available())):
+        return None
+    if not torch.cuda.is_available():
+        raise DataError("data.decode=gpu needs CUDA, and this process sees no GPU (data.decode=auto falls back)")
+    if loader_workers:
+        raise DataError("data.decode=gpu decodes in the training process: set data.loader_workers=0")
+    if device is not None and torch.device(device).type == "cuda":
+        return torch.device(device)
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def steps_per_epoch(samples_per_epoch: int, micro_batch: int, grad_accum: int, world: int) -> int:
     return max(1, samples_per_epoch // (micro_batch * grad_accum * world))
 
 
-def decode_sample(raw: dict) -> tuple[np.ndarray, str, dict]:
-    """(frames (U, H, W, 3) uint8, caption, meta) of one raw WebDataset sample, or SampleError (shards.reader)."""
-    sample = reader.decode_sample(raw)
-    return sample["frames"], sample["json"]["caption"], sample["json"]
+@dataclass(frozen=True)
+class Window:
+    """One window in a stream, not decoded yet: its clip, its video's frames (shared with the video's other
+    windows), its shard and (MIL-NCE) the captions of its neighbouring windows."""
+
+    clip: reader.Clip
+    frames: reader.VideoFrames
+    url: str
+    neighbours: tuple = ()
 
 
 class StreamDataset(torch.utils.data.IterableDataset):
@@ -87,10 +125,12 @@ class StreamDataset(torch.utils.data.IterableDataset):
 
     def __init__(self, shards: ShardSet, *, micro_batch: int, seed: int, epoch: int, rank: int, streams: int,
                  start_batch: int, positions: list[int], shuffle_buffer: int, max_bad_shards: int,
-                 clips_per_video: int = 1, mil_windows: int = 0, mil_shift: float = 0.0):
+                 clips_per_video: int = 1, mil_windows: int = 0, mil_shift: float = 0.0, device=None,
+                 window_frames: int = 0):
         self.shards = shards
         self.mil_windows, self.mil_shift = mil_windows, mil_shift
         self.clips_per_video = clips_per_video
+        self.device, self.window_frames = device, window_frames
         self.micro_batch = micro_batch
         self.seed, self.epoch, self.rank = seed, epoch, rank
         self.streams = streams
@@ -110,52 +150,67 @@ class StreamDataset(torch.utils.data.IterableDataset):
     def _batches(self, stream: int) -> Iterator[dict]:
         skipped: Counter = Counter()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, stream])
-        samples = _raw_samples(self.shards, rng, skipped, self.max_bad_shards)
-        if self.mil_windows > 0:
-            samples = with_neighbours(samples, self.mil_windows, self.mil_shift)
+        videos = _shuffled(_raw_samples(self.shards, rng, skipped, self.max_bad_shards), rng,
+                           self.shards.videos_for(self.shuffle_buffer) if self.shuffle_buffer > 1 else 0)
         k = self.clips_per_video
+        windows = _video_windows(videos, rng, skipped, k, self.window_frames, self.mil_windows, self.mil_shift,
+                                 self.device)
         if k > 1:
-            groups = _picked(_by_video(samples), rng, k)
-            mixed = _shuffled_groups(groups, rng, max(2, self.shuffle_buffer // k), self.micro_batch // k - 1)
-            raw = (s for g in mixed for s in g)
+            mixed = _shuffled_groups(windows, rng, max(2, self.shuffle_buffer // k), self.micro_batch // k - 1)
+            raw = (w for g in mixed for w in g)
         else:
-            raw = _shuffled(samples, rng, self.shuffle_buffer)
+            raw = _shuffled((w for g in windows for w in g), rng, self.shuffle_buffer)
         position = 0
         for _ in range(self.positions[stream]):  # fast-forward: same draws, no decoding
-            next(raw)
+            w = next(raw)
+            w.frames.release(w.clip)
             position += 1
         skipped.clear()  # counted before the checkpoint already
+        decoded = jpeg.decoded_frames
         shape = None
         frames, captions, keys, valid, seeds, near, spans = [], [], [], [], [], [], []
-        for sample in raw:
+        for w in raw:
             position += 1
             try:
-                clip, caption, meta = decode_sample(sample)
+                clip = w.frames.frames(w.clip)  # stacked once, into the batch
                 if shape is None:
-                    shape = clip.shape
-                elif clip.shape != shape:
-                    raise SampleError("bad_shape", f"{sample['__key__']}: {clip.shape} != {shape}")
+                    shape = (len(clip), *clip[0].shape)
+                elif (len(clip), *clip[0].shape) != shape:
+                    raise SampleError("bad_shape", f"{w.clip.key}: {(len(clip), *clip[0].shape)} != {shape}")
             except SampleError as exc:
                 skipped[exc.reason] += 1
-                reader.warn_once((sample.get("__url__"), sample.get("__key__")), "skipping sample from %s: %s",
-                                 sample.get("__url__"), exc)
+                reader.warn_once((w.url, w.clip.key), "skipping sample from %s: %s", w.url, exc)
                 continue
+            meta = w.clip.meta
             frames.append(clip)
-            captions.append(caption)
-            keys.append(sample["__key__"])
-            valid.append(min(int(meta.get("valid_frames") or len(clip)), len(clip)))
+            captions.append(meta["caption"])
+            keys.append(w.clip.key)
+            valid.append(min(int(meta["valid_frames"]), len(clip)))
             seeds.append(sample_seed(self.seed, self.epoch, self.rank, stream, position))
-            near.append(sample.get("__neighbours__", []))
-            spans.append([float(meta.get("asr_start", 0.0)), float(meta.get("asr_end", 0.0))])
+            near.append(list(w.neighbours))
+            spans.append([float(meta["asr_start"]), float(meta["asr_end"])])
             if len(frames) == self.micro_batch:
-                batch = {"frames": torch.from_numpy(np.stack(frames)), "captions": captions, "keys": keys,
+                batch = {"frames": _stacked(frames, shape, self.device), "captions": captions, "keys": keys,
                          "valid_frames": torch.tensor(valid, dtype=torch.long), "sample_seeds": seeds,
-                         "stream": stream, "position": position, "skipped": dict(skipped)}
+                         "stream": stream, "position": position, "skipped": dict(skipped),
+                         "jpeg_decodes": jpeg.decoded_frames - decoded}
                 if self.mil_windows > 0:
                     batch.update(neighbours=near, asr_spans=spans)
                 yield batch
                 skipped.clear()
+                decoded = jpeg.decoded_frames
                 frames, captions, keys, valid, seeds, near, spans = [], [], [], [], [], [], []
+
+
+def _stacked(clips: list[list], shape: tuple, device) -> torch.Tensor:
+    """(B, U, H, W, 3) uint8 from B windows' frame lists, copied once."""
+    if device is not None:
+        return torch.stack([torch.stack(c) for c in clips])
+    out = np.empty((len(clips), *shape), np.uint8)
+    for b, c in enumerate(clips):
+        for u, f in enumerate(c):
+            out[b, u] = f
+    return torch.from_numpy(out)
 
 
 def sample_seed(seed: int, epoch: int, rank: int, stream: int, position: int) -> int:
@@ -172,7 +227,8 @@ def _raw_samples(shards: ShardSet, rng: np.random.Generator, skipped: Counter, m
         pick = int(rng.choice(len(shards.urls), p=weights))
         url = shards.urls[pick]
         got = 0
-        for sample in reader.raw_samples(url, skipped, expected=shards.samples[pick]):
+        expected = shards.videos[pick] if shards.videos else None
+        for sample in reader.raw_samples(url, skipped, expected=expected):
             got += 1
             yield sample
         bad_in_a_row = 0 if got else bad_in_a_row + 1
@@ -185,36 +241,30 @@ def video_of(key: str) -> str:
     return key.rsplit("__", 1)[0]
 
 
-def _by_video(samples: Iterator[dict]) -> Iterator[list[dict]]:
-    """Runs of consecutive samples of the same video (a shard stores a video's samples together)."""
-    group: list[dict] = []
-    for s in samples:
-        if group and (video_of(s.get("__key__", "")) != video_of(group[0].get("__key__", ""))
-                      or s.get("__url__") != group[0].get("__url__")):
-            yield group
-            group = []
-        group.append(s)
-    if group:
-        yield group
-
-
-def with_neighbours(samples: Iterator[dict], n: int, shift: float) -> Iterator[dict]:
-    """Each raw sample with `__neighbours__`: the captions of up to n ASR windows of its video on each side
-    (nearest first in time) whose spans lie within `shift` seconds of its own (model.mil_windows, the MIL-NCE
-    bag). Only the JSON member is parsed; a sample whose JSON is unreadable gets none (the decoder counts it)."""
-    import json
-
-    for group in _by_video(samples):
-        spans = []
-        for s in group:
-            try:
-                meta = json.loads(s["json"])
-                spans.append((float(meta["asr_start"]), float(meta["asr_end"]), str(meta["caption"])))
-            except (KeyError, TypeError, ValueError):
-                spans.append(None)
-        bags = neighbour_captions(spans, n, shift)
-        for s, bag in zip(group, bags):
-            yield {**s, "__neighbours__": bag} if bag is not None else s
+def _video_windows(videos: Iterator[dict], rng: np.random.Generator, skipped: Counter, k: int, window_frames: int,
+                   mil_windows: int, mil_shift: float, device) -> Iterator[list[Window]]:
+    """The windows of each raw video sample in an order drawn from rng: one list of them all, or (k > 1) groups of
+    k (a video with fewer than k windows is one group; the windows beyond a multiple of k wait for another read of
+    the video). A video sample that cannot be used is counted and gives none. Nothing is decoded here: the windows
+    share one VideoFrames, which decodes each frame once when the first window holding it is cut, and frees it when
+    the last one has been."""
+    for raw in videos:
+        clips = reader.video_clips(raw, skipped, None, window_frames)
+        if not clips:
+            continue
+        bags = [()] * len(clips)
+        if mil_windows > 0:
+            spans = [None if c.error else (float(c.meta["asr_start"]), float(c.meta["asr_end"]), c.meta["caption"])
+                     for c in clips]
+            bags = [tuple(b or ()) for b in neighbour_captions(spans, mil_windows, mil_shift)]
+        order = rng.permutation(len(clips)).tolist()
+        if 1 < k < len(clips):  # every k windows a group; the remainder waits for another read of the video
+            order = order[: len(order) // k * k]
+        frames = reader.VideoFrames(raw, [clips[i] for i in order], device)
+        windows = [Window(clips[i], frames, raw.get("__url__", ""), bags[i]) for i in order]
+        step = k if k > 1 else len(windows)
+        for g in range(0, len(windows), step):
+            yield windows[g:g + step]
 
 
 def neighbour_captions(spans: list, n: int, shift: float) -> list:
@@ -234,29 +284,21 @@ def neighbour_captions(spans: list, n: int, shift: float) -> list:
     return out
 
 
-def _picked(groups: Iterator[list[dict]], rng: np.random.Generator, k: int) -> Iterator[list[dict]]:
-    """k clips of each video drawn without replacement, kept in window order (all of them when it has fewer)."""
-    for g in groups:
-        if len(g) > k:
-            g = [g[i] for i in sorted(rng.choice(len(g), size=k, replace=False).tolist())]
-        yield g
-
-
-def _shuffled_groups(groups: Iterator[list[dict]], rng: np.random.Generator, size: int, distinct: int
-                     ) -> Iterator[list[dict]]:
+def _shuffled_groups(groups: Iterator[list[Window]], rng: np.random.Generator, size: int, distinct: int
+                     ) -> Iterator[list[Window]]:
     """A shuffle buffer of video groups that does not hand out a video again within `distinct` groups of its last
     turn (shards are drawn with replacement, so a video can come back while it is still in the buffer): a batch
     then never holds the same clip twice, nor one video's clips in two runs. A function of the stream and rng
     alone, so fast-forwarding on resume replays it."""
-    buf: list[list[dict]] = []
+    buf: list[list[Window]] = []
     recent: list[str] = []
 
-    def take() -> list[dict]:
+    def take() -> list[Window]:
         order = rng.permutation(len(buf))
-        i = next((j for j in order if video_of(buf[j][0]["__key__"]) not in recent), order[0])
+        i = next((j for j in order if buf[j][0].clip.meta["video_id"] not in recent), order[0])
         g = buf.pop(int(i))
         if distinct > 0:
-            recent.append(video_of(g[0]["__key__"]))
+            recent.append(g[0].clip.meta["video_id"])
             del recent[:-distinct]
         return g
 
@@ -268,11 +310,11 @@ def _shuffled_groups(groups: Iterator[list[dict]], rng: np.random.Generator, siz
         yield take()
 
 
-def _shuffled(samples: Iterator[dict], rng: np.random.Generator, size: int) -> Iterator[dict]:
+def _shuffled(samples: Iterator, rng: np.random.Generator, size: int) -> Iterator:
     if size <= 1:
         yield from samples
         return
-    buf: list[dict] = []
+    buf: list = []
     for s in samples:
         if len(buf) < size:
             buf.append(s)
@@ -288,7 +330,7 @@ class DataPosition:
 
     epoch: int = 0
     batch: int = 0  # batches taken in this epoch
-    positions: list[int] | None = None  # raw samples handed out by each stream in this epoch
+    positions: list[int] | None = None  # windows handed out by each stream in this epoch
 
     def to_dict(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch, "positions": list(self.positions or [])}
@@ -304,8 +346,10 @@ class RankLoader:
     def __init__(self, shards: ShardSet, *, micro_batch: int, batches_per_epoch: int, seed: int, rank: int,
                  loader_workers: int = 0, shuffle_buffer: int = 32, prefetch: int = 2, max_bad_shards: int = 50,
                  position: DataPosition | None = None, clips_per_video: int = 1, mil_windows: int = 0,
-                 mil_shift: float = 0.0):
+                 mil_shift: float = 0.0, decode: str = "cpu", device=None, window_frames: int = 0):
         self.shards = shards
+        self.decode_device = decode_device(decode, device, loader_workers)
+        self.window_frames = window_frames
         self.mil_windows, self.mil_shift = mil_windows, mil_shift
         self.clips_per_video = clips_per_video
         self.micro_batch = micro_batch
@@ -331,7 +375,7 @@ class RankLoader:
                            streams=self.streams, start_batch=p.batch, positions=p.positions,
                            shuffle_buffer=self.shuffle_buffer, max_bad_shards=self.max_bad_shards,
                            clips_per_video=self.clips_per_video, mil_windows=self.mil_windows,
-                           mil_shift=self.mil_shift)
+                           mil_shift=self.mil_shift, device=self.decode_device, window_frames=self.window_frames)
         if self.workers == 0:
             return iter(ds)
         return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.workers,

@@ -58,7 +58,8 @@ class ShardTask(Task):
                                       shuffle_buffer=d.shuffle_buffer, prefetch=d.prefetch,
                                       max_bad_shards=d.max_bad_shards, position=position,
                                       clips_per_video=d.clips_per_video, mil_windows=self.cfg.model.mil_windows,
-                                      mil_shift=self.cfg.model.mil_shift)
+                                      mil_shift=self.cfg.model.mil_shift, decode=d.decode, device=self.device,
+                                      window_frames=d.window_frames)
 
     def inputs(self, step: int, micro: int) -> dict:
         return data.model_inputs(self.loader.next(), self.cfg, self.model.tokenize, self.device)

@@ -18,7 +18,8 @@ class ShardConfig:
     output: str = ""                 # local folder or s3://bucket/prefix
     fps: float = 1.0                 # frames per second sampled from each video
     size: int = 224                  # short side resize, then centre crop to size x size
-    window_frames: int = 16          # U: frames per sample, reaching beyond the ASR boundaries
+    window_frames: int = 16          # U: frames of the window the reader cuts around each segment (data.window_frames
+                                     # may choose another at training time: the frames are stored once, not windows)
     videos_per_shard: int = 32       # videos per shard tar, in manifest order
     jpeg_quality: int = 90           # JPEG quality of the stored frames, 1..100
     ffmpeg_threads: int = 1          # decoder threads per video; 1 matches one task per core

@@ -16,6 +16,7 @@ from common import config as C
 from common import fsio
 from shards.config import ShardConfig
 from shards.corpus import default_captions, index_captions, read_manifest
+from shards.reader import FORMAT
 from shards.distribute import Distributor, SequentialDistributor
 from shards.shard import ShardTask, build_shard, stats_url
 
@@ -55,8 +56,11 @@ def finished(output: str) -> dict[int, dict]:
 
 def write_manifest(cfg: ShardConfig) -> dict:
     done = finished(cfg.output)
-    shards = [{"url": st["shard"], "samples": st["samples"]} for _, st in sorted(done.items())]
-    manifest = {"shards": shards, "total_samples": sum(s["samples"] for s in shards), "config": cfg.as_dict()}
+    shards = [{"url": st["shard"], "videos": st["video_samples"], "samples": st["samples"]}
+              for _, st in sorted(done.items())]
+    manifest = {"format": FORMAT, "shards": shards, "total_videos": sum(s["videos"] for s in shards),
+                "total_samples": sum(s["samples"] for s in shards), "window_frames": cfg.window_frames,
+                "config": cfg.as_dict()}
     fsio.write_json_atomic(fsio.join(cfg.output, "manifest.json"), manifest)
     return manifest
 
@@ -76,6 +80,10 @@ def run(cfg: ShardConfig, distributor: Distributor | None = None) -> dict:
         if st is None:
             todo.append(task)
             continue
+        if st.get("format") != FORMAT:
+            raise ConfigMismatch(f"{stats_url(cfg.output, task.index)} is of shard format {st.get('format', 1)} "
+                                 f"(one sample per ASR segment), this sharder writes format {FORMAT}: "
+                                 "use a new output or remove the old shards")
         if st.get("config_hash") != cfg.output_hash():
             raise ConfigMismatch(f"{stats_url(cfg.output, task.index)} was made with other output settings "
                                  f"(config_hash {st.get('config_hash')} vs {cfg.output_hash()}); "

@@ -1,44 +1,65 @@
-"""The one reader of a shard set (docs/contracts.md section 2): raw samples of a tar, checked and decoded.
+"""The one reader of a shard set (docs/contracts.md section 2, format 2): video samples in, windows out.
 
-Every consumer (pretraining's resampling loader, the embedding job, tests and benchmarks) reads shards through this
-module, so a fault has one name wherever it is met. What cannot be used is skipped and counted under one of
-`REASONS` (a Counter the caller passes in); nothing here raises for bad data:
+A shard sample holds one video: each frame once (`f00000.jpg` ...) and a json with the frame times and the video's
+caption segments. The windows that training, the embedding job, tests and benchmarks use (the U frames centred on
+each segment, shards.windows) are cut here, from one decode of the frames they share. What cannot be used is
+skipped and counted under one of `REASONS` (a Counter the caller passes in); nothing here raises for bad data
+except a shard set of another format version (`ShardFormatError`: one line saying what to re-run).
 
-- `raw_samples(url, counts)`: the grouped tar members of one shard, undecoded (pretraining fast-forwards over
-  these on resume without decoding); shard-level faults are counted,
-- `decode_sample(raw)`: the checked JSON and the (U, H, W, 3) uint8 frames of one raw sample, or `SampleError`,
-- `read_samples(urls, counts)`: both, over many shards, in order.
+- `raw_samples(url, counts)`: the grouped tar members of one shard (one video each), undecoded (pretraining
+  fast-forwards over these on resume without decoding); shard-level faults are counted,
+- `check_json(raw)`: the checked video json; `plan_clips(raw, meta)`: its windows (`Clip`), no frame decoded,
+- `VideoFrames(raw).cut(clip)`: a window's (U, H, W, 3) frames; each frame is decoded once however many windows
+  of the video hold it, and dropped when the last of them has been cut,
+- `read_samples(urls, counts)`: every window of many shards, in order, as {"key", "url", "frames", "json"} where
+  "json" is the window's description (the per-segment sample json of format 1, so consumers see windows as before).
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import posixpath
 from collections import Counter
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
-from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from common import fsio
+from common.errors import UserError
+from shards.jpeg import JpegError, decode_jpegs
+from shards.tarwriter import frame_name, sample_key
+from shards.windows import plan_window
 
 log = logging.getLogger(__name__)
 
+FORMAT = 2  # manifest.json "format" and each sample json's "format"; 1 (absent) was one sample per ASR segment
+
 # The failure reasons of a shard reader, as documented in docs/contracts.md section 2 (keep the two in step).
+# Faults of a whole video sample count once for it; faults of one window count once for that window.
 REASONS = {
     "unreadable_shard": "the tar cannot be opened (absent object, no permission, storage error)",
     "corrupt_shard": "the tar breaks off (truncated or garbled); the samples before the break are kept",
-    "short_shard": "the tar ends cleanly with fewer samples than manifest.json lists",
-    "missing_json": "a sample without its json member",
-    "bad_json": "json that does not parse, is not an object, or lacks video_id / frame_times / window times",
-    "no_caption": "json whose caption is missing, not a string or blank",
-    "missing_frames": "one of f00.jpg .. f{U-1}.jpg is absent (U = len(frame_times))",
-    "frame_count": "frame members beyond U, or valid_frames outside 1..U",
-    "bad_jpeg": "a frame that does not decode as an image",
-    "bad_shape": "frames of one sample (or of one training batch) that differ in size",
+    "short_shard": "the tar ends cleanly with fewer video samples than manifest.json lists",
+    "missing_json": "a video sample without its json member",
+    "bad_json": "json that does not parse, is not an object, or lacks video_id / frame_times / segments / fps",
+    "no_caption": "a segment whose caption is missing, not a string or blank (that window only)",
+    "missing_frames": "a frame of a window is absent from its video sample (that window only)",
+    "frame_count": "frame members beyond len(frame_times), or window_frames < 1",
+    "bad_jpeg": "a frame of a window does not decode as an image (that window only)",
+    "bad_shape": "frames of one window (or of one training batch) that differ in size",
 }
+
+
+class ShardFormatError(UserError):
+    """A shard set or sample of another format version: refused with what to re-run (one line at the CLI)."""
+
+
+def format_error(where: str, version) -> ShardFormatError:
+    return ShardFormatError(
+        f"{where}: shard format {version} (one sample per ASR segment); this reader needs format {FORMAT} (one "
+        f"sample per video): re-run the sharder into a new output (python -m cluster.shard manifest=... output=...)")
 
 
 class SampleError(ValueError):
@@ -61,17 +82,26 @@ def warn_once(what, msg: str, *args) -> None:
         log.warning(msg, *args)
 
 
+def read_manifest(output: str) -> dict:
+    """`<output>/manifest.json`, refused (ShardFormatError) unless it is of this reader's format."""
+    url = fsio.join(output, "manifest.json")
+    manifest = fsio.read_json(url)
+    if not isinstance(manifest, dict) or manifest.get("format", 1) != FORMAT:
+        raise format_error(url, manifest.get("format", 1) if isinstance(manifest, dict) else "?")
+    return manifest
+
+
 def shard_urls(output: str) -> list[tuple[str, int]]:
-    """(absolute URL, samples) of every shard listed in `<output>/manifest.json`."""
-    manifest = fsio.read_json(fsio.join(output, "manifest.json"))
-    return [(fsio.join(output, s["url"]), int(s["samples"])) for s in manifest["shards"]]
+    """(absolute URL, video samples in its tar) of every shard listed in `<output>/manifest.json`."""
+    manifest = read_manifest(output)
+    return [(fsio.join(output, s["url"]), int(s["videos"])) for s in manifest["shards"]]
 
 
 def raw_samples(url: str, counts: Counter, expected: int | None = None,
                 failed: list | None = None) -> Iterator[dict]:
-    """The grouped members of each sample of one shard tar ({"__key__", "__url__", ext: bytes}), in tar order.
+    """The grouped members of each video sample of one shard tar ({"__key__", "__url__", ext: bytes}), in tar order.
 
-    A shard that cannot be opened, breaks off, or (given `expected`) holds fewer samples than that is counted
+    A shard that cannot be opened, breaks off, or (given `expected` video samples) holds fewer than that is counted
     once in `counts` (and appended to `failed` as {"key": "<shard>:end", "reason", "detail"})."""
     got = 0
 
@@ -97,11 +127,16 @@ def raw_samples(url: str, counts: Counter, expected: int | None = None,
         fault("corrupt_shard", f"after {got} samples: {exc}")
         return
     if expected is not None and got < expected:  # tarfile ends quietly when a tar is cut at a header
-        fault("short_shard", f"{got} of its {expected} samples")
+        fault("short_shard", f"{got} of its {expected} video samples")
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def check_json(raw: dict) -> dict:
-    """The sample's json, checked against contract 2 (no frame is decoded), or SampleError."""
+    """The video sample's json, checked against contract 2 (no frame is decoded), or SampleError; a sample of
+    format 1 raises ShardFormatError (a whole shard set of the old format, not one bad sample)."""
     key = raw.get("__key__", "?")
     if "json" not in raw:
         raise SampleError("missing_json", key)
@@ -111,56 +146,141 @@ def check_json(raw: dict) -> dict:
         raise SampleError("bad_json", f"{key}: {exc}") from None
     if not isinstance(meta, dict):
         raise SampleError("bad_json", f"{key}: not an object")
-    caption = meta.get("caption")
-    if not isinstance(caption, str) or not caption.strip():
-        raise SampleError("no_caption", key)
-    times = meta.get("frame_times")
-    if not isinstance(meta.get("video_id"), str) or not isinstance(times, list) or not times:
-        raise SampleError("bad_json", f"{key}: needs video_id (str) and frame_times (non-empty list)")
-    if not all(isinstance(meta.get(k), (int, float)) for k in ("window_start", "window_end")):
-        raise SampleError("bad_json", f"{key}: needs numeric window_start and window_end")
-    valid = meta.get("valid_frames", len(times))
-    if not isinstance(valid, int) or not 1 <= valid <= len(times):
-        raise SampleError("frame_count", f"{key}: valid_frames {valid!r} with {len(times)} frame_times")
+    if meta.get("format", 1) != FORMAT:
+        raise format_error(f"{raw.get('__url__', '?')} sample {key}", meta.get("format", 1))
+    times, segments = meta.get("frame_times"), meta.get("segments")
+    if not isinstance(meta.get("video_id"), str) or not isinstance(times, list) or not times \
+            or not all(_number(t) for t in times):
+        raise SampleError("bad_json", f"{key}: needs video_id (str) and frame_times (non-empty list of seconds)")
+    if not _number(meta.get("fps")) or not meta["fps"] > 0 or not _number(meta.get("video_duration")):
+        raise SampleError("bad_json", f"{key}: needs fps > 0 and video_duration")
+    if not isinstance(segments, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("segment"), int) and _number(s.get("start"))
+            and _number(s.get("end")) for s in segments):
+        raise SampleError("bad_json", f"{key}: needs segments [{{segment, start, end, caption}}]")
+    u = meta.get("window_frames")
+    if not isinstance(u, int) or u < 1:
+        raise SampleError("frame_count", f"{key}: window_frames {u!r}")
+    extra = [n for n in raw if n.endswith(".jpg") and not (n[1:-4].isdigit() and int(n[1:-4]) < len(times))]
+    if extra:
+        raise SampleError("frame_count", f"{key}: {len(extra)} frame member(s) beyond the {len(times)} frame_times")
     return meta
 
 
-def decode_sample(raw: dict) -> dict:
-    """{"key", "url", "frames": (U, H, W, 3) uint8 RGB, "json": meta} of one raw sample, or SampleError."""
-    key = raw.get("__key__", "?")
-    meta = check_json(raw)
-    count = len(meta["frame_times"])
-    names = [f"f{i:02d}.jpg" for i in range(count)]
-    missing = [n for n in names if n not in raw]
-    if missing:
-        raise SampleError("missing_frames", f"{key}: {missing[:3]}")
-    extra = sorted(n for n in raw if n.endswith(".jpg") and n not in names)
-    if extra:
-        raise SampleError("frame_count", f"{key}: {len(extra)} frame(s) beyond the {count} frame_times")
-    frames = []
-    for n in names:
+@dataclass(frozen=True)
+class Clip:
+    """One window of a video sample: the training sample of one ASR segment."""
+
+    key: str                        # <vid>__s<segment:04d>, the key embeddings and pseudo-positives use
+    meta: dict                      # the window's description (format 1's per-segment sample json)
+    indices: tuple[int, ...]        # U frame indices into the video's frames (the last repeats when valid < U)
+    error: SampleError | None = None
+
+
+def plan_clips(raw: dict, meta: dict, window_frames: int = 0) -> list[Clip]:
+    """The windows of a checked video sample, one per caption segment, in segment order; `window_frames` 0 takes
+    the shard set's U. A segment without a usable caption is a Clip whose `error` says so (counted when cut)."""
+    times = [float(t) for t in meta["frame_times"]]
+    u = window_frames or meta["window_frames"]
+    clips = []
+    for seg in meta["segments"]:
+        win = plan_window(times, float(seg["start"]), float(seg["end"]), u, meta["fps"],
+                          video_end=meta["video_duration"])
+        key = sample_key(meta["video_id"], seg["segment"])
+        caption = seg.get("caption")
+        window = {
+            "video_id": meta["video_id"], "segment": seg["segment"], "caption": caption,
+            "asr_start": seg["start"], "asr_end": seg["end"], "window_start": win.start, "window_end": win.end,
+            "frame_times": [times[i] for i in win.indices], "valid_frames": win.valid, "fps": meta["fps"],
+            "size": meta.get("size"), "video_duration": meta["video_duration"],
+            "video_width": meta.get("video_width"), "video_height": meta.get("video_height")}
+        error = None if isinstance(caption, str) and caption.strip() else SampleError("no_caption", key)
+        clips.append(Clip(key, window, win.indices, error))
+    return clips
+
+
+class VideoFrames:
+    """The frames of one video sample, decoded lazily: each frame once however many windows hold it, and freed
+    when the last window that holds it (`hold`) has been cut. `device`: see decode_jpegs."""
+
+    def __init__(self, raw: dict, clips: Iterable[Clip] = (), device=None):
+        self.raw, self.device = raw, device
+        self._frames: dict[int, object] = {}
+        self._held: Counter = Counter()
+        for c in clips:
+            self.hold(c)
+
+    def hold(self, clip: Clip) -> None:
+        self._held.update(set(clip.indices))
+
+    def release(self, clip: Clip) -> None:
+        """Drop the clip's hold on its frames (cut does it; a window skipped without cutting must)."""
+        for i in set(clip.indices):
+            self._held[i] -= 1
+            if self._held[i] <= 0:
+                self._held.pop(i, None)
+                self._frames.pop(i, None)
+
+    def frames(self, clip: Clip) -> list:
+        """The window's U frames, (H, W, 3) uint8 each (numpy, or tensors on `device`), or SampleError."""
         try:
-            with Image.open(io.BytesIO(raw[n])) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for broken data
-            raise SampleError("bad_jpeg", f"{key}/{n}: {exc}") from None
-        if frames and arr.shape != frames[0].shape:
-            raise SampleError("bad_shape", f"{key}/{n}: {arr.shape} vs {frames[0].shape}")
-        frames.append(arr)
-    return {"key": key, "url": raw.get("__url__"), "frames": np.stack(frames), "json": meta}
+            if clip.error is not None:
+                raise clip.error
+            need = sorted(i for i in set(clip.indices) if i not in self._frames)
+            missing = [frame_name(i) for i in need if frame_name(i) not in self.raw]
+            if missing:
+                raise SampleError("missing_frames", f"{clip.key}: {missing[:3]}")
+            try:
+                self._frames.update(zip(need, decode_jpegs([self.raw[frame_name(i)] for i in need], self.device)))
+            except JpegError as exc:
+                detail = str(exc).split(": ", 1)[-1]
+                raise SampleError("bad_jpeg", f"{clip.key}/{frame_name(need[exc.index])}: {detail}") from None
+            frames = [self._frames[i] for i in clip.indices]
+            shapes = {tuple(f.shape) for f in frames}
+            if len(shapes) > 1:
+                raise SampleError("bad_shape", f"{clip.key}: frames of sizes {sorted(shapes)}")
+            return frames
+        finally:
+            self.release(clip)
+
+    def cut(self, clip: Clip):
+        """The window's (U, H, W, 3) uint8 frames (numpy, or a tensor on `device`), or SampleError."""
+        frames = self.frames(clip)
+        if self.device is None:
+            return np.stack(frames)
+        import torch
+
+        return torch.stack(frames)
+
+
+def video_clips(raw: dict, counts: Counter, failed: list | None = None, window_frames: int = 0) -> list[Clip]:
+    """check_json + plan_clips of one raw video sample; a sample that cannot be used is counted and gives none."""
+    try:
+        return plan_clips(raw, check_json(raw), window_frames)
+    except SampleError as e:
+        note(counts, failed, raw.get("__url__"), raw.get("__key__", "?"), e)
+        return []
+
+
+def note(counts: Counter, failed: list | None, url, key: str, e: SampleError) -> None:
+    counts[e.reason] += 1
+    if failed is not None:
+        failed.append({"key": key, "reason": e.reason, "detail": str(e)})
+    warn_once((url, key), "skipping sample of %s: %s", url, e)
 
 
 def read_samples(urls: Iterable[str], counts: Counter | None = None, failed: list | None = None,
-                 expected: dict[str, int] | None = None) -> Iterator[dict]:
-    """Every usable sample of the given shard URLs, in order (see decode_sample); the rest are counted in `counts`
-    and, when `failed` is given, listed there as {"key", "reason", "detail"}. `expected`: {url: samples}."""
+                 expected: dict[str, int] | None = None, device=None, window_frames: int = 0) -> Iterator[dict]:
+    """Every usable window of the given shard URLs, in order, as {"key", "url", "frames", "json"} (the window's
+    description); each video's frames are decoded once. The rest are counted in `counts` and, when `failed` is
+    given, listed there as {"key", "reason", "detail"}. `expected`: {url: video samples}."""
     counts = Counter() if counts is None else counts
     for url in urls:
         for raw in raw_samples(url, counts, (expected or {}).get(url), failed):
-            try:
-                yield decode_sample(raw)
-            except SampleError as e:
-                counts[e.reason] += 1
-                if failed is not None:
-                    failed.append({"key": raw.get("__key__", "?"), "reason": e.reason, "detail": str(e)})
-                warn_once((url, raw.get("__key__")), "skipping sample of %s: %s", url, e)
+            clips = video_clips(raw, counts, failed, window_frames)
+            frames = VideoFrames(raw, clips, device)
+            for clip in clips:
+                try:
+                    yield {"key": clip.key, "url": url, "frames": frames.cut(clip), "json": clip.meta}
+                except SampleError as e:
+                    note(counts, failed, url, clip.key, e)

@@ -1,4 +1,5 @@
-"""Building one shard: decode each of its videos once, cut one sample per ASR segment, write a tar, commit.
+"""Building one shard: decode each of its videos once, write one sample per video (each frame once, its caption
+segments), write a tar, commit. The windows are cut by the reader (shards.reader), not here.
 
 Commit order (docs/contracts.md section 2): the tar is published first, the stats JSON last, so a shard counts as
 finished only when its stats file exists; a run killed in between leaves a tar without stats, which is rebuilt.
@@ -23,8 +24,8 @@ from common import fsio
 from shards.config import ShardConfig
 from shards.corpus import Failure, Video, clean_segments, read_caption_entries
 from shards.decode import DecodedVideo, DecodeError, decode_video
-from shards.tarwriter import TarWriter, frame_name, sample_key
-from shards.windows import plan_window
+from shards.reader import FORMAT
+from shards.tarwriter import TarWriter, frame_name, video_key
 
 log = logging.getLogger(__name__)
 
@@ -89,21 +90,20 @@ def _local_copy(video: Video, workdir: str) -> str:
         raise DecodeError("missing_file", f"{video.path}: {e}") from e
 
 
-def _sample_json(video: Video, seg, win, dec: DecodedVideo, cfg: ShardConfig, duration: float) -> bytes:
+def _video_json(video: Video, segments, dec: DecodedVideo, cfg: ShardConfig, duration: float) -> bytes:
     meta = {
-        "video_id": video.video_id, "segment": seg.index, "caption": seg.text,
-        "asr_start": seg.start, "asr_end": seg.end,
-        "window_start": win.start, "window_end": win.end,
-        "frame_times": [dec.times[i] for i in win.indices], "valid_frames": win.valid,
-        "fps": cfg.fps, "size": cfg.size, "video_duration": duration,
+        "format": FORMAT, "video_id": video.video_id, "fps": cfg.fps, "size": cfg.size,
+        "window_frames": cfg.window_frames, "frame_times": dec.times, "video_duration": duration,
         "video_width": dec.width, "video_height": dec.height,
+        "segments": [{"segment": seg.index, "start": seg.start, "end": seg.end, "caption": seg.text}
+                     for seg in segments],
     }
     return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
 def process_video(video: Video, entry, cfg: ShardConfig, writer: TarWriter, workdir: str,
                   failures: list[Failure]) -> tuple[int, float]:
-    """Write the samples of one video; returns (samples written, seconds of video decoded)."""
+    """Write the sample of one video; returns (windows it holds: its segments, seconds of video decoded)."""
     # captions first: a video without a usable caption is not worth decoding
     precheck = clean_segments(video.video_id, entry, math.inf)
     if not precheck.segments:
@@ -132,11 +132,11 @@ def process_video(video: Video, entry, cfg: ShardConfig, writer: TarWriter, work
                                 f"damaged: decoded {decoded_end:.1f}s of {duration:.1f}s, {len(kept)} segments kept, "
                                 f"{len(segments) - len(kept)} dropped; {dec.damage[0]}"))
         segments = kept
-    for seg in segments:
-        win = plan_window(dec.times, seg.start, seg.end, cfg.window_frames, cfg.fps, video_end=duration)
-        members = {frame_name(k): dec.frames[i] for k, i in enumerate(win.indices)}
-        members["json"] = _sample_json(video, seg, win, dec, cfg, duration)
-        writer.write(sample_key(video.video_id, seg.index), members)
+    if not segments:
+        return 0, min(duration, decoded_end)
+    members = {frame_name(i): frame for i, frame in enumerate(dec.frames)}
+    members["json"] = _video_json(video, segments, dec, cfg, duration)
+    writer.write(video_key(video.video_id), members)
     return len(segments), min(duration, decoded_end)
 
 
@@ -149,7 +149,7 @@ def build_shard(cfg: ShardConfig, task: ShardTask) -> dict:
     """Build, publish and mark one shard; returns its stats. Raises only for infrastructure errors (retried)."""
     t0, c0 = time.time(), _cpu_seconds()
     failures: list[Failure] = []
-    samples, seconds = 0, 0.0
+    samples, videos, seconds = 0, 0, 0.0
     with tempfile.TemporaryDirectory(prefix=f"stg-{task.name}-") as tmp:
         local_tar = os.path.join(tmp, task.name + ".tar")
         with open(local_tar, "wb") as f:
@@ -158,6 +158,7 @@ def build_shard(cfg: ShardConfig, task: ShardTask) -> dict:
                 workdir = tempfile.mkdtemp(dir=tmp)
                 n, secs = process_video(video, entry, cfg, writer, workdir, failures)
                 samples += n
+                videos += n > 0
                 seconds += secs
             writer.close()
         size = os.path.getsize(local_tar)
@@ -165,7 +166,8 @@ def build_shard(cfg: ShardConfig, task: ShardTask) -> dict:
     for f in failures:
         log.warning("%s %s: %s (%s)", task.name, f.video_id, f.reason, f.detail)
     stats = {
-        "shard": task.name + ".tar", "videos": len(task.videos), "samples": samples, "bytes": size,
+        "shard": task.name + ".tar", "format": FORMAT, "videos": len(task.videos), "video_samples": videos,
+        "samples": samples, "bytes": size,
         "seconds_decoded": round(seconds, 3), "wall_seconds": round(time.time() - t0, 3),
         "cpu_seconds": round(_cpu_seconds() - c0, 3),
         "failures": dict(sorted(Counter(f.reason for f in failures).items())),

@@ -9,13 +9,20 @@ from typing import BinaryIO
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
+def video_key(video_id: str) -> str:
+    """The tar key of a video sample; a dot or slash in the id would split the WebDataset key, so those become `_`."""
+    return _KEY_UNSAFE.sub("_", video_id)
+
+
 def sample_key(video_id: str, segment: int) -> str:
-    """`<vid>__s<segment:04d>`; a dot or slash in the id would split the WebDataset key, so those become `_`."""
-    return f"{_KEY_UNSAFE.sub('_', video_id)}__s{segment:04d}"
+    """`<vid>__s<segment:04d>`: the key of one window (one ASR segment) of a video, as embeddings and
+    pseudo-positives name it."""
+    return f"{video_key(video_id)}__s{segment:04d}"
 
 
 def frame_name(i: int) -> str:
-    return f"f{i:02d}.jpg"
+    """The member name of a video's i-th frame (five digits: 27 hours at 1 fps)."""
+    return f"f{i:05d}.jpg"
 
 
 def _member_order(ext: str) -> tuple:

@@ -1,4 +1,4 @@
-"""Small shard sets in the docs/contracts.md section 2 format, written directly (no video decoding), for the
+"""Small shard sets in the docs/contracts.md section 2 format (format 2), written directly (no video decoding), for the
 pretraining tests. Frames are patterned so that captions are learnable: each action has its own colour and a
 square that moves in its own direction."""
 from __future__ import annotations
@@ -44,51 +44,66 @@ def write_tar(path: str, members: list[tuple[str, bytes]]) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def sample_members(rng, vid: str, seg: int, frames: int, size: int) -> list[tuple[str, bytes]]:
-    action = int(rng.integers(len(ACTIONS)))
-    verb, colour, _, _ = ACTIONS[action]
-    arr = clip(rng, action, frames, size)
-    key = f"{vid}__s{seg:04d}"
-    meta = {"video_id": vid, "segment": seg, "caption": f"{verb} the {colour} cube", "asr_start": seg * 2.0,
-            "asr_end": seg * 2.0 + 2, "window_start": seg * 2.0, "window_end": seg * 2.0 + frames,
-            "frame_times": [seg * 2.0 + i for i in range(frames)], "valid_frames": frames, "fps": 1.0,
-            "size": size, "video_duration": 60.0, "video_width": size, "video_height": size}
-    members = [(f"{key}.f{i:02d}.jpg", _jpeg(arr[i])) for i in range(frames)]
-    members.append((f"{key}.json", json.dumps(meta).encode()))
+def video_members(rng, vid: str, segments: list[int], frames: int, size: int, corrupt: tuple[int, ...] = ()
+                  ) -> list[tuple[str, bytes]]:
+    """One video sample of contract 2 (format 2): its segments one after the other, each an action of its own on
+    `frames` frames at 1 fps, so each segment's window is exactly its own frames. Frames listed in `corrupt` are
+    not JPEG."""
+    arrs, segs = [], []
+    for j, seg in enumerate(segments):
+        action = int(rng.integers(len(ACTIONS)))
+        verb, colour, _, _ = ACTIONS[action]
+        arrs.append(clip(rng, action, frames, size))
+        segs.append({"segment": seg, "start": float(j * frames), "end": float(j * frames + frames),
+                     "caption": f"{verb} the {colour} cube"})
+    video = np.concatenate(arrs)
+    meta = {"format": 2, "video_id": vid, "fps": 1.0, "size": size, "window_frames": frames,
+            "frame_times": [float(i) for i in range(len(video))], "video_duration": float(len(video)),
+            "video_width": size, "video_height": size, "segments": segs}
+    members = [(f"{vid}.f{i:05d}.jpg", b"not a jpeg" if i in corrupt else _jpeg(video[i]))
+               for i in range(len(video))]
+    members.append((f"{vid}.json", json.dumps(meta).encode()))
     return members
+
+
+def write_manifest(out: str, entries: list[dict], frames: int, size: int) -> None:
+    manifest = {"format": 2, "shards": entries, "total_samples": sum(e["samples"] for e in entries),
+                "total_videos": sum(e["videos"] for e in entries), "window_frames": frames,
+                "config": {"window_frames": frames, "size": size}}
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
 
 
 def make_shards(out: str, *, shards: int = 4, per_shard: int = 16, frames: int = 4, size: int = 32,
                 seed: int = 0, bad_samples: int = 0, truncated_shards: int = 0, missing_shards: int = 0) -> str:
-    """Write a shard set; optionally with samples whose JPEG is garbage (the first `bad_samples` of each shard),
-    shards cut in the middle (the last `truncated_shards`), and manifest entries whose tar is absent."""
+    """Write a shard set of `per_shard` windows per shard, 4 per video; optionally with windows whose second frame
+    is garbage (the first `bad_samples` of each shard), shards cut in the middle (the last `truncated_shards`),
+    and manifest entries whose tar is absent."""
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed)
     entries = []
     for s in range(shards):
         members: list = []
-        for j in range(per_shard):
-            m = sample_members(rng, f"v{s:03d}{j // 4:02d}", j, frames, size)
-            if j < bad_samples:
-                m = [(n, b"not a jpeg" if n.endswith("f01.jpg") else d) for n, d in m]
-            members += m
+        for v in range(0, per_shard, 4):
+            segs = list(range(v, min(v + 4, per_shard)))
+            corrupt = tuple(j * frames + 1 for j, seg in enumerate(segs) if seg < bad_samples)
+            members += video_members(rng, f"v{s:03d}{v // 4:02d}", segs, frames, size, corrupt)
         name = f"shard-{s:06d}.tar"
         path = os.path.join(out, name)
         write_tar(path, members)
         if s >= shards - truncated_shards:
             with open(path, "r+b") as f:
                 f.truncate(os.path.getsize(path) // 2 + 100)
-        stats = {"shard": name, "videos": per_shard // 4, "samples": per_shard, "bytes": os.path.getsize(path),
-                 "seconds_decoded": 0.0, "wall_seconds": 0.0, "failures": {}, "failed": [], "config_hash": "test"}
+        videos = -(-per_shard // 4)
+        stats = {"shard": name, "format": 2, "videos": videos, "video_samples": videos, "samples": per_shard,
+                 "bytes": os.path.getsize(path), "seconds_decoded": 0.0, "wall_seconds": 0.0, "failures": {},
+                 "failed": [], "config_hash": "test"}
         with open(os.path.join(out, f"shard-{s:06d}.stats.json"), "w") as f:
             json.dump(stats, f)
-        entries.append({"url": name, "samples": per_shard})
+        entries.append({"url": name, "videos": videos, "samples": per_shard})
     for m in range(missing_shards):
-        entries.append({"url": f"shard-{shards + m:06d}.tar", "samples": per_shard})
-    manifest = {"shards": entries, "total_samples": sum(e["samples"] for e in entries),
-                "config": {"window_frames": frames, "size": size}}
-    with open(os.path.join(out, "manifest.json"), "w") as f:
-        json.dump(manifest, f)
+        entries.append({"url": f"shard-{shards + m:06d}.tar", "videos": -(-per_shard // 4), "samples": per_shard})
+    write_manifest(out, entries, frames, size)
     return out
 
 

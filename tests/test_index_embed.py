@@ -3,24 +3,21 @@ actors: vectors equal the model's own, runs resume, bad samples and a broken tar
 embeddings feed build, mine and search."""
 from __future__ import annotations
 
-import collections
 import hashlib
-import io
 import json
 import os
 import shutil
-import tarfile
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from common import config as C
 from common import pseudo_table
 from index import embshards, mining, store
 from index.config import IndexConfig
 from pretrain_fixtures import make_shards
+from shards import reader
 
 SHARDS, PER_SHARD, FRAMES = 4, 8, 4
 
@@ -55,18 +52,10 @@ def _cfg(shards: str, export: str, *extra: str) -> IndexConfig:
                                  *extra])
 
 
-def _samples(tar_path: str) -> dict[str, tuple[dict, list[bytes]]]:
-    """{key: (json, [frame jpegs])} read straight from a tar (the readable part of a cut one)."""
-    members: dict = collections.defaultdict(dict)
-    try:
-        with tarfile.open(tar_path) as tar:
-            for m in tar:
-                key, _, ext = m.name.partition(".")
-                members[key][ext] = tar.extractfile(m).read()
-    except tarfile.TarError:
-        pass
-    return {k: (json.loads(v["json"]), [v[f"f{i:02d}.jpg"] for i in range(FRAMES)])
-            for k, v in members.items() if "json" in v and all(f"f{i:02d}.jpg" in v for i in range(FRAMES))}
+def _samples(tar_path: str) -> dict[str, tuple[dict, np.ndarray]]:
+    """{window key: (window json, (U, H, W, 3) frames)} of the usable windows of a tar (the readable part of a cut
+    one), cut by the shard reader."""
+    return {s["key"]: (s["json"], s["frames"]) for s in reader.read_samples([tar_path])}
 
 
 def _read_all(emb_dir: str) -> dict[str, embshards.EmbShard]:
@@ -83,11 +72,11 @@ def test_embed_report_and_failures(embedded):
     for name in sorted(stats)[:-1]:  # whole shards: all but the broken sample
         assert stats[name]["samples"] == PER_SHARD - 1 and stats[name]["failures"] == {"bad_jpeg": 1}
         (bad,) = stats[name]["failed"]
-        assert bad["key"].endswith("__s0000") and bad["reason"] == "bad_jpeg" and "f01.jpg" in bad["detail"]
+        assert bad["key"].endswith("__s0000") and bad["reason"] == "bad_jpeg" and "f00001.jpg" in bad["detail"]
         assert stats[name]["checkpoint"] == cfg.embed.checkpoint and stats[name]["dim"] == 64
     cut = stats[f"emb-{SHARDS - 1:06d}"]
     # the cut tar keeps what precedes the cut; the break itself is one counted failure
-    readable = len(_samples(os.path.join(shards, f"shard-{SHARDS - 1:06d}.tar"))) - 1  # minus the bad sample
+    readable = len(_samples(os.path.join(shards, f"shard-{SHARDS - 1:06d}.tar")))  # the reader skips the bad one
     assert 0 < cut["samples"] == readable < PER_SHARD - 1
     assert cut["failures"].get("corrupt_shard") == 1
     assert report["samples"] == sum(s["samples"] for s in stats.values())
@@ -110,8 +99,8 @@ def test_vectors_equal_direct_model_computation(embedded, export):
     assert "v00100__s0000" not in shard.keys.tolist()  # the broken sample was skipped
     for row in (0, 3, len(shard) - 1):
         key = str(shard.keys[row])
-        meta, jpegs = raw[key]
-        frames = torch.from_numpy(np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs]))
+        meta, frames = raw[key]
+        frames = torch.from_numpy(frames)
         with torch.no_grad():
             fg, _, _ = model.encode_frames(frames[None])
             video = fg[0, : meta["valid_frames"]].mean(0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -117,23 +116,42 @@ def test_shards_on_s3(tmp_path, s3_bucket):
     assert remote == here  # same draws whatever the storage
 
 
-def test_decode_rejects_bad_samples():
-    with pytest.raises(data.SampleError) as e:
-        data.decode_sample({"__key__": "k", "json": b"{", "f00.jpg": b""})
-    assert e.value.reason == "bad_json"
-    with pytest.raises(data.SampleError) as e:
-        data.decode_sample({"__key__": "k", "f01.jpg": b"", "json": json.dumps(
-            {"video_id": "v", "caption": "x", "frame_times": [0.0, 1.0], "window_start": 0, "window_end": 2}).encode()})
-    assert e.value.reason == "missing_frames"
-    with pytest.raises(data.SampleError) as e:
-        data.decode_sample({"__key__": "k", "json": b'{"caption": ""}'})
-    assert e.value.reason == "no_caption"
-    rng = np.random.default_rng(0)
-    from pretrain_fixtures import sample_members
+def test_format_1_shard_set_is_refused_in_one_line(tmp_path):
+    """A shard set of format 1 (one sample per ASR segment, no "format" in manifest.json) is refused by the loader
+    and by the reader, with what to re-run."""
+    from shards import reader
 
-    raw = {"__key__": "v__s0000", **{n.split(".", 1)[1]: d for n, d in sample_members(rng, "v", 0, 3, 16)}}
-    frames, caption, meta = data.decode_sample(raw)
-    assert frames.shape == (3, 16, 16, 3) and meta["valid_frames"] == 3 and caption == meta["caption"]
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": [{"url": "shard-000000.tar", "samples": 3}],
+                                                        "total_samples": 3}))
+    for read in (data.read_manifest, reader.shard_urls):
+        with pytest.raises(reader.ShardFormatError, match="format 1 .*re-run the sharder") as e:
+            read(str(tmp_path))
+        assert "\n" not in str(e.value)
+    raw = {"__key__": "v__s0000", "__url__": "x.tar", "json": json.dumps(
+        {"video_id": "v", "caption": "x", "frame_times": [0.0], "window_start": 0, "window_end": 1}).encode()}
+    with pytest.raises(reader.ShardFormatError, match="x.tar sample v__s0000: shard format 1"):
+        reader.check_json(raw)
+
+
+def _stream(shard_dir, device=None, **kw):
+    args = dict(micro_batch=4, seed=3, epoch=0, rank=0, streams=1, start_batch=0, positions=[0], shuffle_buffer=8,
+                max_bad_shards=5, device=device)
+    return data.StreamDataset(data.read_manifest(shard_dir), **{**args, **kw})._batches(0)
+
+
+def test_decode_switch_runs_the_device_path_on_cpu(shard_dir):
+    """data.decode's device path (torchvision.io.decode_jpeg, batched, on a torch device) run with device cpu
+    gives the CPU path's batches: the same windows, frames within the decoders' tolerance."""
+    plain, device = _stream(shard_dir), _stream(shard_dir, device=torch.device("cpu"))
+    for _ in range(3):
+        a, b = next(plain), next(device)
+        assert a["keys"] == b["keys"] and a["valid_frames"].tolist() == b["valid_frames"].tolist()
+        assert b["frames"].dtype == torch.uint8 and b["frames"].shape == a["frames"].shape
+        diff = (a["frames"].int() - b["frames"].int()).abs()
+        assert diff.max().item() <= 2 and diff.float().mean().item() < 0.5
+    with pytest.raises(data.DataError, match="CUDA" if not torch.cuda.is_available() else "loader_workers"):
+        loader(shard_dir, decode="gpu", loader_workers=0 if not torch.cuda.is_available() else 2)
+    assert loader(shard_dir, decode="auto", loader_workers=2).decode_device is None
 
 
 @pytest.mark.parametrize("k", [2, 4])
@@ -188,3 +206,12 @@ def test_model_inputs_carry_verb_swapped_hard_negatives(shard_dir):
         assert (h != c and h.split()[1:] == c.split()[1:]) if m else h == ""
     plain = data.model_inputs(batch, load(None, [f"data.shards={shard_dir}"]), lambda t: torch.zeros(len(t), 3), "cpu")
     assert "hard_tokens" not in plain
+
+
+def test_window_frames_is_chosen_at_training_time(shard_dir):
+    """data.window_frames cuts windows of another U from the same shards (format 2 stores frames, not windows):
+    the U frames centred on each segment, here the middle two of each 4-frame action."""
+    short, full = loader(shard_dir, window_frames=2).next(), loader(shard_dir).next()
+    assert short["keys"] == full["keys"] and full["frames"].shape == (4, 4, 32, 32, 3)
+    assert short["frames"].shape == (4, 2, 32, 32, 3) and short["valid_frames"].tolist() == [2] * 4
+    assert torch.equal(short["frames"], full["frames"][:, 1:3])

@@ -314,10 +314,14 @@ def test_relaunch_with_another_contract_is_refused_untouched(cli_run):
     assert tree_digest(run) == before
 
 
-@pytest.mark.parametrize("case", ["empty_folder", "missing_folder", "optim.lr=-1"])
+@pytest.mark.parametrize("case", ["empty_folder", "missing_folder", "format_1", "optim.lr=-1"])
 def test_cli_refuses_bad_configs_before_ray(case, shards, tmp_path):
-    where = {"empty_folder": str(tmp_path / "empty"), "missing_folder": str(tmp_path / "nope")}
+    where = {"empty_folder": str(tmp_path / "empty"), "missing_folder": str(tmp_path / "nope"),
+             "format_1": str(tmp_path / "v1")}
     os.makedirs(tmp_path / "empty")
+    os.makedirs(tmp_path / "v1")  # a shard set of format 1 (one sample per ASR segment): no "format" in its manifest
+    with open(tmp_path / "v1" / "manifest.json", "w") as f:
+        json.dump({"shards": [{"url": "shard-000000.tar", "samples": 4}], "total_samples": 4}, f)
     extra = () if case in where else (case,)
     run = str(tmp_path / "run")
     done = subprocess.run(cli(run, where.get(case, shards), *extra), cwd=ROOT, env=user_env(),
@@ -326,7 +330,8 @@ def test_cli_refuses_bad_configs_before_ray(case, shards, tmp_path):
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    key = {"empty_folder": "data.shards", "missing_folder": "data.shards"}.get(case, case.split("=")[0])
+    key = {"empty_folder": "data.shards", "missing_folder": "data.shards",
+           "format_1": "shard format 1"}.get(case, case.split("=")[0])
     assert key in errors[0], errors[0]
     assert not os.path.exists(run)  # nothing written
 

@@ -45,8 +45,8 @@ def test_bad_inputs_are_counted_and_good_samples_survive(bad, tmp_path):
     for st in stats:
         merged.update(st["failures"])
         assert len(st["failed"]) == sum(st["failures"].values())
-        assert set(st) >= {"shard", "videos", "samples", "bytes", "seconds_decoded", "wall_seconds", "failures",
-                           "failed", "config_hash"}
+        assert set(st) >= {"shard", "format", "videos", "video_samples", "samples", "bytes", "seconds_decoded",
+                           "wall_seconds", "failures", "failed", "config_hash"}
     assert merged == expected
     by_video = {f["video_id"]: f["reason"] for st in stats for f in st["failed"]}
     assert by_video["missing"] == "missing_file" and by_video["zero"] == "zero_length"
@@ -65,6 +65,8 @@ def test_bad_inputs_are_counted_and_good_samples_survive(bad, tmp_path):
     assert samples[0]["json"]["caption"] == "crack eggs" and samples[0]["json"]["video_duration"] == 8.0
     manifest_json = json.load(open(tmp_path / "out" / "manifest.json"))
     assert manifest_json["total_samples"] == 4 == sum(s["samples"] for s in manifest_json["shards"])
+    # format 2: one tar sample per video that has a window (good_a, good_b, truncated)
+    assert manifest_json["format"] == 2 and manifest_json["total_videos"] == 3 == sum(st["video_samples"] for st in stats)
     assert (tmp_path / "out" / "config.yaml").exists()
 
 
@@ -91,6 +93,12 @@ def test_unmarked_tar_is_rebuilt_and_other_settings_are_refused(bad, tmp_path):
     assert _tars(out) == clean
     with pytest.raises(ConfigMismatch):
         run(_cfg(manifest, out, videos_per_shard=3, jpeg_quality=50))
+    # an output holding format-1 shards (stats without "format") is refused, not mixed with format 2
+    st = json.load(open(out / "shard-000000.stats.json"))
+    del st["format"]
+    (out / "shard-000000.stats.json").write_text(json.dumps(st))
+    with pytest.raises(ConfigMismatch, match="shard format 1"):
+        run(_cfg(manifest, out, videos_per_shard=3))
     with pytest.raises(ConfigError):
         run(_cfg(manifest, out, distributor="spark"))
 

@@ -174,7 +174,7 @@ def main() -> int:
                     for q, ns in mined["table"].items()]}, fh)
     by_video = {v: np.nonzero(videos == v)[0] for v in sorted(set(videos.tolist()))}
     bags = [[] for _ in captions]
-    if cfg.model.mil_windows > 0:  # the loader's neighbour bags (pretrain.data.with_neighbours), from memory
+    if cfg.model.mil_windows > 0:  # the loader's neighbour bags (pretrain.data.neighbour_captions), from memory
         from pretrain.data import neighbour_captions
 
         for rows in by_video.values():

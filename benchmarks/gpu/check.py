@@ -19,6 +19,10 @@ Sections, each against a baseline in the same run:
   roi_align) at VidSTG sizes (200 frames, 10 and 20 proposals per frame), and roi_align alone on the device vs on
   the CPU (same grid and boxes; max difference reported).
 - linking: tubes.linking.link_tubes (numpy, the host CPU) at VidSTG sizes.
+- decode: the loader's JPEG decode (shards.jpeg.decode_jpegs, data.decode) of one video's frames at 224 px, each
+  frame once, its windows cut (U = 16, a window every 3.5 s: HowTo100M's density): PIL on one CPU core (data.decode=
+  cpu) vs torchvision.io.decode_jpeg batched on the device (nvJPEG, data.decode=gpu); windows/s of each and the
+  largest pixel difference between the two.
 
 Bare-machine contract: this file and every project module it imports need only torch, torchvision, numpy, PyYAML,
 open_clip_torch (+ ftfy, regex, wcwidth) — no Ray, DeepSpeed, WebDataset, FAISS, fsspec or s3fs
@@ -43,7 +47,7 @@ import torch  # noqa: E402
 from trainer.device_peaks import peak_bf16_tflops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
-SECTIONS = ("sinkhorn", "train", "regions", "linking")
+SECTIONS = ("sinkhorn", "train", "regions", "linking", "decode")
 
 # bf16 autocast vs fp32, r_i = |l_bf16 - l_fp32| / |l_fp32| at step i: they agree when max r_i <= LOSS_RTOL and
 # mean r_i <= LOSS_MEAN_RTOL (docs/gpu_check.md: why, and the CPU check of ViT-B/32 that sized them)
@@ -74,6 +78,9 @@ class Sizes:
     linking: tuple = ((200, 10), (200, 20), (400, 40))
     link_dim: int = 256
     tubes: int = 10
+    jpeg_frames: int = 600                # decode: one 10-minute video at 1 fps ...
+    jpeg_size: int = 224                  # ... at the model's input size
+    jpeg_repeats: int = 3
     loss_rtol: float = LOSS_RTOL
     loss_mean_rtol: float = LOSS_MEAN_RTOL
 
@@ -81,7 +88,7 @@ class Sizes:
 def smoke_sizes() -> Sizes:
     return Sizes(batch=8, words=6, frames=6, selected=3, dim=16, patches=4, sinkhorn_repeats=2, backbone="stg-micro",
                  micro_batch=4, warmup_steps=1, timed_steps=2, compare_steps=3, regions=((6, 3),), region_repeats=1,
-                 linking=((12, 3),), link_dim=16, tubes=2)
+                 linking=((12, 3),), link_dim=16, tubes=2, jpeg_frames=20, jpeg_size=32, jpeg_repeats=1)
 
 
 def sync(device: str) -> None:
@@ -327,6 +334,40 @@ def _timed(fn, repeats: int, device: str):
     return best, res
 
 
+def decode_section(device: str, z: Sizes, seed: int) -> dict:
+    import io
+
+    from PIL import Image
+
+    from shards.jpeg import decode_jpegs
+
+    rng = np.random.default_rng(seed)
+    n, size, u, every = z.jpeg_frames, z.jpeg_size, 16, 3.5
+    yy, xx = np.mgrid[0:size, 0:size]
+    jpegs = []
+    for i in range(n):  # smooth structure that moves, plus sensor-like noise: compresses like video frames
+        img = np.stack([(xx + 3 * i) % 256, (yy + 2 * i) % 256, (xx + yy + i) % 256], -1).astype(np.float32)
+        img += rng.normal(0, 8, img.shape)
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+    starts = np.arange(0, n, every)
+    windows = [np.clip(np.arange(int(c) - u // 2, int(c) + u // 2), 0, n - 1) for c in starts + every / 2]
+
+    def cut(frames):
+        stack = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.stack(frames))
+        return [stack[w] for w in windows]
+
+    cpu_s, cpu_w = _timed(lambda: cut(decode_jpegs(jpegs)), z.jpeg_repeats, "cpu")
+    dev_s, dev_w = _timed(lambda: cut(torch.stack(decode_jpegs(jpegs, device))), z.jpeg_repeats, device)
+    diff = max(int((a.int() - b.cpu().int()).abs().max()) for a, b in zip(cpu_w, dev_w))
+    return {"frames": n, "size": size, "windows": len(windows), "window_frames": u, "segment_every_s": every,
+            "cpu_pil_windows_per_s": round(len(windows) / cpu_s, 1),
+            "device_windows_per_s": round(len(windows) / dev_s, 1), "device": device,
+            "speedup": round(cpu_s / dev_s, 2), "max_pixel_difference": diff,
+            "jpeg_decodes_per_window": round(n / len(windows), 2)}
+
+
 def linking_section(z: Sizes, seed: int) -> dict:
     from tubes.linking import link_tubes
 
@@ -389,6 +430,8 @@ def run(sections: list[str], device: str, z: Sizes, seed: int) -> dict:
             out["regions"] = regions_section(device, model, z, seed)
         elif sec == "linking":
             out["linking"] = linking_section(z, seed)
+        elif sec == "decode":
+            out["decode"] = decode_section(device, z, seed)
         out["seconds"][sec] = round(time.perf_counter() - t0, 2)
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
