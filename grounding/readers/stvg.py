@@ -45,6 +45,15 @@ class StvgQuery:
         return self
 
 
+def xywh(entry, where: str) -> list[float]:
+    """A trajectory entry as [x, y, w, h]: TubeDETR's `{"bbox": [x, y, w, h], ...}` or a bare `[x, y, w, h]` list
+    (accepted for files written by hand or by earlier versions of the synthetic corpus)."""
+    b = entry.get("bbox") if isinstance(entry, dict) else entry
+    if not isinstance(b, (list, tuple)) or len(b) != 4:
+        raise InputError(f"{where}: bbox must be [x, y, w, h] or {{\"bbox\": [x, y, w, h]}}, got {entry!r:.80}")
+    return as_box(b, where)
+
+
 def _xywh_tube(traj, tube: tuple[int, int], where: str) -> Tube:
     """VidOR/TubeDETR trajectory {frame: [x, y, w, h] or {"bbox": [...]}} -> xyxy boxes inside the tube."""
     if not isinstance(traj, dict):
@@ -54,12 +63,9 @@ def _xywh_tube(traj, tube: tuple[int, int], where: str) -> Tube:
         f = int(k)
         if not tube[0] <= f < tube[1]:
             continue
-        b = v["bbox"] if isinstance(v, dict) else v
-        if not isinstance(b, (list, tuple)) or len(b) != 4:
-            raise InputError(f"{where} frame {k}: bbox must be [x, y, w, h], got {b!r}")
-        x, y, w, h = as_box(b, f"{where} frame {k}")
+        x, y, w, h = xywh(v, f"{where} frame {k}")
         if w < 0 or h < 0:
-            raise InputError(f"{where} frame {k}: bbox [x, y, w, h] has a negative width or height: {b!r}")
+            raise InputError(f"{where} frame {k}: bbox [x, y, w, h] has a negative width or height: {v!r}")
         out[f] = np.array([x, y, x + w, y + h])
     return Tube.from_boxes(out, tube)
 
