@@ -10,8 +10,8 @@ This file keeps what is finetuning's: features, batches (the batch of step s is 
 with (seed, s), so a resume needs no data state), the head, predictions and evaluation. A new head plugs in
 through finetune/heads, never through the trainer. Everything lands in the run folder:
     config.yaml, deepspeed.json, logs/, tensorboard/, checkpoints/, head.pt + head.json,
-    eval/ (annotation files the evaluator reads, when the dataset needs them written), predictions.json,
-    eval.json (the evaluator's metrics and counts), summary.json.
+    eval/ (annotation files the evaluator reads, when the dataset needs them written), predictions.json (STVG:
+    also tubedetr_predictions.json + tubedetr_video_predictions.json, TubeDETR's evaluator's inputs), eval.json (the evaluator's metrics and counts), summary.json.
 """
 from __future__ import annotations
 
@@ -378,11 +378,13 @@ def run(cfg: FinetuneConfig) -> dict:
                           mode=cfg.wsra.moment_score)
     pred_url = fsio.join(cfg.run, "predictions.json")
     fsio.write_json_atomic(pred_url, preds)
+    tubedetr = P.write_tubedetr(adapter.benchmark, files, pred_url, cfg.run) if stvg else {}
     summary = {"run": cfg.run, "head": cfg.head, "seed": cfg.seed, "benchmark": adapter.benchmark,
                "steps": step, "trained": cfg.train, "first_loss": first_loss, "last": last_metrics,
                "features": feature_counts, "pseudo_positives": table_counts,
                "train_videos": len(batcher.vids), "train_samples": sum(len(v) for v in batcher.by_video.values()),
-               "eval_queries": len(queries), "predicted_queries": len(preds), "predictions": pred_url}
+               "eval_queries": len(queries), "predicted_queries": len(preds), "predictions": pred_url,
+               **({"tubedetr_predictions": tubedetr} if tubedetr else {})}
     if cfg.evaluate:
         metrics, counts = P.evaluate(adapter.benchmark, files, pred_url)
         fsio.write_json_atomic(fsio.join(cfg.run, "eval.json"), {"benchmark": adapter.benchmark,
