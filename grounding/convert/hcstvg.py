@@ -8,6 +8,7 @@ of the others). `tube_start_frame` = `st_frame` (1-based in the release, kept as
 """
 from __future__ import annotations
 
+from common import fsio
 from grounding.convert.common import VIDEO_SUFFIXES, Missing, index_files
 from grounding.readers.common import InputError, read_json
 
@@ -59,5 +60,8 @@ def proc_name(url: str) -> str:
 
 
 def run(annotations: list[str], videos: str, missing: Missing) -> dict[str, list]:
+    for a in annotations:
+        if not fsio.exists(a):
+            raise InputError(f"HC-STVG annotation file not found: {a}")
     video_index = index_files(videos, VIDEO_SUFFIXES, "HC-STVG video")
     return {proc_name(a): convert_hcstvg(a, video_index, missing) for a in annotations}

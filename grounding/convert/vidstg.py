@@ -115,6 +115,9 @@ def convert_vidstg(annotations: str, vidor_index: dict[str, str], vidor_root: st
 
 def run(annotations: list[str], vidor: str, videos: str, missing: Missing) -> dict[str, dict]:
     """{split: TubeDETR's file} for each VidSTG annotation file."""
+    for a in annotations:  # before walking the (large) VidOR folders
+        if not fsio.exists(a):
+            raise InputError(f"VidSTG annotation file not found: {a}")
     vidor_index = index_files(vidor, (".json",), "VidOR annotation")
     video_index = index_files(videos, VIDEO_SUFFIXES, "VidOR video")
     return {split_name(a): convert_vidstg(a, vidor_index, vidor, video_index, missing) for a in annotations}
