@@ -17,7 +17,6 @@ Prints a table and writes <out>/summary.json.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os

@@ -34,6 +34,7 @@ class DatasetConfig:
     test: str = ""                   # charades_sta_test.txt | didemo val/test_data.json | vidstg/hcstvg test file
     detections: str = ""             # vidstg / hcstvg: detections file of the train videos (docs/stvg.md)
     test_detections: str = ""        # vidstg / hcstvg: detections file of the test videos
+    boxes: str = ""                  # vidstg: trajectories for raw VidSTG files (converted ones carry their own)
     durations: str = ""              # charades_sta: Charades_v1_test.csv (default: beside `test`)
     videos: str = ""                 # charades_sta / didemo: folder of the videos (<id>.mp4 or DiDeMo's file names)
     max_train_videos: int = 0        # > 0: only the first N training videos (smoke runs)

@@ -13,9 +13,13 @@ Evaluation: `eval_queries()` are the test split's queries, `write_eval_files` na
 - synthetic (`dataset.root`): `<split>/queries.json`, `<split>/detections.json`, `<split>/videos/<vid>.mp4`,
   truth `<split>/truth/vidstg.json` (TubeDETR's preprocessed VidSTG format);
 - vidstg: `dataset.train` / `dataset.test` TubeDETR's preprocessed train.json / test.json (`videos` +
-  `trajectories`), `dataset.videos` a folder of `<original_video_id>.mp4`, `dataset.detections` /
-  `dataset.test_detections` detections files (docs/stvg.md) keyed by `original_video_id`;
-- hcstvg: HC-STVG's annotation files (or TubeDETR's *_proc.json), videos `<name>.mp4`, detections keyed by name.
+  `trajectories`; `python -m grounding.convert vidstg` writes them from the release), or raw VidSTG files with
+  `dataset.boxes` (the trajectories); `dataset.videos` the video folder: a query's `video_path` under it where the
+  file has one (the converter records VidOR's nested path), else `<original_video_id>.mp4`; a video not there is
+  refused by name; `dataset.detections` / `dataset.test_detections` detections files (docs/stvg.md) keyed by
+  `original_video_id`;
+- hcstvg: HC-STVG's annotation files or TubeDETR's *_proc.json (`python -m grounding.convert hcstvg`), videos as
+  for vidstg, detections keyed by the video name.
 """
 from __future__ import annotations
 
@@ -99,8 +103,8 @@ class VidstgAdapter(StvgAdapter):
     """VidSTG through TubeDETR's preprocessed files (or HC-STVG's, `hcstvg=True`)."""
 
     def __init__(self, train: str, test: str, videos: str, detections: str, test_detections: str,
-                 hcstvg: bool = False):
-        self.train, self.test, self.folder = train, test, videos
+                 hcstvg: bool = False, boxes: str = ""):
+        self.train, self.test, self.folder, self.boxes = train, test, videos, boxes
         self.detections, self.test_detections = detections, test_detections
         self.benchmark = "hcstvg" if hcstvg else "vidstg"
 
@@ -108,7 +112,7 @@ class VidstgAdapter(StvgAdapter):
         """The annotation's queries, read afresh each time: nothing of the train file is kept on the adapter."""
         from grounding.readers.stvg import read_hcstvg, read_vidstg
 
-        return read_hcstvg(url) if self.benchmark == "hcstvg" else read_vidstg(url)
+        return read_hcstvg(url) if self.benchmark == "hcstvg" else read_vidstg(url, self.boxes or None)
 
     def train_samples(self) -> list[WeakSample]:
         # only key, video and sentence leave this method: the annotation's spans and boxes stay behind
@@ -118,8 +122,21 @@ class VidstgAdapter(StvgAdapter):
         return [EvalQuery(q.key, q.video, q.sentence) for q in self._read(self.test)]
 
     def videos(self, split: str) -> dict[str, str]:
-        ids = {s.video for s in self.train_samples()} if split == "train" else {q.video for q in self.eval_queries()}
-        return video_folder(self.folder, ids)
+        """{video: path}: the annotation's video_path under dataset.videos, else <video>.mp4 there; a video that is
+        not there is refused (python -m grounding.convert --allow-missing leaves such queries out up front)."""
+        url = self.train if split == "train" else self.test
+        if not url:
+            return {}
+        rel = {q.video: q.video_path for q in self._read(url)}
+        found = video_folder(self.folder, {v for v, r in rel.items() if not r})
+        out = {}
+        for vid, path in sorted(rel.items()):
+            out[vid] = fsio.join(self.folder, path) if path else found.get(vid, "")
+            if not self.folder or not out[vid] or not fsio.exists(out[vid]):
+                raise UserError(f"{self.benchmark} [dataset.videos]: video {vid} of the {split} split not found "
+                                f"({out[vid] or fsio.join(self.folder or '<dataset.videos>', vid + '.mp4')}); "
+                                "docs/real_data.md says what to do about a missing video")
+        return out
 
     def proposals(self, split: str):
         from tubes.proposals import DetectionsFile
@@ -135,7 +152,7 @@ class VidstgAdapter(StvgAdapter):
         return _truth_of(self._read(self.train))
 
     def write_eval_files(self, out_dir: str, durations: dict[str, float]) -> dict[str, str]:
-        return {"annotations": self.test}
+        return {"annotations": self.test, **({"boxes": self.boxes} if self.boxes else {})}
 
 
 STVG_KINDS = ("synthetic_stvg", "vidstg", "hcstvg")   # the STVG family's datasets (finetune/family_stvg.py)
@@ -145,7 +162,7 @@ def build_stvg_adapter(cfg) -> StvgAdapter:
     if cfg.kind == "synthetic_stvg":
         return SyntheticStvgAdapter(cfg.root)
     return VidstgAdapter(cfg.train, cfg.test, cfg.videos, cfg.detections, cfg.test_detections,
-                         hcstvg=cfg.kind == "hcstvg")
+                         hcstvg=cfg.kind == "hcstvg", boxes=cfg.boxes)
 
 
 __all__ = ["STVG_KINDS", "StvgAdapter", "SyntheticStvgAdapter", "TrainTruth", "VidstgAdapter", "build_stvg_adapter"]

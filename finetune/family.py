@@ -47,5 +47,9 @@ class TaskFamily(abc.ABC):
     def predict(self, head, spec, cfg, adapter, queries, videos: dict, text_of) -> dict:
         """{query key: prediction} in the evaluator's format of adapter.benchmark."""
 
+    def other_formats(self, adapter, files: dict, predictions: str, out_dir: str) -> dict[str, str]:
+        """The predictions at `predictions` also written in other tools' formats, beside them: {name: URL}."""
+        return {}
+
 
 __all__ = ["TaskFamily"]

@@ -141,7 +141,8 @@ def evaluate(benchmark: str, files: dict[str, str], predictions: str) -> tuple[d
     Malformed or impossible predictions raise its InputError."""
     from grounding import evaluate as G
 
-    scores, counts = G.evaluate(benchmark, files["annotations"], predictions, durations=files.get("durations"))
+    scores, counts = G.evaluate(benchmark, files["annotations"], predictions, boxes=files.get("boxes"),
+                                durations=files.get("durations"))
     return G.in_percent(scores), counts
 
 
@@ -196,6 +197,16 @@ def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray):
             pooled, counts = tube_pool(scores, ids, m)
         choice = int(torch.argmax(pooled[0].masked_fill(counts[0] == 0, -float("inf"))))
     return vt.tubes[choice].with_span(sted)
+
+
+def write_tubedetr(benchmark: str, files: dict[str, str], predictions: str, out_dir: str) -> dict[str, str]:
+    """TubeDETR's two prediction dicts beside ours (grounding/tubedetr.py), for scoring with its evaluator too."""
+    from grounding import tubedetr
+    from grounding.readers import read_hcstvg, read_vidstg
+
+    queries = (read_hcstvg(files["annotations"]) if benchmark == "hcstvg"
+               else read_vidstg(files["annotations"], files.get("boxes")))
+    return tubedetr.write(predictions, queries, out_dir)
 
 
 @torch.no_grad()

@@ -10,8 +10,9 @@ This file keeps what is finetuning's: features, batches (the batch of step s is 
 with (seed, s), so a resume needs no data state), the head, predictions and evaluation. A new head plugs in
 through finetune/heads, never through the trainer. Everything lands in the run folder:
     config.yaml, deepspeed.json, logs/, tensorboard/, checkpoints/, head.pt + head.json,
-    eval/ (annotation files the evaluator reads, when the dataset needs them written), predictions.json,
-    eval.json (the evaluator's metrics and counts), summary.json.
+    eval/ (annotation files the evaluator reads, when the dataset needs them written), predictions.json (STVG:
+    also tubedetr_predictions.json + tubedetr_video_predictions.json, TubeDETR's evaluator's inputs), eval.json
+    (the evaluator's metrics and counts), summary.json.
 """
 from __future__ import annotations
 
@@ -202,11 +203,13 @@ def run(cfg, store=None) -> dict:
     preds = family.predict(head, spec, cfg, adapter, queries, test_feats, text_of)
     pred_url = fsio.join(cfg.run, "predictions.json")
     fsio.write_json_atomic(pred_url, preds)
+    other = family.other_formats(adapter, files, pred_url, cfg.run)
     summary = {"run": cfg.run, "head": cfg.head, "seed": cfg.seed, "benchmark": adapter.benchmark,
                "steps": step, "trained": cfg.train, "first_loss": first_loss, "last": last_metrics,
                "features": feature_counts, "pseudo_positives": batch_facts.get("pseudo_positives", {}),
                "train_videos": len(batcher.vids), "train_samples": sum(len(v) for v in batcher.by_video.values()),
-               "eval_queries": len(queries), "predicted_queries": len(preds), "predictions": pred_url}
+               "eval_queries": len(queries), "predicted_queries": len(preds), "predictions": pred_url,
+               **({"tubedetr_predictions": other} if other else {})}
     if cfg.evaluate:
         from finetune.predict import evaluate
 

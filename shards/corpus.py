@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from common import fsio
 from common.errors import UserError
+from shards.raw_captions import from_raw, is_raw
 
 
 class CorpusError(UserError, ValueError):
@@ -98,6 +99,8 @@ def read_captions(url: str) -> dict:
         raise CorpusError(f"captions [{url}]: not JSON ({e})") from e
     if not isinstance(data, dict):
         raise CorpusError(f"captions [{url}]: top level must map video_id -> {{start, end, text}}")
+    if is_raw(url):  # HowTo100M's raw_caption.json: rolling ASR lines (shards/raw_captions.py)
+        data = {vid: from_raw(entry) for vid, entry in data.items()}
     return data
 
 
@@ -135,7 +138,9 @@ def clean_segments(video_id: str, entry, duration: float) -> CleanCaptions:
         out.failures.append(Failure(video_id, "bad_caption_time",
                                     f"start/end/text lengths differ: {len(starts)}/{len(ends)}/{len(texts)}"))
         return out
+    index = entry.get("index")  # raw captions: the raw line each segment starts at (shards/raw_captions.py)
     for i, (s, e, t) in enumerate(zip(starts, ends, texts)):
+        i = index[i] if isinstance(index, list) and len(index) == len(texts) else i
         s, e = _seconds(s), _seconds(e)
         if s is None or e is None or e < s:
             out.failures.append(Failure(video_id, "bad_caption_time", f"segment {i}: start {starts[i]!r} end {ends[i]!r}"))

@@ -1,7 +1,9 @@
-"""One ffmpeg call per video: `fps` filter, short-side scale + centre crop, raw rgb24 frames on a pipe.
+"""One ffmpeg call per video: one frame per 1/fps slot, short-side scale + centre crop, raw rgb24 frames on a pipe.
 
 Frame times are not computed from the frame index: ffmpeg's `showinfo` filter reports the presentation time of
-every frame it passes, and we read those reports from stderr. The same stderr gives the container duration and the
+every frame it passes, and we read those reports from stderr. Sampling at `fps` keeps the first source frame of each
+slot [k/fps, (k+1)/fps) (a `select` filter, the rule TubeDETR samples VidSTG frames by), so a frame's time is the
+presentation time of a real source frame, exactly. The same stderr gives the container duration and the
 source size. Frames are handed to `transform` (e.g. a JPEG encoder) as they arrive, so a long video never sits in
 memory as raw pixels.
 
@@ -63,7 +65,9 @@ def build_command(path: str, fps: float, size: int, threads: int = 1) -> list[st
     """The ffmpeg argv: decode the first video stream to size x size rgb24 frames at `fps` on stdout."""
     inp = ffmpeg.input(path, threads=threads) if threads > 0 else ffmpeg.input(path)
     v = (inp.video
-         .filter("fps", fps=fps)
+         # the first source frame of each 1/fps slot, with its own time: the fps filter would keep the last frame
+         # before t + 0.5/fps and stamp it t (up to half a slot off; tests/test_howto100m_release.py)
+         .filter("select", f"isnan(prev_selected_t)+gt(floor(t*{fps!r}),floor(prev_selected_t*{fps!r}))")
          .filter("scale", size, size, force_original_aspect_ratio="increase")
          .filter("crop", size, size)
          .filter("showinfo"))

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from shards.decode import ffmpeg_exe
+
 from conftest import ROOT, shared_path
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), STG_DEBUG="")
@@ -230,12 +232,14 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_caller_stopped_mid_decode_leaves_no_ffmpeg(inputs, tmp_path, sig):
-    """The issue's case: a huge fps keeps ffmpeg busy inside its fps filter (growing, not writing), so it would
-    not notice a dead reader; the caller (decode bound lifted) is stopped once its ffmpeg child runs; the child
-    must be gone soon after."""
-    video = inputs["video"]
+    """The issue's case: ffmpeg busy without writing (here: decoding a long video of which a tiny fps keeps only
+    the first frame), so it would not notice a dead reader; the caller (decode bound lifted) is stopped once its
+    ffmpeg child runs; the child must be gone soon after."""
+    video = str(tmp_path / "long.mp4")  # bikes.mp4 looped by stream copy: 320 s to decode, made in a blink
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-stream_loop", "31", "-i", inputs["video"], "-map", "0:v:0",
+                    "-c", "copy", video], check=True)
     code = ("import sys; from shards.decode import decode_video; "
-            "decode_video(sys.argv[1], fps=1e7, size=32, transform=lambda a: 0, max_bytes=1 << 60)")
+            "decode_video(sys.argv[1], fps=1e-6, size=32, transform=lambda a: 0, max_bytes=1 << 60)")
     # as from a terminal: a test run started in the background (nohup, `&`) inherits SIGINT ignored, and Python
     # then installs no KeyboardInterrupt handler in the caller
     proc = subprocess.Popen([sys.executable, "-c", code, video], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,

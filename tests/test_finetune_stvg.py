@@ -313,7 +313,8 @@ def test_vidstg_adapter_reads_tubedetr_files(corpus):
     from finetune.datasets_stvg import VidstgAdapter
 
     split = lambda s: os.path.join(corpus, s, "truth", "vidstg.json")  # noqa: E731
-    a = VidstgAdapter(split("train"), split("test"), os.path.join(corpus, "test", "videos"), "", "")
+    # the truth's video_path is relative to the split folder ("videos/<vid>.mp4"), TubeDETR's to its video folder
+    a = VidstgAdapter(split("train"), split("test"), os.path.join(corpus, "test"), "", "")
     syn = SyntheticStvgAdapter(corpus)
     assert a.train_samples() == syn.train_samples() and a.eval_queries() == syn.eval_queries()
     assert a.benchmark == "vidstg" and set(a.videos("test")) == {q.video for q in syn.eval_queries()}
@@ -324,9 +325,13 @@ def test_vidstg_adapter_reads_tubedetr_files(corpus):
 
 def test_vidstg_without_detections_is_one_error_line(tmp_path, export, corpus):
     split = lambda s: os.path.join(corpus, s, "truth", "vidstg.json")  # noqa: E731
+    (tmp_path / "v" / "videos").mkdir(parents=True)  # one folder holding both splits' videos (a missing one is refused)
+    for s in ("train", "test"):
+        for name in os.listdir(os.path.join(corpus, s, "videos")):
+            os.symlink(os.path.join(corpus, s, "videos", name), tmp_path / "v" / "videos" / name)
     proc = subprocess.run([sys.executable, "-m", "finetune.train", f"checkpoint={export}", "dataset.kind=vidstg",
                            f"dataset.train={split('train')}", f"dataset.test={split('test')}",
-                           f"dataset.videos={os.path.join(corpus, 'test', 'videos')}", "head=tube_sim",
+                           f"dataset.videos={tmp_path / 'v'}", "head=tube_sim",
                            f"dataset.detections={os.path.join(corpus, 'train', 'detections.json')}",
                            f"run={tmp_path / 'r'}", f"features.cache={tmp_path / 'c'}"],
                           capture_output=True, text=True, env=ENV, cwd=ROOT)

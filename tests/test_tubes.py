@@ -277,7 +277,9 @@ def test_synthetic_proposals_link_into_pure_tubes(one_video):
     assert all(t.extent[1] - t.extent[0] + 1 >= 0.9 * len(props.frames) for t in tubes[:objects])
     # a tube made of one object's true boxes scores purity 1
     traj = truth["trajectories"][vid]["0"]
-    own = np.array([[x, y, x + w, y + h] for x, y, w, h in (traj[str(int(f))] for f in props.frames)], np.float32)
+    assert all(set(e) == {"bbox"} for e in traj.values())  # TubeDETR's layout exactly
+    own = np.array([[x, y, x + w, y + h] for x, y, w, h in (traj[str(int(f))]["bbox"] for f in props.frames)],
+                   np.float32)
     ideal = link_tubes(props.frames, np.ones((len(own), 1, 1), np.float32), own[:, None], np.ones((len(own), 1), bool))
     assert purity(ideal, props.frames, {"0": traj})[0] == 1.0
 

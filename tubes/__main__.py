@@ -1,6 +1,8 @@
-"""python -m tubes --detections FILE --out TUBES.json [key=value ...]: check a detections file (docs/stvg.md) and
-link its boxes into tubes per video, with the file's features when it has them (otherwise IoU alone links).
-Prints a JSON summary (videos, tubes, proposals) as its last line."""
+"""python -m tubes --detections FILE [--videos DIR|manifest.csv] --out TUBES.json [key=value ...]: check a
+detections file (docs/stvg.md) and link its boxes into tubes per video, with the file's features when it has them
+(otherwise IoU alone links). With --videos the file is also checked against each video (tubes/videos.py: its fps
+is the video's native rate, no frame id past the video, no box outside the frame). Prints a JSON summary (videos,
+tubes, proposals) as its last line."""
 from __future__ import annotations
 
 import json
@@ -14,25 +16,41 @@ from common.config import load, parser
 from tubes.config import TubeConfig
 from tubes.linking import link_tubes
 from tubes.proposals import read_detections
+from tubes.videos import check_detections
 
 
 @dataclass
 class LinkConfig:
     detections: str = ""      # detections file (.json or .npz)
+    videos: str = ""          # a folder of videos (any depth, stem = id) or a manifest.csv to check the file against
     out: str = ""             # where to write {video: [{"score", "start_frame", "end_frame", "boxes": {frame: box}}]}
     link: TubeConfig = field(default_factory=TubeConfig)  # linking knobs (link.min_iou=0.2, ...)
+
+
+def _video_paths(where: str) -> dict[str, str]:
+    if where.endswith(".csv"):
+        from shards.corpus import read_manifest
+
+        return {v.video_id: v.path for v in read_manifest(where)}
+    from tubes.frames import find_videos
+
+    return find_videos(where)
 
 
 def main(argv=None) -> int:
     p = parser(LinkConfig, "Check a detections file and link its boxes into tubes.", "python -m tubes")
     p.add_argument("--detections", help="same as detections=FILE")
     p.add_argument("--out", help="same as out=FILE")
+    p.add_argument("--videos", help="same as videos=DIR (or a manifest.csv)")
     args = p.parse_args(argv)
     cfg = load(LinkConfig, args.config, args.overrides)
     cfg.detections = args.detections or cfg.detections
     cfg.out = args.out or cfg.out
+    cfg.videos = args.videos or cfg.videos
     cfg.link.validate()
     videos = read_detections(cfg.detections)
+    if cfg.videos:
+        check_detections(cfg.detections, videos, _video_paths(cfg.videos))
     result, n_tubes = {}, 0
     for vid, pr in videos.items():
         feats = pr.features if pr.features is not None else np.zeros((*pr.valid.shape, 1), np.float32)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from grounding.readers.stvg import xywh
 from grounding.tube import Tube
 from tubes.linking import pairwise_iou
 
@@ -14,7 +15,8 @@ def purity(tubes: list[Tube], frames: np.ndarray, trajectories: dict) -> tuple[f
     ids = sorted(trajectories, key=int)
     truth = np.full((len(fr), len(ids), 4), np.nan, np.float32)
     for j, oid in enumerate(ids):
-        for k, (x, y, w, h) in trajectories[oid].items():
+        for k, entry in trajectories[oid].items():
+            x, y, w, h = xywh(entry, f"trajectory {oid} frame {k}")
             i = np.searchsorted(fr, int(k))
             if i < len(fr) and fr[i] == int(k):
                 truth[i, j] = [x, y, x + w, y + h]

@@ -48,7 +48,7 @@ def probe_set(corpus: str, test_feats: dict, tokenizer) -> list[dict]:
     """The test split's same_noun queries with: the subject and interfering noun's word rows, the true span's
     feature frames, the target's and the reference's best linked tube."""
     from finetune.stvg_features import token_spans
-    from grounding.readers.stvg import read_vidstg
+    from grounding.readers.stvg import read_vidstg, xywh
     from grounding.tube import Tube
 
     parses = json.load(open(os.path.join(corpus, "test", "truth", "parses.json")))
@@ -69,7 +69,8 @@ def probe_set(corpus: str, test_feats: dict, tokenizer) -> list[dict]:
         ref = trajectories[q.video].get(str(p["reference"]))
         if ref is None:
             continue
-        ref_tube = Tube.from_boxes({int(f): b for f, b in ref.items() if q.tube[0] <= int(f) < q.tube[1]})
+        ref_tube = Tube.from_boxes({int(f): xywh(b, f"reference {f}") for f, b in ref.items()
+                                    if q.tube[0] <= int(f) < q.tube[1]})
         # trajectories hold x, y, w, h boxes: the reader converts the target's; convert the reference's the same way
         ref_tube = Tube(ref_tube.frames, np.concatenate([ref_tube.boxes[:, :2], ref_tube.boxes[:, :2] +
                                                          ref_tube.boxes[:, 2:]], 1))

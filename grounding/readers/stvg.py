@@ -27,6 +27,7 @@ class StvgQuery:
     tube: tuple[int, int]  # ground-truth tube, half-open
     boxes: Tube | None = field(default=None, repr=False)  # the truth tube's boxes; None: none in the annotation
     frames: int | None = None  # frames in the video, where the annotation says; predictions must lie inside
+    video_path: str | None = None  # TubeDETR's video_path (relative to the video folder), where the file has one
 
     def check(self, where: str) -> "StvgQuery":
         """Refuse what no video can hold: fps <= 0, a span or tube with end <= start or negative, one past the
@@ -44,6 +45,15 @@ class StvgQuery:
         return self
 
 
+def xywh(entry, where: str) -> list[float]:
+    """A trajectory entry as [x, y, w, h]: TubeDETR's `{"bbox": [x, y, w, h], ...}` or a bare `[x, y, w, h]` list
+    (accepted for files written by hand or by earlier versions of the synthetic corpus)."""
+    b = entry.get("bbox") if isinstance(entry, dict) else entry
+    if not isinstance(b, (list, tuple)) or len(b) != 4:
+        raise InputError(f"{where}: bbox must be [x, y, w, h] or {{\"bbox\": [x, y, w, h]}}, got {entry!r:.80}")
+    return as_box(b, where)
+
+
 def _xywh_tube(traj, tube: tuple[int, int], where: str) -> Tube:
     """VidOR/TubeDETR trajectory {frame: [x, y, w, h] or {"bbox": [...]}} -> xyxy boxes inside the tube."""
     if not isinstance(traj, dict):
@@ -53,12 +63,9 @@ def _xywh_tube(traj, tube: tuple[int, int], where: str) -> Tube:
         f = int(k)
         if not tube[0] <= f < tube[1]:
             continue
-        b = v["bbox"] if isinstance(v, dict) else v
-        if not isinstance(b, (list, tuple)) or len(b) != 4:
-            raise InputError(f"{where} frame {k}: bbox must be [x, y, w, h], got {b!r}")
-        x, y, w, h = as_box(b, f"{where} frame {k}")
+        x, y, w, h = xywh(v, f"{where} frame {k}")
         if w < 0 or h < 0:
-            raise InputError(f"{where} frame {k}: bbox [x, y, w, h] has a negative width or height: {b!r}")
+            raise InputError(f"{where} frame {k}: bbox [x, y, w, h] has a negative width or height: {v!r}")
         out[f] = np.array([x, y, x + w, y + h])
     return Tube.from_boxes(out, tube)
 
@@ -88,7 +95,8 @@ def read_vidstg(url: str, boxes_url: str | None = None) -> list[StvgQuery]:
                 q = StvgQuery(str(v["video_id"]), str(v["original_video_id"]), v.get("caption", ""), v.get("qtype"),
                               float(v["fps"]), (int(v["start_frame"]), int(v["end_frame"])),
                               (int(v["tube_start_frame"]), int(v["tube_end_frame"])),
-                              frames=int(v["frame_count"]) if v.get("frame_count") is not None else None)
+                              frames=int(v["frame_count"]) if v.get("frame_count") is not None else None,
+                              video_path=str(v["video_path"]) if v.get("video_path") else None)
             except (KeyError, TypeError, ValueError) as e:
                 raise InputError(f"{url} videos[{i}]: missing or bad field {e}") from None
             q.check(f"{url} videos[{i}]")
@@ -139,7 +147,9 @@ def read_hcstvg(url: str) -> list[StvgQuery]:
                 count, st, traj = int(v["frame_count"]), int(v["tube_start_frame"]), v["trajectory"]
             except (KeyError, TypeError, ValueError) as e:
                 raise InputError(f"{url}[{i}]: missing or bad field {e}") from None
-            out.append(_hcstvg_query(key, video, caption, count, st, traj, f"{url}[{i}]"))
+            q = _hcstvg_query(key, video, caption, count, st, traj, f"{url}[{i}]")
+            q.video_path = str(v["video_path"]) if v.get("video_path") else None
+            out.append(q)
         return out
     if not isinstance(data, dict):
         raise InputError(f"{url}: expected HC-STVG's {{video: annotation}} mapping or a TubeDETR *_proc.json list")

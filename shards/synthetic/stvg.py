@@ -274,11 +274,12 @@ def _clip_box(x1, y1, x2, y2, W, H) -> list[float]:
     return [round(x1, 1), round(y1, 1), round(max(x2, x1 + 1), 1), round(max(y2, y1 + 1), 1)]
 
 
-def trajectories(plan: VideoPlan, boxes: list[list[Box | None]]) -> dict[str, dict[str, list[int]]]:
-    """{object id: {frame: [x, y, w, h]}} for every object in every frame it is visible (VidOR-style)."""
-    out: dict[str, dict[str, list[int]]] = {}
+def trajectories(plan: VideoPlan, boxes: list[list[Box | None]]) -> dict[str, dict[str, dict]]:
+    """{object id: {frame: {"bbox": [x, y, w, h]}}} for every object in every frame it is visible: TubeDETR's
+    preprocessed layout exactly (its evaluator indexes `["bbox"]`)."""
+    out: dict[str, dict[str, dict]] = {}
     for j in range(len(plan.objects)):
-        out[str(j)] = {str(f): [b[j][0], b[j][1], b[j][2] - b[j][0], b[j][3] - b[j][1]]
+        out[str(j)] = {str(f): {"bbox": [b[j][0], b[j][1], b[j][2] - b[j][0], b[j][3] - b[j][1]]}
                        for f, b in enumerate(boxes) if b[j] is not None}
     return out
 
