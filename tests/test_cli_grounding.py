@@ -187,7 +187,7 @@ def test_help_says_whole_sentences(module):
     r = run_cli(module, "--help")
     assert r.returncode == 0, r.stderr
     description = r.stdout.split("\n\n")[1]  # after the usage lines
-    assert description.rstrip().endswith("."), description
+    assert description.rstrip().endswith((".", "?")), description  # a whole sentence, not cut mid-way
 
 
 def test_huge_fps_is_refused_by_the_decode_bound(inputs, tmp_path):
