@@ -34,7 +34,7 @@ from finetune.datasets import Adapter, train_videos
 from finetune.families import family_of
 from finetune.features import centered, load_encoder
 from finetune.heads import GroundingHead, TrainBatch, VideoBatch
-from finetune.heads.registry import spec_of
+from finetune.heads.registry import names, spec_of
 from trainer.loop import Task
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,10 @@ def check_relaunch(cfg) -> None:
     from trainer.engine import ds_config, load_ds_file
     from trainer.run_folder import refuse_changes
 
-    refuse_changes(cfg.run, C.to_dict(cfg), C.RESUMABLE,
+    # other heads' sections do not touch this run: a head registered in one process and not in another (a plugin,
+    # a test's toy head) must not make a resume look like another run
+    others = tuple(name for name in names() if name != cfg.head)
+    refuse_changes(cfg.run, C.to_dict(cfg), C.RESUMABLE + others,
                    ds_config(C.train_settings(cfg), 1, base=load_ds_file(cfg.deepspeed)),
                    defaults=C.to_dict(C.config_class()()))
 
