@@ -72,7 +72,9 @@ def test_cut_windows_equal_format_1_samples(corpus):
             for k in ("frame_times", "valid_frames", "window_start", "window_end"):
                 assert window["json"][k] == ref[k], (vid, seg, k)
             short += ref["valid_frames"] < U
-    assert short >= 3 * 4  # lavfi3, bigbuckbunny and carphone repeat their last frame
+    # lavfi3 (3 s) and carphone (4 s) repeat their last frame; bigbuckbunny's 5.3 s fill six 1 s slots (decode keeps
+    # the first frame of each slot, shards/decode.py)
+    assert short >= 2 * 4
 
 
 def test_each_frame_is_decoded_once_per_video(corpus):
