@@ -167,11 +167,12 @@ def untrained(cfg: DemoConfig, export: str) -> str:
     """The same architecture at its initialisation (the trainer's seed): the no-training baseline."""
     import torch
 
+    from pretrain.export_ref import Export
     from pretrain.model import ModelConfig, build_model, save_export
 
     out = os.path.join(cfg.out, "untrained")
     if not os.path.exists(os.path.join(out, "model.pt")):
-        mcfg = C.from_dict(ModelConfig, json.load(open(os.path.join(export, "model_config.json"))))
+        mcfg = C.from_dict(ModelConfig, Export.of(export).model_config)
         torch.manual_seed(cfg.seed)
         save_export(build_model(mcfg), out)
     return out
@@ -224,7 +225,7 @@ def score(model, test: str, pdir: str, name: str, tau: float = 0.0, inference: l
 def evaluate(cfg: DemoConfig, corpus_dir: str, models: dict[str, str]) -> dict:
     from grounding.baselines import random_segments
     from grounding.readers.groundingyoutube import read_groundingyoutube
-    from pretrain import load_model
+    from pretrain.export_ref import Export
 
     test = os.path.join(corpus_dir, "test")
     truth = read_groundingyoutube(test)
@@ -238,7 +239,7 @@ def evaluate(cfg: DemoConfig, corpus_dir: str, models: dict[str, str]) -> dict:
         chance.append(_evaluate(test, path))
     table["chance (random segments)"] = {k: round(sum(c[k] for c in chance) / len(chance), 2) for k in chance[0]}
     for name, export in models.items():
-        table[name] = score(load_model(export), test, pdir, name, cfg.tau)
+        table[name] = score(Export.of(export).load_model(), test, pdir, name, cfg.tau)
     return table
 
 
@@ -247,9 +248,9 @@ def calibrated_row(cfg: DemoConfig, corpus_dir: str, name: str, export: str) -> 
     on the test split. The paper's decoding stays the model's own row."""
     from grounding.calibrate import calibrate, encode_split
     from grounding.inference import InferenceConfig
-    from pretrain import load_model
+    from pretrain.export_ref import Export
 
-    model = load_model(export)
+    model = Export.of(export).load_model()
     base = InferenceConfig(tau=cfg.tau)
     truth, encoded = encode_split(model, os.path.join(corpus_dir, "train"), cfg.calibrate_videos, base)
     cal = calibrate(truth, encoded, base)
@@ -264,11 +265,11 @@ def pictures(cfg: DemoConfig, corpus_dir: str, export: str) -> list[str]:
     from grounding.query import ground_query
     from grounding.readers.groundingyoutube import read_groundingyoutube
     from grounding.visualize import render
-    from pretrain import load_model
+    from pretrain.export_ref import Export
 
     test = os.path.join(corpus_dir, "test")
     truth = read_groundingyoutube(test)
-    model = load_model(export)
+    model = Export.of(export).load_model()
     out = os.path.join(cfg.out, "pictures")
     written = []
     for vid in sorted(truth)[: cfg.pictures]:

@@ -71,8 +71,7 @@ def plan_embed(cfg: IndexConfig) -> tuple[list[str], list[str], str]:
     embed.overwrite=true re-embeds every shard; they are never mixed."""
     from index import embshards
     from index.errors import StaleEmbeddings
-    from pretrain.export_key import export_key
-    from pretrain.model import load_model
+    from pretrain.export_ref import Export
 
     cfg.validate("embed")
     if not fsio.exists(cfg.shards):
@@ -81,10 +80,11 @@ def plan_embed(cfg: IndexConfig) -> tuple[list[str], list[str], str]:
     if not shards:
         raise C.ConfigError(f"shard set [{cfg.shards}]: holds no finished data shard (shard-NNNNNN.tar with its "
                             f".stats.json); run cluster.shard first")
-    export = export_key(cfg.embed.checkpoint)
+    source = Export.of(cfg.embed.checkpoint)
+    export = source.key
     # the export loads here, once, before any cluster starts: a truncated or mismatched one is the user's one
     # error line, not every embedding actor's traceback
-    load_model(cfg.embed.checkpoint)
+    source.load_model()
     emb_dir = cfg.embeddings_url()
     complete = {name: stats for name, stats in embshards.list_shards(emb_dir)[0]}
     if not cfg.embed.overwrite:

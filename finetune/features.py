@@ -46,10 +46,9 @@ class TextFeatures:
 
 def load_encoder(checkpoint: str):
     """The export in eval mode, on the GPU when there is one (and DeepSpeed is not told to use the CPU)."""
-    from pretrain import load_model
     from trainer.engine import on_gpu
 
-    return load_model(checkpoint).to("cuda" if on_gpu() else "cpu")
+    return Export.of(checkpoint).load_model().to("cuda" if on_gpu() else "cpu")
 
 
 def centered(f: VideoFeatures) -> VideoFeatures:

@@ -164,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                          f"flatters it: choose it on another labelled split (e.g. the corpus' train split)")
     if not os.path.exists(args.checkpoint):
         raise InputError(f"--checkpoint [{args.checkpoint}]: not found")
-    from pretrain import load_model
+    from pretrain.export_ref import Export
 
-    model = load_model(args.checkpoint)
+    model = Export.of(args.checkpoint).load_model()
     truth, encoded = encode_split(model, args.split, args.videos, base)
     out = {"benchmark": "grounding.calibrate", "checkpoint": args.checkpoint, "split": args.split,
            **calibrate(truth, encoded, base, args.objective)}

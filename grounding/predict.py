@@ -256,9 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         pools, shared = None, None
     else:
         pools, shared = read_pools(args.pool, args.videos)
-    from pretrain import load_model
+    from pretrain.export_ref import Export
 
-    model = load_model(args.checkpoint)
+    model = Export.of(args.checkpoint).load_model()
     preds, counts = predict_videos(model, videos, pools, shared, cfg, truth_steps)
     if not counts["videos"]:
         first = counts["failed"][0] if counts["failed"] else "no action pool"

@@ -40,9 +40,9 @@ def check_request(video: str, text: str, fps: float, tau: float = 0.0, max_decod
 def ground_query(checkpoint, video: str, text: str, fps: float = 1.0, tau: float = 0.5, model=None,
                  max_decode_mb: float | None = None) -> dict:
     from grounding.predict import decode
-    from pretrain import load_model
+    from pretrain.export_ref import Export
 
-    model = model if model is not None else load_model(checkpoint)
+    model = model if model is not None else Export.of(checkpoint).load_model()
     clip = decode(os.path.splitext(os.path.basename(video))[0], video, fps, model.image_size, max_decode_mb)
     preds = ground_video(model, clip.frames, clip.times, [text], clip.geometry, InferenceConfig(tau=tau))
     period = 1.0 / fps

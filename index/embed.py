@@ -2,7 +2,7 @@
 
 Per clip: the video vector is the mean of the frame-level global embeddings over its valid frames, L2-normalised;
 the text vector is the caption's global embedding, L2-normalised. This module knows the model only through
-`pretrain.load_model` and its encoder API; cluster/index.py runs it inside Ray actors.
+`pretrain.export_ref.Export` (the export's model) and its encoder API; cluster/index.py runs it inside Ray actors.
 """
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ def _to(x, device):
 
 class ShardEmbedder:
     def __init__(self, checkpoint: str, batch_size: int = 32, device: str = "cpu"):
-        import pretrain
+        from pretrain.export_ref import Export
 
         self.checkpoint, self.batch_size, self.device = checkpoint, batch_size, device
-        self.model = pretrain.load_model(checkpoint).to(device).eval()
+        self.model = Export.of(checkpoint).load_model().to(device).eval()
 
     def encode_clips(self, frames: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """(B, U, H, W, 3) uint8 frames -> (B, d) normalised mean over each clip's valid frames."""

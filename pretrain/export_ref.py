@@ -15,12 +15,15 @@ from pretrain.export_key import export_folder, export_key
 
 @dataclass(frozen=True)
 class Export:
-    folder: str      # the export folder (model.pt + model_config.json), local or a URL
+    folder: str       # the export folder (model.pt + model_config.json), local or a URL
+    weights: str = ""  # the .pt file named instead of the folder, which load_model reads (as pretrain.load_model
+                       # always has); "" reads <folder>/model.pt. The key hashes <folder>/model.pt either way
 
     @classmethod
     def of(cls, checkpoint: str) -> "Export":
         """The export of a folder or of its model.pt."""
-        return cls(export_folder(checkpoint))
+        named = str(checkpoint).rstrip("/")
+        return cls(export_folder(checkpoint), named if named.endswith(".pt") else "")
 
     @property
     def run(self) -> str:
@@ -68,10 +71,10 @@ class Export:
         return int(self._clip_config()["vision_cfg"]["layers"])
 
     def load_model(self, map_location="cpu"):
-        """The model (pretrain.model.load_model)."""
+        """The model in eval mode (pretrain.model.load_model); ExportMissing / ExportError name what is wrong."""
         from pretrain.model import load_model
 
-        return load_model(self.folder, map_location)
+        return load_model(self.weights or self.folder, map_location)
 
 
 __all__ = ["Export"]

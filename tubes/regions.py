@@ -135,9 +135,9 @@ class RegionCache:
     """Region features of one export and one proposal source, one npz per video."""
 
     def __init__(self, cache: str, checkpoint: str, source_name: str, key: str | None = None):
-        from pretrain.export_key import export_key
+        from pretrain.export_ref import Export
 
-        self.root = fsio.join(cache, key or export_key(checkpoint), "regions", source_name)
+        self.root = fsio.join(cache, key or Export.of(checkpoint).key, "regions", source_name)
 
     def url(self, vid: str) -> str:
         return fsio.join(self.root, fsio.video_file_name(vid))
