@@ -18,6 +18,7 @@ the video it is read against); inference grounds the subject's node in its own v
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -57,32 +58,43 @@ class WinnerConfig:
 
 NEG = -1e4   # a score that never wins (finite, so 0 x NEG stays 0 in sums)
 
-# Words that never head the subject's noun phrase (determiners, wh-words, auxiliaries, relation words,
-# prepositions, punctuation). No tagger is available offline; docs/winner.md "Subject node".
-_DETERMINERS = {"the", "a", "an", "this", "that", "these", "those", "what", "which", "who", "whom", "whose",
-                "another", "other", "some", "any", "each", "every", "one"}
-_STOPS = {"is", "are", "was", "were", "be", "been", "being", "does", "do", "did", "has", "have", "had", "left",
-          "right", "of", "above", "below", "next", "to", "near", "on", "in", "at", "with", "by", "from", "behind",
-          "under", "over", "beside", "besides", "and", "or", "while", "when", "into", "onto", "off", "up", "down",
-          "?", ".", ",", "!", "'s", "s"}
-
-
 def token_words(sentence: str, spans) -> list[str]:
     return [sentence[a:b].lower() for a, b in spans]
 
 
-def subject_of(words: list[str]) -> tuple[int, int] | None:
-    """(first, last) word index of the sentence's subject noun phrase; its last word is the head noun. The first run
-    of content words after leading determiners and wh-words, cut at the first stop word (so "the red cube left of
-    the blue cube is cut" -> "red cube", "what red thing is cut?" -> "red thing"); None when the sentence opens with
-    no content word before a stop word ("what is cut left of the blue bowl?": the subject is only the wh-word)."""
-    i = 0
-    while i < len(words) and words[i] in _DETERMINERS:
-        i += 1
-    j = i
-    while j < len(words) and words[j] not in _STOPS and words[j] not in _DETERMINERS and words[j].isalpha():
-        j += 1
-    return (i, j - 1) if j > i else None
+@functools.lru_cache(maxsize=1 << 16)
+def _parsed(sentence: str):
+    # a sentence is parsed once per process, whatever the step or batch it comes back in
+    from finetune.query_parse import parse
+
+    return parse(sentence)
+
+
+def subject_of(words: list[str], sentence: str | None = None, spans=None) -> tuple[int, int] | None:
+    """(first, last) word index of the sentence's subject noun phrase; its last word is the head noun. The shared
+    parser's (finetune/query_parse.py) target entity: its words after leading determiners and wh-words, up to its
+    head noun (its last word when the noun is a placeholder: "what red thing is cut?" -> "red thing"); None when
+    nothing is left ("what is cut left of the blue bowl?": the subject is only the wh-word). `words` are the word
+    rows (a head's token words); `sentence` and `spans` (each word's [start, end) characters in it) let the parser
+    read the sentence as written, else it reads the words joined by spaces."""
+    from finetune.query_parse import DETERMINERS, WH
+
+    if sentence is None or spans is None:
+        sentence, spans, at = " ".join(words), [], 0
+        for w in words:
+            spans.append((at, at + len(w)))
+            at += len(w) + 1
+    p = _parsed(sentence)
+    if p.target is None:
+        return None
+    e = p.entities[p.target]
+    inside = [i for i, (a, b) in enumerate(spans[:len(words)]) if b > a and a >= e.start and b <= e.end]
+    while inside and words[inside[0]] in DETERMINERS | WH:
+        inside.pop(0)
+    if not inside:
+        return None
+    nouns = [i for i in inside if e.noun is not None and words[i] == e.noun]
+    return inside[0], (nouns[-1] if nouns else inside[-1])
 
 
 class Chart:
@@ -505,7 +517,8 @@ class WinnerHead(GroundingHead):
         for row, root in enumerate(roots):
             found = None
             if self.cfg.subject != "root" and text.sentences is not None:
-                found = subject_of(token_words(text.sentences[row], text.token_spans[row])[:int(lengths[row])])
+                sentence, spans = text.sentences[row], text.token_spans[row]
+                found = subject_of(token_words(sentence, spans)[:int(lengths[row])], sentence, spans)
             if found is None:
                 out.append(root)
             elif self.cfg.subject == "noun":
