@@ -18,7 +18,7 @@ export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/stground/torch_extensions
 export RAY_AUTH_MODE ?= token
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test clean
+.PHONY: install demo demo-stvg test clean
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	@if [ -f cluster/demo.py ]; then $(BIN)/python -m cluster.demo --out $(DEMO_DIR); \
 	else echo "make demo: the demo pipeline (sharding, pretraining) has not landed yet; see README Status" >&2; exit 1; fi
+
+# the STVG track: synthetic STVG corpus, pretraining, baselines and the VCMA/WINNER/FSM heads (configs/demo_stvg.yaml)
+STVG_DEMO_DIR ?= runs/demo_stvg
+demo-stvg: install
+	$(BIN)/python -m cluster.demo --config configs/demo_stvg.yaml --out $(STVG_DEMO_DIR)
 
 test: install
 	$(BIN)/python -m pytest -q --durations=25 tests

@@ -14,6 +14,14 @@ Stages (each skipped when its output is already complete, so a re-run resumes):
      and a short WSRA finetune (finetune/, cluster/finetune.py) scored with the Charades-STA protocol,
   6. pictures of a few test videos (grounding.visualize).
 Prints a table and writes <out>/summary.json.
+
+With mode=stvg (configs/demo_stvg.yaml, `make demo-stvg`) the corpus is the synthetic STVG corpus
+(shards.synthetic mode=stvg), stages 1-3 run as above on its train split, and stages 4-6 are instead:
+  4s. baselines and ceilings of the export on the test split (tubes.baselines: random, zero-shot, zero-shot tube
+      given the true span, best tube given the true span),
+  5s. the STVG heads (configs/finetune/<head>_synthetic.yaml: VCMA, WINNER weak; FSM supervised) as Ray finetunes,
+      all scored by grounding.evaluate's vidstg protocol in one table,
+  6s. pictures of predicted vs true tubes for a few test queries (<out>/pictures/<query>.png).
 """
 from __future__ import annotations
 
@@ -59,6 +67,12 @@ class DemoConfig:
     calibrate_videos: int = 60         # decoding chosen on this many train videos (grounding.calibrate): the final
                                        # export gains a row with it beside the paper's decoding; 0: off
     ray_address: str = ""
+    mode: str = "instructional"        # instructional | stvg (the STVG demo: stages 4s-6s of the docstring)
+    stvg_heads: list[str] = field(default_factory=lambda: ["vcma", "winner", "fsm"])  # configs/finetune/<h>_synthetic.yaml
+    stvg_steps: int = 300              # finetune steps of each STVG head
+    stvg_tubes: int = 10               # linked tubes per video (M) for the heads and baselines
+    export: str = ""                   # stvg mode: an existing pretrained export; stages 2-3 (shards, pretraining)
+                                       # are skipped (the heads of another export, or a short test)
 
     def validate(self) -> "DemoConfig":
         """The demo's own settings and its corpus' (a bad value is the user's one error line before anything is
@@ -70,6 +84,17 @@ class DemoConfig:
         model = C.load(PretrainConfig, os.path.join(ROOT, self.pretrain), self.pretrain_overrides).model
         if model.pretrained:  # the weights file opened and fitted to the backbone now, not after corpus and shards
             architecture.check(model)
+        if self.mode not in ("instructional", "stvg"):
+            raise C.ConfigError(f"DemoConfig [mode]: must be instructional or stvg, got {self.mode!r}")
+        for head in self.stvg_heads if self.mode == "stvg" else ():
+            if not os.path.isfile(stvg_head_config(head)):
+                raise C.ConfigError(f"DemoConfig [stvg_heads]: no config {stvg_head_config(head)} for head {head!r}")
+        if self.export and (self.mode != "stvg" or not os.path.isfile(os.path.join(self.export, "model.pt"))):
+            raise C.ConfigError(f"DemoConfig [export]: {self.export!r} must be an export folder (model.pt) and is "
+                                f"used in mode=stvg only")
+        if self.stvg_steps < 0 or self.stvg_tubes < 1:
+            raise C.ConfigError(f"DemoConfig [stvg_steps/stvg_tubes]: must be >= 0 and >= 1, got {self.stvg_steps}, "
+                                f"{self.stvg_tubes}")
         if self.calibrate_videos < 0:
             raise C.ConfigError(f"DemoConfig [calibrate_videos]: must be >= 0 (0: off), got {self.calibrate_videos}")
         if self.calibrate_videos > self.n_train:
@@ -81,7 +106,7 @@ class DemoConfig:
 # what the demo's stages made in an existing --out depends on these; the others (steps of later stages, table
 # options) may change on a re-run
 _MADE_WITH = ("seed", "n_train", "n_test", "corpus", "size", "window_frames", "videos_per_shard", "pretrain",
-              "pretrain_overrides", "second_round_steps")
+              "pretrain_overrides", "second_round_steps", "mode", "export")
 
 
 def refuse_other_settings(cfg: DemoConfig) -> None:
@@ -108,7 +133,7 @@ def corpus_config(cfg: DemoConfig):
     from shards.synthetic import SyntheticConfig
 
     scfg = C.load(SyntheticConfig, None, [f"seed={cfg.seed}", f"n_train={cfg.n_train}", f"n_test={cfg.n_test}",
-                                          "workers=2", *cfg.corpus])
+                                          "workers=2", f"mode={cfg.mode}", *cfg.corpus])
     scfg.out = os.path.join(cfg.out, "corpus")
     return scfg.validate()
 
@@ -300,6 +325,138 @@ def finetune_wsra(cfg: DemoConfig, corpus_dir: str, export: str, ray) -> dict:
     return rows
 
 
+def stvg_head_config(head: str) -> str:
+    return os.path.join(ROOT, "configs", "finetune", f"{head}_synthetic.yaml")
+
+
+# the STVG table: baseline rows of tubes.baselines (its names) as the demo labels them
+STVG_BASELINES = (("random", "random span + random tube"),
+                  ("zero_shot", "zero-shot (Sec. 3.5 span + best word-region tube)"),
+                  ("zero_shot_true_span", "zero-shot tube given the true span"),
+                  ("ceiling_true_span", "best tube given the true span (ceiling)"))
+STVG_KEYS = ("m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5")
+
+
+def stvg_baselines(cfg: DemoConfig, corpus_dir: str, export: str) -> tuple[dict, dict]:
+    """({label: row in percent}, {label: predictions file}) of the baselines on the test split."""
+    import argparse
+
+    from tubes import baselines
+
+    pdir = os.path.join(cfg.out, "predictions")
+    args = argparse.Namespace(corpus=os.path.abspath(corpus_dir), split="test", export=os.path.abspath(export),
+                              cache=os.path.join(os.path.abspath(cfg.out), "cache", "baselines"),
+                              tubes=cfg.stvg_tubes, seed=cfg.seed, smooth=1)
+    b = baselines.measure(args, pdir)
+    return ({label: b["rows"][name] for name, label in STVG_BASELINES},
+            {label: os.path.join(pdir, f"{name}.json") for name, label in STVG_BASELINES})
+
+
+def stvg_heads(cfg: DemoConfig, corpus_dir: str, export: str, ray) -> tuple[dict, dict]:
+    """({head: its test row in percent}, {head: its predictions file}): each head's finetune as Ray tasks
+    (cluster/finetune.py), into <out>/finetune/<head>; a head whose run finished there is read, not re-run."""
+    from cluster.finetune import run_finetunes
+    from finetune.config import FinetuneConfig
+
+    rows, files = {}, {}
+    for head in cfg.stvg_heads:
+        run = os.path.join(os.path.abspath(cfg.out), "finetune", head)
+        done = os.path.join(run, "summary.json")
+        job = json.load(open(done)) if os.path.exists(done) else {}
+        if "metrics" not in job:
+            fcfg = C.load(FinetuneConfig, stvg_head_config(head),
+                          [f"dataset.root={os.path.abspath(corpus_dir)}", f"max_steps={cfg.stvg_steps}",
+                           f"checkpoint_every={max(1, cfg.stvg_steps)}", f"run={run}", f"name={head}",
+                           f"seed={cfg.seed}", f"tubes.tubes={cfg.stvg_tubes}",
+                           f"features.cache={os.path.join(os.path.abspath(cfg.out), 'cache', 'finetune')}"])
+            fcfg.checkpoint = os.path.abspath(export)
+            job = run_finetunes(fcfg, ray)["jobs"][0]
+            if "error" in job:
+                raise RuntimeError(f"STVG finetune {head} failed: {job['error']}")
+        label = f"{head.upper()} ({'supervised' if head == 'fsm' else 'weak'})"
+        rows[label] = {k: round(v, 2) for k, v in job.get("metrics", {}).items()}
+        files[label] = job["predictions"]
+    return rows, files
+
+
+def stvg_pictures(cfg: DemoConfig, corpus_dir: str, files: dict[str, str], n_frames: int = 6) -> list[str]:
+    """One PNG per test query (the first `cfg.pictures` queries): one row per method, up to `n_frames` frames (half
+    in the true span, half spread over the true and predicted spans), the true box in green and the method's box in red, and under each
+    row the time line (true span green, predicted red)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from shards.synthetic.encode import read_frames
+
+    test = os.path.join(corpus_dir, "test")
+    truth = json.load(open(os.path.join(test, "truth", "vidstg.json")))
+    preds = {name: json.load(open(path)) for name, path in files.items()}
+    out = os.path.join(cfg.out, "pictures")
+    os.makedirs(out, exist_ok=True)
+    written = []
+    for q in truth["videos"][: cfg.pictures]:
+        key, vid = str(q["video_id"]), q["original_video_id"]
+        frames = read_frames(os.path.join(test, q["video_path"]), q["width"], q["height"])
+        n = len(frames)
+        ts, te = q["tube_start_frame"], q["tube_end_frame"]
+        true_boxes = truth["trajectories"][vid][str(q["target_id"])]
+        rows = [("truth", {"sted": [ts, te], "boxes": {}})] + [(m, p.get(key, {"sted": [0, 0], "boxes": {}}))
+                                                               for m, p in preds.items()]
+        lo = min([ts] + [int(p["sted"][0]) for _, p in rows])
+        hi = max([te] + [int(p["sted"][1]) for _, p in rows])
+        # half the frames inside the true span (where the boxes are judged), half over all the spans shown
+        inside = np.linspace(ts, max(ts, te - 1), (n_frames + 1) // 2)
+        picks = sorted({min(n - 1, int(round(x))) for x in (*inside, *np.linspace(lo, max(lo, hi - 1), n_frames // 2))})
+        w, h, label_h, bar_h = q["width"], q["height"], 14, 8
+        sheet = Image.new("RGB", (w * len(picks), (h + label_h + bar_h) * len(rows) + label_h), "white")
+        d = ImageDraw.Draw(sheet)
+        d.text((2, 1), f"{key}: {q['caption']}"[:120], fill="black")
+        for r, (name, p) in enumerate(rows):
+            y0 = label_h + r * (h + label_h + bar_h)
+            s, e = (int(v) for v in p["sted"])
+            d.text((2, y0 + 1), f"{name}  span [{s}, {e})  truth [{ts}, {te})"[:120], fill="black")
+            for c, f in enumerate(picks):
+                x0 = c * w
+                sheet.paste(Image.fromarray(frames[f]), (x0, y0 + label_h))
+                d.text((x0 + 2, y0 + label_h + 1), str(f), fill="white")
+                tb = true_boxes.get(str(f), {}).get("bbox") if ts <= f < te else None
+                if tb:
+                    d.rectangle([x0 + tb[0], y0 + label_h + tb[1], x0 + tb[0] + tb[2], y0 + label_h + tb[1] + tb[3]],
+                                outline=(0, 200, 0), width=2)
+                pb = p["boxes"].get(str(f)) if s <= f < e else None
+                if pb:   # prediction files hold [x1, y1, x2, y2]
+                    d.rectangle([x0 + pb[0], y0 + label_h + pb[1], x0 + pb[2], y0 + label_h + pb[3]],
+                                outline=(230, 0, 0), width=2)
+            yb, width = y0 + label_h + h, w * len(picks)
+            d.rectangle([0, yb, width - 1, yb + bar_h - 1], fill=(235, 235, 235))
+            d.rectangle([ts * width // n, yb, max(ts * width // n, te * width // n - 1), yb + bar_h // 2 - 1],
+                        fill=(0, 200, 0))
+            if e > s:
+                d.rectangle([s * width // n, yb + bar_h // 2, max(s * width // n, e * width // n - 1), yb + bar_h - 1],
+                            fill=(230, 0, 0))
+        path = os.path.join(out, f"{key}.png")
+        sheet.save(path)
+        written.append(path)
+    return written
+
+
+def stvg_stages(cfg: DemoConfig, corpus_dir: str, export: str, ray, summary: dict, timings: dict) -> dict:
+    t = _step("4s. STVG baselines and ceilings (tubes.baselines)")
+    table, files = stvg_baselines(cfg, corpus_dir, export)
+    timings["baselines"] = time.time() - t
+    t = _step(f"5s. STVG heads ({', '.join(cfg.stvg_heads)}) as Ray finetunes, vidstg protocol")
+    rows, head_files = stvg_heads(cfg, corpus_dir, export, ray)
+    # heads between the zero-shot row and the given-the-true-span rows, as in docs/results/stvg.md
+    order = list(table)
+    table = {k: table[k] for k in order[:2]} | rows | {k: table[k] for k in order[2:]}
+    timings["finetune"] = time.time() - t
+    t = _step("6s. pictures of predicted vs true tubes")
+    shown = {k: files[k] for k in order[1:2]} | head_files
+    summary["pictures"] = stvg_pictures(cfg, corpus_dir, shown)
+    timings["pictures"] = time.time() - t
+    return table
+
+
 KEYS = ("IoU+Point", "mAP@0.3", "mAP@0.5", "mAP@0.1:0.5", "pointing_game", "action_acc", "action_chance")
 
 
@@ -322,13 +479,20 @@ def main(argv: list[str] | None = None) -> int:
     corpus_dir = corpus(cfg)
     timings["corpus"] = time.time() - t
     ray = init_ray(cfg.ray_address or None)
-    t = _step("2. sharding on Ray")
-    shards = shard(cfg, corpus_dir, ray)
-    timings["shard"] = time.time() - t
-    t = _step("3. pretraining (Ray Train + DeepSpeed)")
-    export = pretrain(cfg, shards)
-    timings["pretrain"] = time.time() - t
+    if cfg.export:
+        shards, export = "", os.path.abspath(cfg.export)
+        print(f"\nexport given: {export} (no sharding, no pretraining)")
+    else:
+        t = _step("2. sharding on Ray")
+        shards = shard(cfg, corpus_dir, ray)
+        timings["shard"] = time.time() - t
+        t = _step("3. pretraining (Ray Train + DeepSpeed)")
+        export = pretrain(cfg, shards)
+        timings["pretrain"] = time.time() - t
     summary: dict = {"corpus": corpus_dir, "shards": shards, "export": export}
+    if cfg.mode == "stvg":
+        table = stvg_stages(cfg, corpus_dir, export, ray, summary, timings)
+        return report(cfg, summary, table, timings, STVG_KEYS)
     models = {"untrained": untrained(cfg, export), "pretrained": export}
     if cfg.index:
         t = _step("4. embeddings, FAISS index, pseudo-positive mining")
@@ -362,14 +526,19 @@ def main(argv: list[str] | None = None) -> int:
     t = _step("6. pictures")
     summary["pictures"] = pictures(cfg, corpus_dir, export)
     timings["pictures"] = time.time() - t
+    return report(cfg, summary, table, timings, KEYS)
+
+
+def report(cfg: DemoConfig, summary: dict, table: dict, timings: dict, keys: tuple[str, ...]) -> int:
+    """summary.json, the table and the one JSON line the demo ends with."""
     summary["metrics"] = table
     summary["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     with open(os.path.join(cfg.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     w = max(32, *(len(n) + 2 for n in table))
-    print("\n" + " " * w + "".join(f"{k:>14s}" for k in KEYS))
+    print("\n" + " " * w + "".join(f"{k:>14s}" for k in keys))
     for name, row in table.items():
-        print(f"{name:{w}s}" + "".join(f"{row.get(k, float('nan')):14.2f}" for k in KEYS))
+        print(f"{name:{w}s}" + "".join(f"{row.get(k, float('nan')):14.2f}" for k in keys))
     for name, row in summary.get("finetune", {}).items():
         print(f"{name:{w}s}" + "  ".join(f"{k} {v:.2f}" for k, v in row.items()))
     print(f"\npictures: {os.path.join(cfg.out, 'pictures')}   summary: {os.path.join(cfg.out, 'summary.json')}")
