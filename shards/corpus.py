@@ -66,25 +66,37 @@ def resolve(base_dir: str, path: str) -> str:
 
 
 def read_manifest(url: str) -> list[Video]:
+    return list(iter_manifest(url))
+
+
+def iter_manifest(url: str):
+    """The manifest's videos in file order, read a line at a time (a driver at HowTo100M's size never holds the
+    whole CSV or the whole list of videos)."""
+    fs, path = fsio.filesystem(url)
     try:
-        text = _read(url, "manifest").decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise CorpusError(f"manifest [{url}]: not UTF-8 text ({e.reason} at byte {e.start})") from e
-    reader = csv.DictReader(io.StringIO(text))
-    try:
-        fields = reader.fieldnames
-    except csv.Error as e:
-        raise CorpusError(f"manifest [{url}]: not CSV ({e})") from e
-    if not fields or "video_id" not in fields or "path" not in fields:
-        raise CorpusError(f"manifest [{url}]: header must hold video_id,path (got {fields})")
-    base = _parent(url)
-    videos = []
-    for row in reader:
-        vid = (row.get("video_id") or "").strip()
-        if not vid:
-            continue
-        videos.append(Video(vid, resolve(base, (row.get("path") or "").strip())))
-    return videos
+        raw = fs.open(path, "rb")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        raise CorpusError(f"manifest [{url}]: not found") from e
+    with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+        reader = csv.DictReader(text)
+        try:
+            fields = reader.fieldnames
+        except csv.Error as e:
+            raise CorpusError(f"manifest [{url}]: not CSV ({e})") from e
+        except UnicodeDecodeError as e:
+            raise CorpusError(f"manifest [{url}]: not UTF-8 text ({e.reason} at byte {e.start})") from e
+        if not fields or "video_id" not in fields or "path" not in fields:
+            raise CorpusError(f"manifest [{url}]: header must hold video_id,path (got {fields})")
+        base = _parent(url)
+        try:
+            for row in reader:
+                vid = (row.get("video_id") or "").strip()
+                if vid:
+                    yield Video(vid, resolve(base, (row.get("path") or "").strip()))
+        except UnicodeDecodeError as e:
+            raise CorpusError(f"manifest [{url}]: not UTF-8 text ({e.reason} at byte {e.start})") from e
+        except csv.Error as e:
+            raise CorpusError(f"manifest [{url}]: not CSV ({e})") from e
 
 
 def default_captions(manifest_url: str) -> str:
@@ -273,15 +285,27 @@ def index_captions(url: str, cache: str = "") -> CaptionIndex:
                     return CaptionIndex(url, size, z["video_ids"], z["offsets"], z["lengths"])
         except (OSError, ValueError, KeyError):
             pass  # an unreadable cache is rebuilt
-    ids, offsets, lengths = [], [], []
+    # numpy chunks, not Python lists of the whole file: a Python str and two ints cost ~150 B a video
+    chunks, ids, offsets, lengths = [], [], [], []
+
+    def flush():
+        if ids:
+            chunks.append((np.array(ids, dtype=str), np.array(offsets, np.int64), np.array(lengths, np.int64)))
+            ids.clear(), offsets.clear(), lengths.clear()
+
     for vid, off, n in iter_caption_spans(url):
         ids.append(vid)
         offsets.append(off)
         lengths.append(n)
-    ids_a = np.array(ids, dtype=str)
+        if len(ids) >= 65536:
+            flush()
+    flush()
+    ids_a = np.concatenate([c[0] for c in chunks]) if chunks else np.array([], dtype=str)
+    offs_a = np.concatenate([c[1] for c in chunks]) if chunks else np.array([], np.int64)
+    lens_a = np.concatenate([c[2] for c in chunks]) if chunks else np.array([], np.int64)
+    del chunks
     order = np.argsort(ids_a, kind="stable")
-    index = CaptionIndex(url, size, ids_a[order], np.array(offsets, np.int64)[order],
-                         np.array(lengths, np.int64)[order])
+    index = CaptionIndex(url, size, ids_a[order], offs_a[order], lens_a[order])
     if cache:
         buf = _io.BytesIO()
         np.savez(buf, url=url, size=size, video_ids=index.video_ids, offsets=index.offsets, lengths=index.lengths)
