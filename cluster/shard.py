@@ -71,13 +71,13 @@ def make_distributor(cfg: ShardConfig, ray=None):
 
 def check_inputs(cfg: ShardConfig) -> None:
     """The manifest and captions must exist and parse (a bad video is counted and skipped later, not fatal)."""
-    from shards.corpus import default_captions, index_captions, iter_manifest
+    from shards.corpus import caption_runs, default_captions, iter_manifest
     from shards.pipeline import CAPTION_INDEX
 
     if next(iter_manifest(cfg.manifest), None) is None:  # its first video, not the whole list
         raise C.ConfigError(f"manifest [{cfg.manifest}]: lists no video")
     fsio.makedirs(cfg.output)  # the caption file is indexed once, streaming; run() reuses the index
-    index_captions(cfg.captions or default_captions(cfg.manifest), cache=fsio.join(cfg.output, CAPTION_INDEX))
+    caption_runs(cfg.captions or default_captions(cfg.manifest), fsio.join(cfg.output, CAPTION_INDEX))
 
 
 def main(argv: list[str] | None = None) -> int:

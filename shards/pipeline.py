@@ -15,7 +15,7 @@ from tqdm import tqdm
 from common import config as C
 from common import fsio
 from shards.config import ShardConfig
-from shards.corpus import default_captions, index_captions, iter_manifest
+from shards.corpus import caption_runs, default_captions, iter_manifest
 from shards.reader import FORMAT
 from shards.distribute import Distributor, SequentialDistributor
 from shards.shard import ShardTask, build_shard, stats_url
@@ -29,7 +29,8 @@ class ConfigMismatch(C.ConfigError):
 
 
 MAX_FAILED_LISTED = 100  # failed shards listed with their error in the summary (all are counted)
-CAPTION_INDEX = "caption_index.npz"  # where each video's caption entry lies (shards.corpus.CaptionIndex)
+CAPTION_INDEX = "caption_index.npz"  # where each video's caption entry lies (shards.corpus.CaptionRuns)
+WINDOW_VIDEOS = 65536  # manifest videos looked up per pass over the caption index (the driver's bounded window)
 
 
 def plan(cfg: ShardConfig) -> list[ShardTask]:
@@ -38,23 +39,35 @@ def plan(cfg: ShardConfig) -> list[ShardTask]:
 
 
 def iter_plan(cfg: ShardConfig):
-    """The run's tasks in shard order, made as they are consumed: the manifest is read a line at a time and only
-    one shard's videos are held. Tasks carry their videos and the byte spans of their caption entries, not the
+    """The run's tasks in shard order, made as they are consumed: the manifest is read a line at a time and a
+    window of WINDOW_VIDEOS videos is held, looked up in the caption index one sorted run at a time. Tasks carry their videos and the byte spans of their caption entries, not the
     entries: the driver never parses caption.json whole (one streaming pass builds the index, kept as
     <output>/caption_index.npz and reused while the caption file keeps its URL and size), and each task reads only
     its own videos' entries."""
     url = cfg.captions or default_captions(cfg.manifest)
-    index = index_captions(url, cache=fsio.join(cfg.output, CAPTION_INDEX))
-    per, shard, videos = cfg.videos_per_shard, 0, []
+    runs = caption_runs(url, fsio.join(cfg.output, CAPTION_INDEX))
+    per = cfg.videos_per_shard
+    window = per * max(1, WINDOW_VIDEOS // per)  # whole shards per lookup pass over the caption index's runs
+    shard, videos = 0, []
+
+    def tasks(vs):
+        nonlocal shard
+        spans = runs.spans([v.video_id for v in vs])
+        for i in range(0, len(vs), per):
+            if 0 < cfg.max_shards <= shard:
+                return
+            yield ShardTask(shard, vs[i:i + per], url, spans[i:i + per])
+            shard += 1
+
     for v in iter_manifest(cfg.manifest):
         videos.append(v)
-        if len(videos) == per:
-            yield ShardTask(shard, videos, url, [index.span(x.video_id) for x in videos])
-            shard, videos = shard + 1, []
+        if len(videos) == window:
+            yield from tasks(videos)
+            videos = []
             if 0 < cfg.max_shards <= shard:
                 return
     if videos:
-        yield ShardTask(shard, videos, url, [index.span(x.video_id) for x in videos])
+        yield from tasks(videos)
 
 
 def finished(output: str) -> dict[int, dict]:
