@@ -267,7 +267,7 @@ def _size(url: str) -> int:
     return int(fs.size(path))
 
 
-RUN = 65536  # caption entries per sorted run of the index: what one lookup pass holds at a time
+RUN = 16384  # caption entries per sorted run of the index: what one lookup pass holds at a time
 
 
 class CaptionRuns:

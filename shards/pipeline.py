@@ -30,7 +30,7 @@ class ConfigMismatch(C.ConfigError):
 
 MAX_FAILED_LISTED = 100  # failed shards listed with their error in the summary (all are counted)
 CAPTION_INDEX = "caption_index.npz"  # where each video's caption entry lies (shards.corpus.CaptionRuns)
-WINDOW_VIDEOS = 65536  # manifest videos looked up per pass over the caption index (the driver's bounded window)
+WINDOW_VIDEOS = 8192  # manifest videos looked up per pass over the caption index (the driver's bounded window)
 
 
 def plan(cfg: ShardConfig) -> list[ShardTask]:
