@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 if __package__ in (None, ""):  # run as a script (ray job submit -- python cluster/shard.py): import the project
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,7 +32,7 @@ class RayDistributor:
         self.num_cpus = num_cpus
         self.max_in_flight = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1) / num_cpus))
 
-    def run(self, fn: Callable, args: list[tuple], retries: int) -> Iterator[Outcome]:
+    def run(self, fn: Callable, args: Iterable[tuple], retries: int) -> Iterator[Outcome]:
         from cluster.runtime import worker_env
 
         ray = self.ray
@@ -40,11 +40,17 @@ class RayDistributor:
         remote = ray.remote(fn).options(num_cpus=self.num_cpus, max_retries=retries, retry_exceptions=True,
                                         runtime_env={"env_vars": worker_env()})
         pending: dict = {}
-        nxt = 0
-        while nxt < len(args) or pending:
-            while nxt < len(args) and len(pending) < self.max_in_flight:
-                pending[remote.remote(*args[nxt])] = nxt
-                nxt += 1
+        source = enumerate(args)  # pulled only while fewer than max_in_flight run: the driver holds a window
+        more = True
+        while more or pending:
+            while more and len(pending) < self.max_in_flight:
+                nxt = next(source, None)
+                if nxt is None:
+                    more = False
+                    break
+                pending[remote.remote(*nxt[1])] = nxt[0]
+            if not pending:
+                break
             ready, _ = ray.wait(list(pending), num_returns=1)
             pos = pending.pop(ready[0])
             try:
@@ -65,13 +71,13 @@ def make_distributor(cfg: ShardConfig, ray=None):
 
 def check_inputs(cfg: ShardConfig) -> None:
     """The manifest and captions must exist and parse (a bad video is counted and skipped later, not fatal)."""
-    from shards.corpus import default_captions, index_captions, read_manifest
+    from shards.corpus import caption_runs, default_captions, iter_manifest
     from shards.pipeline import CAPTION_INDEX
 
-    if not read_manifest(cfg.manifest):
+    if next(iter_manifest(cfg.manifest), None) is None:  # its first video, not the whole list
         raise C.ConfigError(f"manifest [{cfg.manifest}]: lists no video")
     fsio.makedirs(cfg.output)  # the caption file is indexed once, streaming; run() reuses the index
-    index_captions(cfg.captions or default_captions(cfg.manifest), cache=fsio.join(cfg.output, CAPTION_INDEX))
+    caption_runs(cfg.captions or default_captions(cfg.manifest), fsio.join(cfg.output, CAPTION_INDEX))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,6 @@ A reader maps a file only for the duration of one call, so what it touched leave
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 
 import numpy as np
@@ -32,19 +31,43 @@ def files_of(column: str, version: int) -> list[str]:
     return [f"{column}-{version:06d}.npy"]
 
 
-def _random_rows(path: str) -> np.ndarray:
-    """A .npy file memory-mapped for scattered reads: MADV_RANDOM turns off read-ahead and fault-around, which
-    would otherwise map whole neighbourhoods of every row read (and, over many scattered rows, the whole file) into
-    the resident set. The map goes when the returned array does."""
+def _npy_header(path: str) -> tuple[tuple, np.dtype, int]:
+    """(shape, dtype, byte offset of the data) of a .npy file."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(f)
-        offset = f.tell()
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    if hasattr(mmap, "MADV_RANDOM"):
-        mm.madvise(mmap.MADV_RANDOM)
-    return np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
+        shape, fortran, dtype = read(f)
+        if fortran:
+            raise ValueError(f"{path}: Fortran-ordered arrays are not column files")
+        return shape, dtype, f.tell()
+
+
+def _random_rows(path: str, rows: np.ndarray) -> np.ndarray:
+    """Rows of a .npy file at scattered positions, read with pread: nothing of the file is mapped, so the page
+    cache holds what was read and the resident set only the copy returned. (A memory map, even with MADV_RANDOM,
+    makes every touched page resident in this process: over a mining block's ~32k scattered rows that grew with
+    the column, i.e. with the index, see docs/results/memory.md.)"""
+    shape, dtype, offset = _npy_header(path)
+    row_shape = tuple(shape[1:])
+    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+    rows = np.asarray(rows, np.int64)
+    if len(rows) and (rows.min() < 0 or rows.max() >= shape[0]):
+        raise IndexError(f"{path}: rows outside 0..{shape[0] - 1}")
+    uniq, inv = np.unique(rows, return_inverse=True)
+    buf = bytearray(len(uniq) * row_bytes)
+    view = memoryview(buf)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # runs of consecutive rows are read in one call (an id range, or neighbours of one video)
+        breaks = np.flatnonzero(np.diff(uniq) != 1) + 1
+        for lo, hi in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(uniq)]])):
+            want = (hi - lo) * row_bytes
+            got = os.preadv(fd, [view[lo * row_bytes:hi * row_bytes]], offset + int(uniq[lo]) * row_bytes)
+            if got != want:
+                raise ValueError(f"{path}: truncated (rows {uniq[lo]}..{uniq[hi - 1]} not all there)")
+    finally:
+        os.close(fd)
+    return np.frombuffer(buf, dtype=dtype).reshape((len(uniq),) + row_shape)[inv]
 
 
 def video_codes(video_ids) -> np.ndarray:
@@ -156,7 +179,7 @@ class Columns:
         for si in np.unique(seg):
             s = self.segments[si]
             sel = seg == si
-            rows = _random_rows(self._path(s, column))[ids[sel] - s["first_id"]]  # a copy: the map is dropped
+            rows = _random_rows(self._path(s, column), ids[sel] - s["first_id"])
             if out is None:
                 out = np.empty((len(ids),) + rows.shape[1:], rows.dtype)
             out[sel] = rows
@@ -171,9 +194,8 @@ class Columns:
             s = self.segments[si]
             sel = np.flatnonzero(seg == si)
             local = ids[sel] - s["first_id"]
-            off = _random_rows(self._path(s, column, 0))
-            starts, ends = off[local], off[local + 1]
-            del off
+            starts = _random_rows(self._path(s, column, 0), local)
+            ends = _random_rows(self._path(s, column, 0), local + 1)
             with open(self._path(s, column, 1), "rb") as f:
                 for j, a, b in zip(sel, starts, ends):
                     f.seek(int(a))

@@ -66,25 +66,37 @@ def resolve(base_dir: str, path: str) -> str:
 
 
 def read_manifest(url: str) -> list[Video]:
+    return list(iter_manifest(url))
+
+
+def iter_manifest(url: str):
+    """The manifest's videos in file order, read a line at a time (a driver at HowTo100M's size never holds the
+    whole CSV or the whole list of videos)."""
+    fs, path = fsio.filesystem(url)
     try:
-        text = _read(url, "manifest").decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise CorpusError(f"manifest [{url}]: not UTF-8 text ({e.reason} at byte {e.start})") from e
-    reader = csv.DictReader(io.StringIO(text))
-    try:
-        fields = reader.fieldnames
-    except csv.Error as e:
-        raise CorpusError(f"manifest [{url}]: not CSV ({e})") from e
-    if not fields or "video_id" not in fields or "path" not in fields:
-        raise CorpusError(f"manifest [{url}]: header must hold video_id,path (got {fields})")
-    base = _parent(url)
-    videos = []
-    for row in reader:
-        vid = (row.get("video_id") or "").strip()
-        if not vid:
-            continue
-        videos.append(Video(vid, resolve(base, (row.get("path") or "").strip())))
-    return videos
+        raw = fs.open(path, "rb")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        raise CorpusError(f"manifest [{url}]: not found") from e
+    with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+        reader = csv.DictReader(text)
+        try:
+            fields = reader.fieldnames
+        except csv.Error as e:
+            raise CorpusError(f"manifest [{url}]: not CSV ({e})") from e
+        except UnicodeDecodeError as e:
+            raise CorpusError(f"manifest [{url}]: not UTF-8 text ({e.reason} at byte {e.start})") from e
+        if not fields or "video_id" not in fields or "path" not in fields:
+            raise CorpusError(f"manifest [{url}]: header must hold video_id,path (got {fields})")
+        base = _parent(url)
+        try:
+            for row in reader:
+                vid = (row.get("video_id") or "").strip()
+                if vid:
+                    yield Video(vid, resolve(base, (row.get("path") or "").strip()))
+        except UnicodeDecodeError as e:
+            raise CorpusError(f"manifest [{url}]: not UTF-8 text ({e.reason} at byte {e.start})") from e
+        except csv.Error as e:
+            raise CorpusError(f"manifest [{url}]: not CSV ({e})") from e
 
 
 def default_captions(manifest_url: str) -> str:
@@ -255,10 +267,65 @@ def _size(url: str) -> int:
     return int(fs.size(path))
 
 
-def index_captions(url: str, cache: str = "") -> CaptionIndex:
-    """The CaptionIndex of caption.json: read from `cache` (a file URL) when it was made from a file of the same
-    URL and size, else built in one streaming pass (and written to `cache`)."""
-    import io as _io
+RUN = 16384  # caption entries per sorted run of the index: what one lookup pass holds at a time
+
+
+class CaptionRuns:
+    """The caption index as sorted runs of RUN entries each, in file order, in one .npz (numpy reads a member only
+    when asked): a lookup holds one run at a time, so the sharding driver's memory does not grow with the number
+    of videos (issue 32). The price is one pass over the runs per window of videos looked up."""
+
+    def __init__(self, url: str, size: int, cache: str, runs: int):
+        self.url, self.size, self.cache, self.runs = url, size, cache, runs
+
+    def _open(self):
+        import numpy as np
+
+        fs, path = fsio.filesystem(self.cache)
+        f = fs.open(path, "rb")
+        return f, np.load(f, allow_pickle=False)
+
+    def spans(self, video_ids: list[str]) -> list[tuple[int, int] | None]:
+        """(offset, length) of each video's entry, None when caption.json has none. A video listed twice in the
+        file gets its first entry (runs are in file order, each sorted stably)."""
+        import numpy as np
+
+        want = np.array(video_ids, dtype=str) if video_ids else np.array([], dtype=str)
+        off = np.full(len(want), -1, np.int64)
+        n = np.zeros(len(want), np.int64)
+        f, z = self._open()
+        with f, z:
+            for r in range(self.runs):
+                todo = np.flatnonzero(off < 0)
+                if not len(todo):
+                    break
+                ids = z[f"ids_{r:05d}"]
+                i = np.minimum(np.searchsorted(ids, want[todo]), max(len(ids) - 1, 0))
+                hit = (ids[i] == want[todo]) if len(ids) else np.zeros(len(todo), bool)
+                off[todo[hit]] = z[f"off_{r:05d}"][i[hit]]
+                n[todo[hit]] = z[f"len_{r:05d}"][i[hit]]
+        return [None if o < 0 else (int(o), int(k)) for o, k in zip(off.tolist(), n.tolist())]
+
+    def whole(self) -> CaptionIndex:
+        """Every run in one CaptionIndex (memory linear in the videos: for small files and tests)."""
+        import numpy as np
+
+        f, z = self._open()
+        with f, z:
+            parts = [(z[f"ids_{r:05d}"], z[f"off_{r:05d}"], z[f"len_{r:05d}"]) for r in range(self.runs)]
+        if not parts:
+            return CaptionIndex(self.url, self.size, np.array([], dtype=str), np.zeros(0, np.int64),
+                                np.zeros(0, np.int64))
+        ids = np.concatenate([p[0] for p in parts])
+        order = np.argsort(ids, kind="stable")  # stable over file-ordered runs: a repeated id's first entry first
+        return CaptionIndex(self.url, self.size, ids[order], np.concatenate([p[1] for p in parts])[order],
+                            np.concatenate([p[2] for p in parts])[order])
+
+
+def caption_runs(url: str, cache: str) -> CaptionRuns:
+    """The CaptionRuns of caption.json kept in `cache` (a .npz URL): reused when made from a file of the same URL
+    and size, else built in one streaming pass holding one run at a time."""
+    import zipfile
 
     import numpy as np
 
@@ -266,27 +333,56 @@ def index_captions(url: str, cache: str = "") -> CaptionIndex:
         size = _size(url)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
         raise CorpusError(f"captions [{url}]: not found") from e
-    if cache and fsio.exists(cache):
+    if fsio.exists(cache):
         try:
-            with np.load(_io.BytesIO(fsio.read_bytes(cache)), allow_pickle=False) as z:
+            fs, path = fsio.filesystem(cache)
+            with fs.open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
                 if str(z["url"]) == url and int(z["size"]) == size:
-                    return CaptionIndex(url, size, z["video_ids"], z["offsets"], z["lengths"])
-        except (OSError, ValueError, KeyError):
-            pass  # an unreadable cache is rebuilt
-    ids, offsets, lengths = [], [], []
-    for vid, off, n in iter_caption_spans(url):
-        ids.append(vid)
-        offsets.append(off)
-        lengths.append(n)
-    ids_a = np.array(ids, dtype=str)
-    order = np.argsort(ids_a, kind="stable")
-    index = CaptionIndex(url, size, ids_a[order], np.array(offsets, np.int64)[order],
-                         np.array(lengths, np.int64)[order])
+                    return CaptionRuns(url, size, cache, int(z["runs"]))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # an unreadable or old-layout cache is rebuilt
+    with fsio.local_tempdir("stg-capidx-") as tmp:
+        local = os.path.join(tmp, "caption_index.npz")
+        runs = 0
+        with zipfile.ZipFile(local, "w", allowZip64=True) as zf:
+            def put(name, arr):
+                with zf.open(name + ".npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+
+            ids, offsets, lengths = [], [], []
+
+            def flush():
+                nonlocal runs
+                if ids:
+                    a = np.array(ids, dtype=str)
+                    order = np.argsort(a, kind="stable")
+                    put(f"ids_{runs:05d}", a[order])
+                    put(f"off_{runs:05d}", np.array(offsets, np.int64)[order])
+                    put(f"len_{runs:05d}", np.array(lengths, np.int64)[order])
+                    runs += 1
+                    ids.clear(), offsets.clear(), lengths.clear()
+
+            for vid, off, n in iter_caption_spans(url):
+                ids.append(vid)
+                offsets.append(off)
+                lengths.append(n)
+                if len(ids) >= RUN:
+                    flush()
+            flush()
+            put("url", np.array(url))
+            put("size", np.array(size, np.int64))
+            put("runs", np.array(runs, np.int64))
+        fsio.put_file_atomic(local, cache)
+    return CaptionRuns(url, size, cache, runs)
+
+
+def index_captions(url: str, cache: str = "") -> CaptionIndex:
+    """The whole CaptionIndex of caption.json in memory (via `cache`, a .npz URL, when given: see caption_runs).
+    Linear in the videos; the sharding driver uses caption_runs instead."""
     if cache:
-        buf = _io.BytesIO()
-        np.savez(buf, url=url, size=size, video_ids=index.video_ids, offsets=index.offsets, lengths=index.lengths)
-        fsio.write_bytes_atomic(cache, buf.getvalue())
-    return index
+        return caption_runs(url, cache).whole()
+    with fsio.local_tempdir("stg-capidx-") as tmp:
+        return caption_runs(url, os.path.join(tmp, "caption_index.npz")).whole()
 
 
 def read_caption_entries(url: str, spans: list[tuple[int, int] | None]) -> list:

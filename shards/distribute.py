@@ -1,6 +1,7 @@
 """Distributors run shard tasks: in-process and sequential here (for debugging); Ray lives in cluster/shard.py.
 
-A distributor takes a function and a list of argument tuples and yields one Outcome per tuple as it finishes
+A distributor takes a function and an iterable of argument tuples (pulled lazily, as it has room: the sharding
+driver's plan is a generator) and yields one Outcome per tuple as it finishes
 (in any order), having retried a raising task at most `retries` more times.
 """
 from __future__ import annotations
@@ -8,27 +9,27 @@ from __future__ import annotations
 import logging
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Outcome:
-    position: int           # index into the argument list
+    position: int           # index into the argument sequence, in the order pulled
     result: Any = None
     error: str | None = None
     attempts: int = 1
 
 
 class Distributor(Protocol):
-    def run(self, fn: Callable, args: list[tuple], retries: int) -> Iterator[Outcome]: ...
+    def run(self, fn: Callable, args: Iterable[tuple], retries: int) -> Iterator[Outcome]: ...
 
 
 class SequentialDistributor:
     """Runs every task in this process, one after the other."""
 
-    def run(self, fn: Callable, args: list[tuple], retries: int) -> Iterator[Outcome]:
+    def run(self, fn: Callable, args: Iterable[tuple], retries: int) -> Iterator[Outcome]:
         for pos, a in enumerate(args):
             for attempt in range(1, retries + 2):
                 try:

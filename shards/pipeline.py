@@ -15,7 +15,7 @@ from tqdm import tqdm
 from common import config as C
 from common import fsio
 from shards.config import ShardConfig
-from shards.corpus import default_captions, index_captions, read_manifest
+from shards.corpus import caption_runs, default_captions, iter_manifest
 from shards.reader import FORMAT
 from shards.distribute import Distributor, SequentialDistributor
 from shards.shard import ShardTask, build_shard, stats_url
@@ -28,20 +28,46 @@ class ConfigMismatch(C.ConfigError):
     pass
 
 
-CAPTION_INDEX = "caption_index.npz"  # where each video's caption entry lies (shards.corpus.CaptionIndex)
+MAX_FAILED_LISTED = 100  # failed shards listed with their error in the summary (all are counted)
+CAPTION_INDEX = "caption_index.npz"  # where each video's caption entry lies (shards.corpus.CaptionRuns)
+WINDOW_VIDEOS = 8192  # manifest videos looked up per pass over the caption index (the driver's bounded window)
 
 
 def plan(cfg: ShardConfig) -> list[ShardTask]:
-    """Tasks carry their videos and the byte spans of their caption entries, not the entries: the driver never
-    parses caption.json whole (one streaming pass builds the index, kept as <output>/caption_index.npz and reused
-    while the caption file keeps its URL and size), and each task reads only its own videos' entries."""
-    videos = read_manifest(cfg.manifest)
+    """Every task of the run, as a list (for inspection and tests; `run` streams them with iter_plan)."""
+    return list(iter_plan(cfg))
+
+
+def iter_plan(cfg: ShardConfig):
+    """The run's tasks in shard order, made as they are consumed: the manifest is read a line at a time and a
+    window of WINDOW_VIDEOS videos is held, looked up in the caption index one sorted run at a time. Tasks carry their videos and the byte spans of their caption entries, not the
+    entries: the driver never parses caption.json whole (one streaming pass builds the index, kept as
+    <output>/caption_index.npz and reused while the caption file keeps its URL and size), and each task reads only
+    its own videos' entries."""
     url = cfg.captions or default_captions(cfg.manifest)
-    index = index_captions(url, cache=fsio.join(cfg.output, CAPTION_INDEX))
+    runs = caption_runs(url, fsio.join(cfg.output, CAPTION_INDEX))
     per = cfg.videos_per_shard
-    tasks = [ShardTask(i // per, videos[i:i + per], url, [index.span(v.video_id) for v in videos[i:i + per]])
-             for i in range(0, len(videos), per)]
-    return tasks[: cfg.max_shards] if cfg.max_shards > 0 else tasks
+    window = per * max(1, WINDOW_VIDEOS // per)  # whole shards per lookup pass over the caption index's runs
+    shard, videos = 0, []
+
+    def tasks(vs):
+        nonlocal shard
+        spans = runs.spans([v.video_id for v in vs])
+        for i in range(0, len(vs), per):
+            if 0 < cfg.max_shards <= shard:
+                return
+            yield ShardTask(shard, vs[i:i + per], url, spans[i:i + per])
+            shard += 1
+
+    for v in iter_manifest(cfg.manifest):
+        videos.append(v)
+        if len(videos) == window:
+            yield from tasks(videos)
+            videos = []
+            if 0 < cfg.max_shards <= shard:
+                return
+    if videos:
+        yield from tasks(videos)
 
 
 def finished(output: str) -> dict[int, dict]:
@@ -72,44 +98,57 @@ def run(cfg: ShardConfig, distributor: Distributor | None = None) -> dict:
     distributor = distributor or SequentialDistributor()
     fsio.makedirs(cfg.output)
     C.dump(cfg, fsio.join(cfg.output, "config.yaml"))
-    tasks = plan(cfg)
     done = finished(cfg.output)
-    todo = []
-    for task in tasks:
-        st = done.get(task.index)
-        if st is None:
-            todo.append(task)
-            continue
+    counts = Counter()  # the driver keeps counts, not per-video or per-shard lists: bounded at any corpus size
+    failures, failed = Counter(), []
+    in_flight: dict[int, ShardTask] = {}  # what the distributor has taken and not yet reported (its window)
+
+    for idx, st in done.items():  # a finished shard of another format or settings stops the run before any task
         if st.get("format") != FORMAT:
-            raise ConfigMismatch(f"{stats_url(cfg.output, task.index)} is of shard format {st.get('format', 1)} "
+            raise ConfigMismatch(f"{stats_url(cfg.output, idx)} is of shard format {st.get('format', 1)} "
                                  f"(one sample per ASR segment), this sharder writes format {FORMAT}: "
                                  "use a new output or remove the old shards")
         if st.get("config_hash") != cfg.output_hash():
-            raise ConfigMismatch(f"{stats_url(cfg.output, task.index)} was made with other output settings "
+            raise ConfigMismatch(f"{stats_url(cfg.output, idx)} was made with other output settings "
                                  f"(config_hash {st.get('config_hash')} vs {cfg.output_hash()}); "
                                  "use a new output or remove the old shards")
-        if st.get("videos") != len(task.videos):
-            # the manifest grew into a short last shard: unmark it before rebuilding, so it is never half-new
-            fsio.remove(stats_url(cfg.output, task.index))
-            todo.append(task)
-    log.info("%d shards planned, %d finished, %d to build", len(tasks), len(tasks) - len(todo), len(todo))
-    built, failed = [], []
-    outcomes = distributor.run(build_shard, [(cfg, t) for t in todo], cfg.retries)
-    for out in tqdm(outcomes, total=len(todo), desc="shards", unit="shard", disable=not cfg.progress):
-        task = todo[out.position]
+
+    def todo():
+        for task in iter_plan(cfg):
+            counts["planned"] += 1
+            st = done.pop(task.index, None)  # popped: the finished map shrinks as the plan passes it
+            if st is not None:
+                if st.get("videos") == len(task.videos):
+                    counts["skipped"] += 1
+                    continue
+                # the manifest grew into a short last shard: unmark it before rebuilding, so it is never half-new
+                fsio.remove(stats_url(cfg.output, task.index))
+            in_flight[counts["positions"]] = task
+            counts["positions"] += 1
+            yield (cfg, task)
+
+    # the distributor pulls tasks from the generator only as it has room (a bounded window in flight)
+    outcomes = distributor.run(build_shard, todo(), cfg.retries)
+    for out in tqdm(outcomes, desc="shards", unit="shard", disable=not cfg.progress):
+        task = in_flight.pop(out.position)
         if out.error is None:
-            built.append(out.result)
+            st = out.result
+            counts["built"] += 1
+            counts["samples"] += st["samples"]
+            counts["seconds_decoded"] += st["seconds_decoded"]
+            failures.update(st["failures"])
         else:
             log.error("%s failed after %d attempts: %s", task.name, out.attempts, out.error)
-            failed.append({"shard": task.name, "attempts": out.attempts, "error": out.error[-2000:]})
+            counts["failed"] += 1
+            if len(failed) < MAX_FAILED_LISTED:
+                failed.append({"shard": task.name, "attempts": out.attempts, "error": out.error[-2000:]})
+    log.info("%d shards planned, %d finished before, %d built, %d failed", counts["planned"], counts["skipped"],
+             counts["built"], counts["failed"])
     manifest = write_manifest(cfg)
-    failures = Counter()
-    for st in built:
-        failures.update(st["failures"])
     return {
-        "output": cfg.output, "shards_planned": len(tasks), "shards_skipped": len(tasks) - len(todo),
-        "shards_built": len(built), "shards_failed": failed, "samples_built": sum(st["samples"] for st in built),
-        "total_samples": manifest["total_samples"], "failures": dict(sorted(failures.items())),
-        "seconds_decoded": round(sum(st["seconds_decoded"] for st in built), 3),
+        "output": cfg.output, "shards_planned": counts["planned"], "shards_skipped": counts["skipped"],
+        "shards_built": counts["built"], "shards_failed": failed, "shards_failed_count": counts["failed"],
+        "samples_built": counts["samples"], "total_samples": manifest["total_samples"],
+        "failures": dict(sorted(failures.items())), "seconds_decoded": round(counts["seconds_decoded"], 3),
         "wall_seconds": round(time.time() - t0, 3),
     }

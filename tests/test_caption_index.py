@@ -2,6 +2,7 @@
 its own videos' entries, and they equal what parsing the whole file gives (non-UTF-8 bytes, unicode, any chunking)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -57,3 +58,23 @@ def test_a_broken_file_is_one_clear_error(tmp_path, text, problem):
     with pytest.raises(corpus.CorpusError, match=problem) as e:
         corpus.index_captions(url)
     assert "\n" not in str(e.value) and url in str(e.value)
+
+
+def test_many_runs_and_windows_give_the_same_spans(bad, tmp_path, monkeypatch):
+    """The driver looks videos up a window at a time in an index of sorted runs (bounded memory, issue 32): with
+    runs and windows smaller than the corpus, every task still reads exactly its own videos' entries."""
+    from shards import pipeline
+
+    monkeypatch.setattr(corpus, "RUN", 2)
+    monkeypatch.setattr(pipeline, "WINDOW_VIDEOS", 3)
+    url = corpus.default_captions(bad)
+    whole = corpus.read_captions(url)
+    runs = corpus.caption_runs(url, str(tmp_path / "idx.npz"))
+    assert runs.runs == -(-len(whole) // 2) > 1
+    cfg = ShardConfig(manifest=bad, output=str(tmp_path / "out"), videos_per_shard=2)
+    tasks = plan(cfg)
+    assert [t.index for t in tasks] == list(range(len(tasks)))
+    seen = {v.video_id: e for t in tasks for v, e in t.with_captions()}
+    assert list(seen) == [v.video_id for v in corpus.read_manifest(bad)]
+    assert seen == {v: whole.get(v) for v in seen} and any(e is None for e in seen.values())
+    assert len(plan(dataclasses.replace(cfg, max_shards=2))) == 2

@@ -1,6 +1,7 @@
 """The sharding run end to end on real mp4 files: bad inputs, determinism, resume after a kill, Ray, read-back."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -207,3 +208,32 @@ def test_ray_task_that_keeps_failing_is_reported_not_fatal(ray_cluster):
                       key=lambda o: o.position)
     assert [o.result for o in outcomes] == [0, 10, None, 30]
     assert "storage down" in outcomes[2].error
+
+
+def test_ray_distributor_pulls_tasks_only_as_it_has_room(ray_cluster):
+    """The driver's plan is a generator (issue 32): the distributor takes a task only while fewer than
+    max_in_flight run, so the driver holds a bounded window of tasks, never the whole plan."""
+    pulled, done = [], []
+
+    def args():
+        for i in range(9):
+            assert len(pulled) - len(done) < 2, "a task pulled while the window was full"
+            pulled.append(i)
+            yield (i,)
+
+    for out in RayDistributor(ray_cluster, max_in_flight=2).run(lambda x: x * 10, args(), retries=0):
+        assert out.result == out.position * 10 and len(pulled) - len(done) <= 2
+        done.append(out.position)
+    assert sorted(done) == list(range(9)) and pulled == list(range(9))
+
+
+def test_driver_summary_counts_a_resumed_run_from_the_streamed_plan(tmp_path):
+    """run() consumes the plan lazily: a finished shard is skipped and counted, the rest built, the counts right."""
+    good = good_corpus(str(tmp_path / "corpus"))
+    cfg = ShardConfig(manifest=good, output=str(tmp_path / "out"), videos_per_shard=2, distributor="sequential",
+                      progress=False)
+    first = run(dataclasses.replace(cfg, max_shards=1))
+    assert first["shards_planned"] == 1 and first["shards_built"] == 1
+    again = run(cfg)
+    assert again["shards_skipped"] == 1 and again["shards_built"] == again["shards_planned"] - 1 >= 1
+    assert again["shards_failed"] == [] and again["shards_failed_count"] == 0

@@ -149,8 +149,7 @@ def step(name: str, work: str, n: int) -> dict:
             out["videos"] = len(corpus.read_captions(os.path.join(work, "caption.json")))
         else:
             cfg = ShardConfig(manifest=os.path.join(work, "manifest.csv"), output=os.path.join(work, "shards"))
-            tasks = pipeline.plan(cfg)
-            out["tasks"] = len(tasks)
+            out["tasks"] = sum(1 for _ in pipeline.iter_plan(cfg))  # as run() consumes it: one task at a time
     else:
         raise SystemExit(f"unknown step {name}")
     return {**out, "peak_rss_mb": round(_rss_mb(), 1)}
