@@ -16,7 +16,7 @@ from common import config as C
 from common import fsio
 from shards.config import ShardConfig
 from shards.corpus import caption_runs, default_captions, iter_manifest
-from shards.reader import FORMAT
+from shards.tarwriter import FORMAT
 from shards.distribute import Distributor, SequentialDistributor
 from shards.shard import ShardTask, build_shard, stats_url
 

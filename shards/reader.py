@@ -29,12 +29,11 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 from common import fsio
 from common.errors import UserError
 from shards.jpeg import JpegError, decode_jpegs
-from shards.tarwriter import frame_name, sample_key
+from shards.tarwriter import FORMAT, frame_name, sample_key
 from shards.windows import plan_window
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # manifest.json "format" and each sample json's "format"; 1 (absent) was one sample per ASR segment
 
 # The failure reasons of a shard reader, as documented in docs/contracts.md section 2 (keep the two in step).
 # Faults of a whole video sample count once for it; faults of one window count once for that window.

@@ -6,6 +6,11 @@ import re
 import tarfile
 from typing import BinaryIO
 
+# Contract 2's format: manifest.json "format" and each sample json's "format" (1, absent, was one sample per ASR
+# segment). It lives with the writer so the sharding driver need not import the reader (webdataset imports torch:
+# ~470 MB more resident in the driver).
+FORMAT = 2
+
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
