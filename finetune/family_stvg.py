@@ -41,7 +41,8 @@ class StvgFamily(TaskFamily):
         # is read only for a supervised head (finetune/datasets_stvg.py)
         batcher = StvgBatcher(cfg, samples, videos, store.text_store.text, tokenizer_of(cfg.checkpoint),
                               truth=adapter.train_truth() if spec.supervised else None,
-                              tokenize=None if encoder is None else encoder.tokenize)
+                              tokenize=None if encoder is None else encoder.tokenize,
+                              prep=spec.text_prep(spec.section(cfg)))
         return batcher, {}
 
     def live_features(self, module, videos, adapter, cfg):
@@ -63,7 +64,8 @@ class StvgFamily(TaskFamily):
         return out, live_text(enc)
 
     def predict(self, head, spec, cfg, adapter, queries, videos, text_of):
-        return P.predict_stvg(head, queries, videos, text_of, tokenizer_of(cfg.checkpoint))
+        return P.predict_stvg(head, queries, videos, text_of, tokenizer_of(cfg.checkpoint),
+                              spec.text_prep(spec.section(cfg)))
 
     def other_formats(self, adapter, files, predictions, out_dir):
         """TubeDETR's two prediction dicts, so its own evaluator can score the run too (docs/evaluation.md)."""

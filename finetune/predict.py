@@ -210,10 +210,11 @@ def write_tubedetr(benchmark: str, files: dict[str, str], predictions: str, out_
 
 
 @torch.no_grad()
-def predict_stvg(head: GroundingHead, queries: list[EvalQuery], videos: dict, text_of, tokenizer) -> dict:
+def predict_stvg(head: GroundingHead, queries: list[EvalQuery], videos: dict, text_of, tokenizer,
+                 prep=None) -> dict:
     """{query key: {"sted": [s, e], "boxes": {frame: box}}} (the vidstg prediction format, docs/evaluation.md) from
     a head's tube_output on each test video (all its proposal frames); queries whose video has no features are
-    left out (the evaluator counts them as missing)."""
+    left out (the evaluator counts them as missing). `prep`: the head spec's text_prep (TextBatch.parsed), or None."""
     from finetune.stvg_batches import text_batch, tube_ids, video_batch
 
     was_training = head.training
@@ -226,7 +227,7 @@ def predict_stvg(head: GroundingHead, queries: list[EvalQuery], videos: dict, te
             vt = videos[vid]
             sentences = [q.sentence for q in qs]
             video = video_batch([vt] * len(qs)).to(device)
-            answer = head.tube_output(video, text_batch(text_of(sentences), sentences, tokenizer).to(device))
+            answer = head.tube_output(video, text_batch(text_of(sentences), sentences, tokenizer, prep).to(device))
             for i, q in enumerate(qs):
                 out[q.key] = stvg_tube(answer, i, vt, vt.proposals.frames, tube_ids(vt)).to_json()
     finally:

@@ -89,18 +89,25 @@ def targets(truths: list, frame_ids: torch.Tensor) -> StvgTargets:
     return StvgTargets(sted, torch.from_numpy(boxes), torch.from_numpy(on))
 
 
-def text_batch(tf, sentences: list[str], tokenizer) -> TextBatch:
+def text_batch(tf, sentences: list[str], tokenizer, prep=None) -> TextBatch:
+    """The sentences' features, the raw sentences and each word row's characters; `prep` (the head spec's
+    text_prep, or None) parses them into TextBatch.parsed here, once per batch, not in the head's every step."""
     k = tf.words.shape[1]
-    return TextBatch(torch.from_numpy(tf.sentence), torch.from_numpy(tf.words), torch.from_numpy(tf.word_mask),
-                     list(sentences), [token_spans(tokenizer, s, k) for s in sentences])
+    spans = [token_spans(tokenizer, s, k) for s in sentences]
+    mask = torch.from_numpy(tf.word_mask)
+    return TextBatch(torch.from_numpy(tf.sentence), torch.from_numpy(tf.words), mask, list(sentences), spans,
+                     None if prep is None else prep(list(sentences), spans, mask))
 
 
 class StvgBatcher(Batcher):
-    """`videos`: {vid: VideoTubes}; `truth`: {sample key: TrainTruth}, given only for a supervised head."""
+    """`videos`: {vid: VideoTubes}; `truth`: {sample key: TrainTruth}, given only for a supervised head; `prep`:
+    the head spec's text_prep (TextBatch.parsed), or None."""
 
-    def __init__(self, cfg, samples, videos: dict, text_of, tokenizer, truth: dict | None = None, tokenize=None):
+    def __init__(self, cfg, samples, videos: dict, text_of, tokenizer, truth: dict | None = None, tokenize=None,
+                 prep=None):
         super().__init__(cfg, samples, videos, text_of)
         self.tokenizer = tokenizer
+        self.prep = prep
         self.truth = truth
         self.encoder_tokenize = tokenize   # end to end: the module encodes these token ids with the live text tower
 
@@ -111,7 +118,7 @@ class StvgBatcher(Batcher):
     def batch(self, step: int):
         batch, samples, _ = super().batch(step)
         sentences = [s.sentence for s in samples]
-        text = text_batch(self.text_of(sentences), sentences, self.tokenizer)
+        text = text_batch(self.text_of(sentences), sentences, self.tokenizer, self.prep)
         tg = None
         if self.truth is not None:
             missing = [s.key for s in samples if s.key not in self.truth]

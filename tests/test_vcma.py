@@ -212,3 +212,99 @@ def test_impossible_vcma_settings_are_one_config_error(override, key):
                                        override]))
     assert key in str(e.value) and "\n" not in str(e.value)
 
+
+
+# --- phrases parsed at batching time -------------------------------------------------------------------------------
+def _per_step_phrases(cfg: VcmaConfig, text: TextBatch) -> dict:
+    """The reference: VcmaHead.phrases as it was before parsing moved to batching time (a loop over the queries at
+    every step, each phrase's feature a words[rows].mean(0))."""
+    import torch.nn.functional as F
+
+    from finetune.query_parse import parser_of
+
+    parse = parser_of(cfg.parser, cfg.spacy_model)
+    b, dev = text.words.shape[0], text.words.device
+    e_max, r_max, l_max = cfg.max_entities, cfg.max_relations, cfg.max_relation_words
+    d_in = text.words.shape[-1]
+    words = F.normalize(text.words, dim=-1)
+    ent = torch.zeros(b, e_max, d_in, device=dev)
+    rel = torch.zeros(b, r_max, d_in, device=dev)
+    emask = torch.zeros(b, e_max, dtype=torch.bool, device=dev)
+    rmask = torch.zeros(b, r_max, dtype=torch.bool, device=dev)
+    subj = torch.zeros(b, r_max, dtype=torch.long, device=dev)
+    obj = torch.full((b, r_max), -1, dtype=torch.long, device=dev)
+    tokens = torch.zeros(b, r_max, l_max, dtype=torch.long, device=dev)
+    target = torch.zeros(b, dtype=torch.long, device=dev)
+
+    def mean_of(row, start, end):
+        spans = text.token_spans[row] if text.token_spans else []
+        k = [i for i, (a, z) in enumerate(spans) if a < end and z > start and bool(text.word_mask[row, i])]
+        return words[row, k].mean(0) if k else F.normalize(text.sentence[row], dim=-1)
+
+    for row, s in enumerate(text.sentences):
+        p = parse(s)
+        ents = p.entities[:e_max]
+        if not ents:
+            ent[row, 0], emask[row, 0] = F.normalize(text.sentence[row], dim=-1), True
+            continue
+        for i, e in enumerate(ents):
+            ent[row, i], emask[row, i] = mean_of(row, e.start, e.end), True
+        target[row] = p.target if p.target is not None and p.target < e_max else 0
+        kept = [r for r in p.relations if r.subject < e_max and (r.object is None or r.object < e_max)][:r_max]
+        for j, r in enumerate(kept):
+            rel[row, j], rmask[row, j] = mean_of(row, r.start, r.end), True
+            subj[row, j], obj[row, j] = r.subject, -1 if r.object is None else r.object
+            ids = V.hashed_ids(r.predicate.split()[:l_max], cfg.vocab)
+            tokens[row, j, :len(ids)] = torch.tensor(ids, device=dev)
+    return {"ent": ent, "emask": emask, "rel": rel, "rmask": rmask, "subj": subj, "obj": obj,
+            "tokens": tokens, "target": target}
+
+
+VIDSTG_TEST = "/work/shared/benchmarks/vidstg/test_annotations.json"
+
+
+def _vidstg_sentences(n: int = 12) -> list[str]:
+    import json
+    import os
+
+    if not os.path.exists(VIDSTG_TEST):
+        pytest.skip(f"{VIDSTG_TEST} is not on this machine")
+    out = []
+    for item in json.load(open(VIDSTG_TEST)):
+        out += [c["description"] for c in item["captions"] + item["questions"]]
+        if len(out) >= n:
+            return out[:n]
+    return out
+
+
+@pytest.mark.parametrize("limits", [{}, {"max_entities": 2, "max_relations": 1, "max_relation_words": 2}])
+def test_batch_time_parse_gives_the_per_step_loops_phrases(limits):
+    """Real VidSTG captions and questions (and a sentence the parser finds nothing in), word rows cut at K and one
+    masked off: the spec's text_prep at batching time, then phrases' tensor work, equals the old per-step loop."""
+    from finetune.heads.registry import spec_of
+
+    cfg = _tiny_cfg(**limits)
+    sents = _vidstg_sentences() + ["is there?"]
+    k, d = 12, 8
+    g = torch.Generator().manual_seed(0)
+    spans = [[(m.start(), m.end()) for m in re.finditer(r"\w+", s)][:k] for s in sents]
+    wmask = torch.zeros(len(sents), k, dtype=torch.bool)
+    for i, sp in enumerate(spans):
+        wmask[i, :len(sp)] = True
+    wmask[0, 1] = False
+    prep = spec_of("vcma").text_prep(cfg)
+    plain = TextBatch(torch.randn(len(sents), d, generator=g), torch.randn(len(sents), k, d, generator=g), wmask,
+                      sents, spans)
+    parsed = TextBatch(plain.sentence, plain.words, wmask, sents, spans, prep(sents, spans, wmask)).to("cpu")
+    assert parsed.parsed.whole.tolist() == [False] * (len(sents) - 1) + [True]
+    assert bool(parsed.parsed.rmask.any())                  # some sentence has a relation to compare
+    want = _per_step_phrases(cfg, plain)
+    head = V.VcmaHead(d, cfg)
+    for text in (parsed, plain):                             # plain: the head parses a hand-built batch itself
+        got = head.phrases(text)
+        assert set(got) == set(want)
+        for key in want:
+            assert got[key].dtype == want[key].dtype and got[key].shape == want[key].shape, key
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=key)
+    exact = {key: torch.equal(head.phrases(parsed)[key], want[key]) for key in want}
+    assert all(exact[key] for key in ("emask", "rmask", "subj", "obj", "tokens", "target")), exact

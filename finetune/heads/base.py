@@ -14,7 +14,7 @@ with `supervised = True`. They answer `tube_output` (a TubeOutput: scores, or bo
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -39,17 +39,37 @@ class VideoBatch:
 
 
 @dataclass
+class ParsedQueries:
+    """Each query's sentence parsed once, at batching time (HeadSpec.text_prep), as tensors a head reads: which word
+    rows of TextBatch.words lie inside each entity / relation phrase, the relations' subject and object entity,
+    their predicate's word ids, the target entity. E, R, L are the head's limits; K is TextBatch.words' K."""
+    entity_words: torch.Tensor                 # (Q, E, K) bool: word k lies inside entity e's characters
+    relation_words: torch.Tensor               # (Q, R, K) bool: the same for relation r's phrase
+    emask: torch.Tensor                        # (Q, E) bool: entity e exists
+    rmask: torch.Tensor                        # (Q, R) bool: relation r exists
+    subj: torch.Tensor                         # (Q, R) long: relation r's subject entity
+    obj: torch.Tensor                          # (Q, R) long: its object entity, -1 none
+    predicate: torch.Tensor                    # (Q, R, L) long: its predicate's word ids, 0-padded
+    target: torch.Tensor                       # (Q,) long: the entity the query grounds
+    whole: torch.Tensor                        # (Q,) bool: nothing parsed, the sentence is its one entity
+
+    def to(self, device) -> "ParsedQueries":
+        return ParsedQueries(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+
+@dataclass
 class TextBatch:
     sentence: torch.Tensor                     # (Q, d) sentence features
     words: torch.Tensor | None = None          # (Q, K, d) word features
     word_mask: torch.Tensor | None = None      # (Q, K) bool
     sentences: list[str] | None = None         # the raw sentences (a head parses them itself)
     token_spans: list[list[tuple[int, int]]] | None = None  # per query, word k's [start, end) characters in it
+    parsed: ParsedQueries | None = None        # the sentences parsed by the running head's spec (its text_prep)
 
     def to(self, device) -> "TextBatch":
         move = (lambda x: None if x is None else x.to(device))
         return TextBatch(move(self.sentence), move(self.words), move(self.word_mask), self.sentences,
-                         self.token_spans)
+                         self.token_spans, move(self.parsed))
 
 
 @dataclass

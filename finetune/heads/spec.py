@@ -32,6 +32,10 @@ def _no_options(section: Any) -> dict:
     return {}
 
 
+def _no_prep(section: Any) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class HeadSpec:
     """One head, described once.
@@ -51,6 +55,10 @@ class HeadSpec:
     pseudo_positives: Callable[[Any], float | None] = _no_pairs  # section -> caption-cosine gate of the pairs it
                                                                 # trains on (contracts.md section 4), None: unread
     predict_options: Callable[[Any], dict] = _no_options        # section -> keywords of its family's predictor
+    text_prep: Callable[[Any], Any] = _no_prep                  # section -> None, or a callable (sentences,
+                                                                # token_spans, word_mask) -> TextBatch.parsed that
+                                                                # the STVG batcher and predictor call once per
+                                                                # batch (it may cache per sentence for the run)
 
     @property
     def regions(self) -> bool:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.config import ConfigError, check_ranges
-from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
+from finetune.heads.base import GroundingHead, ParsedQueries, TextBatch, TrainBatch, VideoBatch
 from finetune.heads.spec import STVG, HeadSpec
 from finetune.heads.stvg import TubeOutput
 
@@ -143,6 +143,80 @@ def _keys(mask: torch.Tensor) -> torch.Tensor:
     masked out later) instead of producing NaN."""
     pad = ~mask
     return pad & ~pad.all(-1, keepdim=True)
+
+
+# --- phrases: parsed once per sentence at batching time, averaged per step ----------------------------------------
+class QueryPhrases:
+    """VCMA's text_prep (HeadSpec): the batch's sentences parsed (finetune/query_parse.py, each distinct sentence
+    once for as long as this object lives: the whole run's batcher or predictor) into a ParsedQueries. Up to
+    max_entities entities; the relations whose subject and object are among them, up to max_relations, each with its
+    predicate's first max_relation_words words hashed; the target (0 when it was cut). A sentence without an entity
+    is its one entity (an empty word selection: the sentence feature)."""
+
+    def __init__(self, cfg: VcmaConfig):
+        self.cfg = cfg
+        self._parse = None                   # built on first use: a spaCy model loads only where sentences are
+        self._parses: dict[str, object] = {}
+
+    def parsed(self, sentence: str):
+        if sentence not in self._parses:
+            if self._parse is None:
+                from finetune.query_parse import parser_of
+
+                self._parse = parser_of(self.cfg.parser, self.cfg.spacy_model)
+            self._parses[sentence] = self._parse(sentence)
+        return self._parses[sentence]
+
+    def __call__(self, sentences: list[str], token_spans: list | None, word_mask) -> ParsedQueries:
+        cfg = self.cfg
+        e_max, r_max, l_max = cfg.max_entities, cfg.max_relations, cfg.max_relation_words
+        valid = torch.as_tensor(word_mask).bool().cpu()
+        q, k = valid.shape
+        valid = valid.tolist()
+        ent_w = torch.zeros(q, e_max, k, dtype=torch.bool)
+        rel_w = torch.zeros(q, r_max, k, dtype=torch.bool)
+        emask = torch.zeros(q, e_max, dtype=torch.bool)
+        rmask = torch.zeros(q, r_max, dtype=torch.bool)
+        subj = torch.zeros(q, r_max, dtype=torch.long)
+        obj = torch.full((q, r_max), -1, dtype=torch.long)
+        pred = torch.zeros(q, r_max, l_max, dtype=torch.long)
+        target = torch.zeros(q, dtype=torch.long)
+        whole = torch.zeros(q, dtype=torch.bool)
+
+        def select(out, row, start, end):
+            for i, (a, z) in enumerate(token_spans[row] if token_spans else []):
+                if a < end and z > start and valid[row][i]:
+                    out[i] = True
+
+        for row, s in enumerate(sentences):
+            p = self.parsed(s)
+            ents = p.entities[:e_max]
+            if not ents:
+                emask[row, 0] = whole[row] = True
+                continue
+            for i, e in enumerate(ents):
+                select(ent_w[row, i], row, e.start, e.end)
+                emask[row, i] = True
+            target[row] = p.target if p.target is not None and p.target < e_max else 0
+            kept = [r for r in p.relations if r.subject < e_max and (r.object is None or r.object < e_max)][:r_max]
+            for j, r in enumerate(kept):
+                select(rel_w[row, j], row, r.start, r.end)
+                rmask[row, j] = True
+                subj[row, j], obj[row, j] = r.subject, -1 if r.object is None else r.object
+                ids = hashed_ids(r.predicate.split()[:l_max], cfg.vocab)
+                pred[row, j, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return ParsedQueries(ent_w, rel_w, emask, rmask, subj, obj, pred, target, whole)
+
+
+def _phrase_means(words: torch.Tensor, sentence: torch.Tensor, select: torch.Tensor, on: torch.Tensor
+                  ) -> torch.Tensor:
+    """(Q, P, d): the mean of the word rows words (Q, K, d) that select (Q, P, K) picks, sentence (Q, d) where it
+    picks none, 0 where `on` (Q, P) is off. One batched product for all phrases; it sums in another order than a
+    per-phrase words[rows].mean(0), so the two may differ in the last float bits (tests/test_vcma.py)."""
+    w = select.to(words.dtype)
+    n = w.sum(-1, keepdim=True)
+    mean = torch.where(n > 0, (w @ words) / n.clamp_min(1), sentence[:, None])
+    return mean.masked_fill(~on[..., None], 0.0)
 
 
 # --- networks -------------------------------------------------------------------------------------------------------
@@ -305,8 +379,6 @@ class VcmaHead(GroundingHead):
 
     def __init__(self, dim: int, cfg):
         super().__init__()
-        from finetune.query_parse import parser_of
-
         self.cfg = cfg
         d = cfg.dim
         self.encoder = ContextEncoder(dim, d, cfg.blocks, cfg.heads, cfg.dropout, cfg.spatial_context,
@@ -314,8 +386,7 @@ class VcmaHead(GroundingHead):
         cos = cfg.similarity == "cosine"
         self.q = _Net(d, cfg.heads, cfg.dropout, cfg.blocks, cos, cfg.prior)               # phi
         self.p = _Net(d, cfg.heads, cfg.dropout, cfg.blocks, cos, cfg.prior, cfg.vocab)    # theta
-        self.parse = parser_of(cfg.parser, cfg.spacy_model)
-        self._parses: dict[str, object] = {}
+        self._prep = QueryPhrases(cfg)          # only for a batch that comes without TextBatch.parsed
         self.phase = "E"
         self.register_buffer("em_phase", torch.zeros((), dtype=torch.long))   # last phase, in head.pt (0 E, 1 M)
 
@@ -344,50 +415,19 @@ class VcmaHead(GroundingHead):
         return list(self.p.parameters())
 
     # --- text -> phrases ---------------------------------------------------------------------------------------------
-    def _parsed(self, sentence: str):
-        if sentence not in self._parses:
-            self._parses[sentence] = self.parse(sentence)
-        return self._parses[sentence]
-
     def phrases(self, text: TextBatch) -> dict:
-        """Per query: entity and relation features (means of the word rows inside each phrase's characters), the
-        target entity, the relations' subject/object and hashed predicate words."""
-        cfg = self.cfg
-        b, dev = text.words.shape[0], text.words.device
-        e_max, r_max, l_max = cfg.max_entities, cfg.max_relations, cfg.max_relation_words
-        d_in = text.words.shape[-1]
+        """Per query: entity and relation features (the mean of the normalised word rows inside each phrase, the
+        normalised sentence feature where none is), the target entity, the relations' subject/object and hashed
+        predicate words, from the batch's ParsedQueries (parsed at batching time; parsed here only for a batch
+        built without it, e.g. by hand)."""
+        pq = text.parsed
+        if pq is None:
+            pq = self._prep(text.sentences, text.token_spans, text.word_mask).to(text.words.device)
         words = F.normalize(text.words, dim=-1)
-        ent = torch.zeros(b, e_max, d_in, device=dev)
-        rel = torch.zeros(b, r_max, d_in, device=dev)
-        emask = torch.zeros(b, e_max, dtype=torch.bool, device=dev)
-        rmask = torch.zeros(b, r_max, dtype=torch.bool, device=dev)
-        subj = torch.zeros(b, r_max, dtype=torch.long, device=dev)
-        obj = torch.full((b, r_max), -1, dtype=torch.long, device=dev)
-        tokens = torch.zeros(b, r_max, l_max, dtype=torch.long, device=dev)
-        target = torch.zeros(b, dtype=torch.long, device=dev)
-
-        def mean_of(row, start, end):
-            spans = text.token_spans[row] if text.token_spans else []
-            k = [i for i, (a, z) in enumerate(spans) if a < end and z > start and bool(text.word_mask[row, i])]
-            return words[row, k].mean(0) if k else F.normalize(text.sentence[row], dim=-1)
-
-        for row, s in enumerate(text.sentences):
-            p = self._parsed(s)
-            ents = p.entities[:e_max]
-            if not ents:                                    # nothing parsed: the sentence is one phrase
-                ent[row, 0], emask[row, 0] = F.normalize(text.sentence[row], dim=-1), True
-                continue
-            for i, e in enumerate(ents):
-                ent[row, i], emask[row, i] = mean_of(row, e.start, e.end), True
-            target[row] = p.target if p.target is not None and p.target < e_max else 0
-            kept = [r for r in p.relations if r.subject < e_max and (r.object is None or r.object < e_max)][:r_max]
-            for j, r in enumerate(kept):
-                rel[row, j], rmask[row, j] = mean_of(row, r.start, r.end), True
-                subj[row, j], obj[row, j] = r.subject, -1 if r.object is None else r.object
-                ids = hashed_ids(r.predicate.split()[:l_max], cfg.vocab)
-                tokens[row, j, :len(ids)] = torch.tensor(ids, device=dev)
-        return {"ent": ent, "emask": emask, "rel": rel, "rmask": rmask, "subj": subj, "obj": obj,
-                "tokens": tokens, "target": target}
+        sentence = F.normalize(text.sentence, dim=-1)
+        return {"ent": _phrase_means(words, sentence, pq.entity_words, pq.emask), "emask": pq.emask,
+                "rel": _phrase_means(words, sentence, pq.relation_words, pq.rmask), "rmask": pq.rmask,
+                "subj": pq.subj, "obj": pq.obj, "tokens": pq.predicate, "target": pq.target}
 
     def _language(self, ph: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q's entity tokens (B, E, D), p's entity tokens conditioned on relations (B, E, D), p's entity+relation
@@ -565,7 +605,7 @@ def _pad_gather(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-__all__ = ["VcmaHead", "contrastive_loss", "gaussian_assignment", "hashed_ids", "match_scores", "positions",
+__all__ = ["QueryPhrases", "VcmaHead", "contrastive_loss", "gaussian_assignment", "hashed_ids", "match_scores", "positions",
            "spatial_assignment"]
 
 
@@ -613,4 +653,5 @@ def _check_io(cfg) -> None:
                               "use configs/deepspeed/zero0.json")
 
 
-SPEC = HeadSpec(name="vcma", head=VcmaHead, config=VcmaConfig, family=STVG, validate=_validate, check_io=_check_io)
+SPEC = HeadSpec(name="vcma", head=VcmaHead, config=VcmaConfig, family=STVG, validate=_validate, check_io=_check_io,
+                text_prep=QueryPhrases)
