@@ -308,6 +308,25 @@ def test_a_temporal_head_on_an_stvg_dataset_is_one_error_line(tmp_path, export, 
     assert not os.path.exists(tmp_path / "r")
 
 
+@pytest.mark.parametrize("head,zeros", [
+    ("wsra", ["wsra.alpha=0", "wsra.beta=0", "wsra.gamma=0", "wsra.delta=0", "wsra.epsilon=0"]),
+    ("vcma", ["vcma.w_contra=0", "vcma.w_assign=0", "vcma.w_rec=0"]),
+    ("winner", ["winner.mu=0", "winner.recon=0", "winner.temporal=0", "winner.dsa=false"]),
+    ("fsm", [f"fsm.{w}=0" for w in ("w_cls", "w_l1", "w_giou", "w_sted", "w_att", "w_mrcl", "w_pointer")]),
+])
+def test_loss_weights_all_zero_are_one_error_line(tmp_path, head, zeros):
+    """A finetune whose loss is a constant would "train" and exit 0 (issue 29): refused for every head with loss
+    weights, before the checkpoint is even looked at and before anything is written."""
+    kind = "synthetic" if head == "wsra" else "synthetic_stvg"
+    proc = subprocess.run([sys.executable, "-m", "finetune.train", f"checkpoint={tmp_path / 'none'}",
+                           f"dataset.kind={kind}", f"dataset.root={tmp_path / 'corpus'}", f"head={head}",
+                           f"run={tmp_path / 'r'}", *zeros], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "all 0" in lines[0], proc.stderr
+    assert not os.path.exists(tmp_path / "r")
+
+
 def test_vidstg_adapter_reads_tubedetr_files(corpus):
     """The synthetic corpus's truth is TubeDETR's preprocessed VidSTG format, so the VidSTG adapter reads it."""
     from finetune.datasets_stvg import VidstgAdapter
