@@ -272,3 +272,48 @@ def test_cli_sweep_beside_a_neighbouring_ray_matches_the_in_process_sweep(ray_cl
         assert b["metrics"] == pytest.approx(a["metrics"], abs=1e-6)
         ha, hb = (torch.load(os.path.join(j["run"], "head.pt")) for j in (a, b))
         assert all(torch.allclose(ha[k], hb[k], atol=1e-6) for k in ha)
+
+
+# --- bad input as a user meets it (issue 29): each one line before anything is written or Ray is started ---------
+def _one_error_line(done) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr[-3000:]
+    return lines[0]
+
+
+def test_a_corpus_with_one_training_video_is_one_error_line(export, tmp_path):
+    from conftest import ROOT, user_env
+    from shards.synthetic import SyntheticConfig, generate
+
+    one = str(tmp_path / "one")
+    generate(SyntheticConfig(out=one, n_train=1, n_test=1, min_seconds=12, max_seconds=12, seed=3))
+    done = subprocess.run([sys.executable, "-m", "finetune.train", f"checkpoint={export}", f"dataset.root={one}",
+                           f"run={tmp_path / 'r'}", f"features.cache={tmp_path / 'c'}", "batch_size=2",
+                           "max_steps=1"], cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=600)
+    assert "1 training video(s)" in _one_error_line(done) and one in done.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()   # nothing extracted, nothing written
+
+
+@pytest.mark.parametrize("head", ["vcma", "winner", "fsm"])
+def test_tube_heads_on_an_instructional_corpus_say_it_is_not_an_stvg_corpus(export, corpus, tmp_path, head):
+    from conftest import ROOT, user_env
+
+    done = subprocess.run([sys.executable, "-m", "finetune.train", "--config",
+                           f"configs/finetune/{head}_synthetic.yaml", f"checkpoint={export}",
+                           f"dataset.root={corpus}", f"run={tmp_path / 'r'}", f"features.cache={tmp_path / 'c'}"],
+                          cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=600)
+    line = _one_error_line(done)
+    assert "instructional (temporal) synthetic corpus, not an STVG corpus" in line and "detections" not in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_cluster_finetune_checks_the_dataset_before_ray_starts(export, tmp_path):
+    from conftest import ROOT, user_env
+
+    ray_tmp = tmp_path / "ray"
+    done = subprocess.run([sys.executable, "-m", "cluster.finetune", f"checkpoint={export}",
+                           f"dataset.root={tmp_path / 'missing'}", f"run={tmp_path / 'r'}"], cwd=ROOT,
+                          env=user_env(RAY_TMPDIR=str(ray_tmp)), capture_output=True, text=True, timeout=600)
+    assert "manifest" in _one_error_line(done) and str(tmp_path / "missing") in done.stderr
+    assert not ray_tmp.exists() and not (tmp_path / "r").exists()   # no Ray session was started, nothing written
