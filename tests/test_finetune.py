@@ -317,3 +317,48 @@ def test_cluster_finetune_checks_the_dataset_before_ray_starts(export, tmp_path)
                           env=user_env(RAY_TMPDIR=str(ray_tmp)), capture_output=True, text=True, timeout=600)
     assert "manifest" in _one_error_line(done) and str(tmp_path / "missing") in done.stderr
     assert not ray_tmp.exists() and not (tmp_path / "r").exists()   # no Ray session was started, nothing written
+
+
+@pytest.mark.parametrize("kind", ["synthetic", "synthetic_stvg"])
+def test_two_corpora_with_the_same_ids_keep_their_own_cached_features(export, tmp_path, kind):
+    """Two synthetic corpora made with one seed share their video ids but not their videos (issue 29: the cache was
+    keyed by export and id, so the second run rewrote the first's entries, or read them when the sizes matched).
+    The second corpus's finetune (a fresh `python -m finetune.train`) extracts its own videos into the shared cache, leaving
+    the other corpus's entries byte for byte (text.npz is keyed by sentence, so it only gains the new ones)."""
+    from conftest import ROOT, tree_digest, user_env
+    from shards.synthetic import SyntheticConfig, generate
+
+    stvg = kind == "synthetic_stvg"
+    roots = [str(tmp_path / "a"), str(tmp_path / "b")]
+    for root, actions in zip(roots, (2, 3)):   # same seed, other timelines: same ids, other bytes
+        generate(SyntheticConfig(out=root, n_train=2, n_test=1, min_seconds=12, max_seconds=12, seed=5,
+                                 min_actions=actions, max_actions=actions, **({"mode": "stvg"} if stvg else {})))
+    names = [sorted(os.listdir(os.path.join(r, "train", "videos"))) for r in roots]
+    assert names[0] == names[1] and len(names[0]) == 2
+    cache = tmp_path / "cache"
+    extra = (["head=tube_sim", "features.max_frames=12", "tubes.tubes=4"] if stvg else []) + [f"dataset.kind={kind}"]
+
+    args = lambda root, run: [f"checkpoint={export}", f"dataset.root={root}", f"features.cache={cache}",  # noqa: E731
+                              f"run={tmp_path / run}", "batch_size=2", "max_steps=1", "evaluate=false", *extra]
+
+    def in_process(root):   # the first corpus's features, extracted as a sweep's driver does
+        from finetune.families import build_adapter
+        from finetune.train import prepare
+
+        cfg = C.load(FinetuneConfig, None, args(root, "unused"))
+        return prepare(cfg, build_adapter(cfg.dataset))
+
+    first = in_process(roots[0])
+    assert first["extracted"] == 3 and not first["failed"]
+    before = tree_digest(cache)
+    done = subprocess.run([sys.executable, "-m", "finetune.train", *args(roots[1], "rb")], cwd=ROOT, env=user_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    second = json.load(open(tmp_path / "rb" / "summary.json"))["features"]
+    assert second["extracted"] == 3 and second["cached"] == 0   # none of the first corpus's entries served
+    after = tree_digest(cache)
+    videos = {k: v for k, v in before.items() if not k.endswith("text.npz")}
+    assert {k: after[k] for k in videos} == videos   # not one of the first corpus's entries rewritten
+    assert len([k for k in after if not k.endswith("text.npz")]) == 2 * len(videos)
+    again = in_process(roots[0])   # and the first corpus's own entries still serve it
+    assert again["cached"] == 3 and again["extracted"] == 0

@@ -232,13 +232,13 @@ def test_region_features_batched_equal_per_frame_and_cache(one_video):
         np.testing.assert_allclose(g1[0], glob[t], atol=1e-5)
     cache = RegionCache(str(root / "cache"), export, source.name)
     first = video_tubes(model, vid, path, props, cfg.width, cfg.height, TubeConfig(tubes=4), cache)
-    assert os.path.exists(cache.url(vid)) and len(first.tubes) == 4
+    assert os.path.exists(cache.url(vid, path)) and len(first.tubes) == 4
     again = video_tubes(model, vid, path, props, cfg.width, cfg.height, TubeConfig(tubes=4), cache)
     np.testing.assert_array_equal(again.regions, first.regions)  # float16 in the cache and in a fresh run alike
     np.testing.assert_array_equal(again.frames, first.frames)
     assert [t.index.tolist() for t in again.tubes] == [t.index.tolist() for t in first.tubes]
     other = RegionCache(str(root / "cache"), export, "file-other.json")
-    assert other.url(vid) != cache.url(vid) and other.get(vid, os.path.getsize(path)) is None
+    assert other.url(vid, path) != cache.url(vid, path) and other.get(vid, os.path.getsize(path), path) is None
 
 
 def test_model_proposals_are_boxes_in_the_frame(one_video):
