@@ -459,13 +459,13 @@ def test_fsm_supervised_finetune_under_ray_resumes_exactly(ray_cluster, features
     assert feature_store(cfg_for(export, corpus, cache, run, *common, "fsm.multiscale=true")).missing(videos) == videos
     assert feature_store(cfg_for(export, corpus, cache, run, *common)).missing(videos) == {}
     vid = sorted(videos)[0]
-    before = features[1]._cache(vid).get(vid, os.path.getsize(videos[vid]))
+    before = features[1]._cache(vid).get(vid, os.path.getsize(videos[vid]), videos[vid])
     first = run_finetunes(cfg_for(export, corpus, cache, run, *common,
                                   "sweep.variants={resumed: [max_steps=2], straight: [max_steps=4], "
                                   f"e2e_resumed: [max_steps=2, {e2e}], e2e_straight: [max_steps=4, {e2e}]}}"),
                           ray_cluster)
     assert [j.get("error") for j in first["jobs"]] == [None] * 4 and first["features"][0]["extracted"] == 0
-    after = features[1]._cache(vid).get(vid, os.path.getsize(videos[vid]))
+    after = features[1]._cache(vid).get(vid, os.path.getsize(videos[vid]), videos[vid])
     assert first["features"][1]["extracted"] == first["features"][1]["multiscale_added"] == 6
     assert "regions_mid" in after and "regions_mid" not in before
     assert all(np.array_equal(before[k], after[k]) for k in before)           # the other heads' arrays as they were
