@@ -80,13 +80,14 @@ def run_finetunes(cfg, ray=None) -> dict:
     from cluster.runtime import init_ray
     from trainer.engine import prebuild_ops
 
-    from finetune.train import check_relaunch
+    from finetune.train import check_dataset, check_relaunch
 
     C.validate(cfg)
     cfg = C.resolve(cfg)
     jobs = sweep.expand(cfg)
     for job in jobs:  # before Ray starts: a bad input or a job that would overwrite another run's records stops all
         C.check_inputs(job)
+        check_dataset(C.resolve(job))
         check_relaunch(C.resolve(job))
     if cfg.cluster.gpus_per_task <= 0:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # forwarded to the tasks by init_ray

@@ -53,10 +53,32 @@ def join(url: str, *parts: str) -> str:
     return posixpath.join(url, *parts)
 
 
-def video_file_name(vid: str) -> str:
+def video_file_name(vid: str, source: str = "") -> str:
     """A cache file name for a video id (DiDeMo ids hold '@' and '.'; '/' and the like become '_') plus a short
-    hash so two ids that map to the same name stay apart (the finetune feature store's and tubes' region cache)."""
-    return f"{_UNSAFE.sub('_', vid)}-{hashlib.sha1(vid.encode()).hexdigest()[:6]}.npz"
+    hash so two ids that map to the same name stay apart (the finetune feature store's and tubes' region cache).
+    With `source` (the video file's url) the hash also covers source_identity(source): two corpora whose ids
+    coincide (synthetic corpora made with one seed) never read or rewrite each other's entries (issue 29)."""
+    key = vid if not source else f"{vid}\0{source_identity(source)}"
+    return f"{_UNSAFE.sub('_', vid)}-{hashlib.sha1(key.encode()).hexdigest()[:12 if source else 6]}.npz"
+
+
+def source_identity(url: str) -> str:
+    """Where a file is and which version of it: its absolute url, size and modification time (or the store's
+    ETag), read from the file system's metadata, not the bytes (a cache check must not read every video).
+    A missing file has the url alone."""
+    if is_local(url):
+        path = os.path.abspath(url[7:] if url.startswith("file://") else url)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return path
+        return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    fs, path = filesystem(url)
+    try:
+        info = fs.info(path)
+    except (OSError, ValueError):
+        return url
+    return f"{url}|{info.get('size')}|{info.get('ETag') or info.get('LastModified') or info.get('mtime')}"
 
 
 def exists(url: str, options: dict | None = None) -> bool:

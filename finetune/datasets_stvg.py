@@ -71,6 +71,10 @@ class SyntheticStvgAdapter(StvgAdapter):
     def _queries(self, split: str) -> list[dict]:
         url = fsio.join(self.root, split, "queries.json")
         if not fsio.exists(url):
+            if fsio.exists(fsio.join(self.root, split, "manifest.csv")):  # what shards.synthetic's temporal mode writes
+                raise UserError(f"dataset.root [{self.root}]: an instructional (temporal) synthetic corpus, not an "
+                                "STVG corpus: the STVG heads need one made by python -m shards.synthetic mode=stvg "
+                                "(this corpus takes dataset.kind=synthetic and the wsra head)")
             raise UserError(f"synthetic STVG corpus [{url}]: not found (python -m shards.synthetic mode=stvg)")
         return fsio.read_json(url)
 

@@ -1,6 +1,6 @@
 """Frame and word features from the pretrained encoders, extracted once and cached on disk.
 
-Layout under the cache root (local or s3), keyed by checkpoint and video:
+Layout under the cache root (local or s3), keyed by checkpoint and video (id and file: fsio.video_file_name):
     <cache>/<model key>/<fps>fps-<size>px/<video>.npz   frames (T, d) f16, times (T,), duration, [regions (T, N, d)],
                                                         source, source_bytes
     <cache>/<model key>/text.npz                        sentences, sentence (Q, d), words (Q, K, d), word_mask (Q, K)
@@ -116,11 +116,13 @@ class FeatureStore:
         self._text: dict[str, tuple] | None = None
 
     # --- videos ---------------------------------------------------------------------------------------------
-    def _feature_url(self, vid: str) -> str:
-        return fsio.join(self.video_dir, fsio.video_file_name(vid))
+    # entries are named by the video id and its file's identity (fsio.video_file_name's source): another corpus
+    # with the same ids has other entries
+    def _feature_url(self, vid: str, source: str) -> str:
+        return fsio.join(self.video_dir, fsio.video_file_name(vid, source))
 
-    def _pixel_url(self, vid: str) -> str:
-        return fsio.join(self.pixel_dir, fsio.video_file_name(vid))
+    def _pixel_url(self, vid: str, source: str) -> str:
+        return fsio.join(self.pixel_dir, fsio.video_file_name(vid, source))
 
     def _fresh(self, url: str, source: str, need_regions: bool = False) -> bool:
         if not fsio.exists(url):
@@ -137,7 +139,7 @@ class FeatureStore:
         """The videos whose features (or pixels, in end-to-end mode) are not cached for their current file."""
         out = {}
         for vid, path in videos.items():
-            url = self._pixel_url(vid) if self.pixels else self._feature_url(vid)
+            url = self._pixel_url(vid, path) if self.pixels else self._feature_url(vid, path)
             if not self._fresh(url, path, self.regions and not self.pixels):
                 out[vid] = path
         return out
@@ -161,31 +163,32 @@ class FeatureStore:
             common = {"times": times, "duration": np.float64(duration), "source": np.str_(path),
                       "source_bytes": np.int64(_size_of(path))}
             if self.pixels:
-                fsio.write_bytes_atomic(self._pixel_url(vid), _npz_bytes(pixels=frames, **common))
+                fsio.write_bytes_atomic(self._pixel_url(vid, path), _npz_bytes(pixels=frames, **common))
             else:
                 g, loc = encode_video(model, frames, batch_frames, self.regions)
                 arrays = {"frames": g.astype(np.float16), **common}
                 if loc is not None:
                     arrays["regions"] = loc.astype(np.float16)
-                fsio.write_bytes_atomic(self._feature_url(vid), _npz_bytes(**arrays))
+                fsio.write_bytes_atomic(self._feature_url(vid, path), _npz_bytes(**arrays))
             counts["extracted"] += 1
         return counts
 
-    def load(self, vid: str) -> VideoFeatures:
+    def load(self, vid: str, source: str) -> VideoFeatures:
+        """The cached features of video `vid` whose file is `source`."""
         if self.pixels:
-            z = _read_npz(self._pixel_url(vid))
+            z = _read_npz(self._pixel_url(vid, source))
             return VideoFeatures(vid, np.zeros((len(z["times"]), 0), np.float16), z["times"], float(z["duration"]),
                                  pixels=z["pixels"])
-        z = _read_npz(self._feature_url(vid))
+        z = _read_npz(self._feature_url(vid, source))
         return VideoFeatures(vid, z["frames"], z["times"], float(z["duration"]), regions=z.get("regions"))
 
-    def load_all(self, vids) -> dict[str, VideoFeatures]:
-        """Features of the given videos that are cached (failed ones are absent)."""
+    def load_all(self, videos: dict[str, str]) -> dict[str, VideoFeatures]:
+        """Features of the given videos (id -> file) that are cached (failed ones are absent)."""
         out = {}
-        for vid in vids:
-            url = self._pixel_url(vid) if self.pixels else self._feature_url(vid)
+        for vid, path in videos.items():
+            url = self._pixel_url(vid, path) if self.pixels else self._feature_url(vid, path)
             if fsio.exists(url):
-                out[vid] = self.load(vid)
+                out[vid] = self.load(vid, path)
         return out
 
     # --- text -----------------------------------------------------------------------------------------------

@@ -128,6 +128,21 @@ def _state_bytes(module: nn.Module) -> bytes:
     return buf.getvalue()
 
 
+def check_dataset(cfg) -> None:
+    """The dataset's two splits are readable and the training split has >= 2 videos (the in-batch negatives are
+    other videos' queries): one error line before anything is written or Ray is started (issue 29), not a
+    traceback from the batcher after the features are extracted."""
+    from common.config import ConfigError
+
+    adapter = family_of(cfg).adapter(cfg.dataset)
+    videos = train_videos(cfg, adapter)
+    n = len({s.video for s in adapter.train_samples() if s.video in videos})
+    adapter.eval_queries()
+    if n < 2:
+        raise ConfigError(f"dataset [{cfg.dataset.root or cfg.dataset.train}]: {n} training video(s) with queries; "
+                            "a finetune needs >= 2 (each batch's negatives are the other videos' queries)")
+
+
 def check_relaunch(cfg) -> None:
     """A (resolved) finetune into an existing run folder may change only finetune.config.RESUMABLE."""
     from trainer.engine import ds_config, load_ds_file
@@ -155,6 +170,7 @@ def run(cfg, store=None) -> dict:
     C.validate(cfg)
     cfg = C.resolve(cfg)
     C.check_inputs(cfg)
+    check_dataset(cfg)
     check_relaunch(cfg)
     fsio.makedirs(cfg.run)
     C.dump(cfg, fsio.join(cfg.run, "config.yaml"))

@@ -272,3 +272,93 @@ def test_cli_sweep_beside_a_neighbouring_ray_matches_the_in_process_sweep(ray_cl
         assert b["metrics"] == pytest.approx(a["metrics"], abs=1e-6)
         ha, hb = (torch.load(os.path.join(j["run"], "head.pt")) for j in (a, b))
         assert all(torch.allclose(ha[k], hb[k], atol=1e-6) for k in ha)
+
+
+# --- bad input as a user meets it (issue 29): each one line before anything is written or Ray is started ---------
+def _one_error_line(done) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr[-3000:]
+    return lines[0]
+
+
+def test_a_corpus_with_one_training_video_is_one_error_line(export, tmp_path):
+    from conftest import ROOT, user_env
+    from shards.synthetic import SyntheticConfig, generate
+
+    one = str(tmp_path / "one")
+    generate(SyntheticConfig(out=one, n_train=1, n_test=1, min_seconds=12, max_seconds=12, seed=3))
+    done = subprocess.run([sys.executable, "-m", "finetune.train", f"checkpoint={export}", f"dataset.root={one}",
+                           f"run={tmp_path / 'r'}", f"features.cache={tmp_path / 'c'}", "batch_size=2",
+                           "max_steps=1"], cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=600)
+    assert "1 training video(s)" in _one_error_line(done) and one in done.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()   # nothing extracted, nothing written
+
+
+@pytest.mark.parametrize("head", ["vcma", "winner", "fsm"])
+def test_tube_heads_on_an_instructional_corpus_say_it_is_not_an_stvg_corpus(export, corpus, tmp_path, head):
+    from conftest import ROOT, user_env
+
+    done = subprocess.run([sys.executable, "-m", "finetune.train", "--config",
+                           f"configs/finetune/{head}_synthetic.yaml", f"checkpoint={export}",
+                           f"dataset.root={corpus}", f"run={tmp_path / 'r'}", f"features.cache={tmp_path / 'c'}"],
+                          cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=600)
+    line = _one_error_line(done)
+    assert "instructional (temporal) synthetic corpus, not an STVG corpus" in line and "detections" not in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_cluster_finetune_checks_the_dataset_before_ray_starts(export, tmp_path):
+    from conftest import ROOT, user_env
+
+    ray_tmp = tmp_path / "ray"
+    done = subprocess.run([sys.executable, "-m", "cluster.finetune", f"checkpoint={export}",
+                           f"dataset.root={tmp_path / 'missing'}", f"run={tmp_path / 'r'}"], cwd=ROOT,
+                          env=user_env(RAY_TMPDIR=str(ray_tmp)), capture_output=True, text=True, timeout=600)
+    assert "manifest" in _one_error_line(done) and str(tmp_path / "missing") in done.stderr
+    assert not ray_tmp.exists() and not (tmp_path / "r").exists()   # no Ray session was started, nothing written
+
+
+@pytest.mark.parametrize("kind", ["synthetic", "synthetic_stvg"])
+def test_two_corpora_with_the_same_ids_keep_their_own_cached_features(export, tmp_path, kind):
+    """Two synthetic corpora made with one seed share their video ids but not their videos (issue 29: the cache was
+    keyed by export and id, so the second run rewrote the first's entries, or read them when the sizes matched).
+    The second corpus's finetune (a fresh `python -m finetune.train`) extracts its own videos into the shared cache, leaving
+    the other corpus's entries byte for byte (text.npz is keyed by sentence, so it only gains the new ones)."""
+    from conftest import ROOT, tree_digest, user_env
+    from shards.synthetic import SyntheticConfig, generate
+
+    stvg = kind == "synthetic_stvg"
+    roots = [str(tmp_path / "a"), str(tmp_path / "b")]
+    for root, actions in zip(roots, (2, 3)):   # same seed, other timelines: same ids, other bytes
+        generate(SyntheticConfig(out=root, n_train=2, n_test=1, min_seconds=12, max_seconds=12, seed=5,
+                                 min_actions=actions, max_actions=actions, **({"mode": "stvg"} if stvg else {})))
+    names = [sorted(os.listdir(os.path.join(r, "train", "videos"))) for r in roots]
+    assert names[0] == names[1] and len(names[0]) == 2
+    cache = tmp_path / "cache"
+    extra = (["head=tube_sim", "features.max_frames=12", "tubes.tubes=4"] if stvg else []) + [f"dataset.kind={kind}"]
+
+    args = lambda root, run: [f"checkpoint={export}", f"dataset.root={root}", f"features.cache={cache}",  # noqa: E731
+                              f"run={tmp_path / run}", "batch_size=2", "max_steps=1", "evaluate=false", *extra]
+
+    def in_process(root):   # the first corpus's features, extracted as a sweep's driver does
+        from finetune.families import build_adapter
+        from finetune.train import prepare
+
+        cfg = C.load(FinetuneConfig, None, args(root, "unused"))
+        return prepare(cfg, build_adapter(cfg.dataset))
+
+    first = in_process(roots[0])
+    assert first["extracted"] == 3 and not first["failed"]
+    before = tree_digest(cache)
+    done = subprocess.run([sys.executable, "-m", "finetune.train", *args(roots[1], "rb")], cwd=ROOT, env=user_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    second = json.load(open(tmp_path / "rb" / "summary.json"))["features"]
+    assert second["extracted"] == 3 and second["cached"] == 0   # none of the first corpus's entries served
+    after = tree_digest(cache)
+    videos = {k: v for k, v in before.items() if not k.endswith("text.npz")}
+    assert {k: after[k] for k in videos} == videos   # not one of the first corpus's entries rewritten
+    assert len([k for k in after if not k.endswith("text.npz")]) == 2 * len(videos)
+    again = in_process(roots[0])   # and the first corpus's own entries still serve it
+    assert again["cached"] == 3 and again["extracted"] == 0

@@ -308,6 +308,25 @@ def test_a_temporal_head_on_an_stvg_dataset_is_one_error_line(tmp_path, export, 
     assert not os.path.exists(tmp_path / "r")
 
 
+@pytest.mark.parametrize("head,zeros", [
+    ("wsra", ["wsra.alpha=0", "wsra.beta=0", "wsra.gamma=0", "wsra.delta=0", "wsra.epsilon=0"]),
+    ("vcma", ["vcma.w_contra=0", "vcma.w_assign=0", "vcma.w_rec=0"]),
+    ("winner", ["winner.mu=0", "winner.recon=0", "winner.temporal=0", "winner.dsa=false"]),
+    ("fsm", [f"fsm.{w}=0" for w in ("w_cls", "w_l1", "w_giou", "w_sted", "w_att", "w_mrcl", "w_pointer")]),
+])
+def test_loss_weights_all_zero_are_one_error_line(tmp_path, head, zeros):
+    """A finetune whose loss is a constant would "train" and exit 0 (issue 29): refused for every head with loss
+    weights, before the checkpoint is even looked at and before anything is written."""
+    kind = "synthetic" if head == "wsra" else "synthetic_stvg"
+    proc = subprocess.run([sys.executable, "-m", "finetune.train", f"checkpoint={tmp_path / 'none'}",
+                           f"dataset.kind={kind}", f"dataset.root={tmp_path / 'corpus'}", f"head={head}",
+                           f"run={tmp_path / 'r'}", *zeros], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "all 0" in lines[0], proc.stderr
+    assert not os.path.exists(tmp_path / "r")
+
+
 def test_vidstg_adapter_reads_tubedetr_files(corpus):
     """The synthetic corpus's truth is TubeDETR's preprocessed VidSTG format, so the VidSTG adapter reads it."""
     from finetune.datasets_stvg import VidstgAdapter
@@ -404,10 +423,12 @@ def test_vcma_finetune_under_ray_writes_evaluator_output_and_resumes(ray_cluster
                                                                      tmp_path):
     from cluster.finetune import run_finetunes
 
-    cache, run = features[0].features.cache, str(tmp_path / "run")     # the module's cache: nothing to extract
+    # the module's cache; the weak corpus is a copy at another path, so its entries are its own (issue 29: a cache
+    # entry names its video file), extracted by the first run and read by the second
+    cache, run = features[0].features.cache, str(tmp_path / "run")
     small = ["head=vcma", "vcma.dim=16", "vcma.blocks=1", "vcma.heads=2", "vcma.vocab=64"]
     first = run_finetunes(cfg_for(export, weak_corpus, cache, run, *small), ray_cluster)
-    assert [j.get("error") for j in first["jobs"]] == [None] and first["features"][0]["extracted"] == 0
+    assert [j.get("error") for j in first["jobs"]] == [None] and first["features"][0]["extracted"] == 6
     second = run_finetunes(cfg_for(export, weak_corpus, cache, run, *small, "max_steps=4"), ray_cluster)
     job = second["jobs"][0]
     assert job.get("error") is None and job["steps"] == 4 and second["features"][0]["extracted"] == 0
@@ -438,13 +459,13 @@ def test_fsm_supervised_finetune_under_ray_resumes_exactly(ray_cluster, features
     assert feature_store(cfg_for(export, corpus, cache, run, *common, "fsm.multiscale=true")).missing(videos) == videos
     assert feature_store(cfg_for(export, corpus, cache, run, *common)).missing(videos) == {}
     vid = sorted(videos)[0]
-    before = features[1]._cache(vid).get(vid, os.path.getsize(videos[vid]))
+    before = features[1]._cache(vid).get(vid, os.path.getsize(videos[vid]), videos[vid])
     first = run_finetunes(cfg_for(export, corpus, cache, run, *common,
                                   "sweep.variants={resumed: [max_steps=2], straight: [max_steps=4], "
                                   f"e2e_resumed: [max_steps=2, {e2e}], e2e_straight: [max_steps=4, {e2e}]}}"),
                           ray_cluster)
     assert [j.get("error") for j in first["jobs"]] == [None] * 4 and first["features"][0]["extracted"] == 0
-    after = features[1]._cache(vid).get(vid, os.path.getsize(videos[vid]))
+    after = features[1]._cache(vid).get(vid, os.path.getsize(videos[vid]), videos[vid])
     assert first["features"][1]["extracted"] == first["features"][1]["multiscale_added"] == 6
     assert "regions_mid" in after and "regions_mid" not in before
     assert all(np.array_equal(before[k], after[k]) for k in before)           # the other heads' arrays as they were

@@ -232,13 +232,13 @@ def test_region_features_batched_equal_per_frame_and_cache(one_video):
         np.testing.assert_allclose(g1[0], glob[t], atol=1e-5)
     cache = RegionCache(str(root / "cache"), export, source.name)
     first = video_tubes(model, vid, path, props, cfg.width, cfg.height, TubeConfig(tubes=4), cache)
-    assert os.path.exists(cache.url(vid)) and len(first.tubes) == 4
+    assert os.path.exists(cache.url(vid, path)) and len(first.tubes) == 4
     again = video_tubes(model, vid, path, props, cfg.width, cfg.height, TubeConfig(tubes=4), cache)
     np.testing.assert_array_equal(again.regions, first.regions)  # float16 in the cache and in a fresh run alike
     np.testing.assert_array_equal(again.frames, first.frames)
     assert [t.index.tolist() for t in again.tubes] == [t.index.tolist() for t in first.tubes]
     other = RegionCache(str(root / "cache"), export, "file-other.json")
-    assert other.url(vid) != cache.url(vid) and other.get(vid, os.path.getsize(path)) is None
+    assert other.url(vid, path) != cache.url(vid, path) and other.get(vid, os.path.getsize(path), path) is None
 
 
 def test_model_proposals_are_boxes_in_the_frame(one_video):
@@ -291,8 +291,64 @@ def test_bad_link_setting_is_one_error_line(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "gap_discount" in lines[0]
-    ok = subprocess.run([sys.executable, "-m", "tubes", "--detections", path, "--out", str(tmp_path / "t.json")],
-                        capture_output=True, text=True, env=ENV, cwd=ROOT)
+
+
+
+def _video_of(one_video) -> tuple[str, str]:
+    cfg = one_video[0]
+    folder = os.path.join(cfg.out, "test", "videos")
+    (name,) = os.listdir(folder)
+    return folder, os.path.splitext(name)[0]
+
+
+def test_tubes_links_a_file_checked_against_its_video(one_video, tmp_path):
+    folder, vid = _video_of(one_video)
+    path = _write(tmp_path, "ok.json", {"format": "stground-detections/1", "videos": {
+        vid: {"fps": 5, "frames": {"0": {"boxes": [[0, 0, 4, 4]], "scores": [1]}}}}})
+    ok = subprocess.run([sys.executable, "-m", "tubes", "--detections", path, "--videos", folder,
+                         "--out", str(tmp_path / "t.json")], capture_output=True, text=True, env=ENV, cwd=ROOT)
     assert ok.returncode == 0 and json.loads(ok.stdout.strip().splitlines()[-1]) == {"videos": 1, "tubes": 1,
-                                                                                      "proposals": 1}
-    assert json.load(open(tmp_path / "t.json"))["v"][0]["boxes"] == {"0": [0.0, 0.0, 4.0, 4.0]}
+                                                                                      "proposals": 1}, ok.stderr
+    assert json.load(open(tmp_path / "t.json"))[vid][0]["boxes"] == {"0": [0.0, 0.0, 4.0, 4.0]}
+
+
+def _frames(vid, fps="5", frame="0", box=(0, 0, 4, 4), **top):
+    video = {"frames": {frame: {"boxes": [list(box)], "scores": [1]}}}
+    if fps is not None:
+        video["fps"] = float(fps)
+    return {"videos": {vid: video}, **top}
+
+
+# impossible input that python -m tubes accepted with exit 0 (issue 29): one error line, exit 2, nothing written
+IMPOSSIBLE = [
+    ("npz-fps-negative", None, "fps must be a positive number"),
+    ("box-outside-the-frame", lambda v: _frames(v, box=(500, 500, 600, 600)), "outside the 128x96 frame"),
+    ("frame-past-the-video", lambda v: _frames(v, frame="99999999"), "frame 99999999]: past the video's last frame"),
+    ("fps-1e9", lambda v: _frames(v, fps="1e9"), "is not the video's native rate"),
+    ("no-fps", lambda v: _frames(v, fps=None), "no fps"),
+    ("unknown-format", lambda v: _frames(v, format="yolo/7"), "format must be 'stground-detections/1'"),
+    ("no-videos-given", lambda v: _frames(v), "--videos is required"),
+    ("no-videos-in-the-file", lambda v: {"videos": {}}, "holds no videos"),
+    ("out-is-a-folder", lambda v: _frames(v), "is a folder"),
+]
+
+
+@pytest.mark.parametrize("case,data,message", IMPOSSIBLE, ids=[c[0] for c in IMPOSSIBLE])
+def test_impossible_detections_are_one_error_line(one_video, tmp_path, case, data, message):
+    folder, vid = _video_of(one_video)
+    if data is None:
+        path = str(tmp_path / "bad.npz")
+        np.savez(path, video=np.array([vid]), frame=np.array([0]), boxes=np.array([[0, 0, 4, 4]]),
+                 scores=np.array([0.5]), fps=np.array(-1.0))
+    else:
+        path = _write(tmp_path, "bad.json", data(vid))
+    out = tmp_path / "out"
+    out.mkdir()
+    target = str(out) if case == "out-is-a-folder" else str(out / "t.json")
+    args = [] if case == "no-videos-given" else ["--videos", folder]
+    res = subprocess.run([sys.executable, "-m", "tubes", "--detections", path, *args, "--out", target],
+                         capture_output=True, text=True, env=ENV, cwd=ROOT)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
+    assert os.listdir(out) == []   # no tubes file, no .tmp-* left behind

@@ -1,17 +1,19 @@
-"""python -m tubes --detections FILE [--videos DIR|manifest.csv] --out TUBES.json [key=value ...]: check a
-detections file (docs/stvg.md) and link its boxes into tubes per video, with the file's features when it has them
-(otherwise IoU alone links). With --videos the file is also checked against each video (tubes/videos.py: its fps
-is the video's native rate, no frame id past the video, no box outside the frame). Prints a JSON summary (videos,
-tubes, proposals) as its last line."""
+"""python -m tubes --detections FILE --videos DIR|manifest.csv [--out TUBES.json] [key=value ...]: check a
+detections file (docs/stvg.md) against its videos and link its boxes into tubes per video, with the file's
+features when it has them (otherwise IoU alone links). The check (tubes/videos.py: fps is the video's native rate,
+no frame id past the video, no box outside the frame) needs the videos, so --videos is required: a file that
+cannot be checked is not linked. Prints a JSON summary (videos, tubes, proposals) as its last line."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from common import cli, fsio
+from common.errors import UserError
 from common.config import load, parser
 from tubes.config import TubeConfig
 from tubes.linking import link_tubes
@@ -41,16 +43,22 @@ def main(argv=None) -> int:
     p = parser(LinkConfig, "Check a detections file and link its boxes into tubes.", "python -m tubes")
     p.add_argument("--detections", help="same as detections=FILE")
     p.add_argument("--out", help="same as out=FILE")
-    p.add_argument("--videos", help="same as videos=DIR (or a manifest.csv)")
+    p.add_argument("--videos", help="same as videos=DIR (or a manifest.csv); required")
     args = p.parse_args(argv)
     cfg = load(LinkConfig, args.config, args.overrides)
     cfg.detections = args.detections or cfg.detections
     cfg.out = args.out or cfg.out
     cfg.videos = args.videos or cfg.videos
     cfg.link.validate()
+    if cfg.out and fsio.is_local(cfg.out) and os.path.isdir(cfg.out):  # checked before any work; write_text_atomic would leave its temp file
+        raise UserError(f"--out [{cfg.out}]: is a folder; give the tubes file's path (e.g. {cfg.out}/tubes.json)")
     videos = read_detections(cfg.detections)
-    if cfg.videos:
-        check_detections(cfg.detections, videos, _video_paths(cfg.videos))
+    if not cfg.videos:
+        raise UserError("--videos is required (a folder of the file's videos or a manifest.csv): the detections "
+                        "are checked against each video (native fps, frame ids, boxes inside the frame)")
+    if not videos:
+        raise UserError(f"detections file [{cfg.detections}]: holds no videos")
+    check_detections(cfg.detections, videos, _video_paths(cfg.videos))
     result, n_tubes = {}, 0
     for vid, pr in videos.items():
         feats = pr.features if pr.features is not None else np.zeros((*pr.valid.shape, 1), np.float32)

@@ -61,7 +61,7 @@ def video_tubes(model, vid: str, path: str, props: Proposals, width: int | None,
         regions, glob, (width, height) = old.regions, old.frames, old.size
     if cache is not None:
         extra = {"regions_mid": mid[0].astype(np.float16), "mid_layer": np.int64(mid_layer)} if mid else {}
-        cache.put(vid, size_bytes, regions=regions.astype(np.float16), frames=glob.astype(np.float16),
+        cache.put(vid, size_bytes, path, regions=regions.astype(np.float16), frames=glob.astype(np.float16),
                   frame_ids=props.frames, size=np.asarray([width, height], np.float64),
                   roi_output=np.int64(cfg.roi_output), **extra)
     return _linked(vid, props, regions, glob, (width, height), cfg, mid[0] if mid else None)
@@ -73,7 +73,7 @@ def cached_tubes(vid: str, path: str, props: Proposals, cfg: TubeConfig, cache: 
     them for other proposals or another RoI-Align output size, or, when mid_layer > 0 asks for multi-scale, lacks
     that block's region features)."""
     size_bytes = os.path.getsize(path) if os.path.exists(path) else 0
-    data = cache.get(vid, size_bytes)
+    data = cache.get(vid, size_bytes, path)
     if (data is None or data["regions"].shape[:2] != props.valid.shape or "size" not in data
             or int(data.get("roi_output", -1)) != cfg.roi_output):
         return None

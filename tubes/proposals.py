@@ -112,6 +112,8 @@ def _frame_index(url, vid, key) -> int:
 def _read_json(url: str, data) -> dict[str, Proposals]:
     if not isinstance(data, dict) or not isinstance(data.get("videos"), dict):
         _fail(url, None, None, f"expected {{'format': '{FORMAT}', 'videos': {{video: {{'frames': ...}}}}}}")
+    if data.get("format", FORMAT) != FORMAT:
+        _fail(url, None, None, f"format must be {FORMAT!r}, got {data['format']!r}")
     box_format = data.get("box_format", "xyxy")
     if box_format not in ("xyxy", "xywh"):
         _fail(url, None, None, f"box_format must be xyxy or xywh, got {box_format!r}")
@@ -156,6 +158,9 @@ def _read_npz(url: str, blob: bytes) -> dict[str, Proposals]:
         fv = arrays["fps"]
         fps_of = ({str(v): float(f) for v, f in zip(arrays["fps_video"], fv)} if "fps_video" in arrays
                   else {str(v): float(fv) for v in set(vids.tolist())})
+        for v, f in fps_of.items():  # the JSON reader's rule: a given fps is a positive number
+            if not math.isfinite(f) or f <= 0:
+                _fail(url, v, None, f"fps must be a positive number, got {f!r}")
     out = {}
     for vid in dict.fromkeys(str(v) for v in vids.tolist()):
         idx = np.flatnonzero(vids == vid)

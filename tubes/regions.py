@@ -139,11 +139,13 @@ class RegionCache:
 
         self.root = fsio.join(cache, key or Export.of(checkpoint).key, "regions", source_name)
 
-    def url(self, vid: str) -> str:
-        return fsio.join(self.root, fsio.video_file_name(vid))
+    def url(self, vid: str, source: str = "") -> str:
+        """The entry of video `vid` whose file is `source` (its identity is in the name: another corpus with the
+        same ids has other entries)."""
+        return fsio.join(self.root, fsio.video_file_name(vid, source))
 
-    def get(self, vid: str, source_bytes: int) -> dict | None:
-        url = self.url(vid)
+    def get(self, vid: str, source_bytes: int, source: str = "") -> dict | None:
+        url = self.url(vid, source)
         if not fsio.exists(url):
             return None
         try:
@@ -153,10 +155,10 @@ class RegionCache:
             return None  # a damaged cache file is rebuilt
         return data if int(data["source_bytes"]) == source_bytes else None
 
-    def put(self, vid: str, source_bytes: int, **arrays) -> None:
+    def put(self, vid: str, source_bytes: int, source: str = "", **arrays) -> None:
         buf = io.BytesIO()
         np.savez(buf, source_bytes=np.int64(source_bytes), **arrays)
-        fsio.write_bytes_atomic(self.url(vid), buf.getvalue())
+        fsio.write_bytes_atomic(self.url(vid, source), buf.getvalue())
 
 
 @torch.no_grad()

@@ -456,6 +456,9 @@ def _validate(f: FsmConfig, cfg) -> None:
                                                                         "w_mrcl", "w_pointer", "prior_scale"))):
         if not ok:
             raise ConfigError(f"fsm.{name} must be {rule}")
+    weights = ("w_cls", "w_l1", "w_giou", "w_sted", "w_att", "w_mrcl", "w_pointer")
+    if not any(getattr(f, w) > 0 for w in weights):
+        raise ConfigError(f"fsm.{'/'.join(weights)} are all 0: nothing would be trained")
 
 
 # end to end: the only STVG head that may train the encoder (its boxes are per frame, not a tube chosen among

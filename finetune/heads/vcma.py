@@ -631,6 +631,11 @@ def _validate(v: VcmaConfig, cfg) -> None:
         ("vcma.max_relation_words", v.max_relation_words, 1 <= v.max_relation_words <= 16, "in 1..16"),
         ("vcma.vocab", v.vocab, v.vocab >= 16, ">= 16"),
     ])
+    # the weights vcma.losses puts in the loss: all 0 would "train" on a constant (issue 29)
+    used = {"both": ("w_contra", "w_assign", "w_rec"), "contrastive": ("w_contra",),
+            "reconstruction": ("w_rec",)}[v.losses]
+    if not any(getattr(v, w) > 0 for w in used):
+        raise ConfigError(f"vcma.{'/'.join(used)} are all 0 with vcma.losses={v.losses}: nothing would be trained")
 
 
 def _check_io(cfg) -> None:

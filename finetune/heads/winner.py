@@ -617,6 +617,10 @@ def _validate(wn: WinnerConfig, cfg) -> None:
                            ("existence", wn.existence in ("marginal", "product"), "marginal or product")):
         if not ok:
             raise ConfigError(f"winner.{name} must be {rule}, not {getattr(wn, name)!r}")
+    # the loss: mu * word NCE + the phrase hinge (dsa) + recon (svhu) + temporal; none of them on trains nothing
+    if wn.mu == 0 and not wn.dsa and (not wn.svhu or wn.recon == 0) and wn.temporal == 0:
+        raise ConfigError("winner.mu, winner.recon and winner.temporal are all 0 and winner.dsa is off: nothing "
+                          "would be trained")
 
 
 SPEC = HeadSpec(name="winner", head=WinnerHead, config=WinnerConfig, family=STVG, validate=_validate)
