@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import io
 import json
 import logging
 import sys
@@ -110,7 +109,7 @@ class FinetuneModule(nn.Module):
 class BatchTask(Task):
     """The trainer's view of a finetune: step s's batch from the Batcher, on the engine's device."""
 
-    def __init__(self, batcher: Batcher, device):
+    def __init__(self, batcher, device):
         self.batcher, self.device = batcher, device
 
     def inputs(self, step: int, micro: int) -> dict:

@@ -107,7 +107,7 @@ class SegmentWriter:
 
     def append(self, keys, video_ids, times, text, captions=None) -> None:
         n = len(keys)
-        lo, hi = self.written, self.written + n
+        hi = self.written + n
         if hi > self.count:
             raise RuntimeError(f"segment {self.version} planned for {self.count} rows, got {hi}")
         if captions is None:
