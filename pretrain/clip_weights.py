@@ -184,6 +184,11 @@ def read(path: str) -> Weights:
             if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
                 state = state["state_dict"]
     except pickle.UnpicklingError as e:
+        with open(path, "rb") as f:   # torch files are zips (PK) or legacy pickles (protocol byte 0x80)
+            magic = f.read(2)
+        if magic != b"PK" and magic[:1] != b"\x80":
+            raise WeightsError(f"model.pretrained [{path}]: not a weights file (neither safetensors, a TorchScript "
+                               f"archive nor a torch state dict)") from None
         raise WeightsError(f"model.pretrained [{path}]: holds pickled objects, not only tensors; refused "
                            f"({str(e).splitlines()[0][:200]})") from None
     except Exception as e:  # noqa: BLE001 - zip, safetensors and torch each raise their own kinds for a bad file

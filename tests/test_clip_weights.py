@@ -294,7 +294,7 @@ def _cli(run: str, shards: str, *extra: str) -> list[str]:
             *RUN, *extra]
 
 
-@pytest.mark.parametrize("case", ["truncated", "other_backbone", "contrary_activation"])
+@pytest.mark.parametrize("case", ["truncated", "not_weights", "other_backbone", "contrary_activation"])
 def test_bad_weights_are_one_line_before_ray(case, released, shards, tmp_path):
     archive = released["torchscript"][0]
     if case == "truncated":
@@ -302,6 +302,10 @@ def test_bad_weights_are_one_line_before_ray(case, released, shards, tmp_path):
         with open(released["safetensors"][0], "rb") as f:
             cut.write_bytes(f.read(1 << 20))
         extra, named = (f"model.pretrained={cut}",), str(cut)
+    elif case == "not_weights":  # a text file under a weights name was called a file of pickled objects
+        text = tmp_path / "ViT-B-32.pt"
+        text.write_text("<html>404 Not Found</html>\n")
+        extra, named = (f"model.pretrained={text}",), "not a weights file"
     elif case == "other_backbone":  # ViT-B/32 weights on a ViT-B/16: patch and position shapes differ
         extra, named = (f"model.pretrained={released['bin'][0]}", "model.backbone=ViT-B-16"), "ViT-B-16"
     else:  # OpenAI's archive says QuickGELU; the config insists on GELU
