@@ -127,19 +127,21 @@ def _state_bytes(module: nn.Module) -> bytes:
     return buf.getvalue()
 
 
-def check_dataset(cfg) -> None:
+def check_dataset(cfg):
     """The dataset's two splits are readable and the training split has >= 2 videos (the in-batch negatives are
     other videos' queries): one error line before anything is written or Ray is started (issue 29), not a
-    traceback from the batcher after the features are extracted."""
+    traceback from the batcher after the features are extracted. Returns (adapter, train samples, eval queries),
+    so a run reads its splits once."""
     from common.config import ConfigError
 
     adapter = family_of(cfg).adapter(cfg.dataset)
     videos = train_videos(cfg, adapter)
-    n = len({s.video for s in adapter.train_samples() if s.video in videos})
-    adapter.eval_queries()
+    samples, queries = adapter.train_samples(), adapter.eval_queries()
+    n = len({s.video for s in samples if s.video in videos})
     if n < 2:
         raise ConfigError(f"dataset [{cfg.dataset.root or cfg.dataset.train}]: {n} training video(s) with queries; "
                             "a finetune needs >= 2 (each batch's negatives are the other videos' queries)")
+    return adapter, samples, queries
 
 
 def check_relaunch(cfg) -> None:
@@ -169,14 +171,11 @@ def run(cfg, store=None) -> dict:
     C.validate(cfg)
     cfg = C.resolve(cfg)
     C.check_inputs(cfg)
-    check_dataset(cfg)
+    adapter, samples, queries = check_dataset(cfg)
     check_relaunch(cfg)
     fsio.makedirs(cfg.run)
     C.dump(cfg, fsio.join(cfg.run, "config.yaml"))
     spec, family = spec_of(cfg.head), family_of(cfg)
-    adapter = family.adapter(cfg.dataset)
-    samples = adapter.train_samples()
-    queries = adapter.eval_queries()
     store = store or family.store(cfg, adapter)
     feature_counts = prepare(cfg, adapter, store=store)
     train_feats = store.load_all(train_videos(cfg, adapter))
