@@ -357,6 +357,7 @@ def stvg_heads(cfg: DemoConfig, corpus_dir: str, export: str, ray) -> tuple[dict
     (cluster/finetune.py), into <out>/finetune/<head>; a head whose run finished there is read, not re-run."""
     from cluster.finetune import run_finetunes
     from finetune.config import FinetuneConfig
+    from finetune.heads.registry import spec_of
 
     rows, files = {}, {}
     for head in cfg.stvg_heads:
@@ -373,7 +374,7 @@ def stvg_heads(cfg: DemoConfig, corpus_dir: str, export: str, ray) -> tuple[dict
             job = run_finetunes(fcfg, ray)["jobs"][0]
             if "error" in job:
                 raise RuntimeError(f"STVG finetune {head} failed: {job['error']}")
-        label = f"{head.upper()} ({'supervised' if head == 'fsm' else 'weak'})"
+        label = f"{head.upper()} ({'supervised' if spec_of(head).supervised else 'weak'})"
         rows[label] = {k: round(v, 2) for k, v in job.get("metrics", {}).items()}
         files[label] = job["predictions"]
     return rows, files
