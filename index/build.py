@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import tempfile
 import time
 from typing import Callable, Sequence
 
@@ -103,9 +104,10 @@ def sample_task(emb_dir: str, name: str, expect: int, dim: int, vectors: str, ro
 
 
 def add_task(trained: bytes, emb_dir: str, group: Sequence[tuple[str, int, int]], dim: int, vectors: str,
-             gpu: str) -> tuple[bytes, list[dict]]:
+             gpu: str, lists_only: bool = False) -> tuple[bytes, list[dict]]:
     """Add shards [(name, samples, first_id)] to a copy of the trained index. Returns the partial index and, per
-    shard, its per-vector columns (keys, video ids, times, caption vectors and texts)."""
+    shard, its per-vector columns (keys, video ids, times, caption vectors and texts). With `lists_only` (the
+    on-disk merge, which reads nothing else of a partial) the partial's coarse quantizer is emptied first."""
     index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
     maps = []
     for name, expect, first_id in group:
@@ -120,6 +122,11 @@ def add_task(trained: bytes, emb_dir: str, group: Sequence[tuple[str, int, int]]
             index.add(x)
         maps.append({"name": name, "first_id": first_id, "keys": shard.keys, "video_ids": shard.video_ids,
                      "times": shard.times, "text": embshards.l2_normalise(shard.text), "captions": shard.captions})
+    if lists_only and is_ivf(index):
+        # Why: the merge keeps every partial open until the last one arrives, and each would carry its own copy of
+        # the quantizer (nlist x d floats: 64 MB at IVF65536 on 256-d), i.e. driver memory growing with the number of
+        # partials; emptied, a partial is its inverted lists and the fixed-size codebooks.
+        faiss.extract_index_ivf(index).quantizer.reset()
     return faiss.serialize_index(index).tobytes(), maps
 
 
@@ -157,11 +164,12 @@ def _groups(cfg: BuildSection, todo, first_id: int) -> list[list[tuple[str, int,
 
 
 def _partials(cfg: BuildSection, emb_dir: str, todo, first_id: int, dim: int, trained: faiss.Index,
-              mapper: Mapper, segment: columns.SegmentWriter, shards: list[dict]):
+              mapper: Mapper, segment: columns.SegmentWriter, shards: list[dict], lists_only: bool):
     """The partial indices in shard order, one at a time; each one's columns go into `segment` (and its shards'
     id ranges into `shards`) as it arrives, so the driver holds one partial's data at a time."""
     blob = faiss.serialize_index(trained).tobytes()
-    results = mapper(add_task, [(blob, emb_dir, g, dim, cfg.vectors, cfg.gpu) for g in _groups(cfg, todo, first_id)])
+    results = mapper(add_task, [(blob, emb_dir, g, dim, cfg.vectors, cfg.gpu, lists_only)
+                                for g in _groups(cfg, todo, first_id)])
     for part, maps in results:
         for m in maps:
             if m["first_id"] != first_id + segment.written:
@@ -214,19 +222,40 @@ def _merge_ondisk(trained: faiss.Index, base: faiss.Index | None, partials, stag
     return out
 
 
-def _check_keys(new: columns.Columns, old: columns.Columns | None, where: str) -> None:
-    """No sample key twice in the index. Compared by 64-bit hashes (8 bytes per key, not the keys themselves);
-    only keys whose hash repeats are read back and compared as strings."""
+def _check_keys(new: columns.Columns, old: columns.Columns | None, where: str, part_size: int = 1 << 21) -> None:
+    """No sample key twice in the index. Compared by 64-bit hashes (8 bytes a key, not the keys themselves), spilled
+    into hash-partition files so that one partition of at most ~`part_size` hashes is in memory at a time (the
+    check's memory does not grow with the index); only keys whose hash repeats are read back and compared."""
     def hashes(cols):
         for _, keys in cols.chunks("keys"):
             yield keys, np.fromiter((hash(k) for k in keys), np.int64, len(keys))
 
-    new_h = np.concatenate([h for _, h in hashes(new)] or [np.zeros(0, np.int64)])
-    values, counts = np.unique(new_h, return_counts=True)
-    suspects = set(values[counts > 1].tolist())
-    if old is not None:
-        for _, h in hashes(old):
-            suspects.update(h[np.isin(h, values)].tolist())
+    total = int(new.starts[-1]) + (int(old.starts[-1]) if old is not None else 0)
+    parts = max(1, -(-total // part_size))
+    suspects: set = set()
+    with tempfile.TemporaryDirectory(prefix="stg-keys-") as tmp:
+        def spill(cols, tag):
+            files = [open(os.path.join(tmp, f"{tag}-{p}"), "wb") for p in range(parts)]
+            try:
+                for _, h in hashes(cols):
+                    which = h % parts
+                    order = np.argsort(which, kind="stable")
+                    bounds = np.searchsorted(which[order], np.arange(parts + 1))
+                    for p in range(parts):
+                        files[p].write(h[order[bounds[p]:bounds[p + 1]]].tobytes())
+            finally:
+                for f in files:
+                    f.close()
+
+        spill(new, "new")
+        if old is not None:
+            spill(old, "old")
+        for p in range(parts):
+            values, counts = np.unique(np.fromfile(os.path.join(tmp, f"new-{p}"), np.int64), return_counts=True)
+            suspects.update(values[counts > 1].tolist())
+            if old is not None:
+                h = np.fromfile(os.path.join(tmp, f"old-{p}"), np.int64)
+                suspects.update(h[np.isin(h, values)].tolist())
     if not suspects:
         return
     seen: collections.Counter = collections.Counter()
@@ -307,8 +336,9 @@ def _add_segment(cfg: BuildSection, emb_dir: str, todo, meta: store.Meta, traine
     their columns written as a new segment in the stage; meta's count, shards and segments extended."""
     first = meta.count
     segment = columns.SegmentWriter(stage.dir, stage.version, sum(c for _, c in todo), meta.dim)
-    partials = _partials(cfg, emb_dir, todo, first, meta.dim, trained, mapper, segment, meta.shards)
-    if (cfg.merge == "ondisk") if base is None else bool(meta.ivfdata):  # an add keeps the index's own layout
+    ondisk = (cfg.merge == "ondisk") if base is None else bool(meta.ivfdata)  # an add keeps the index's own layout
+    partials = _partials(cfg, emb_dir, todo, first, meta.dim, trained, mapper, segment, meta.shards, ondisk)
+    if ondisk:
         index = _merge_ondisk(trained, base, partials, stage)
     elif cfg.merge == "memory":
         index = _merge_memory(base if base is not None else _copy(trained), partials)

@@ -141,7 +141,8 @@ class Columns:
     def __init__(self, folder: str, segments: list[dict]):
         self.folder = folder
         self.segments = segments
-        self.starts = np.array([s["first_id"] for s in segments] + [sum(s["count"] for s in segments)], np.int64)
+        end = segments[-1]["first_id"] + segments[-1]["count"] if segments else 0  # a view may start past id 0
+        self.starts = np.array([s["first_id"] for s in segments] + [end], np.int64)
 
     def has(self, column: str) -> bool:
         return all(column in s["columns"] for s in self.segments)
@@ -205,5 +206,5 @@ class Columns:
     def chunks(self, column: str, size: int = 1 << 16):
         """(first id, list of strings) over the whole column, `size` ids at a time."""
         total = int(self.starts[-1])
-        for lo in range(0, total, size):
+        for lo in range(int(self.starts[0]), total, size):
             yield lo, self.strings(column, lo, min(total, lo + size))

@@ -241,6 +241,54 @@ def test_bad_input(tmp_path, data):
         store.load(url)
 
 
+@pytest.mark.parametrize("part_size", [1 << 21, 7])  # one hash partition, and hundreds of them
+def test_a_key_indexed_twice_is_refused_whatever_the_partitions(tmp_path, data, monkeypatch, part_size):
+    """The duplicate-key check spills hashes into partitions (its memory must not grow with the index): a key
+    repeated inside one build, or between an index and an add, is found whichever partition its hash lands in."""
+    check = build._check_keys
+    monkeypatch.setattr(build, "_check_keys", lambda new, old, where: check(new, old, where, part_size=part_size))
+    twice = {k: v[:900] for k, v in data.items()}
+    twice["keys"] = twice["keys"].copy()
+    twice["keys"][850] = twice["keys"][123]                   # another shard than the first copy
+    emb = str(tmp_path / "twice" / "emb")
+    synthetic.write_shards(emb, twice, 300)
+    with pytest.raises(EmbeddingShardError, match=f"indexed twice, e.g. \\['{twice['keys'][123]}'\\]"):
+        build.build(_ivf(), emb, str(tmp_path / "twice" / "index"))
+    assert not os.path.exists(tmp_path / "twice" / "index" / "index.json")
+
+    emb, url = str(tmp_path / "add" / "emb"), str(tmp_path / "add" / "index")
+    synthetic.write_shards(emb, {k: v[:600] for k, v in data.items()}, 300)
+    assert build.build(_ivf(merge="ondisk"), emb, url)["count"] == 600
+    later = {k: v[600:900] for k, v in data.items()}
+    later["keys"] = later["keys"].copy()
+    later["keys"][299] = data["keys"][5]                      # already in the index
+    synthetic.write_shards(emb, later, 300, first_shard=2)
+    before = {n: open(os.path.join(url, n), "rb").read() for n in os.listdir(url)}
+    with pytest.raises(EmbeddingShardError, match=data["keys"][5]):
+        build.add(_ivf(merge="ondisk"), emb, url)
+    assert {n: open(os.path.join(url, n), "rb").read() for n in os.listdir(url)} == before
+
+
+def test_on_disk_partials_carry_lists_not_quantizers(tmp_path, data):
+    """A partial for the on-disk merge comes back with an empty coarse quantizer (the driver keeps every partial
+    open until the merge, so a quantizer each would grow with their number) and the same inverted lists."""
+    emb = _emb(tmp_path, data, upto=1000)
+    trained = build.make_index("IVF32,PQ4", D)
+    trained.train(data["video"][:1000])
+    blob = faiss.serialize_index(trained).tobytes()
+    names = [n for n, _ in build.plan(emb)[0]]
+    group = [(names[0], 500, 0), (names[1], 500, 500)]
+    full, _ = build.add_task(blob, emb, group, D, "video", "off")
+    lean, maps = build.add_task(blob, emb, group, D, "video", "off", lists_only=True)
+    assert len(lean) < len(full) and [m["first_id"] for m in maps] == [0, 500]
+    kept = [faiss.deserialize_index(np.frombuffer(x, np.uint8)) for x in (full, lean)]  # owners of a and b
+    a, b = (faiss.extract_index_ivf(ix) for ix in kept)
+    assert a.quantizer.ntotal == 32 and b.quantizer.ntotal == 0 and a.ntotal == b.ntotal == 1000
+    for j in range(32):
+        assert faiss.rev_swig_ptr(a.invlists.get_ids(j), a.invlists.list_size(j)).tolist() == \
+            faiss.rev_swig_ptr(b.invlists.get_ids(j), b.invlists.list_size(j)).tolist()
+
+
 def test_s3_roundtrip(tmp_path, data, s3_bucket):
     emb = f"{s3_bucket}/shards/embeddings/tag"
     synthetic.write_shards(emb, {k: v[:2000] for k, v in data.items()}, 1000)
