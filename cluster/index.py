@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script (ray job submit -- python clust
 
 from common import cli
 from common import config as C
-from common import fsio
+from common import fsio, heap
 from index.config import IndexConfig
 
 COMMANDS = ("embed", "build", "add", "mine", "search")
@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = C.parser(IndexConfig, f"cluster.index {command}", prog=f"python -m cluster.index {command}").parse_args(rest)
     cfg = C.load(IndexConfig, args.config, args.overrides)
+    if command != "embed":  # the drivers that read shard after shard (embed's work is the model's: left alone)
+        heap.return_large_frees()
     if command == "search":
         print(run_search(cfg))
         return 0

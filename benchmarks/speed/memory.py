@@ -18,7 +18,8 @@ least-squares slopes of log(peak RSS - idle) on log(size) over the sizes; the FA
 and .ivfdata bytes) are reported beside them, since they grow with n by design. On Linux each step also reports its
 peak anonymous and file-backed resident set apart (sampled every 5 ms): `build`, `add` and `search` map the index's
 codes (the on-disk partials and .ivfdata), so their `*_anon` exponents are the ones the target is about
-(`target_met_less_mapped_codes`).
+(`target_met_less_mapped_codes`). The index steps run with the allocator setting `python -m cluster.index` makes
+(common.heap.return_large_frees); MEM_HEAP_DEFAULT=1 leaves glibc's default, the baseline.
 """
 from __future__ import annotations
 
@@ -124,6 +125,10 @@ def step(name: str, work: str, n: int) -> dict:
 
 
 def _step(name: str, work: str, n: int) -> dict:
+    if name in ("build", "add", "search", "mine") and not os.environ.get("MEM_HEAP_DEFAULT"):  # as `python -m cluster.index <name>` sets it for its process
+        from common.heap import return_large_frees
+
+        return_large_frees()
     emb, url, table = os.path.join(work, "emb"), os.path.join(work, "index"), os.path.join(work, "pp")
     out: dict = {}
     if name == "idle":  # the floor of the index steps: their imports
