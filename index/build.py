@@ -222,16 +222,17 @@ def _merge_ondisk(trained: faiss.Index, base: faiss.Index | None, partials, stag
     return out
 
 
-def _check_keys(new: columns.Columns, old: columns.Columns | None, where: str, part_size: int = 1 << 21) -> None:
+def _check_keys(new: columns.Columns, old: columns.Columns | None, where: str, part_size: int = 1 << 19) -> None:
     """No sample key twice in the index. Compared by 64-bit hashes (8 bytes a key, not the keys themselves), spilled
-    into hash-partition files so that one partition of at most ~`part_size` hashes is in memory at a time (the
-    check's memory does not grow with the index); only keys whose hash repeats are read back and compared."""
+    into hash-partition files so that one partition of ~`part_size` hashes is in memory at a time, sorted in place
+    (~9 bytes a hash; at most 256 partitions, i.e. open files, so past 134M keys a partition grows); only keys
+    whose hash repeats are read back and compared."""
     def hashes(cols):
         for _, keys in cols.chunks("keys"):
             yield keys, np.fromiter((hash(k) for k in keys), np.int64, len(keys))
 
     total = int(new.starts[-1]) + (int(old.starts[-1]) if old is not None else 0)
-    parts = max(1, -(-total // part_size))
+    parts = min(256, max(1, -(-total // part_size)))
     suspects: set = set()
     with tempfile.TemporaryDirectory(prefix="stg-keys-") as tmp:
         def spill(cols, tag):
@@ -251,11 +252,12 @@ def _check_keys(new: columns.Columns, old: columns.Columns | None, where: str, p
         if old is not None:
             spill(old, "old")
         for p in range(parts):
-            values, counts = np.unique(np.fromfile(os.path.join(tmp, f"new-{p}"), np.int64), return_counts=True)
-            suspects.update(values[counts > 1].tolist())
-            if old is not None:
-                h = np.fromfile(os.path.join(tmp, f"old-{p}"), np.int64)
-                suspects.update(h[np.isin(h, values)].tolist())
+            h = np.fromfile(os.path.join(tmp, f"new-{p}"), np.int64)
+            h.sort()
+            suspects.update(h[1:][h[1:] == h[:-1]].tolist())
+            if old is not None and len(h):
+                o = np.fromfile(os.path.join(tmp, f"old-{p}"), np.int64)
+                suspects.update(o[h[np.minimum(np.searchsorted(h, o), len(h) - 1)] == o].tolist())
     if not suspects:
         return
     seen: collections.Counter = collections.Counter()

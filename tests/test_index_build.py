@@ -241,7 +241,7 @@ def test_bad_input(tmp_path, data):
         store.load(url)
 
 
-@pytest.mark.parametrize("part_size", [1 << 21, 7])  # one hash partition, and hundreds of them
+@pytest.mark.parametrize("part_size", [1 << 19, 7])  # one hash partition, and hundreds of them
 def test_a_key_indexed_twice_is_refused_whatever_the_partitions(tmp_path, data, monkeypatch, part_size):
     """The duplicate-key check spills hashes into partitions (its memory must not grow with the index): a key
     repeated inside one build, or between an index and an add, is found whichever partition its hash lands in."""
