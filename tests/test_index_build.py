@@ -287,6 +287,13 @@ def test_on_disk_partials_carry_lists_not_quantizers(tmp_path, data):
     for j in range(32):
         assert faiss.rev_swig_ptr(a.invlists.get_ids(j), a.invlists.list_size(j)).tolist() == \
             faiss.rev_swig_ptr(b.invlists.get_ids(j), b.invlists.list_size(j)).tolist()
+    # and a PQ index merged on disk from such partials (their codebooks dropped once read) equals one built at once
+    for factory in ("IVF32,PQ4", "OPQ4,IVF32,PQ4"):
+        url = str(tmp_path / factory.replace(",", "_"))
+        build.build(_ivf(factory=factory, merge="ondisk"), emb, url)
+        index, meta = store.load(url)
+        assert meta.ivfdata and index.ntotal == 1000
+        _same_results(index, _at_once(url, data["video"][:1000]), data["video"][:1000:29])
 
 
 def test_s3_roundtrip(tmp_path, data, s3_bucket):
