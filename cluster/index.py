@@ -12,6 +12,7 @@ partial indices, training samples and mining run as Ray tasks; merging happens o
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -32,20 +33,38 @@ _DATA_SHARD = re.compile(r"^shard-(\d{6})\.tar$")
 log = logging.getLogger("cluster.index")
 
 
-def ray_mapper(ray):
-    """mapper(fn, args) running fn as one Ray task per argument tuple, yielding results in order, one at a time
-    (the driver holds one result; the others wait in the object store)."""
+def ray_mapper(ray, window: int | None = None):
+    """mapper(fn, args) running fn as one Ray task per argument tuple, yielding results in order, one at a time.
+    At most `window` tasks (default: twice the cluster's CPUs) are submitted ahead of the result being read, so
+    the object store holds a window of results, not all of them; a large bytes argument that every task shares
+    (the trained index) is put in the object store once, not once a task."""
     remotes = {}
 
     def mapper(fn, args):
         if fn not in remotes:
             remotes[fn] = ray.remote(num_cpus=1)(fn)
-        refs = [remotes[fn].remote(*a) for a in args]
+        ahead = window or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        shared: dict = {}
+
+        def once(x):
+            if isinstance(x, (bytes, bytearray)) and len(x) > 1 << 20:
+                if id(x) not in shared:
+                    shared[id(x)] = (x, ray.put(x))  # x kept alive: its id stays its own
+                return shared[id(x)][1]
+            return x
 
         def results():
-            for i in range(len(refs)):
-                ref, refs[i] = refs[i], None
-                yield ray.get(ref)
+            todo, pending = iter(args), collections.deque()
+            for a in todo:
+                pending.append(remotes[fn].remote(*map(once, a)))
+                if len(pending) >= ahead:
+                    break
+            while pending:
+                out = ray.get(pending.popleft())
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(remotes[fn].remote(*map(once, nxt)))
+                yield out
 
         return results()
 
