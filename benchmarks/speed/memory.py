@@ -19,7 +19,9 @@ and .ivfdata bytes) are reported beside them, since they grow with n by design. 
 peak anonymous and file-backed resident set apart (sampled every 5 ms): `build`, `add` and `search` map the index's
 codes (the on-disk partials and .ivfdata), so their `*_anon` exponents are the ones the target is about
 (`target_met_less_mapped_codes`). The index steps run with the allocator setting `python -m cluster.index` makes
-(common.heap.return_large_frees); MEM_HEAP_DEFAULT=1 leaves glibc's default, the baseline.
+(common.heap.return_large_frees); MEM_HEAP_DEFAULT=1 leaves glibc's default, the baseline. `build` and `add` run
+their add tasks as Ray tasks on a local Ray started by the step (--mapper ray, the default: what `python -m
+cluster.index build` does; their floor is `idle_ray`, a driver that started Ray) or in the driver (--mapper local).
 """
 from __future__ import annotations
 
@@ -85,20 +87,21 @@ def _status_mb() -> dict:
     with open("/proc/self/status") as f:
         for line in f:
             key, _, value = line.partition(":")
-            if key in ("RssAnon", "RssFile"):
+            if key in ("RssAnon", "RssFile", "RssShmem"):
                 out[key] = int(value.split()[0]) / 1024
     return out
 
 
 class _Split:
-    """Peak anonymous and peak file-backed resident set, sampled every 5 ms on a thread (ru_maxrss is their exact
-    peak sum): the file-backed part of `build` and `add` is mostly the index codes they map (partials and the
-    .ivfdata being written), which grow with n by design; the anonymous part is what the process holds."""
+    """Peak anonymous, file-backed and shared-memory resident set, sampled every 5 ms on a thread (ru_maxrss is
+    their exact peak sum): the file-backed part of `build` and `add` is mostly the index codes they map (partials
+    and the .ivfdata being written), which grow with n by design; the shared part is Ray's object store pages the
+    driver read task results from; the anonymous part is what the process itself holds."""
 
     def __init__(self):
         import threading
 
-        self.peak = {"RssAnon": 0.0, "RssFile": 0.0}
+        self.peak = {"RssAnon": 0.0, "RssFile": 0.0, "RssShmem": 0.0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -114,7 +117,8 @@ class _Split:
         self._thread.join()
         for k, v in _status_mb().items():
             self.peak[k] = max(self.peak[k], v)
-        return {"peak_anon_mb": round(self.peak["RssAnon"], 1), "peak_file_mb": round(self.peak["RssFile"], 1)}
+        return {"peak_anon_mb": round(self.peak["RssAnon"], 1), "peak_file_mb": round(self.peak["RssFile"], 1),
+                "peak_shmem_mb": round(self.peak["RssShmem"], 1)}
 
 
 def step(name: str, work: str, n: int) -> dict:
@@ -122,6 +126,20 @@ def step(name: str, work: str, n: int) -> dict:
     split = _Split() if os.path.exists("/proc/self/status") else None
     out = _step(name, work, n)
     return {**out, "peak_rss_mb": round(_rss_mb(), 1), **(split.close() if split else {})}
+
+
+def _mapper():
+    """How build and add run their add tasks: as `python -m cluster.index` runs them (MEM_MAPPER=ray: Ray tasks
+    in worker processes, the driver receiving each partial), or in this process (local: the driver also does every
+    task's work, whose heap churn then stays in the measured process)."""
+    from index import build
+
+    if os.environ.get("MEM_MAPPER", "ray") == "local":
+        return build.local_map
+    from cluster.index import ray_mapper
+    from cluster.runtime import init_ray
+
+    return ray_mapper(init_ray(None, num_cpus=1))
 
 
 def _step(name: str, work: str, n: int) -> dict:
@@ -144,11 +162,14 @@ def _step(name: str, work: str, n: int) -> dict:
         _write_embeddings(emb, n)
         last = f"emb-{(n - 1) // PER_SHARD:06d}"
         os.rename(os.path.join(emb, last + ".stats.json"), os.path.join(work, "held.stats.json"))
+    elif name == "idle_ray":  # the floor of build and add under Ray: a driver that started its Ray
+        _mapper()
     elif name == "build":
         from index import build
         from index.config import BuildSection
 
-        out = build.build(BuildSection(factory=FACTORY, train_size=TRAIN, merge="ondisk", shards_per_task=1), emb, url)
+        out = build.build(BuildSection(factory=FACTORY, train_size=TRAIN, merge="ondisk", shards_per_task=1), emb, url,
+                          mapper=_mapper())
     elif name == "add":
         from index import build
         from index.config import BuildSection
@@ -157,7 +178,8 @@ def _step(name: str, work: str, n: int) -> dict:
         last = f"emb-{(n - 1) // PER_SHARD:06d}"
         for f in held:
             os.rename(os.path.join(work, f), os.path.join(emb, last + ".stats.json"))
-        out = build.add(BuildSection(factory=FACTORY, train_size=TRAIN, merge="ondisk", shards_per_task=1), emb, url)
+        out = build.add(BuildSection(factory=FACTORY, train_size=TRAIN, merge="ondisk", shards_per_task=1), emb, url,
+                        mapper=_mapper())
         from index import store
 
         meta = store.read_meta(url)
@@ -231,22 +253,27 @@ def main() -> None:
     ap.add_argument("--factory", default=FACTORY, help="FAISS factory of every index built")
     ap.add_argument("--train", type=int, default=TRAIN, help="training points at every size")
     ap.add_argument("--work", default="", help="scratch folder (default: a temp dir, removed)")
+    ap.add_argument("--mapper", choices=("ray", "local"), default="ray",
+                    help="build/add's tasks as Ray tasks (as cluster.index runs them) or in the driver's process")
     ap.add_argument("--step", default="", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.step:
         print(json.dumps(step(a.step, a.work, a.n)))
         return
-    env = {**os.environ, "MINE_CLIPS": str(a.mine_clips), "MEM_FACTORY": a.factory, "MEM_TRAIN": str(a.train)}
+    env = {**os.environ, "MINE_CLIPS": str(a.mine_clips), "MEM_FACTORY": a.factory, "MEM_TRAIN": str(a.train),
+           "MEM_MAPPER": a.mapper, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     root = a.work or tempfile.mkdtemp(prefix="stg-mem-")
-    out: dict = {"dim": DIM, "factory": a.factory, "train_points": a.train, "mine_clips": a.mine_clips, "index": {},
-                 "captions": {}}
+    out: dict = {"dim": DIM, "factory": a.factory, "train_points": a.train, "mine_clips": a.mine_clips,
+                 "mapper": a.mapper, "index": {}, "captions": {}}
     try:
         first = _run("idle", root, 0, env)
         idle = out["idle_rss_mb"] = first["peak_rss_mb"]
         out["idle_anon_mb"] = first.get("peak_anon_mb")
         idle_shards = out["idle_shards_rss_mb"] = _run("idle_shards", root, 0, env)["peak_rss_mb"]
         idle_loader = out["idle_loader_rss_mb"] = _run("idle_loader", root, 0, env)["peak_rss_mb"]
+        ray_floor = _run("idle_ray", root, 0, env) if a.mapper == "ray" else first
+        out["idle_ray_rss_mb"], out["idle_ray_anon_mb"] = ray_floor["peak_rss_mb"], ray_floor.get("peak_anon_mb")
         sizes = [int(x) for x in a.sizes.split(",") if x]
         for n in sizes:
             work = os.path.join(root, f"index-{n}")
@@ -266,12 +293,13 @@ def main() -> None:
         growth = {}
         for s in ("build", "add", "search", "mine", "loader"):
             if len(sizes) > 1:
-                floor = idle_loader if s == "loader" else idle
+                floor = {"loader": idle_loader, "build": out["idle_ray_rss_mb"], "add": out["idle_ray_rss_mb"]
+                         }.get(s, idle)
                 growth[s] = _slope(sizes, [out["index"][n][s]["peak_rss_mb"] - floor for n in sizes])
         if len(sizes) > 1 and "peak_anon_mb" in out["index"][sizes[0]]["build"]:
-            idle_anon = out["idle_anon_mb"]
-            for s in ("build", "add", "search"):  # less their file-backed part: the codes they map
-                growth[s + "_anon"] = _slope(sizes, [out["index"][n][s]["peak_anon_mb"] - idle_anon for n in sizes])
+            for s in ("build", "add", "search", "mine"):  # less their file-backed part: the codes they map
+                floor = out["idle_ray_anon_mb"] if s in ("build", "add") else out["idle_anon_mb"]
+                growth[s + "_anon"] = _slope(sizes, [out["index"][n][s]["peak_anon_mb"] - floor for n in sizes])
         if len(sizes) > 1:
             growth["index_codes"] = _slope(sizes, [out["index"][n]["add"]["index_codes_mb"] for n in sizes])
         for s in ("plan", "parse"):
@@ -283,7 +311,7 @@ def main() -> None:
                                                  if k not in ("index_codes", "shard_driver_parse"))
         out["target_met_less_mapped_codes"] = bool(growth) and all(
             v is not None and v <= 0.2 for k, v in growth.items()
-            if k not in ("index_codes", "shard_driver_parse", "build", "add", "search"))
+            if k not in ("index_codes", "shard_driver_parse", "build", "add", "search", "mine"))
     finally:
         if not a.work:
             shutil.rmtree(root, ignore_errors=True)
