@@ -35,15 +35,17 @@ log = logging.getLogger("cluster.index")
 
 def ray_mapper(ray, window: int | None = None):
     """mapper(fn, args) running fn as one Ray task per argument tuple, yielding results in order, one at a time.
-    At most `window` tasks (default: twice the cluster's CPUs) are submitted ahead of the result being read, so
+    At most `window` tasks (default: cluster.runtime.tasks_ahead) are submitted ahead of the result being read, so
     the object store holds a window of results, not all of them; a large bytes argument that every task shares
     (the trained index) is put in the object store once, not once a task."""
+    from cluster.runtime import tasks_ahead
+
     remotes = {}
 
     def mapper(fn, args):
         if fn not in remotes:
             remotes[fn] = ray.remote(num_cpus=1)(fn)
-        ahead = window or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        ahead = window or tasks_ahead(ray)
         shared: dict = {}
 
         def once(x):

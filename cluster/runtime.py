@@ -38,6 +38,12 @@ def pin_own_cluster() -> None:
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
+def tasks_ahead(ray, num_cpus: float = 1) -> int:
+    """How many tasks a driver keeps submitted ahead of what it has read back: twice what the cluster's CPUs run at
+    once, so workers never wait on the driver while the object store holds a window of results, not all of them."""
+    return max(2, 2 * int(ray.cluster_resources().get("CPU", 1) / num_cpus))
+
+
 def worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 

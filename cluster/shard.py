@@ -28,9 +28,11 @@ class RayDistributor:
     """One Ray task per shard, Ray's own retries (worker deaths and exceptions), a bounded number in flight."""
 
     def __init__(self, ray, num_cpus: float = 1.0, max_in_flight: int = 0):
+        from cluster.runtime import tasks_ahead
+
         self.ray = ray
         self.num_cpus = num_cpus
-        self.max_in_flight = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1) / num_cpus))
+        self.max_in_flight = max_in_flight or tasks_ahead(ray, num_cpus)
 
     def run(self, fn: Callable, args: Iterable[tuple], retries: int) -> Iterator[Outcome]:
         from cluster.runtime import worker_env
