@@ -195,8 +195,8 @@ class Columns:
             s = self.segments[si]
             sel = np.flatnonzero(seg == si)
             local = ids[sel] - s["first_id"]
-            starts = _random_rows(self._path(s, column, 0), local)
-            ends = _random_rows(self._path(s, column, 0), local + 1)
+            bounds = _random_rows(self._path(s, column, 0), np.concatenate([local, local + 1]))  # one read
+            starts, ends = bounds[:len(local)], bounds[len(local):]
             with open(self._path(s, column, 1), "rb") as f:
                 for j, a, b in zip(sel, starts, ends):
                     f.seek(int(a))
