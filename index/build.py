@@ -107,7 +107,7 @@ def add_task(trained: bytes, emb_dir: str, group: Sequence[tuple[str, int, int]]
              gpu: str, lists_only: bool = False) -> tuple[bytes, list[dict]]:
     """Add shards [(name, samples, first_id)] to a copy of the trained index. Returns the partial index and, per
     shard, its per-vector columns (keys, video ids, times, caption vectors and texts). With `lists_only` (the
-    on-disk merge, which reads nothing else of a partial) the partial's coarse quantizer is emptied first."""
+    on-disk merge, which reads nothing else of a partial) the partial is its bare IVF part, quantizer emptied."""
     index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
     maps = []
     for name, expect, first_id in group:
@@ -244,7 +244,7 @@ def _check_keys(new: columns.Columns, old: columns.Columns | None, where: str, p
         for _, keys in cols.chunks("keys"):
             yield keys, np.fromiter((hash(k) for k in keys), np.int64, len(keys))
 
-    total = int(new.starts[-1]) + (int(old.starts[-1]) if old is not None else 0)
+    total = sum(int(c.starts[-1] - c.starts[0]) for c in (new, old) if c is not None)  # keys, not end ids
     parts = min(256, max(1, -(-total // part_size)))
     suspects: set = set()
     with tempfile.TemporaryDirectory(prefix="stg-keys-") as tmp:
