@@ -40,10 +40,10 @@ def plan(cfg: ShardConfig) -> list[ShardTask]:
 
 def iter_plan(cfg: ShardConfig):
     """The run's tasks in shard order, made as they are consumed: the manifest is read a line at a time and a
-    window of WINDOW_VIDEOS videos is held, looked up in the caption index one sorted run at a time. Tasks carry their videos and the byte spans of their caption entries, not the
-    entries: the driver never parses caption.json whole (one streaming pass builds the index, kept as
-    <output>/caption_index.npz and reused while the caption file keeps its URL and size), and each task reads only
-    its own videos' entries."""
+    window of WINDOW_VIDEOS videos is held, looked up in the caption index one sorted run at a time. Tasks carry
+    their videos and the byte spans of their caption entries, not the entries: the driver never parses caption.json
+    whole (one streaming pass builds the index, kept as <output>/caption_index.npz and reused while the caption
+    file keeps its URL and size), and each task reads only its own videos' entries."""
     url = cfg.captions or default_captions(cfg.manifest)
     runs = caption_runs(url, fsio.join(cfg.output, CAPTION_INDEX))
     per = cfg.videos_per_shard
