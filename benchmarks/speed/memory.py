@@ -5,9 +5,9 @@ three sizes, each step in its own fresh process. Prints one JSON object.
       --videos 10000,100000,1000000
 
 Index steps (synthetic clustered 256-d embedding shards of 10,000 clips, IVF1024,PQ32 merged on disk so the
-index's own codes are memory-mapped, the same training sample at every size; --factory, --train): `build` over all shards but the last,
-`add` of the last, `search` (100 queries, hits with their keys), `mine` (whole shards of query clips up to
---mine-clips, against the whole index, writing the table), `loader` (a pretraining process's pseudo-positive
+index's own codes are memory-mapped, the same training sample at every size; --factory, --train): `build` over all
+shards but the last, `add` of the last, `search` (100 queries, hits with their keys), `mine` (whole shards of
+query clips up to --mine-clips, against the whole index, writing the table), `loader` (a pretraining process's pseudo-positive
 reader attaching captions to every clip of 4 shards). Caption steps (generated caption.json and manifest of N
 videos, 3 segments each): `plan` (the sharding driver's plan: manifest, caption index, tasks) and, as the
 baseline of the same run, `parse` (what the driver did before: json.loads of the whole caption file).
@@ -19,7 +19,7 @@ and .ivfdata bytes) are reported beside them, since they grow with n by design. 
 peak anonymous and file-backed resident set apart (sampled every 5 ms): `build`, `add` and `search` map the index's
 codes (the on-disk partials and .ivfdata), so their `*_anon` exponents are the ones the target is about
 (`target_met_less_mapped_codes`). The index steps run with the allocator setting `python -m cluster.index` makes
-(common.heap.return_large_frees); MEM_HEAP_DEFAULT=1 leaves glibc's default, the baseline. `build` and `add` run
+(common.heap.return_large_frees); --heap default leaves glibc's default, the baseline. `build` and `add` run
 their add tasks as Ray tasks on a local Ray started by the step (--mapper ray, the default: what `python -m
 cluster.index build` does; their floor is `idle_ray`, a driver that started Ray) or in the driver (--mapper local).
 """
@@ -143,7 +143,8 @@ def _mapper():
 
 
 def _step(name: str, work: str, n: int) -> dict:
-    if name in ("build", "add", "search", "mine") and not os.environ.get("MEM_HEAP_DEFAULT"):  # as `python -m cluster.index <name>` sets it for its process
+    # the allocator setting `python -m cluster.index <name>` makes for its process (--heap default: glibc's own)
+    if name in ("build", "add", "search", "mine") and os.environ.get("MEM_HEAP", "mmap") == "mmap":
         from common.heap import return_large_frees
 
         return_large_frees()
@@ -253,6 +254,8 @@ def main() -> None:
     ap.add_argument("--factory", default=FACTORY, help="FAISS factory of every index built")
     ap.add_argument("--train", type=int, default=TRAIN, help="training points at every size")
     ap.add_argument("--work", default="", help="scratch folder (default: a temp dir, removed)")
+    ap.add_argument("--heap", choices=("mmap", "default"), default="mmap",
+                    help="the index steps' allocator: as cluster.index sets it (mmap) or glibc's default")
     ap.add_argument("--mapper", choices=("ray", "local"), default="ray",
                     help="build/add's tasks as Ray tasks (as cluster.index runs them) or in the driver's process")
     ap.add_argument("--step", default="", help=argparse.SUPPRESS)
@@ -262,10 +265,10 @@ def main() -> None:
         print(json.dumps(step(a.step, a.work, a.n)))
         return
     env = {**os.environ, "MINE_CLIPS": str(a.mine_clips), "MEM_FACTORY": a.factory, "MEM_TRAIN": str(a.train),
-           "MEM_MAPPER": a.mapper, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+           "MEM_MAPPER": a.mapper, "MEM_HEAP": a.heap, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     root = a.work or tempfile.mkdtemp(prefix="stg-mem-")
     out: dict = {"dim": DIM, "factory": a.factory, "train_points": a.train, "mine_clips": a.mine_clips,
-                 "mapper": a.mapper, "index": {}, "captions": {}}
+                 "mapper": a.mapper, "heap": a.heap, "index": {}, "captions": {}}
     try:
         first = _run("idle", root, 0, env)
         idle = out["idle_rss_mb"] = first["peak_rss_mb"]
