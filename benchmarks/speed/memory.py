@@ -7,8 +7,8 @@ three sizes, each step in its own fresh process. Prints one JSON object.
 Index steps (synthetic clustered 256-d embedding shards of 10,000 clips, IVF1024,PQ32 merged on disk so the
 index's own codes are memory-mapped, the same training sample at every size; --factory, --train): `build` over all
 shards but the last, `add` of the last, `search` (100 queries, hits with their keys), `mine` (whole shards of
-query clips up to --mine-clips, against the whole index, writing the table), `loader` (a pretraining process's pseudo-positive
-reader attaching captions to every clip of 4 shards). Caption steps (generated caption.json and manifest of N
+query clips up to --mine-clips, against the whole index, writing the table), `loader` (a pretraining process's
+pseudo-positive reader attaching captions to every clip of 4 shards). Caption steps (generated caption.json and manifest of N
 videos, 3 segments each): `plan` (the sharding driver's plan: manifest, caption index, tasks) and, as the
 baseline of the same run, `parse` (what the driver did before: json.loads of the whole caption file).
 
