@@ -4,13 +4,13 @@ three sizes, each step in its own fresh process. Prints one JSON object.
   OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.speed.memory --sizes 50000,250000,1000000 \
       --videos 10000,100000,1000000
 
-Index steps (synthetic clustered 256-d embedding shards of 10,000 clips, IVF1024,PQ32 merged on disk so the
-index's own codes are memory-mapped, the same training sample at every size; --factory, --train): `build` over all
-shards but the last, `add` of the last, `search` (100 queries, hits with their keys), `mine` (whole shards of
-query clips up to --mine-clips, against the whole index, writing the table), `loader` (a pretraining process's
-pseudo-positive reader attaching captions to every clip of 4 shards). Caption steps (generated caption.json and manifest of N
-videos, 3 segments each): `plan` (the sharding driver's plan: manifest, caption index, tasks) and, as the
-baseline of the same run, `parse` (what the driver did before: json.loads of the whole caption file).
+Index steps (synthetic clustered 256-d embedding shards of 10,000 clips, IVF1024,PQ32 merged on disk so the index's
+own codes are memory-mapped, the same training sample at every size; --factory, --train): `build` over all shards
+but the last, `add` of the last, `search` (100 queries, hits with their keys), `mine` (whole shards of query clips
+up to --mine-clips, against the whole index, writing the table), `loader` (a pretraining process's pseudo-positive
+reader attaching captions to every clip of 4 shards). Caption steps (generated caption.json and manifest of N
+videos, 3 segments each): `plan` (the sharding driver's plan: manifest, caption index, tasks) and, as the baseline
+of the same run, `parse` (what the driver did before: json.loads of the whole caption file).
 
 The floor of the index steps is `idle` (a process importing what they import and doing nothing), that of the
 loader `idle_loader` (pretrain imports torch), that of the caption steps `idle_shards`. Growth exponents are
