@@ -264,6 +264,9 @@ def main() -> None:
     if a.step:
         print(json.dumps(step(a.step, a.work, a.n)))
         return
+    sizes = [int(x) for x in a.sizes.split(",") if x]
+    if any(n < 2 * PER_SHARD for n in sizes):  # build takes all shards but the last, add the last
+        ap.error(f"--sizes: each at least {2 * PER_SHARD} vectors (two shards of {PER_SHARD})")
     env = {**os.environ, "MINE_CLIPS": str(a.mine_clips), "MEM_FACTORY": a.factory, "MEM_TRAIN": str(a.train),
            "MEM_MAPPER": a.mapper, "MEM_HEAP": a.heap, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     root = a.work or tempfile.mkdtemp(prefix="stg-mem-")
@@ -277,7 +280,7 @@ def main() -> None:
         idle_loader = out["idle_loader_rss_mb"] = _run("idle_loader", root, 0, env)["peak_rss_mb"]
         ray_floor = _run("idle_ray", root, 0, env) if a.mapper == "ray" else first
         out["idle_ray_rss_mb"], out["idle_ray_anon_mb"] = ray_floor["peak_rss_mb"], ray_floor.get("peak_anon_mb")
-        sizes = [int(x) for x in a.sizes.split(",") if x]
+
         for n in sizes:
             work = os.path.join(root, f"index-{n}")
             os.makedirs(work, exist_ok=True)
