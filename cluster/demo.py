@@ -339,15 +339,12 @@ STVG_KEYS = ("m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5")
 
 def stvg_baselines(cfg: DemoConfig, corpus_dir: str, export: str) -> tuple[dict, dict]:
     """({label: row in percent}, {label: predictions file}) of the baselines on the test split."""
-    import argparse
-
     from tubes import baselines
 
     pdir = os.path.join(cfg.out, "predictions")
-    args = argparse.Namespace(corpus=os.path.abspath(corpus_dir), split="test", export=os.path.abspath(export),
-                              cache=os.path.join(os.path.abspath(cfg.out), "cache", "baselines"),
-                              tubes=cfg.stvg_tubes, seed=cfg.seed, smooth=1)
-    b = baselines.measure(args, pdir)
+    b = baselines.measure(os.path.abspath(corpus_dir), "test", os.path.abspath(export),
+                          os.path.join(os.path.abspath(cfg.out), "cache", "baselines"), cfg.stvg_tubes, cfg.seed,
+                          smooth=1, predictions_dir=pdir)
     return ({label: b["rows"][name] for name, label in STVG_BASELINES},
             {label: os.path.join(pdir, f"{name}.json") for name, label in STVG_BASELINES})
 

@@ -5,7 +5,6 @@ benchmarks/experiments/stvg_baselines.py (which adds linking times) and the STVG
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -51,43 +50,49 @@ def best_tube(vt, q, span) -> int:
     return arg
 
 
-def check(args: argparse.Namespace) -> None:
-    """What the benchmark refuses before any work, each as one UserError line."""
+def check(corpus: str, split: str, tubes: int, smooth: int) -> None:
+    """What measure refuses before any work, each as one UserError line (named by the benchmark's flags)."""
     from common.errors import UserError
 
-    if not os.path.isfile(os.path.join(args.corpus, "corpus.json")):
-        raise UserError(f"--corpus [{args.corpus}]: not a synthetic corpus (no corpus.json; make one with "
+    if not os.path.isfile(os.path.join(corpus, "corpus.json")):
+        raise UserError(f"--corpus [{corpus}]: not a synthetic corpus (no corpus.json; make one with "
                         f"python -m shards.synthetic --out DIR mode=stvg)")
-    splits = sorted(d for d in os.listdir(args.corpus) if os.path.isdir(os.path.join(args.corpus, d)))
-    if args.split not in splits:
-        raise UserError(f"--split [{args.split}]: {args.corpus} has no such split (it has {', '.join(splits)})")
-    if not os.path.isfile(os.path.join(args.corpus, args.split, "truth", "vidstg.json")):
-        raise UserError(f"--corpus [{args.corpus}]: not an STVG corpus (no {args.split}/truth/vidstg.json; make one "
+    splits = sorted(d for d in os.listdir(corpus) if os.path.isdir(os.path.join(corpus, d)))
+    if split not in splits:
+        raise UserError(f"--split [{split}]: {corpus} has no such split (it has {', '.join(splits)})")
+    if not os.path.isfile(os.path.join(corpus, split, "truth", "vidstg.json")):
+        raise UserError(f"--corpus [{corpus}]: not an STVG corpus (no {split}/truth/vidstg.json; make one "
                         f"with python -m shards.synthetic --out DIR mode=stvg)")
-    for name in ("tubes", "smooth"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} [{getattr(args, name)}]: must be >= 1")
+    for name, value in (("tubes", tubes), ("smooth", smooth)):
+        if value < 1:
+            raise UserError(f"--{name} [{value}]: must be >= 1")
 
 
-def measure(args: argparse.Namespace, predictions_dir: str | None = None) -> dict:
-    """Every row of the module docstring on `args.split` (scores in percent) and tube purity. Each row's
+def measure(corpus: str, split: str = "test", export: str = "", cache: str = "", tubes: int = 10, seed: int = 0,
+            smooth: int = 1, predictions_dir: str | None = None) -> dict:
+    """Every row of the module docstring on `split` (scores in percent) and tube purity, for `export` (default: a
+    random-init stg-micro, seed 0). Region features are cached in `cache` (default: a temporary folder); each row's
     predictions file is written to predictions_dir (default: a temporary folder) as <row>.json."""
-    from pretrain.model import load_model
-
-    check(args)
+    check(corpus, split, tubes, smooth)
     if predictions_dir:
         os.makedirs(predictions_dir, exist_ok=True)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    tmp = tempfile.mkdtemp(prefix="stvg-bench-")
-    export = args.export or random_export(os.path.join(tmp, "export"))
-    model = load_model(export).to("cuda" if torch.cuda.is_available() else "cpu")
-    ann = os.path.join(args.corpus, args.split, "truth", "vidstg.json")
+    with tempfile.TemporaryDirectory(prefix="stvg-bench-") as tmp:
+        return _measure(corpus, split, export, cache, tubes, seed, smooth, predictions_dir or tmp, tmp)
+
+
+def _measure(corpus, split, export, cache, tubes, seed, smooth, predictions_dir, tmp) -> dict:
+    from pretrain.export_ref import Export
+
+    model_dir = export or random_export(os.path.join(tmp, "export"))
+    model = Export.of(model_dir).load_model().to("cuda" if torch.cuda.is_available() else "cpu")
+    ann = os.path.join(corpus, split, "truth", "vidstg.json")
     queries = read_vidstg(ann)
     truth = json.load(open(ann))
-    source = synthetic(args.corpus, args.split)
-    cache = RegionCache(args.cache or os.path.join(tmp, "cache"), export, source.name)
-    cfg = TubeConfig(tubes=args.tubes).validate()
-    rng = np.random.default_rng(args.seed)
+    source = synthetic(corpus, split)
+    cache = RegionCache(cache or os.path.join(tmp, "cache"), model_dir, source.name)
+    cfg = TubeConfig(tubes=tubes).validate()
+    rng = np.random.default_rng(seed)
     by_video: dict[str, list] = {}
     for q in queries:
         by_video.setdefault(q.video, []).append(q)
@@ -97,7 +102,7 @@ def measure(args: argparse.Namespace, predictions_dir: str | None = None) -> dic
     t0 = time.perf_counter()
     for vid, qs in by_video.items():
         meta = next(v for v in truth["videos"] if v["original_video_id"] == vid)
-        path = os.path.join(args.corpus, args.split, meta["video_path"])
+        path = os.path.join(corpus, split, meta["video_path"])
         vt = video_tubes(model, vid, path, source.video(vid), meta["width"], meta["height"], cfg, cache)
         a, b = purity(vt.tubes, vt.proposals.frames, truth["trajectories"][vid])
         pur_all.append(a)
@@ -106,7 +111,7 @@ def measure(args: argparse.Namespace, predictions_dir: str | None = None) -> dic
         blind = link_tubes(pr.frames, np.zeros((*pr.valid.shape, 1), np.float32), pr.boxes, pr.valid, cfg.tubes,
                            cfg.alpha, cfg.max_gap, cfg.gap_discount, cfg.min_iou)
         pur_iou.append(purity(blind, pr.frames, truth["trajectories"][vid])[1])
-        spans = zero_shot_spans(model, vt.frames, vt.proposals.frames, [q.sentence for q in qs], args.smooth)
+        spans = zero_shot_spans(model, vt.frames, vt.proposals.frames, [q.sentence for q in qs], smooth)
         n = int(meta["frame_count"])
         for q, span in zip(qs, spans):
             s = int(rng.integers(0, n))
@@ -120,15 +125,15 @@ def measure(args: argparse.Namespace, predictions_dir: str | None = None) -> dic
     wall = time.perf_counter() - t0
     rows = {}
     for name, pr in preds.items():
-        path = os.path.join(predictions_dir or tmp, f"{name}.json")
+        path = os.path.join(predictions_dir, f"{name}.json")
         with open(path, "w") as f:
             json.dump(pr, f)
         scores, _ = evaluate("vidstg", ann, path)
         rows[name] = {k: round(100 * v, 2) for k, v in scores.items()}
-    corpus = json.load(open(os.path.join(args.corpus, "corpus.json")))
-    return {"corpus": args.corpus, "split": args.split, "queries": len(queries), "videos": len(by_video),
-            "export": args.export or "random-init stg-micro (seed 0)", "tubes_per_video": args.tubes,
-            "smooth": args.smooth, "mix": corpus.get("stvg", {}).get("mix"), "rows": rows,
+    mix = json.load(open(os.path.join(corpus, "corpus.json"))).get("stvg", {}).get("mix")
+    return {"corpus": corpus, "split": split, "queries": len(queries), "videos": len(by_video),
+            "export": export or "random-init stg-micro (seed 0)", "tubes_per_video": tubes,
+            "smooth": smooth, "mix": mix, "rows": rows,
             "tube_purity": {"all_tubes": round(float(np.mean(pur_all)), 4),
                             "first_n_objects_tubes": round(float(np.mean(pur_obj)), 4),
                             "first_n_objects_tubes_iou_only": round(float(np.mean(pur_iou)), 4)},

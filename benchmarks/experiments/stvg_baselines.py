@@ -27,7 +27,6 @@ import numpy as np
 
 from common import cli
 from tubes import baselines
-from tubes.baselines import best_tube, check, prediction, random_export  # noqa: F401 - this module's names before the move
 from tubes.linking import NEG, link_scores, link_tubes, pairwise_iou
 
 
@@ -94,7 +93,8 @@ def arguments() -> argparse.ArgumentParser:
 def measure(args: argparse.Namespace, linking: bool = True) -> dict:
     """tubes.baselines.measure's rows and tube purity plus (with `linking`) the linking times: the JSON object main
     prints."""
-    out = baselines.measure(args)
+    out = baselines.measure(args.corpus, args.split, args.export or "", args.cache or "", args.tubes, args.seed,
+                            args.smooth)
     out["linking_seconds"] = linking_times() if linking else None
     return out
 

@@ -87,10 +87,9 @@ def main(argv=None) -> int:
     t0 = time.time()
     out = {"corpus": args.corpus, "export": args.export, "seeds": args.seeds, "set": args.set}
     if not args.no_baselines:
-        from benchmarks.experiments import stvg_baselines as baselines
+        from tubes import baselines
 
-        b = baselines.measure(baselines.arguments().parse_args(["--corpus", args.corpus, "--export", args.export]),
-                              linking=False)
+        b = baselines.measure(args.corpus, export=args.export)
         out["baselines"] = b["rows"]
         out["queries"] = b["queries"]
     common = [f"checkpoint={args.export}", f"dataset.root={args.corpus}", *args.set,

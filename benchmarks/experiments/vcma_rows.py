@@ -50,10 +50,9 @@ def main(argv=None) -> int:
     t0 = time.time()
     out = {"corpus": args.corpus, "export": args.export, "config": args.config, "set": args.set}
     if args.baselines == "compute":
-        from benchmarks.experiments import stvg_baselines as baselines
+        from tubes import baselines
 
-        b = baselines.measure(baselines.arguments().parse_args(["--corpus", args.corpus, "--export", args.export]),
-                              linking=False)
+        b = baselines.measure(args.corpus, export=args.export)
         out["baselines"], out["queries"] = b["rows"], b["queries"]
     elif args.baselines != "none":
         line = [x for x in open(args.baselines) if x.startswith("{") and '"baselines"' in x][-1]
