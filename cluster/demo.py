@@ -21,7 +21,7 @@ With mode=stvg (configs/demo_stvg.yaml, `make demo-stvg`) the corpus is the synt
       given the true span, best tube given the true span),
   5s. the STVG heads (configs/finetune/<head>_synthetic.yaml: VCMA, WINNER weak; FSM supervised) as Ray finetunes,
       all scored by grounding.evaluate's vidstg protocol in one table,
-  6s. pictures of predicted vs true tubes for a few test queries (<out>/pictures/<query>.png).
+  6s. pictures of predicted vs true tubes for a few test queries (tubes.pictures, <out>/pictures/<query>.png).
 """
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ class DemoConfig:
                                        # export gains a row with it beside the paper's decoding; 0: off
     ray_address: str = ""
     mode: str = "instructional"        # instructional | stvg (the STVG demo: stages 4s-6s of the docstring)
-    stvg_heads: list[str] = field(default_factory=lambda: ["vcma", "winner", "fsm"])  # configs/finetune/<h>_synthetic.yaml
+    # the STVG heads shown, each by configs/finetune/<head>_synthetic.yaml
+    stvg_heads: list[str] = field(default_factory=lambda: ["vcma", "winner", "fsm"])
     stvg_steps: int = 300              # finetune steps of each STVG head
     stvg_tubes: int = 10               # linked tubes per video (M) for the heads and baselines
     export: str = ""                   # stvg mode: an existing pretrained export; stages 2-3 (shards, pretraining)
@@ -377,68 +378,9 @@ def stvg_heads(cfg: DemoConfig, corpus_dir: str, export: str, ray) -> tuple[dict
     return rows, files
 
 
-def stvg_pictures(cfg: DemoConfig, corpus_dir: str, files: dict[str, str], n_frames: int = 6) -> list[str]:
-    """One PNG per test query (the first `cfg.pictures` queries): one row per method, up to `n_frames` frames (half
-    in the true span, half spread over the true and predicted spans), the true box in green and the method's box in red, and under each
-    row the time line (true span green, predicted red)."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    from shards.synthetic.encode import read_frames
-
-    test = os.path.join(corpus_dir, "test")
-    truth = json.load(open(os.path.join(test, "truth", "vidstg.json")))
-    preds = {name: json.load(open(path)) for name, path in files.items()}
-    out = os.path.join(cfg.out, "pictures")
-    os.makedirs(out, exist_ok=True)
-    written = []
-    for q in truth["videos"][: cfg.pictures]:
-        key, vid = str(q["video_id"]), q["original_video_id"]
-        frames = read_frames(os.path.join(test, q["video_path"]), q["width"], q["height"])
-        n = len(frames)
-        ts, te = q["tube_start_frame"], q["tube_end_frame"]
-        true_boxes = truth["trajectories"][vid][str(q["target_id"])]
-        rows = [("truth", {"sted": [ts, te], "boxes": {}})] + [(m, p.get(key, {"sted": [0, 0], "boxes": {}}))
-                                                               for m, p in preds.items()]
-        lo = min([ts] + [int(p["sted"][0]) for _, p in rows])
-        hi = max([te] + [int(p["sted"][1]) for _, p in rows])
-        # half the frames inside the true span (where the boxes are judged), half over all the spans shown
-        inside = np.linspace(ts, max(ts, te - 1), (n_frames + 1) // 2)
-        picks = sorted({min(n - 1, int(round(x))) for x in (*inside, *np.linspace(lo, max(lo, hi - 1), n_frames // 2))})
-        w, h, label_h, bar_h = q["width"], q["height"], 14, 8
-        sheet = Image.new("RGB", (w * len(picks), (h + label_h + bar_h) * len(rows) + label_h), "white")
-        d = ImageDraw.Draw(sheet)
-        d.text((2, 1), f"{key}: {q['caption']}"[:120], fill="black")
-        for r, (name, p) in enumerate(rows):
-            y0 = label_h + r * (h + label_h + bar_h)
-            s, e = (int(v) for v in p["sted"])
-            d.text((2, y0 + 1), f"{name}  span [{s}, {e})  truth [{ts}, {te})"[:120], fill="black")
-            for c, f in enumerate(picks):
-                x0 = c * w
-                sheet.paste(Image.fromarray(frames[f]), (x0, y0 + label_h))
-                d.text((x0 + 2, y0 + label_h + 1), str(f), fill="white")
-                tb = true_boxes.get(str(f), {}).get("bbox") if ts <= f < te else None
-                if tb:
-                    d.rectangle([x0 + tb[0], y0 + label_h + tb[1], x0 + tb[0] + tb[2], y0 + label_h + tb[1] + tb[3]],
-                                outline=(0, 200, 0), width=2)
-                pb = p["boxes"].get(str(f)) if s <= f < e else None
-                if pb:   # prediction files hold [x1, y1, x2, y2]
-                    d.rectangle([x0 + pb[0], y0 + label_h + pb[1], x0 + pb[2], y0 + label_h + pb[3]],
-                                outline=(230, 0, 0), width=2)
-            yb, width = y0 + label_h + h, w * len(picks)
-            d.rectangle([0, yb, width - 1, yb + bar_h - 1], fill=(235, 235, 235))
-            d.rectangle([ts * width // n, yb, max(ts * width // n, te * width // n - 1), yb + bar_h // 2 - 1],
-                        fill=(0, 200, 0))
-            if e > s:
-                d.rectangle([s * width // n, yb + bar_h // 2, max(s * width // n, e * width // n - 1), yb + bar_h - 1],
-                            fill=(230, 0, 0))
-        path = os.path.join(out, f"{key}.png")
-        sheet.save(path)
-        written.append(path)
-    return written
-
-
 def stvg_stages(cfg: DemoConfig, corpus_dir: str, export: str, ray, summary: dict, timings: dict) -> dict:
+    from tubes.pictures import tube_sheets
+
     t = _step("4s. STVG baselines and ceilings (tubes.baselines)")
     table, files = stvg_baselines(cfg, corpus_dir, export)
     timings["baselines"] = time.time() - t
@@ -450,7 +392,8 @@ def stvg_stages(cfg: DemoConfig, corpus_dir: str, export: str, ray, summary: dic
     timings["finetune"] = time.time() - t
     t = _step("6s. pictures of predicted vs true tubes")
     shown = {k: files[k] for k in order[1:2]} | head_files
-    summary["pictures"] = stvg_pictures(cfg, corpus_dir, shown)
+    summary["pictures"] = tube_sheets(os.path.join(corpus_dir, "test"), shown, os.path.join(cfg.out, "pictures"),
+                                      cfg.pictures)
     timings["pictures"] = time.time() - t
     return table
 
