@@ -24,8 +24,7 @@ from common import fsio
 from shards.config import ShardConfig
 from shards.corpus import Failure, Video, clean_segments, read_caption_entries
 from shards.decode import DecodedVideo, DecodeError, decode_video
-from shards.tarwriter import FORMAT
-from shards.tarwriter import TarWriter, frame_name, video_key
+from shards.tarwriter import FORMAT, TarWriter, frame_name, video_key
 
 log = logging.getLogger(__name__)
 
