@@ -50,12 +50,12 @@ def main(argv=None) -> int:
     cfg.out = args.out or cfg.out
     cfg.videos = args.videos or cfg.videos
     cfg.link.validate()
-    if not cfg.videos:  # before the detections file is read
-        raise UserError("--videos is required (a folder of the file's videos or a manifest.csv): the detections "
-                        "are checked against each video (native fps, frame ids, boxes inside the frame)")
-    if cfg.out and fsio.is_local(cfg.out) and os.path.isdir(cfg.out):  # before any work (else a stray temp file)
+    if cfg.out and fsio.is_local(cfg.out) and os.path.isdir(cfg.out):  # checked before any work; write_text_atomic would leave its temp file
         raise UserError(f"--out [{cfg.out}]: is a folder; give the tubes file's path (e.g. {cfg.out}/tubes.json)")
     videos = read_detections(cfg.detections)
+    if not cfg.videos:
+        raise UserError("--videos is required (a folder of the file's videos or a manifest.csv): the detections "
+                        "are checked against each video (native fps, frame ids, boxes inside the frame)")
     if not videos:
         raise UserError(f"detections file [{cfg.detections}]: holds no videos")
     check_detections(cfg.detections, videos, _video_paths(cfg.videos))
