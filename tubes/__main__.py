@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     cfg.out = args.out or cfg.out
     cfg.videos = args.videos or cfg.videos
     cfg.link.validate()
-    if cfg.out and fsio.is_local(cfg.out) and os.path.isdir(cfg.out):  # checked before any work; write_text_atomic would leave its temp file
+    if cfg.out and fsio.is_local(cfg.out) and os.path.isdir(cfg.out):  # before any work (else a stray temp file)
         raise UserError(f"--out [{cfg.out}]: is a folder; give the tubes file's path (e.g. {cfg.out}/tubes.json)")
     videos = read_detections(cfg.detections)
     if not cfg.videos:
