@@ -50,16 +50,21 @@ class FeatureConfig:
     end_to_end: bool = False         # train the encoder with the head (frames cached, features recomputed)
     max_frames: int = 0              # > 0: frames per training video are evenly subsampled to at most this
     center: bool = False             # subtract each video's mean frame feature (and re-normalise): what changes
+                                     # over the video, not the scene it stays in
 
 
+@dataclass
+class SpanConfig:
+    """How an STVG prediction decides *when* (docs/stvg.md "The span rule"). `head`: the head's own span, its
+    paper's rule. `activity`: the best segment of the head's chosen tube's activity (tubes/activity.py: how far the
+    tube's object looks from its rest appearance; no text, no training, so weak heads may use it). `mix`: the
+    standardised activity plus `weight` x the head's standardised frame scores."""
+    rule: str = "head"               # head | activity | mix
+    weight: float = 1.0              # mix: the head's frame scores' weight beside the activity
+    smooth: int = 1                  # frames of a centred moving mean over the span scores (1: none)
 
 
-
-
-
-
-
-
+SPAN_RULES = ("head", "activity", "mix")
 
 
 @dataclass
@@ -98,6 +103,7 @@ class FinetuneBase:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     tubes: TubeConfig = field(default_factory=TubeConfig)  # STVG: proposals -> region features -> M linked tubes
+    span: SpanConfig = field(default_factory=SpanConfig)   # STVG: how a prediction's span is decided
     optim: OptimConfig = field(default_factory=OptimConfig)
     pseudo_positives: str = ""       # pseudo-positive table (contracts.md section 4) for L_crov; "" = term off
     batch_size: int = 32             # videos per step
@@ -179,6 +185,11 @@ def validate(cfg) -> None:
         raise err(f"features.end_to_end on {family.title} dataset is built for the {able or 'no'} head only, not "
                   f"{cfg.head!r}: the other heads choose among what the cached features give")
     spec.validate(spec.section(cfg), cfg)
+    if cfg.span.rule not in SPAN_RULES:
+        raise err(f"span.rule must be one of {SPAN_RULES}, not {cfg.span.rule!r}")
+    if cfg.span.rule != "head" and family.name != "stvg":
+        raise err(f"span.rule={cfg.span.rule} decides an STVG tube's span from its tube; {family.title} head "
+                  "ranks moments (leave span.rule=head)")
     if cfg.batch_size < 2:
         raise err("batch_size must be >= 2 (the in-batch queries are the negatives)")
     if cfg.queries_per_video < 1:
@@ -193,6 +204,8 @@ def validate(cfg) -> None:
         ("features.batch_frames", f.batch_frames, f.batch_frames >= 1, ">= 1"),
         ("features.max_frames", f.max_frames, f.max_frames >= 0, ">= 0"),
         ("features.size", f.size, f.size >= 0, ">= 0"),
+        ("span.weight", cfg.span.weight, cfg.span.weight >= 0, ">= 0"),
+        ("span.smooth", cfg.span.smooth, cfg.span.smooth >= 1, ">= 1"),
         ("cluster.cpus_per_task", cfg.cluster.cpus_per_task, cfg.cluster.cpus_per_task >= 0, ">= 0"),
         ("cluster.gpus_per_task", cfg.cluster.gpus_per_task, cfg.cluster.gpus_per_task >= 0, ">= 0"),
     ])

@@ -65,7 +65,7 @@ class StvgFamily(TaskFamily):
 
     def predict(self, head, spec, cfg, adapter, queries, videos, text_of):
         return P.predict_stvg(head, queries, videos, text_of, tokenizer_of(cfg.checkpoint),
-                              spec.text_prep(spec.section(cfg)))
+                              spec.text_prep(spec.section(cfg)), cfg.span)
 
     def other_formats(self, adapter, files, predictions, out_dir):
         """TubeDETR's two prediction dicts, so its own evaluator can score the run too (docs/evaluation.md)."""

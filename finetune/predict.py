@@ -18,6 +18,7 @@ import torch
 from finetune.datasets import EvalQuery
 from finetune.features import TextFeatures, VideoFeatures
 from finetune.heads.base import GroundingHead, TextBatch, VideoBatch
+from tubes.activity import best_segment, native_span
 
 WINDOW_FRACTIONS = (0.2, 0.3, 0.4, 0.5)
 WINDOW_OVERLAP = 0.8
@@ -147,33 +148,46 @@ def evaluate(benchmark: str, files: dict[str, str], predictions: str) -> tuple[d
 
 
 # --- STVG: a head's TubeOutput -> vidstg predictions ----------------------------------------------------------------
-def best_segment(scores: np.ndarray) -> tuple[int, int]:
-    """[a, b] positions of the contiguous run with the largest sum of mean-centred scores (the frames that score
-    above the video's average, joined where the dips between them are shallow); parameter-free."""
-    x = np.asarray(scores, np.float64)
-    x = x - x.mean()
-    best, cur, start, out = -np.inf, 0.0, 0, (0, 0)
-    for i, v in enumerate(x):
-        if cur <= 0:
-            cur, start = 0.0, i
-        cur += v
-        if cur > best:
-            best, out = cur, (start, i)
-    return out
-
-
 def _span(frame_ids: np.ndarray, a: int, b: int) -> tuple[int, int]:
-    """Native frames [start, end) covered by feature frames a..b (finetune/heads/stvg.py's native_spans)."""
-    from finetune.heads.stvg import native_spans
-
-    ids = torch.as_tensor(np.asarray(frame_ids), dtype=torch.long)[None]
-    start, end = native_spans(ids, torch.tensor([a]), torch.tensor([b]), torch.tensor([ids.shape[1]]))[0].tolist()
-    return int(start), int(end)
+    """Native frames [start, end) covered by feature frames a..b (tubes/activity.py native_span: the convention of
+    finetune/heads/stvg.py's native_spans for one row)."""
+    return native_span(frame_ids, a, b)
 
 
-def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray):
+def _matching_tube(vt, frame_ids: np.ndarray, boxes: np.ndarray, sted: tuple[int, int]) -> int:
+    """The linked tube whose boxes overlap a head's regressed boxes (T, 4) most over the span (mean IoU)."""
+    from grounding.metrics.boxes import box_iou_aligned
+
+    inside = (frame_ids >= sted[0]) & (frame_ids < sted[1])
+    if not inside.any():
+        inside = np.ones(len(frame_ids), bool)
+    best, choice = -1.0, 0
+    for m, t in enumerate(vt.tubes):
+        pos = np.searchsorted(t.frames, frame_ids)
+        has = inside & (pos < len(t.frames))
+        has[has] &= t.frames[pos[has]] == frame_ids[has]
+        has[has] &= ~np.isnan(t.boxes[pos[has], 0])
+        iou = float(box_iou_aligned(t.boxes[pos[has]], boxes[has]).sum() / max(inside.sum(), 1)) if has.any() else 0.0
+        if iou > best:
+            best, choice = iou, m
+    return choice
+
+
+def _rule_span(span, vt, choice: int, frame_ids: np.ndarray, head_scores) -> tuple[int, int]:
+    """The span by `span.rule` (activity or mix, finetune/config.py SpanConfig) from the chosen linked tube."""
+    from tubes.activity import moving_mean, standardise, tube_activity
+
+    s = standardise(tube_activity(vt.regions, vt.tubes[choice], frame_ids))
+    if span.rule == "mix" and head_scores is not None:
+        s = s + span.weight * standardise(head_scores.float().cpu().numpy())
+    return _span(frame_ids, *best_segment(moving_mean(s, span.smooth)))
+
+
+def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray, span=None):
     """Query `row`'s predicted tube (grounding.tube.Tube with its sted, a box on every native frame of it) from a
-    head's TubeOutput over one video's frames (frame_ids (T,), tube_ids (T, N))."""
+    head's TubeOutput over one video's frames (frame_ids (T,), tube_ids (T, N)). `span` (SpanConfig, None: the
+    head's rule): with rule activity / mix, the tube is chosen as the head chooses it (over the head's own span),
+    then the span is decided again from that tube's activity (tubes/activity.py)."""
     from finetune.heads.stvg import tube_pool
     from grounding.tube import Tube
 
@@ -181,9 +195,14 @@ def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray):
         sted = tuple(int(x) for x in out.sted[row].tolist())
     else:
         sted = _span(frame_ids, *best_segment(out.frame_scores[row].float().cpu().numpy()))
-    if out.boxes is not None:
-        return Tube(frame_ids, out.boxes[row].float().cpu().numpy()).with_span(sted)
+    by_rule = span is not None and span.rule != "head"
+    head_scores = None if out.frame_scores is None else out.frame_scores[row]
     m = len(vt.tubes)
+    if out.boxes is not None:
+        boxes = out.boxes[row].float().cpu().numpy()
+        if by_rule and m:
+            sted = _rule_span(span, vt, _matching_tube(vt, frame_ids, boxes, sted), frame_ids, head_scores)
+        return Tube(frame_ids, boxes).with_span(sted)
     if m == 0:  # no proposal anywhere in the video: the span alone (its vIoU is 0)
         return Tube.empty(sted)
     if out.tube_scores is not None:
@@ -196,6 +215,8 @@ def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray):
         if not bool((counts > 0).any()):  # no tube reaches into the span: judge them over the whole video
             pooled, counts = tube_pool(scores, ids, m)
         choice = int(torch.argmax(pooled[0].masked_fill(counts[0] == 0, -float("inf"))))
+    if by_rule:
+        sted = _rule_span(span, vt, choice, frame_ids, head_scores)
     return vt.tubes[choice].with_span(sted)
 
 
@@ -211,10 +232,11 @@ def write_tubedetr(benchmark: str, files: dict[str, str], predictions: str, out_
 
 @torch.no_grad()
 def predict_stvg(head: GroundingHead, queries: list[EvalQuery], videos: dict, text_of, tokenizer,
-                 prep=None) -> dict:
+                 prep=None, span=None) -> dict:
     """{query key: {"sted": [s, e], "boxes": {frame: box}}} (the vidstg prediction format, docs/evaluation.md) from
     a head's tube_output on each test video (all its proposal frames); queries whose video has no features are
-    left out (the evaluator counts them as missing). `prep`: the head spec's text_prep (TextBatch.parsed), or None."""
+    left out (the evaluator counts them as missing). `prep`: the head spec's text_prep (TextBatch.parsed), or None;
+    `span`: the finetune's SpanConfig (None: each head's own span rule)."""
     from finetune.stvg_batches import text_batch, tube_ids, video_batch
 
     was_training = head.training
@@ -229,7 +251,7 @@ def predict_stvg(head: GroundingHead, queries: list[EvalQuery], videos: dict, te
             video = video_batch([vt] * len(qs)).to(device)
             answer = head.tube_output(video, text_batch(text_of(sentences), sentences, tokenizer, prep).to(device))
             for i, q in enumerate(qs):
-                out[q.key] = stvg_tube(answer, i, vt, vt.proposals.frames, tube_ids(vt)).to_json()
+                out[q.key] = stvg_tube(answer, i, vt, vt.proposals.frames, tube_ids(vt), span).to_json()
     finally:
         head.train(was_training)
     return out

@@ -46,8 +46,10 @@ def test_stvg_demo_runs_end_to_end_on_a_tiny_corpus(tmp_path, ray_cluster, capsy
         assert header in log, header
     summary = json.load(open(out / "summary.json"))
     table = summary["metrics"]
-    rows = ["random span + random tube", "zero-shot (Sec. 3.5 span + best word-region tube)", "VCMA (weak)",
-            "WINNER (weak)", "FSM (supervised)", "zero-shot tube given the true span",
+    heads = [h for head in ("VCMA (weak)", "WINNER (weak)", "FSM (supervised)")
+             for h in (head, f"{head} + activity span")]
+    rows = ["random span + random tube", "zero-shot (Sec. 3.5 span + best word-region tube)",
+            "zero-shot tube + its activity span", *heads, "zero-shot tube given the true span",
             "best tube given the true span (ceiling)"]
     assert list(table) == rows
     for name, row in table.items():
@@ -59,4 +61,8 @@ def test_stvg_demo_runs_end_to_end_on_a_tiny_corpus(tmp_path, ray_cluster, capsy
     from PIL import Image
 
     w, h = Image.open(summary["pictures"][0]).size
-    assert h > 5 * 32   # a row per method: truth, zero-shot and the three heads
+    assert h > 9 * 32   # a row per method: truth, the two zero-shot rows and the three heads under both span rules
+    # the activity rows are the heads' runs predicted again (no training): in their own folders beside each run
+    for head in ("vcma", "winner", "fsm"):
+        again = json.load(open(out / "finetune" / head / "span-activity" / "eval.json"))
+        assert again["span"]["rule"] == "activity" and again["counts"]["missing_predictions"] == 0

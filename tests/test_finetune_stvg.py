@@ -514,3 +514,46 @@ def test_fsm_supervised_finetune_under_ray_resumes_exactly(ray_cluster, features
     torch.manual_seed(0)   # as finetune.train.run seeds the head's initial weights
     init = build_head("fsm", 32, cfg_for(export, corpus, cache, run, *common)).state_dict()
     assert not torch.equal(init["queries"], heads["straight-seed0"]["queries"])  # it trained
+
+
+# --- the span rule at prediction time on a finished run (docs/stvg.md "The span rule") -------------------------------
+def test_a_finished_run_predicted_again_under_the_activity_rule(features, export, corpus, tmp_path):
+    """`python -m finetune.repredict` from a fresh process: under span.rule=head it reproduces the run's own
+    figures exactly; under activity each query keeps the tube the head chose and takes that tube's activity span
+    (tubes/activity.py); nothing in the run folder is rewritten."""
+    from finetune.train import run
+    from tubes.activity import activity_span
+
+    cfg, store, _, test = features
+    folder = str(tmp_path / "run")
+    summary = run(cfg_for(export, corpus, cfg.features.cache, folder, "train=false"))
+    before = {f: os.path.getmtime(os.path.join(folder, f)) for f in ("eval.json", "predictions.json", "head.pt")}
+
+    def again(*overrides):
+        p = subprocess.run([sys.executable, "-m", "finetune.repredict", "--run", folder, *overrides],
+                           capture_output=True, text=True, env=ENV, cwd=str(tmp_path))
+        return p
+
+    same = again("span.rule=head")
+    assert same.returncode == 0, same.stderr
+    assert json.loads(same.stdout)["metrics"] == summary["metrics"]
+    act = again("span.rule=activity")
+    assert act.returncode == 0, act.stderr
+    res = json.loads(act.stdout)
+    assert res["out"] == os.path.join(folder, "span-activity") and res["counts"]["missing_predictions"] == 0
+    head_preds = json.load(open(os.path.join(folder, "predictions.json")))
+    act_preds = json.load(open(res["predictions"]))
+    queries = {q.key: q for q in SyntheticStvgAdapter(corpus).eval_queries()}
+    changed = 0
+    for key, hp in head_preds.items():
+        vt = test[queries[key].video]
+        chosen = [m for m, t in enumerate(vt.tubes)
+                  if np.allclose(t.with_span(tuple(hp["sted"])).boxes,
+                                 np.array([hp["boxes"][str(f)] for f in range(*hp["sted"])]), atol=0.01)]
+        spans = {activity_span(vt.regions, vt.tubes[m], vt.proposals.frames) for m in chosen}
+        assert tuple(act_preds[key]["sted"]) in spans
+        changed += act_preds[key]["sted"] != hp["sted"]
+    assert changed > 0
+    assert before == {f: os.path.getmtime(os.path.join(folder, f)) for f in before}
+    bad = again("max_steps=5")
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1

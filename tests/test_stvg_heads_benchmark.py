@@ -93,3 +93,14 @@ def test_stvg_benchmark_bad_input_is_one_error_line(stvg_inputs, case, args, nee
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
     assert p.returncode == 2 and "Traceback" not in p.stderr and len(errors) == 1, p.stderr[-2000:]
     assert needle in errors[0], errors[0]
+
+
+def test_span_rule_rows_are_parsed_and_a_bad_one_refused(tmp_path):
+    from benchmarks.experiments.stvg_heads import span_overrides
+
+    assert span_overrides("activity") == ("activity", ["span.rule=activity"])
+    assert span_overrides("mix:0.5/5") == ("mix:0.5/5", ["span.rule=mix", "span.weight=0.5", "span.smooth=5"])
+    p = subprocess.run([sys.executable, "-m", "benchmarks.experiments.stvg_heads", "--corpus", str(tmp_path),
+                        "--export", str(tmp_path), "--out", str(tmp_path / "o"), "--span-rules", "mix:x",
+                        "--head", "x", "configs/finetune/fsm_synthetic.yaml"], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.startswith("error: --span-rules") and len(p.stderr.strip().splitlines()) == 1

@@ -1,7 +1,8 @@
 """STVG baselines and ceilings of an export on a synthetic STVG split (docs/stvg.md section 3): random spans and
-tubes, the zero-shot span and tube (Sec. 3.5 temporal detection + best word-region tube), and the best linked tube
-given the true or the zero-shot span, scored by grounding's vidstg evaluator. Library code shared by
-benchmarks/experiments/stvg_baselines.py (which adds linking times) and the STVG demo (cluster/demo.py).
+tubes, the zero-shot span and tube (Sec. 3.5 temporal detection + best word-region tube), the zero-shot tube
+chosen over the whole video with its activity's span (tubes/activity.py, the `span.rule=activity` of the heads),
+and the best linked tube given the true or the zero-shot span, scored by grounding's vidstg evaluator. Library
+code shared by benchmarks/experiments/stvg_baselines.py (which adds linking times) and the STVG demo (cluster/demo.py).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from grounding import metrics as M
 from grounding.evaluate import evaluate
 from grounding.readers.stvg import read_vidstg
+from tubes.activity import activity_span
 from tubes.config import TubeConfig
 from tubes.linking import link_tubes
 from tubes.pipeline import video_tubes
@@ -96,8 +98,8 @@ def _measure(corpus, split, export, cache, tubes, seed, smooth, predictions_dir,
     by_video: dict[str, list] = {}
     for q in queries:
         by_video.setdefault(q.video, []).append(q)
-    preds = {k: {} for k in ("random", "random_true_span", "zero_shot", "zero_shot_true_span", "ceiling_true_span",
-                             "ceiling_predicted_span")}
+    preds = {k: {} for k in ("random", "random_true_span", "zero_shot", "zero_shot_activity", "zero_shot_true_span",
+                             "ceiling_true_span", "ceiling_predicted_span")}
     pur_all, pur_obj, pur_iou = [], [], []
     t0 = time.perf_counter()
     for vid, qs in by_video.items():
@@ -118,6 +120,9 @@ def _measure(corpus, split, export, cache, tubes, seed, smooth, predictions_dir,
             preds["random"][q.key] = prediction(vt, int(rng.integers(len(vt.tubes))), (s, int(rng.integers(s + 1, n + 1))))
             preds["random_true_span"][q.key] = prediction(vt, int(rng.integers(len(vt.tubes))), q.tube)
             preds["zero_shot"][q.key] = prediction(vt, int(np.argmax(tube_scores(model, vt, q.sentence, span))), span)
+            whole = int(np.argmax(tube_scores(model, vt, q.sentence, (0, n))))
+            preds["zero_shot_activity"][q.key] = prediction(vt, whole, activity_span(vt.regions, vt.tubes[whole],
+                                                                                         vt.proposals.frames))
             preds["zero_shot_true_span"][q.key] = prediction(
                 vt, int(np.argmax(tube_scores(model, vt, q.sentence, q.tube))), q.tube)
             preds["ceiling_true_span"][q.key] = prediction(vt, best_tube(vt, q, q.tube), q.tube)

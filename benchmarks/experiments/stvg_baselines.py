@@ -10,6 +10,8 @@ Rows (each: m_tIoU, m_vIoU, vIoU@0.3, vIoU@0.5, overall and per sentence type):
 - zero_shot: the export alone. Span: Sec. 3.5 temporal detection (global frame-query similarity over the video's
   query pool, per-query standardisation, each frame takes its best query; the query's longest run). Tube: the
   linked tube whose region features are most similar to the query's words (mean word-region cosine over the span);
+- zero_shot_activity: the zero-shot tube chosen over the whole video, its span the best segment of that tube's
+  activity (tubes/activity.py; the heads' `span.rule=activity`);
 - zero_shot_true_span: the zero-shot tube choice given the true span (the spatial half alone);
 - ceiling_true_span / ceiling_predicted_span: the best of the M linked tubes against the truth with the true span
   and with the zero-shot span (the most a tube-selection head can reach).

@@ -13,7 +13,12 @@ same export. Prints one JSON object (scores in percent; per head the mean and st
 row. The rows x seeds are finetune/sweep.py's jobs, each a `finetune.train.run` in this process (one at a time: the
 seeds share the cores; each feature set read from the cache once) into OUT/NAME/seedS; a run that already finished
 there (summary.json with metrics) is read, not re-run, so an interrupted benchmark continues where it stopped. `beats_zero_shot` compares each row's mean m_vIoU per sentence
-type with the baseline zero_shot row (Sec. 3.5 span + best word-region tube of the same export).
+type with the baseline zero_shot row (Sec. 3.5 span + best word-region tube of the same export),
+`beats_zero_shot_activity` with the zero_shot_activity row (the zero-shot tube with its activity's span).
+
+`--span-rules activity mix:0.5 ...`: span rules act at prediction time only (docs/stvg.md "The span rule"), so each
+head row's finished runs are also predicted under each rule (finetune/repredict.py, no training) as rows
+`NAME+RULE`; `RULE:W` sets span.weight, `RULE/K` span.smooth (e.g. `mix:0.5/5`).
 """
 from __future__ import annotations
 
@@ -62,6 +67,36 @@ def run_rows(rows: list[tuple[str, str, list[str]]], seeds_of, args, common: lis
     return out
 
 
+def span_overrides(text: str) -> tuple[str, list[str]]:
+    """`RULE[:WEIGHT][/SMOOTH]` -> (row suffix, span.* overrides)."""
+    rest, _, smooth = text.partition("/")
+    rule, _, weight = rest.partition(":")
+    if rule not in ("head", "activity", "mix"):
+        raise ValueError(f"{text!r}: the rule must be head, activity or mix")
+    try:
+        over = [f"span.rule={rule}"] + ([f"span.weight={float(weight)}"] if weight else []) + \
+               ([f"span.smooth={int(smooth)}"] if smooth else [])
+    except ValueError:
+        raise ValueError(f"{text!r}: WEIGHT must be a number and SMOOTH an integer") from None
+    return text, over
+
+
+def repredicted(run: dict, out: str, name: str, overrides: list[str]) -> dict:
+    """A finished run's figures under other span.* settings (finetune/repredict.py), as a run summary."""
+    from finetune.repredict import repredict
+
+    if not run.get("metrics"):
+        return {"error": run.get("error") or "the run did not finish"}
+    folder = os.path.join(out, name, f"seed{run['seed']}")
+    try:
+        with stdout_to_stderr():
+            r = repredict(folder, overrides, os.path.join(folder, "span-" + "-".join(o.split("=", 1)[1]
+                                                                                     for o in overrides)))
+    except UserError as e:
+        return {"error": str(e)}
+    return {"metrics": r["metrics"], "steps": run.get("steps")}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--corpus", required=True, help="synthetic STVG corpus (python -m shards.synthetic mode=stvg)")
@@ -73,12 +108,19 @@ def main(argv=None) -> int:
     p.add_argument("--set", nargs="*", default=[], help="overrides for every row (e.g. max_steps=300)")
     p.add_argument("--cache", default="", help="feature cache (default: the finetunes' own default)")
     p.add_argument("--no-baselines", action="store_true", help="skip benchmarks/experiments/stvg_baselines.py's rows")
+    p.add_argument("--span-rules", nargs="*", default=[], metavar="RULE[:WEIGHT][/SMOOTH]",
+                   help="also predict each head row's runs under these span rules (no training)")
     args = p.parse_args(argv)
     for row in args.head:
         if len(row) < 2 or not os.path.exists(row[1]):
             print(f"error: --head needs NAME CONFIG [KEY=VALUE ...], and the config must exist: {row}",
                   file=sys.stderr)
             return 2
+    try:
+        rules = [span_overrides(r) for r in args.span_rules]
+    except ValueError as e:
+        print(f"error: --span-rules: {e}", file=sys.stderr)
+        return 2
     args.corpus, args.export, args.out = (os.path.abspath(x) for x in (args.corpus, args.export, args.out))
     problem = input_error(args.corpus, args.export)
     if problem:
@@ -102,9 +144,16 @@ def main(argv=None) -> int:
         return 2
     heads = {name: {"config": config, "overrides": overrides, **summarise(args.seeds, runs[name])}
              for name, config, *overrides in args.head}
+    for (rule, overrides) in rules:
+        for name, h in list(heads.items()):
+            again = [repredicted(r, args.out, name, overrides) for r in h["runs"]]
+            heads[f"{name}+{rule}"] = {"config": h["config"], "overrides": h["overrides"] + overrides,
+                                       "repredicted_from": name, **summarise(args.seeds, again)}
     out["heads"] = heads
     if "baselines" in out:
         out["beats_zero_shot"] = beats_zero_shot(out["baselines"]["zero_shot"], heads)
+        if "zero_shot_activity" in out["baselines"]:
+            out["beats_zero_shot_activity"] = beats_zero_shot(out["baselines"]["zero_shot_activity"], heads)
     out["wall_seconds"] = round(time.time() - t0, 1)
     print(json.dumps(out))
     failed = [r for h in heads.values() for r in h["runs"] if r["error"]]

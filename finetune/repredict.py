@@ -1,0 +1,81 @@
+"""Predict a finished STVG finetune run again under another span rule, without training (span rules act at
+prediction time only: docs/stvg.md "The span rule"). Prints one JSON object with the evaluator's metrics.
+
+    python -m finetune.repredict --run RUN [--out DIR] span.rule=activity [span.smooth=5]
+
+Reads RUN's config.yaml, head.json and head.pt and the run's feature cache (nothing is extracted or trained);
+writes DIR/predictions.json and DIR/eval.json (default DIR: RUN/span-<rule>), never into RUN itself.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import sys
+
+import torch
+
+from common import cli
+from common import fsio
+from common.errors import UserError
+
+SPAN_KEYS = ("span.rule", "span.weight", "span.smooth")
+
+
+def repredict(run: str, overrides: list[str], out: str = "") -> dict:
+    """The metrics of RUN's trained head predicted with `overrides` (span.* keys only) into `out`."""
+    from finetune import config as C
+    from finetune.families import family_of
+    from finetune.heads.registry import spec_of
+    from finetune.predict import evaluate
+    from finetune.train import check_dataset
+
+    for o in overrides:
+        if o.split("=", 1)[0] not in SPAN_KEYS:
+            raise UserError(f"override [{o}]: a re-prediction may change only {', '.join(SPAN_KEYS)}")
+    for name in ("config.yaml", "head.json", "head.pt"):
+        if not fsio.exists(fsio.join(run, name)):
+            raise UserError(f"--run [{run}]: no {name} (a finished finetune run holds config.yaml, head.json, "
+                            "head.pt)")
+    cfg = C.resolve(C.load(fsio.join(run, "config.yaml"), overrides))
+    C.validate(cfg)
+    spec, family = spec_of(cfg.head), family_of(cfg)
+    if family.name != "stvg":
+        raise UserError(f"--run [{run}]: head {cfg.head} is not an STVG head (span rules decide tubes' spans)")
+    if cfg.features.end_to_end:
+        raise UserError(f"--run [{run}]: an end-to-end run's test features come from its trained encoder; "
+                        "re-run it with the span rule instead")
+    adapter, _, queries = check_dataset(cfg)
+    store = family.store(cfg, adapter)
+    videos = store.load_all(adapter.videos("test"))
+    meta = json.loads(fsio.read_bytes(fsio.join(run, "head.json")))
+    head = spec.build(meta["dim"], cfg)
+    head.load_state_dict(torch.load(io.BytesIO(fsio.read_bytes(fsio.join(run, "head.pt"))), map_location="cpu"))
+    out = out or fsio.join(run, f"span-{cfg.span.rule}" + (f"-s{cfg.span.smooth}" if cfg.span.smooth > 1 else "")
+                           + (f"-w{cfg.span.weight:g}" if cfg.span.rule == "mix" else ""))
+    fsio.makedirs(out)
+    files = adapter.write_eval_files(fsio.join(out, "eval"), family.durations(videos))
+    preds = family.predict(head, spec, cfg, adapter, queries, videos, store.text)
+    pred_url = fsio.join(out, "predictions.json")
+    fsio.write_json_atomic(pred_url, preds)
+    metrics, counts = evaluate(adapter.benchmark, files, pred_url)
+    result = {"run": run, "head": cfg.head, "span": dataclasses.asdict(cfg.span), "out": out,
+              "metrics": metrics, "counts": counts, "predictions": pred_url}
+    fsio.write_json_atomic(fsio.join(out, "eval.json"), result)
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="a finished STVG finetune run folder")
+    p.add_argument("--out", default="", help="output folder (default RUN/span-<rule>)")
+    p.add_argument("overrides", nargs="*", help="span.rule=..., span.weight=..., span.smooth=...")
+    a = p.parse_args(argv)
+    print(json.dumps(repredict(os.path.abspath(a.run) if fsio.is_local(a.run) else a.run, a.overrides, a.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

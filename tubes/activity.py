@@ -1,0 +1,93 @@
+"""*When* from the chosen tube itself: how far its object looks, frame by frame, from how it looks at rest.
+
+An object being acted on looks different from the same object left alone (cut in halves, stirred, poured, lifted;
+in real videos a hand on it, motion blur, a changed state), and a linked tube follows one object through the
+video. So the cosine distance of a tube's region feature at frame t from the tube's own median feature (its rest
+appearance, when the action covers less than half of the tube's frames) is high while the object is acted on and
+low otherwise. No sentence, no training and no truth enters: a weakly supervised head may use it. The paper heads'
+spans come from frame-level scores (VCMA's Gaussian over frame relevance, WINNER's clip cell, FSM's start/end
+distributions); this is the `span.rule` switch of a finetune (finetune/config.py SpanConfig, finetune/predict.py;
+docs/stvg.md "The span rule") and the zero-shot baseline's `zero_shot_activity` row.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def tube_activity(regions: np.ndarray, tube, frames: np.ndarray) -> np.ndarray:
+    """(F,) activity of `tube` at each of the video's feature frames `frames` (F,) native ids: 1 - cos(region
+    feature, the tube's L2-normalised elementwise median feature). `regions` (F, N, d) are the video's region
+    features at those frames; `tube` a linked tube (grounding.tube.Tube with `index`, the proposal per tube frame).
+    Frames inside the tube's extent where it bridged a miss take the value interpolated from their neighbours;
+    frames outside it take the tube's least activity (the object is not followed there, so nothing says it is
+    acted on). A tube with no region anywhere gives zeros."""
+    frames = np.asarray(frames)
+    out = np.zeros(len(frames), np.float64)
+    if tube.index is None or not len(tube.frames):
+        return out
+    pos = np.searchsorted(frames, tube.frames)
+    ok = (pos < len(frames)) & (tube.index >= 0)
+    ok[ok] &= frames[pos[ok]] == tube.frames[ok]
+    if not ok.any():
+        return out
+    p, idx = pos[ok], tube.index[ok]
+    r = np.asarray(regions[p, idx], np.float64)
+    r /= np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
+    rest = np.median(r, 0)
+    rest /= max(np.linalg.norm(rest), 1e-12)
+    act = 1.0 - r @ rest
+    out[:] = act.min()
+    inside = np.arange(p[0], p[-1] + 1)
+    out[inside] = np.interp(inside, p, act)
+    return out
+
+
+def best_segment(scores: np.ndarray) -> tuple[int, int]:
+    """[a, b] positions of the contiguous run with the largest sum of mean-centred scores (the frames that score
+    above the video's average, joined where the dips between them are shallow); parameter-free. The STVG span of
+    frame scores (finetune/predict.py) and of a tube's activity."""
+    x = np.asarray(scores, np.float64)
+    x = x - x.mean()
+    best, cur, start, out = -np.inf, 0.0, 0, (0, 0)
+    for i, v in enumerate(x):
+        if cur <= 0:
+            cur, start = 0.0, i
+        cur += v
+        if cur > best:
+            best, out = cur, (start, i)
+    return out
+
+
+def native_span(frame_ids: np.ndarray, a: int, b: int) -> tuple[int, int]:
+    """Native frames [start, end) covered by feature frames a..b of one video (frame_ids (T,) ascending): a feature
+    frame stands for the native frames until the next one, the last for itself alone (finetune/heads/stvg.py's
+    native_spans, the batched form of the same convention; tested equal)."""
+    ids = np.asarray(frame_ids)
+    end = int(ids[b + 1]) if b + 1 < len(ids) else int(ids[b]) + 1
+    return int(ids[a]), end
+
+
+def activity_span(regions: np.ndarray, tube, frames: np.ndarray) -> tuple[int, int]:
+    """Native frames [start, end) of the best segment of a tube's standardised activity over `frames`."""
+    return native_span(frames, *best_segment(standardise(tube_activity(regions, tube, frames))))
+
+
+def standardise(x: np.ndarray) -> np.ndarray:
+    """(x - mean) / std within one video's frames (0 when flat): activities and head scores on one scale."""
+    x = np.asarray(x, np.float64)
+    sd = x.std()
+    return (x - x.mean()) / sd if sd > 1e-12 else np.zeros_like(x)
+
+
+def moving_mean(x: np.ndarray, k: int) -> np.ndarray:
+    """A centred moving mean over k frames (edges use the frames there are)."""
+    if k <= 1 or len(x) < 2:
+        return np.asarray(x, np.float64)
+    x = np.asarray(x, np.float64)
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    i = np.arange(len(x))
+    lo, hi = np.clip(i - k // 2, 0, len(x)), np.clip(i - k // 2 + k, 0, len(x))
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+__all__ = ["activity_span", "best_segment", "moving_mean", "native_span", "standardise", "tube_activity"]
