@@ -16,6 +16,7 @@ from finetune.heads.base import TextBatch, TrainBatch, VideoBatch
 from finetune.heads.stvg import StvgTargets, TubeGeometry
 from finetune.stvg_features import token_spans
 from finetune.batches import Batcher, subsample
+from tubes.activity import region_activity
 
 
 def tube_ids(vt) -> np.ndarray:
@@ -51,6 +52,8 @@ def video_batch(videos: list, max_frames: int = 0, tubes: int = 1) -> VideoBatch
     frame_ids = np.zeros((b, t), np.int64)
     times = np.zeros((b, t), np.float32)
     ids = np.full((b, t, n), -1, np.int64)
+    act = np.zeros((b, t, n), np.float32)
+    acts: dict[int, np.ndarray] = {}
     tmask = np.zeros((b, m), bool)
     fps = np.zeros(b, np.float32)
     size = np.zeros((b, 2), np.float32)
@@ -67,10 +70,13 @@ def video_batch(videos: list, max_frames: int = 0, tubes: int = 1) -> VideoBatch
         boxes[r, :k, :w], scores[r, :k, :w] = p.boxes[i], p.scores[i]
         frame_ids[r, :k], times[r, :k] = p.frames[i], p.frames[i] / p.fps
         ids[r, :k, :w] = np.where(p.valid[i], tube_ids(v)[i], -1)
+        if id(v) not in acts:   # prediction repeats one video per query
+            acts[id(v)] = region_activity(v.regions, v.tubes, p.frames)
+        act[r, :k, :w] = np.where(p.valid[i], acts[id(v)][i], 0.0)
         tmask[r, :len(v.tubes)] = True
         fps[r], size[r] = p.fps, v.size
     T = torch.from_numpy
-    geo = TubeGeometry(T(boxes), T(scores), T(frame_ids), T(times), T(ids), T(tmask), T(fps), T(size))
+    geo = TubeGeometry(T(boxes), T(scores), T(frame_ids), T(times), T(ids), T(tmask), T(fps), T(size), T(act))
     opt = (lambda x: None if x is None else T(x))  # noqa: E731
     return VideoBatch(T(frames), T(mask), T(regions), T(rmask), geo, opt(regions_mid), opt(pixels))
 

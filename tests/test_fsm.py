@@ -248,3 +248,51 @@ def test_proposal_boxes_are_proposals_with_or_without_the_pointer():
         assert bool(hit.all())
     regressed = FsmHead(8, FsmConfig(dim=8, queries=2, proposal_boxes=False)).tube_output(batch.video, batch.text)
     assert not bool((regressed.boxes[:, :, None, :] == props).all(-1).any(-1).all())
+
+
+def test_activity_switch_starts_as_without_it_and_learns_when_from_the_activity():
+    """fsm.activity: the other weights start as the plain head's (forked generators); the start/end heads see the
+    activity of what the pointer picks, so a head trained on batches whose span is where the true object is acted
+    on (and nothing else says when) places its span there; without the switch it cannot."""
+    torch.manual_seed(0)
+    plain = FsmHead(8, FsmConfig(dim=16, queries=2))
+    torch.manual_seed(0)
+    act = FsmHead(8, FsmConfig(dim=16, queries=2, activity=True))
+    ps, qs = dict(plain.named_parameters()), dict(act.named_parameters())
+    assert set(qs) - set(ps) == {"act_token.weight", "act_token.bias", "act_time.weight", "act_time.bias"}
+    assert all(torch.equal(ps[k], qs[k]) for k in ps)
+    batch = _batch()
+    with pytest.raises(ValueError, match="no region activity"):
+        act.loss(batch)
+
+    def with_span(i):
+        """A batch whose true span is frames [i, i + 2) of 6, told only by the true proposal's activity."""
+        b = _batch()
+        a = torch.zeros(2, 6, 3)
+        a[:, i:i + 2, 0] = 3.0
+        b.video.geometry.activity = a
+        mask = torch.zeros(2, 6, dtype=torch.bool)
+        mask[:, i:i + 2] = True
+        b.targets.box_mask = mask
+        b.targets.boxes = torch.tensor([10.0, 5.0, 60.0, 40.0]).expand(2, 6, 4) * mask[..., None]
+        b.targets.sted = torch.tensor([[2 * i, 2 * (i + 2)]] * 2)
+        return b
+
+    spans = {}
+    for name, head in (("plain", plain), ("activity", act)):
+        opt = torch.optim.Adam(head.parameters(), 1e-2)
+        for step in range(200):
+            out = head.loss(with_span(step % 4))
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+        head.eval()
+        with torch.no_grad():
+            spans[name] = [head.tube_output(with_span(i).video, with_span(i).text).sted[0].tolist() for i in range(4)]
+    def tiou(got, i):
+        inter = max(0, min(got[1], 2 * i + 4) - max(got[0], 2 * i))
+        return inter / (max(got[1], 2 * i + 4) - min(got[0], 2 * i))
+
+    found = {k: [tiou(s, i) for i, s in enumerate(v)] for k, v in spans.items()}
+    mean = {k: sum(v) / len(v) for k, v in found.items()}
+    assert min(found["activity"]) >= 0.5 and mean["activity"] > mean["plain"] + 0.2

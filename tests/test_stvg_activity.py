@@ -107,3 +107,36 @@ def test_span_settings_are_refused_in_one_line():
             validate(C.load(FinetuneConfig, None, base + bad))
     with pytest.raises(C.ConfigError, match="ranks moments"):
         validate(C.load(FinetuneConfig, None, ["checkpoint=x", "dataset.root=x", "head=wsra", "span.rule=activity"]))
+
+
+def test_region_activity_is_each_regions_value_on_its_tube_standardised():
+    from tubes.activity import region_activity
+
+    vt = _video()
+    ra = region_activity(vt.regions, vt.tubes, vt.proposals.frames)
+    raw = np.zeros((10, 2))
+    on = np.zeros((10, 2), bool)
+    raw[2:, 0] = tube_activity(vt.regions, vt.tubes[0], vt.proposals.frames)[2:]
+    on[2:, 0] = True
+    on[7, 0] = False                                     # bridged: no region there
+    raw[:, 1] = tube_activity(vt.regions, vt.tubes[1], vt.proposals.frames)
+    on[:, 1] = True
+    v = raw[on]
+    np.testing.assert_allclose(ra[on], (v - v.mean()) / v.std(), atol=1e-5)
+    assert not ra[~on].any()
+
+
+def test_an_stvg_batch_carries_each_regions_activity():
+    from finetune.stvg_batches import video_batch
+    from tubes.activity import region_activity
+
+    vt = _video()
+    vt.frames = np.zeros((10, 3), np.float32)
+    vt.regions_mid = vt.pixels = None
+    vt.size = (100.0, 100.0)
+    vt.proposals = SimpleNamespace(frames=np.arange(10), valid=np.ones((10, 2), bool), boxes=np.zeros((10, 2, 4)),
+                                   scores=np.ones((10, 2)), fps=5.0)
+    batch = video_batch([vt, vt], max_frames=5)
+    full = region_activity(vt.regions, vt.tubes, np.arange(10))
+    rows = batch.geometry.frame_ids[0].numpy()
+    np.testing.assert_allclose(batch.geometry.activity[1].numpy(), full[rows], atol=1e-6)

@@ -42,6 +42,28 @@ def tube_activity(regions: np.ndarray, tube, frames: np.ndarray) -> np.ndarray:
     return out
 
 
+def region_activity(regions: np.ndarray, tubes, frames: np.ndarray) -> np.ndarray:
+    """(F, N) each region's activity on the linked tube it lies on (tube_activity's value at that frame, before any
+    interpolation), standardised over the video's regions on a tube; 0 for a region on no tube. What an STVG batch
+    carries (TubeGeometry.activity) for heads that learn *when* from it (fsm.activity)."""
+    out = np.zeros(regions.shape[:2], np.float64)
+    on = np.zeros(regions.shape[:2], bool)
+    frames = np.asarray(frames)
+    for tube in tubes:
+        if tube.index is None or not len(tube.frames):
+            continue
+        act = tube_activity(regions, tube, frames)
+        pos = np.searchsorted(frames, tube.frames)
+        ok = (pos < len(frames)) & (tube.index >= 0)
+        ok[ok] &= frames[pos[ok]] == tube.frames[ok]
+        out[pos[ok], tube.index[ok]] = act[pos[ok]]
+        on[pos[ok], tube.index[ok]] = True
+    if on.any():
+        v = out[on]
+        out[on] = (v - v.mean()) / v.std() if v.std() > 1e-12 else 0.0
+    return out.astype(np.float32)
+
+
 def best_segment(scores: np.ndarray) -> tuple[int, int]:
     """[a, b] positions of the contiguous run with the largest sum of mean-centred scores (the frames that score
     above the video's average, joined where the dips between them are shallow); parameter-free. The STVG span of
@@ -90,4 +112,5 @@ def moving_mean(x: np.ndarray, k: int) -> np.ndarray:
     return (c[hi] - c[lo]) / (hi - lo)
 
 
-__all__ = ["activity_span", "best_segment", "moving_mean", "native_span", "standardise", "tube_activity"]
+__all__ = ["activity_span", "best_segment", "moving_mean", "native_span", "region_activity", "standardise",
+           "tube_activity"]

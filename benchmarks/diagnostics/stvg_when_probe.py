@@ -10,6 +10,9 @@ ranks first (the zero-shot pick) and their products with the sentence / the mean
 one-hidden-layer one, standardised inputs, Adam. Every 1 in `--held-out` training videos is held out (no row of it
 is trained on). An area under the ROC curve of 0.5 on held-out videos says no head on these features can place a
 span better than the spans' length and position prior: the head's m_tIoU then comes from that prior alone.
+Beside them, untrained scores: the activity (TubeGeometry.activity, tubes/activity.py: how far a region looks from
+its linked tube's median) of the zero-shot pick's region and of the tube that follows the referred object (found with the
+truth: what the activity says when the tube is right), and the probes again with the pick's activity as an input.
 A diagnostic of the features (docs/fsm.md), never a method: it reads the train truth.
 """
 from __future__ import annotations
@@ -29,8 +32,29 @@ from finetune.heads.stvg import mean_unit_words  # noqa: E402
 from grounding.metrics.roc import auc
 
 
+def truth_tube_activity(batch, act: torch.Tensor) -> torch.Tensor:
+    """(B, T) the activity of the linked tube that follows the referred object (the tube of the proposal that best
+    overlaps the true box, by majority over the span's frames) at every frame; a frame where that tube has no
+    region gets the video's least activity."""
+    from finetune.heads.fsm import pair_iou
+
+    v, tg = batch.video, batch.targets
+    geo = v.geometry
+    iou = pair_iou(geo.boxes, tg.boxes[:, :, None, :]) * v.region_mask
+    best = iou.argmax(-1)                                                # (B, T)
+    tube = torch.gather(geo.tube_ids, 2, best[..., None])[..., 0]       # (B, T)
+    out = torch.empty(act.shape[:2])
+    for i in range(len(tube)):
+        ok = tg.box_mask[i] & (tube[i] >= 0)
+        m = int(torch.mode(tube[i][ok]).values) if ok.any() else -1
+        on = geo.tube_ids[i] == m
+        out[i] = torch.where(on.any(-1), (act[i] * on).sum(-1), act[i].min())
+    return out
+
+
 def frame_rows(batch):
-    """(features (n, 6d+1), inside the span (n,), row of the batch (n,)) of a batch's valid frames."""
+    """(features (n, 6d+3), inside the span (n,), row of the batch (n,)) of a batch's valid frames: the last three
+    columns are the zero-shot score, the activity of the zero-shot pick's region and of the truth's tube."""
     v, tg = batch.video, batch.targets
     s = F.normalize(batch.text.sentence, dim=-1)
     q = mean_unit_words(batch.text.words, batch.text.word_mask)
@@ -40,8 +64,10 @@ def frame_rows(batch):
     reg = torch.gather(v.regions, 2, pick[..., None, None].expand(-1, -1, 1, v.regions.shape[-1]))[:, :, 0]
     fid = v.geometry.frame_ids
     inside = (fid >= tg.sted[:, :1]) & (fid < tg.sted[:, 1:])
-    feat = torch.cat([f * s[:, None], reg * q[:, None], f, reg, s[:, None].expand_as(f), prior.amax(-1, keepdim=True)],
-                     -1)
+    act = v.geometry.activity
+    pick_act = torch.gather(act, 2, pick[..., None])
+    feat = torch.cat([f * s[:, None], reg * q[:, None], f, reg, s[:, None].expand_as(f), prior.amax(-1, keepdim=True),
+                      pick_act, truth_tube_activity(batch, act)[..., None]], -1)
     rows = torch.arange(len(fid))[:, None].expand_as(fid)
     m = v.mask
     return feat[m].numpy(), inside[m].numpy(), rows[m].numpy()
@@ -96,15 +122,19 @@ def main(argv=None) -> int:
     xt, yt = (xt - mu) / sd, torch.from_numpy(y).float()
     out = {"benchmark": "stvg_when_probe", "frames": int(len(y)), "held_out_frames": int(te.sum()),
            "inside_share": round(float(y.mean()), 4)}
-    for name, hidden in (("linear", 0), ("mlp64", 64)):
-        m = fit_probe(xt[tr], yt[tr], hidden)
+    # the probes see what a head sees (not the truth's tube, the last column)
+    for name, hidden, cols in (("linear", 0, slice(0, -2)), ("mlp64", 64, slice(0, -2)),
+                               ("linear_with_activity", 0, slice(0, -1)), ("mlp64_with_activity", 64, slice(0, -1))):
+        m = fit_probe(xt[tr][:, cols], yt[tr], hidden)
         with torch.no_grad():
-            sc = m(xt)[:, 0].numpy()
+            sc = m(xt[:, cols])[:, 0].numpy()
         out[f"auc_{name}_held_out"] = round(auc(sc[te], y[te]), 4)
         out[f"auc_{name}_train"] = round(auc(sc[tr], y[tr]), 4)
-    d = (x.shape[1] - 1) // 6
+    d = (x.shape[1] - 3) // 6
     out["auc_frame_sentence_cosine"] = round(auc(x[te, :d].sum(1), y[te]), 4)
-    out["auc_zero_shot_region_score"] = round(auc(x[te, -1], y[te]), 4)
+    out["auc_zero_shot_region_score"] = round(auc(x[te, -3], y[te]), 4)
+    out["auc_zero_shot_pick_activity"] = round(auc(x[te, -2], y[te]), 4)
+    out["auc_truth_tube_activity"] = round(auc(x[te, -1], y[te]), 4)
     print(json.dumps(out))
     return 0
 

@@ -131,7 +131,9 @@ def main(argv=None) -> int:
     if not args.no_baselines:
         from tubes import baselines
 
-        b = baselines.measure(args.corpus, export=args.export)
+        # the baselines' region features beside the finetunes' (a re-run reads them, as it reads finished runs)
+        b = baselines.measure(args.corpus, export=args.export,
+                              cache=os.path.join(args.cache, "baselines") if args.cache else "")
         out["baselines"] = b["rows"]
         out["queries"] = b["queries"]
     common = [f"checkpoint={args.export}", f"dataset.root={args.corpus}", *args.set,

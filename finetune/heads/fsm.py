@@ -63,6 +63,9 @@ class FsmConfig:
     w_att: float = 1.0               # guided attention loss on the time self-attention
     w_mrcl: float = 1.0
     multiscale: bool = False         # a second scale: the proposals over an earlier visual block (tubes.mid_layer)
+    activity: bool = False           # each region token carries its tube's activity at that frame, and the start/end
+                                     # and relevance heads the activity of the proposals the pointer picks (ours:
+                                     # TubeGeometry.activity, tubes/activity.py; docs/stvg.md "The span rule")
 
 
 def _ffn(d: int) -> nn.Module:
@@ -247,6 +250,10 @@ class FsmHead(GroundingHead):
             nn.init.zeros_(self.box[-1].bias)
         self.prob = nn.Linear(d, 1)
         self.sted = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 2))  # the paper's 2-layer MLPs
+        if cfg.activity:   # from forked generators: every other weight starts as without the switch
+            with torch.random.fork_rng(devices=[]):
+                self.act_token = nn.Linear(1, d)
+                self.act_time = nn.Linear(1, d)
         if cfg.pointer:   # the reference box's pointer over the frame's proposals (ours, docs/fsm.md)
             self.ptr_q, self.ptr_k = nn.Linear(d, d), nn.Linear(d, d)
             self.prior_scale = nn.Parameter(torch.tensor([float(cfg.prior_scale)]))  # 1-d: DeepSpeed broadcasts views
@@ -266,6 +273,8 @@ class FsmHead(GroundingHead):
         if self.cfg.positions:
             wh = geo.size[:, None, None, :].repeat(1, 1, 1, 2).clamp_min(1.0)
             x = x + self.box_pos(geo.boxes / wh)
+        if self.cfg.activity:
+            x = x + self.act_token(self._activity(video)[..., None])
         y = self.pt(text.words)
         ym = text.word_mask
         k = y.shape[1]
@@ -283,6 +292,11 @@ class FsmHead(GroundingHead):
             frames = torch.arange(t, device=x.device).clamp_max(self.gamma.shape[0] - 1)
             x = video_fusion(x, xe, ye, self.gamma[frames])
         return x, y, ym
+
+    def _activity(self, video: VideoBatch) -> torch.Tensor:
+        if video.geometry.activity is None:
+            raise ValueError("fsm.activity: the batch carries no region activity (TubeGeometry.activity)")
+        return video.geometry.activity
 
     def _time_pos(self, video: VideoBatch, d: int):
         if not self.cfg.positions:
@@ -333,10 +347,18 @@ class FsmHead(GroundingHead):
         cx, cy, bw, bh = torch.sigmoid(out).unbind(-1)
         boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
         boxes = boxes * torch.cat([sc, sc], -1)
-        se = self.sted(h)
+        if self.cfg.activity:
+            # what the start/end and relevance heads see of *when*: the activity of the proposals each query's
+            # pointer (or cross-attention) picks in each frame, i.e. whether the referred object is acted on now
+            pick = torch.softmax(ptr, -1) if ptr is not None else cross[..., :n]
+            a = torch.einsum("bqtn,btn->bqt", pick, self._activity(video))
+            ht = h + self.act_time(a[..., None])   # MRCL keeps the decoder's own h
+        else:
+            ht = h
+        se = self.sted(ht)
         # each frame's ranking of its proposals: the pointer's logits, or without it the cross-attention weights
         choice = ptr if ptr is not None else cross[..., :n].masked_fill(~video.region_mask[:, None], -1.0)
-        return boxes, self.prob(h).squeeze(-1), se[..., 0], se[..., 1], h, attn, x, choice
+        return boxes, self.prob(ht).squeeze(-1), se[..., 0], se[..., 1], h, attn, x, choice
 
     # --- the lower stream (training only) -----------------------------------------------------------------------
     def _anchor(self, video: VideoBatch, x, t_boxes, t_mask):

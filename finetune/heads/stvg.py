@@ -29,6 +29,8 @@ class TubeGeometry:
     tube_mask: torch.Tensor    # (B, M) bool: tube m exists in video b
     fps: torch.Tensor          # (B,) float: the video's own frame rate
     size: torch.Tensor         # (B, 2) float: width, height in pixels
+    activity: torch.Tensor | None = None  # (B, T, N) float: region n's activity on its tube (tubes/activity.py
+                                          # region_activity, over all the video's frames), 0 on no tube
 
     def to(self, device) -> "TubeGeometry":
         return _move(self, device)
