@@ -1,0 +1,151 @@
+"""Where an export's *when* can come from on the synthetic STVG corpus: the frame features (does a frame's global
+feature tell which verb is being done in it?) and the referred object's own tube (how far it looks from its rest
+appearance, tubes/activity.py). Prints one JSON object.
+
+    python -m benchmarks.diagnostics.stvg_when_sources --corpus DIR --export E [--cache C] [--tubes 10]
+
+- `verb_auc`: per verb, the ROC area on the test split of a linear probe trained on the train split's frames to
+  tell frames where that verb is done (to any object: the truth's spans and verbs) from the others; 0.5 = the frame
+  features do not carry it.
+- `truth_tube`: per test query, the linked tube that overlaps the target most over the video (found with the
+  truth: the spatial half given), its activity's ROC area for the query's frames (pooled and per query), and the
+  m_tIoU of the best segment of its (smoothed) activity: what the activity span rule reaches when the tube is right.
+A diagnostic of the features (docs/results/stvg.md), never a method: it reads the truth.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import cli
+
+
+def _features(corpus: str, export: str, cache: str, tubes: int):
+    from finetune.config import load, resolve
+    from finetune.families import build_adapter
+    from finetune.train import feature_store, prepare
+
+    cfg = resolve(load(None, ["head=fsm", "dataset.kind=synthetic_stvg", f"checkpoint={export}",
+                              f"dataset.root={corpus}", f"features.cache={cache}", f"tubes.tubes={tubes}"]))
+    adapter = build_adapter(cfg.dataset)
+    store = feature_store(cfg, prepare(cfg, adapter)["model_key"])
+    return {split: store.load_all(adapter.videos(split)) for split in ("train", "test")}
+
+
+def _truth(corpus: str, split: str):
+    vs = json.load(open(os.path.join(corpus, split, "truth", "vidstg.json")))
+    parses = json.load(open(os.path.join(corpus, split, "truth", "parses.json")))
+    return vs, parses
+
+
+def verb_rows(feats: dict, corpus: str, split: str, verbs: list[str]):
+    vs, parses = _truth(corpus, split)
+    x, y = [], []
+    for vid, vt in feats.items():
+        fr = vt.proposals.frames
+        lab = np.zeros((len(fr), len(verbs)), bool)
+        for q in vs["videos"]:
+            if q["original_video_id"] == vid:
+                inside = (fr >= q["tube_start_frame"]) & (fr < q["tube_end_frame"])
+                lab[inside, verbs.index(parses[q["video_id"]]["verb"])] = True
+        x.append(vt.frames)
+        y.append(lab)
+    return np.concatenate(x), np.concatenate(y)
+
+
+def verb_auc(feats: dict, corpus: str) -> dict:
+    from grounding.metrics.roc import auc
+
+    verbs = sorted({p["verb"] for split in ("train", "test") for p in _truth(corpus, split)[1].values()})
+    xtr, ytr = verb_rows(feats["train"], corpus, "train", verbs)
+    xte, yte = verb_rows(feats["test"], corpus, "test", verbs)
+    xtr, xte = torch.from_numpy(xtr).float(), torch.from_numpy(xte).float()
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    torch.manual_seed(0)
+    probe = torch.nn.Linear(xtr.shape[1], len(verbs))
+    opt = torch.optim.Adam(probe.parameters(), 1e-2, weight_decay=1e-3)
+    target = torch.from_numpy(ytr).float()
+    for _ in range(400):
+        loss = F.binary_cross_entropy_with_logits(probe(xtr), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        s = probe(xte).numpy()
+    return {v: round(auc(s[:, i], yte[:, i]), 4) for i, v in enumerate(verbs) if yte[:, i].any() and not yte[:, i].all()}
+
+
+def _iou(a, b):
+    lo, hi = np.maximum(a[:, :2], b[:, :2]), np.minimum(a[:, 2:], b[:, 2:])
+    inter = np.clip(hi - lo, 0, None).prod(1)
+    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+
+
+def truth_tube(feats: dict, corpus: str, smooth=(1, 3, 5, 9)) -> dict:
+    from grounding.metrics.roc import auc
+    from tubes.activity import best_segment, moving_mean, native_span, tube_activity
+
+    vs, _ = _truth(corpus, "test")
+    pooled_s, pooled_y, per_query, tiou = [], [], [], {k: [] for k in smooth}
+    for q in vs["videos"]:
+        vt = feats[q["original_video_id"]]
+        fr = vt.proposals.frames
+        traj = vs["trajectories"][q["original_video_id"]][str(q["target_id"])]
+        truth = np.array([[b[0], b[1], b[0] + b[2], b[1] + b[3]] if (b := traj.get(str(f), {}).get("bbox")) else
+                          [np.nan] * 4 for f in fr])
+        best, tube = -1.0, None
+        for t in vt.tubes:
+            pos = np.searchsorted(fr, t.frames)
+            ok = ~np.isnan(t.boxes[:, 0]) & ~np.isnan(truth[pos, 0])
+            m = float(_iou(t.boxes[ok], truth[pos][ok]).mean()) if ok.any() else 0.0
+            if m > best:
+                best, tube = m, t
+        if tube is None:
+            continue
+        act = tube_activity(vt.regions, tube, fr)
+        inside = (fr >= q["tube_start_frame"]) & (fr < q["tube_end_frame"])
+        pooled_s.append(act)
+        pooled_y.append(inside)
+        if inside.any() and not inside.all():
+            per_query.append(auc(act, inside))
+        for k in smooth:
+            s, e = native_span(fr, *best_segment(moving_mean(act, k)))
+            ts, te = q["tube_start_frame"], q["tube_end_frame"]
+            tiou[k].append(max(0, min(e, te) - max(s, ts)) / (max(e, te) - min(s, ts)))
+    return {"queries": len(pooled_s), "auc_pooled": round(auc(np.concatenate(pooled_s), np.concatenate(pooled_y)), 4),
+            "auc_per_query_mean": round(float(np.mean(per_query)), 4),
+            "activity_span_m_tIoU": {str(k): round(100 * float(np.mean(v)), 2) for k, v in tiou.items()}}
+
+
+def main(argv=None) -> int:
+    from common.errors import UserError
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--export", required=True)
+    p.add_argument("--cache", default="", help="region feature cache (default: the export's finetune cache)")
+    p.add_argument("--tubes", type=int, default=10)
+    a = p.parse_args(argv)
+    for path, what in ((os.path.join(a.corpus, "test", "truth", "vidstg.json"), "--corpus"),
+                       (os.path.join(a.export, "model_config.json"), "--export")):
+        if not os.path.isfile(path):
+            raise UserError(f"{what} [{os.path.dirname(path) if what == '--export' else a.corpus}]: no {path}")
+    feats = _features(os.path.abspath(a.corpus), os.path.abspath(a.export), a.cache and os.path.abspath(a.cache),
+                      a.tubes)
+    out = {"benchmark": "stvg_when_sources", "corpus": a.corpus, "export": a.export,
+           "verb_auc": verb_auc(feats, a.corpus), "truth_tube": truth_tube(feats["test"], a.corpus)}
+    out["verb_auc_mean"] = round(float(np.mean(list(out["verb_auc"].values()))), 4)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
