@@ -62,6 +62,9 @@ class SpanConfig:
     rule: str = "head"               # head | activity | mix
     weight: float = 1.0              # mix: the head's frame scores' weight beside the activity
     smooth: int = 1                  # frames of a centred moving mean over the span scores (1: none)
+    tube_weight: float = 1.0         # activity / mix: the tube is chosen by the head's standardised tube scores plus
+                                     # this x each tube's standardised peak activity (tubes/activity.py tube_peak:
+                                     # the query's object is acted on during it); 0: the head's choice alone
 
 
 SPAN_RULES = ("head", "activity", "mix")
@@ -206,6 +209,7 @@ def validate(cfg) -> None:
         ("features.size", f.size, f.size >= 0, ">= 0"),
         ("span.weight", cfg.span.weight, cfg.span.weight >= 0, ">= 0"),
         ("span.smooth", cfg.span.smooth, cfg.span.smooth >= 1, ">= 1"),
+        ("span.tube_weight", cfg.span.tube_weight, cfg.span.tube_weight >= 0, ">= 0"),
         ("cluster.cpus_per_task", cfg.cluster.cpus_per_task, cfg.cluster.cpus_per_task >= 0, ">= 0"),
         ("cluster.gpus_per_task", cfg.cluster.gpus_per_task, cfg.cluster.gpus_per_task >= 0, ">= 0"),
     ])

@@ -186,8 +186,10 @@ def _rule_span(span, vt, choice: int, frame_ids: np.ndarray, head_scores) -> tup
 def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray, span=None):
     """Query `row`'s predicted tube (grounding.tube.Tube with its sted, a box on every native frame of it) from a
     head's TubeOutput over one video's frames (frame_ids (T,), tube_ids (T, N)). `span` (SpanConfig, None: the
-    head's rule): with rule activity / mix, the tube is chosen as the head chooses it (over the head's own span),
-    then the span is decided again from that tube's activity (tubes/activity.py)."""
+    head's rule): with rule activity / mix, the tube is chosen by the head's tube scores (over the head's own span)
+    plus span.tube_weight x each tube's peak activity, then the span is decided again from that tube's activity
+    (tubes/activity.py). A head that regresses its own boxes (FSM) keeps them: its tube is the linked tube they
+    overlap most."""
     from finetune.heads.stvg import tube_pool
     from grounding.tube import Tube
 
@@ -206,7 +208,7 @@ def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray, sp
     if m == 0:  # no proposal anywhere in the video: the span alone (its vIoU is 0)
         return Tube.empty(sted)
     if out.tube_scores is not None:
-        choice = int(torch.argmax(out.tube_scores[row, :m]))
+        per_tube = out.tube_scores[row, :m].float().cpu()
     else:
         scores = out.region_scores[row:row + 1].float().cpu()
         ids = torch.from_numpy(tube_ids)[None]
@@ -214,8 +216,14 @@ def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray, sp
         pooled, counts = tube_pool(scores, ids, m, inside)
         if not bool((counts > 0).any()):  # no tube reaches into the span: judge them over the whole video
             pooled, counts = tube_pool(scores, ids, m)
-        choice = int(torch.argmax(pooled[0].masked_fill(counts[0] == 0, -float("inf"))))
+        per_tube = pooled[0].masked_fill(counts[0] == 0, -float("inf"))
+    choice = int(torch.argmax(per_tube))
     if by_rule:
+        if span.tube_weight > 0:
+            from tubes.activity import choose_tube, tube_peak
+
+            peaks = [tube_peak(vt.regions, t, frame_ids) for t in vt.tubes]
+            choice = choose_tube(per_tube.numpy(), np.asarray(peaks), span.tube_weight)
         sted = _rule_span(span, vt, choice, frame_ids, head_scores)
     return vt.tubes[choice].with_span(sted)
 

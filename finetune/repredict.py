@@ -1,7 +1,7 @@
 """Predict a finished STVG finetune run again under another span rule, without training (span rules act at
 prediction time only: docs/stvg.md "The span rule"). Prints one JSON object with the evaluator's metrics.
 
-    python -m finetune.repredict --run RUN [--out DIR] span.rule=activity [span.smooth=5]
+    python -m finetune.repredict --run RUN [--out DIR] span.rule=activity [span.smooth=5] [span.tube_weight=0]
 
 Reads RUN's config.yaml, head.json and head.pt and the run's feature cache (nothing is extracted or trained);
 writes DIR/predictions.json and DIR/eval.json (default DIR: RUN/span-<rule>), never into RUN itself.
@@ -21,7 +21,7 @@ from common import cli
 from common import fsio
 from common.errors import UserError
 
-SPAN_KEYS = ("span.rule", "span.weight", "span.smooth")
+SPAN_KEYS = ("span.rule", "span.weight", "span.smooth", "span.tube_weight")
 
 
 def repredict(run: str, overrides: list[str], out: str = "") -> dict:
@@ -54,7 +54,9 @@ def repredict(run: str, overrides: list[str], out: str = "") -> dict:
     head = spec.build(meta["dim"], cfg)
     head.load_state_dict(torch.load(io.BytesIO(fsio.read_bytes(fsio.join(run, "head.pt"))), map_location="cpu"))
     out = out or fsio.join(run, f"span-{cfg.span.rule}" + (f"-s{cfg.span.smooth}" if cfg.span.smooth > 1 else "")
-                           + (f"-w{cfg.span.weight:g}" if cfg.span.rule == "mix" else ""))
+                           + (f"-w{cfg.span.weight:g}" if cfg.span.rule == "mix" else "")
+                           + (f"-t{cfg.span.tube_weight:g}" if cfg.span.rule != "head" and cfg.span.tube_weight != 1
+                              else ""))
     fsio.makedirs(out)
     files = adapter.write_eval_files(fsio.join(out, "eval"), family.durations(videos))
     preds = family.predict(head, spec, cfg, adapter, queries, videos, store.text)
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="a finished STVG finetune run folder")
     p.add_argument("--out", default="", help="output folder (default RUN/span-<rule>)")
-    p.add_argument("overrides", nargs="*", help="span.rule=..., span.weight=..., span.smooth=...")
+    p.add_argument("overrides", nargs="*", help="span.rule=..., span.weight=..., span.smooth=..., span.tube_weight=...")
     a = p.parse_args(argv)
     print(json.dumps(repredict(os.path.abspath(a.run) if fsio.is_local(a.run) else a.run, a.overrides, a.out)))
     return 0

@@ -140,3 +140,18 @@ def test_an_stvg_batch_carries_each_regions_activity():
     full = region_activity(vt.regions, vt.tubes, np.arange(10))
     rows = batch.geometry.frame_ids[0].numpy()
     np.testing.assert_allclose(batch.geometry.activity[1].numpy(), full[rows], atol=1e-6)
+
+
+def test_the_busier_tube_wins_where_the_words_fit_both():
+    from tubes.activity import choose_tube, tube_peak
+
+    vt = _video()
+    frames = vt.proposals.frames
+    # tube 0 is acted on for 2.5 frames' worth, tube 1 for 2: their peaks over their top 3 frames of 10
+    assert tube_peak(vt.regions, vt.tubes[0], frames, share=0.3) == pytest.approx(2.5 / 3)
+    assert tube_peak(vt.regions, vt.tubes[1], frames, share=0.3) == pytest.approx(2 / 3)
+    assert tube_peak(vt.regions, vt.tubes[1], frames) == pytest.approx(1.0)             # top quarter: 2 frames
+    assert choose_tube(np.array([1.0, 1.0]), np.array([0.2, 0.9]), 1.0) == 1
+    assert choose_tube(np.array([1.0, 0.0]), np.array([0.2, 0.9]), 0.0) == 0           # weight 0: the head's
+    assert choose_tube(np.array([1.0, 0.0, 0.5]), np.array([0.0, 0.0, 5.0]), 1.0) == 2
+    assert choose_tube(np.array([1.0, -np.inf]), np.array([0.0, 9.0]), 10.0) == 0      # out of the span: out

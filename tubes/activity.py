@@ -42,6 +42,25 @@ def tube_activity(regions: np.ndarray, tube, frames: np.ndarray) -> np.ndarray:
     return out
 
 
+def tube_peak(regions: np.ndarray, tube, frames: np.ndarray, share: float = 0.25) -> float:
+    """The mean of a tube's highest activities (the top `share` of the video's frames): how much its object is
+    acted on at its busiest. A query's object is acted on during the query, so among the tubes its words fit
+    about equally, the busier one is the likelier target (docs/stvg.md section 7, span.tube_weight)."""
+    act = tube_activity(regions, tube, frames)
+    k = max(1, int(round(share * len(act))))
+    return float(np.sort(act)[-k:].mean())
+
+
+def choose_tube(scores: np.ndarray, peaks: np.ndarray, weight: float) -> int:
+    """argmax of the standardised tube scores plus `weight` x the standardised peaks (tubes scored -inf, e.g. with
+    no region inside the head's span, stay out)."""
+    scores = np.asarray(scores, np.float64)
+    ok = np.isfinite(scores)
+    total = np.full(len(scores), -np.inf)
+    total[ok] = standardise(scores[ok]) + weight * standardise(np.asarray(peaks, np.float64)[ok])
+    return int(np.argmax(total))
+
+
 def region_activity(regions: np.ndarray, tubes, frames: np.ndarray) -> np.ndarray:
     """(F, N) each region's activity on the linked tube it lies on (tube_activity's value at that frame, before any
     interpolation), standardised over the video's regions on a tube; 0 for a region on no tube. What an STVG batch
@@ -112,5 +131,5 @@ def moving_mean(x: np.ndarray, k: int) -> np.ndarray:
     return (c[hi] - c[lo]) / (hi - lo)
 
 
-__all__ = ["activity_span", "best_segment", "moving_mean", "native_span", "region_activity", "standardise",
-           "tube_activity"]
+__all__ = ["activity_span", "best_segment", "choose_tube", "moving_mean", "native_span", "region_activity",
+           "standardise", "tube_activity", "tube_peak"]

@@ -1,8 +1,8 @@
 """STVG baselines and ceilings of an export on a synthetic STVG split (docs/stvg.md section 3): random spans and
 tubes, the zero-shot span and tube (Sec. 3.5 temporal detection + best word-region tube), the zero-shot tube
-chosen over the whole video with its activity's span (tubes/activity.py, the `span.rule=activity` of the heads),
-and the best linked tube given the true or the zero-shot span, scored by grounding's vidstg evaluator. Library
-code shared by benchmarks/experiments/stvg_baselines.py (which adds linking times) and the STVG demo (cluster/demo.py).
+chosen over the whole video with each tube's peak activity (tubes/activity.py) and its activity's span (the
+heads' `span.rule=activity` with span.tube_weight 1), and the best linked tube given the true or the zero-shot
+span, scored by grounding's vidstg evaluator. Library code shared by benchmarks/experiments/stvg_baselines.py (which adds linking times) and the STVG demo (cluster/demo.py).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 from grounding import metrics as M
 from grounding.evaluate import evaluate
 from grounding.readers.stvg import read_vidstg
-from tubes.activity import activity_span
+from tubes.activity import activity_span, choose_tube, tube_peak
 from tubes.config import TubeConfig
 from tubes.linking import link_tubes
 from tubes.pipeline import video_tubes
@@ -114,13 +114,14 @@ def _measure(corpus, split, export, cache, tubes, seed, smooth, predictions_dir,
                            cfg.alpha, cfg.max_gap, cfg.gap_discount, cfg.min_iou)
         pur_iou.append(purity(blind, pr.frames, truth["trajectories"][vid])[1])
         spans = zero_shot_spans(model, vt.frames, vt.proposals.frames, [q.sentence for q in qs], smooth)
+        peaks = [tube_peak(vt.regions, t, vt.proposals.frames) for t in vt.tubes]
         n = int(meta["frame_count"])
         for q, span in zip(qs, spans):
             s = int(rng.integers(0, n))
             preds["random"][q.key] = prediction(vt, int(rng.integers(len(vt.tubes))), (s, int(rng.integers(s + 1, n + 1))))
             preds["random_true_span"][q.key] = prediction(vt, int(rng.integers(len(vt.tubes))), q.tube)
             preds["zero_shot"][q.key] = prediction(vt, int(np.argmax(tube_scores(model, vt, q.sentence, span))), span)
-            whole = int(np.argmax(tube_scores(model, vt, q.sentence, (0, n))))
+            whole = choose_tube(tube_scores(model, vt, q.sentence, (0, n)), peaks, 1.0)
             preds["zero_shot_activity"][q.key] = prediction(vt, whole, activity_span(vt.regions, vt.tubes[whole],
                                                                                          vt.proposals.frames))
             preds["zero_shot_true_span"][q.key] = prediction(
