@@ -10,6 +10,9 @@ appearance, tubes/activity.py). Prints one JSON object.
 - `truth_tube`: per test query, the linked tube that overlaps the target most over the video (found with the
   truth: the spatial half given), its activity's ROC area for the query's frames (pooled and per query), and the
   m_tIoU of the best segment of its (smoothed) activity: what the activity span rule reaches when the tube is right.
+- `tube_choice`: how often the zero-shot tube choice over the whole video (mean word-region cosine,
+  tubes/zero_shot.py) is that tube, alone and with each tube's peak activity added at weights 0.5-4
+  (tubes/activity.py choose_tube: span.tube_weight).
 A diagnostic of the features (docs/results/stvg.md), never a method: it reads the truth.
 """
 from __future__ import annotations
@@ -89,27 +92,33 @@ def _iou(a, b):
     return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
 
 
-def truth_tube(feats: dict, corpus: str, smooth=(1, 3, 5, 9)) -> dict:
+def truth_tube(feats: dict, corpus: str, model, smooth=(1, 3, 5, 9), weights=(0.0, 0.5, 1.0, 2.0, 4.0)) -> dict:
     from grounding.metrics.roc import auc
-    from tubes.activity import best_segment, moving_mean, native_span, tube_activity
+    from tubes.activity import best_segment, choose_tube, moving_mean, native_span, tube_activity, tube_peak
+    from tubes.zero_shot import tube_scores
 
     vs, _ = _truth(corpus, "test")
     pooled_s, pooled_y, per_query, tiou = [], [], [], {k: [] for k in smooth}
+    right = {w: 0 for w in weights}
     for q in vs["videos"]:
         vt = feats[q["original_video_id"]]
         fr = vt.proposals.frames
         traj = vs["trajectories"][q["original_video_id"]][str(q["target_id"])]
         truth = np.array([[b[0], b[1], b[0] + b[2], b[1] + b[3]] if (b := traj.get(str(f), {}).get("bbox")) else
                           [np.nan] * 4 for f in fr])
-        best, tube = -1.0, None
-        for t in vt.tubes:
+        best, tube, which = -1.0, None, -1
+        for i, t in enumerate(vt.tubes):
             pos = np.searchsorted(fr, t.frames)
             ok = ~np.isnan(t.boxes[:, 0]) & ~np.isnan(truth[pos, 0])
             m = float(_iou(t.boxes[ok], truth[pos][ok]).mean()) if ok.any() else 0.0
             if m > best:
-                best, tube = m, t
+                best, tube, which = m, t, i
         if tube is None:
             continue
+        words = tube_scores(model, vt, q["caption"], (0, int(fr[-1]) + 1))
+        peaks = np.array([tube_peak(vt.regions, t, fr) for t in vt.tubes])
+        for w in weights:
+            right[w] += choose_tube(words, peaks, w) == which
         act = tube_activity(vt.regions, tube, fr)
         inside = (fr >= q["tube_start_frame"]) & (fr < q["tube_end_frame"])
         pooled_s.append(act)
@@ -122,7 +131,8 @@ def truth_tube(feats: dict, corpus: str, smooth=(1, 3, 5, 9)) -> dict:
             tiou[k].append(max(0, min(e, te) - max(s, ts)) / (max(e, te) - min(s, ts)))
     return {"queries": len(pooled_s), "auc_pooled": round(auc(np.concatenate(pooled_s), np.concatenate(pooled_y)), 4),
             "auc_per_query_mean": round(float(np.mean(per_query)), 4),
-            "activity_span_m_tIoU": {str(k): round(100 * float(np.mean(v)), 2) for k, v in tiou.items()}}
+            "activity_span_m_tIoU": {str(k): round(100 * float(np.mean(v)), 2) for k, v in tiou.items()},
+            "tube_choice": {f"tube_weight_{w:g}": round(100 * right[w] / max(len(pooled_s), 1), 2) for w in weights}}
 
 
 def main(argv=None) -> int:
@@ -140,8 +150,11 @@ def main(argv=None) -> int:
             raise UserError(f"{what} [{os.path.dirname(path) if what == '--export' else a.corpus}]: no {path}")
     feats = _features(os.path.abspath(a.corpus), os.path.abspath(a.export), a.cache and os.path.abspath(a.cache),
                       a.tubes)
+    from pretrain.export_ref import Export
+
+    model = Export.of(os.path.abspath(a.export)).load_model().eval()
     out = {"benchmark": "stvg_when_sources", "corpus": a.corpus, "export": a.export,
-           "verb_auc": verb_auc(feats, a.corpus), "truth_tube": truth_tube(feats["test"], a.corpus)}
+           "verb_auc": verb_auc(feats, a.corpus), "truth_tube": truth_tube(feats["test"], a.corpus, model)}
     out["verb_auc_mean"] = round(float(np.mean(list(out["verb_auc"].values()))), 4)
     print(json.dumps(out))
     return 0
