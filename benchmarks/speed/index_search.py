@@ -171,7 +171,8 @@ def measure(a, n_vectors: int) -> dict:
         report = build.build(cfg, emb_dir, url, seed=a.seed)
         t_build, c_build = time.perf_counter() - t, time.process_time() - c
         meta = store.read_meta(url)
-        index_bytes = sum(f["size"] for name, f in meta.files.items() if not name.startswith("trained-"))
+        index_bytes = sum(f["size"] for name, f in meta.files.items()  # the codes: not the trained part or columns
+                          if not name.startswith("trained-") and name not in meta.column_files())
         rss_built = _rss_mb()
         s = Searcher(url)
         rss_loaded = _rss_mb()
