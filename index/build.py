@@ -161,7 +161,15 @@ def _train(cfg: BuildSection, emb_dir: str, todo, dim: int, seed: int, mapper: M
         rows = chosen[(chosen >= lo) & (chosen < lo + count)] - lo
         if len(rows):
             args.append((emb_dir, name, count, dim, cfg.vectors, rows))
-    x = np.concatenate(list(mapper(sample_task, args)))
+    # filled as the samples arrive, not a list of them concatenated (twice the sample held): at 4M vectors in
+    # shards of 10k each shard's ~50 rows come back inlined in the driver's heap, not in Ray's object store
+    x, at = np.empty((m, dim), np.float32), 0
+    for rows in mapper(sample_task, args):
+        x[at:at + len(rows)] = rows
+        at += len(rows)
+        del rows
+    if at != m:
+        raise RuntimeError(f"training sample: {at} rows read of {m}")
     log.info("training %s on %d of %d vectors", factory, len(x), n)
     index = _on_gpu(index, cfg.gpu, lambda ix: ix.train(x))
     return index, factory, len(x)
