@@ -9,6 +9,7 @@ The per-vector data goes into a new column segment (index.columns) as each parti
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import tempfile
@@ -20,7 +21,7 @@ import numpy as np
 
 from index import columns, embshards, store
 from index.config import BuildSection
-from index.errors import DimensionMismatch, EmbeddingShardError, IndexExists, StaleEmbeddings
+from index.errors import CorruptIndex, DimensionMismatch, EmbeddingShardError, IndexExists, StaleEmbeddings
 from index.factory import choose_factory, is_ivf, make_index, train_size
 
 log = logging.getLogger(__name__)
@@ -104,10 +105,11 @@ def sample_task(emb_dir: str, name: str, expect: int, dim: int, vectors: str, ro
 
 
 def add_task(trained: bytes, emb_dir: str, group: Sequence[tuple[str, int, int]], dim: int, vectors: str,
-             gpu: str, lists_only: bool = False) -> tuple[bytes, list[dict]]:
+             gpu: str, lists_only: bool = False) -> tuple[bytes | dict, list[dict]]:
     """Add shards [(name, samples, first_id)] to a copy of the trained index. Returns the partial index and, per
     shard, its per-vector columns (keys, video ids, times, caption vectors and texts). With `lists_only` (the
-    on-disk merge, which reads nothing else of a partial) the partial is its bare IVF part, quantizer emptied."""
+    on-disk merge, which reads nothing else of a partial) the partial is its inverted lists alone (`lists_of`):
+    no quantizer, pre-transform or codebooks."""
     index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
     maps = []
     for name, expect, first_id in group:
@@ -123,13 +125,24 @@ def add_task(trained: bytes, emb_dir: str, group: Sequence[tuple[str, int, int]]
         maps.append({"name": name, "first_id": first_id, "keys": shard.keys, "video_ids": shard.video_ids,
                      "times": shard.times, "text": embshards.l2_normalise(shard.text), "captions": shard.captions})
     if lists_only and is_ivf(index):
-        # Why: the merge keeps every partial open until the last one arrives, and each would carry its own copy of
-        # the quantizer (nlist x d floats: 64 MB at IVF65536 on 256-d) and of any pre-transform (OPQ: d x d), i.e.
-        # driver memory growing with the number of partials; sent is the bare IVF part, quantizer emptied.
-        ivf = faiss.extract_index_ivf(index)  # a view into `index`, which must outlive it
-        ivf.quantizer.reset()
-        return faiss.serialize_index(ivf).tobytes(), maps
+        return lists_of(faiss.extract_index_ivf(index).invlists), maps
     return faiss.serialize_index(index).tobytes(), maps
+
+
+def lists_of(invlists: faiss.InvertedLists) -> dict:
+    """Inverted lists as arrays in list order: `sizes` (nlist,), `codes` (list 0's codes, then list 1's, ...:
+    sum(sizes) x code_size bytes) and `ids` (the same order), with `nlist` and `code_size`."""
+    nlist, cs = invlists.nlist, invlists.code_size
+    sizes = np.fromiter((invlists.list_size(j) for j in range(nlist)), np.int64, nlist)
+    codes = np.empty(int(sizes.sum()) * cs, np.uint8)
+    ids = np.empty(int(sizes.sum()), np.int64)
+    at = 0
+    for j in np.flatnonzero(sizes).tolist():
+        k = int(sizes[j])
+        codes[at * cs:(at + k) * cs] = faiss.rev_swig_ptr(invlists.get_codes(j), k * cs)
+        ids[at:at + k] = faiss.rev_swig_ptr(invlists.get_ids(j), k)
+        at += k
+    return {"nlist": nlist, "code_size": cs, "sizes": sizes, "codes": codes, "ids": ids}
 
 
 # ---- driver ------------------------------------------------------------------------------------------------------
@@ -148,7 +161,15 @@ def _train(cfg: BuildSection, emb_dir: str, todo, dim: int, seed: int, mapper: M
         rows = chosen[(chosen >= lo) & (chosen < lo + count)] - lo
         if len(rows):
             args.append((emb_dir, name, count, dim, cfg.vectors, rows))
-    x = np.concatenate(list(mapper(sample_task, args)))
+    # filled as the samples arrive, not a list of them concatenated (twice the sample held): at 4M vectors in
+    # shards of 10k each shard's ~50 rows come back inlined in the driver's heap, not in Ray's object store
+    x, at = np.empty((m, dim), np.float32), 0
+    for rows in mapper(sample_task, args):
+        x[at:at + len(rows)] = rows
+        at += len(rows)
+        del rows
+    if at != m:
+        raise RuntimeError(f"training sample: {at} rows read of {m}")
     log.info("training %s on %d of %d vectors", factory, len(x), n)
     index = _on_gpu(index, cfg.gpu, lambda ix: ix.train(x))
     return index, factory, len(x)
@@ -179,6 +200,7 @@ def _partials(cfg: BuildSection, emb_dir: str, todo, first_id: int, dim: int, tr
             segment.append(m["keys"], m["video_ids"], m["times"], m["text"], m["captions"])
             shards.append({"name": m["name"], "first_id": m["first_id"], "count": len(m["keys"])})
         yield part
+        del part, maps  # not held while the next one is awaited
 
 
 def _copy(index: faiss.Index) -> faiss.Index:
@@ -193,45 +215,126 @@ def _merge_memory(base: faiss.Index, partials) -> faiss.Index:
     return base
 
 
-def _drop_codebooks(part: faiss.Index) -> None:
-    """The merge reads nothing of a partial but its (mapped) inverted lists, while a PQ's codebooks are read into
-    memory with it (262 KB a partial at PQ32 on 256-d: the build driver grew by that per partial, 0.1 GB at 4M
-    vectors in shards of 10k); they are dropped."""
-    ivf = faiss.downcast_index(faiss.extract_index_ivf(part))
-    if isinstance(getattr(ivf, "pq", None), faiss.ProductQuantizer):
-        empty = faiss.Float32Vector()
-        ivf.pq.centroids.swap(empty)
+# ---- the on-disk merge: an .ivfdata written list by list, one partial at a time ----------------------------------
+#
+# Why not OnDiskInvertedLists.merge_from_multiple: it needs every partial open at once, so the driver's memory grew
+# with their number (each partial's list table, 24 B a list: 1.5 MB at IVF65536, 20 GB at 13,600 partials, plus
+# whatever it maps). Here the driver keeps per list only the total size and how much of it is written (2 x 8 B x
+# nlist) and one partial at a time. Pass 1 writes each partial's lists, as it arrives, to a file on the stage's
+# disk and adds up the sizes; pass 2 sizes the .ivfdata exactly and writes each partial's part of every list at
+# that list's running offset (pwrite: the driver maps none of it), reading one partial file at a time. The layout
+# is faiss's own (per list at `offset`: capacity x code_size bytes of codes, then capacity x 8 bytes of ids), with
+# capacity = size and the lists packed in list order: the file merge_from_multiple wrote, byte for byte.
+
+def _part_path(stage: store.Stage, i: int) -> str:
+    return stage.local(f"part-{i:05d}.lists")
+
+
+@contextlib.contextmanager
+def _open_partial(path: str):
+    """One partial's (sizes, codes, ids), read whole from its file, which is removed once used (the seam that
+    tests count: pass 2 has one open at a time)."""
+    with open(path, "rb") as f:
+        arrays = np.load(f), np.load(f), np.load(f)
+    yield arrays
+    os.remove(path)
+
+
+def _pwrite(fd: int, buf, offset: int) -> None:
+    view = memoryview(buf).cast("B")
+    while len(view):
+        n = os.pwrite(fd, view, offset)
+        if n == 0:
+            raise OSError(f"pwrite wrote nothing at offset {offset}")
+        view, offset = view[n:], offset + n
+
+
+class _BaseLists:
+    """The lists of the on-disk index an `add` grows, read list by list from its .ivfdata file by pread (nothing
+    of it is mapped into the driver's resident set)."""
+
+    def __init__(self, base: faiss.Index):
+        self.il = faiss.downcast_InvertedLists(faiss.extract_index_ivf(base).invlists)
+        if not isinstance(self.il, faiss.OnDiskInvertedLists):
+            raise RuntimeError(f"an on-disk merge into an index whose lists are {type(self.il).__name__}")
+        self.nlist, self.code_size = self.il.nlist, self.il.code_size
+        self.sizes = np.fromiter((self.il.list_size(j) for j in range(self.nlist)), np.int64, self.nlist)
+        self.fd = os.open(self.il.filename, os.O_RDONLY)
+
+    def read(self, j: int) -> tuple[bytes, bytes]:
+        k, cs, one = int(self.sizes[j]), self.code_size, self.il.lists.at(j)
+        codes = os.pread(self.fd, k * cs, one.offset)
+        ids = os.pread(self.fd, k * 8, one.offset + one.capacity * cs)
+        if len(codes) != k * cs or len(ids) != k * 8:
+            raise CorruptIndex(f"{self.il.filename}: shorter than its list {j} says (truncated?)")
+        return codes, ids
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def _merge_ondisk(trained: faiss.Index, base: faiss.Index | None, partials, stage: store.Stage) -> faiss.Index:
-    """Inverted lists of `base` (if any) and of the partials, merged into the stage's .ivfdata file."""
+    """Inverted lists of `base` (if any) and of the partials (`lists_of` dicts, in id order), written into the
+    stage's .ivfdata file; the index returned maps it (an ordinary OnDiskInvertedLists)."""
     if not is_ivf(trained):
         raise ValueError("build.merge=ondisk needs an IVF index; this one is "
                          f"{type(trained).__name__} (use merge=memory)")
-    lists = []
-    keep = []  # the python objects must outlive the merge
-    if base is not None:
-        lists.append(faiss.extract_index_ivf(base).invlists)
-    for i, blob in enumerate(partials):
-        path = stage.local(f"part-{i:05d}.faiss")
-        with open(path, "wb") as f:
-            f.write(blob)
-        part = faiss.read_index(path, faiss.IO_FLAG_MMAP)
-        _drop_codebooks(part)
-        keep.append(part)
-        lists.append(faiss.extract_index_ivf(part).invlists)
     out = _copy(trained)
     ivf = faiss.extract_index_ivf(out)
-    ondisk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, stage.local(stage.ivfdata))
-    vec = faiss.InvertedListsPtrVector()
-    for il in lists:
-        vec.push_back(il)
-    total = ondisk.merge_from_multiple(vec.data(), vec.size(), False)
+    nlist, cs = ivf.nlist, ivf.code_size
+    old = _BaseLists(base) if base is not None else None
+    try:
+        totals = old.sizes.copy() if old is not None else np.zeros(nlist, np.int64)
+        n_parts = 0
+        for part in partials:  # pass 1: each partial to its file as it arrives, sizes summed
+            if (part["nlist"], part["code_size"]) != (nlist, cs):
+                raise RuntimeError(f"partial {n_parts} has {part['nlist']} lists of {part['code_size']} B codes, "
+                                   f"the index {nlist} of {cs} B")
+            with open(_part_path(stage, n_parts), "wb") as f:
+                for a in (part["sizes"], part["codes"], part["ids"]):
+                    np.save(f, a)
+            totals += part["sizes"]
+            n_parts += 1
+            del part  # the next one arrives while this name would still hold it
+        starts = np.concatenate([[0], np.cumsum(totals * (cs + 8))])  # byte offset of each list
+        path = stage.local(stage.ivfdata)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(fd, int(starts[-1]))
+            filled = np.zeros(nlist, np.int64)  # entries of each list written so far
+            if old is not None:
+                for j in np.flatnonzero(old.sizes).tolist():
+                    codes, ids = old.read(j)
+                    _pwrite(fd, codes, int(starts[j]))
+                    _pwrite(fd, ids, int(starts[j] + totals[j] * cs))
+                filled += old.sizes
+            for i in range(n_parts):  # pass 2: one partial file at a time
+                with _open_partial(_part_path(stage, i)) as (sizes, codes, ids):
+                    at = 0
+                    for j in np.flatnonzero(sizes).tolist():
+                        k, f, start = int(sizes[j]), int(filled[j]), int(starts[j])
+                        _pwrite(fd, codes[at * cs:(at + k) * cs], start + f * cs)
+                        _pwrite(fd, ids[at:at + k], start + int(totals[j]) * cs + f * 8)
+                        at += k
+                    filled += sizes
+        finally:
+            os.close(fd)
+        if not np.array_equal(filled, totals):
+            raise RuntimeError("on-disk merge: lists not filled to their sizes")
+    finally:
+        if old is not None:
+            old.close()
+    ondisk = faiss.OnDiskInvertedLists(nlist, cs, path)
+    # what merge_from_multiple would have set: the packed layout, exact sizes; no free slots (it left one spanning
+    # the whole file, which a later in-place add would have written over)
+    ondisk.totsize = int(starts[-1])
+    sizes = totals.astype(np.uint64)  # named: swig_ptr does not keep it alive
+    ondisk.set_all_lists_sizes(faiss.swig_ptr(sizes))
+    if ondisk.totsize:
+        ondisk.do_mmap()
     ivf.replace_invlists(ondisk, True)
     ondisk.this.disown()
-    out.ntotal = ivf.ntotal = total
-    for i in range(len(keep)):
-        os.remove(stage.local(f"part-{i:05d}.faiss"))
+    out.ntotal = ivf.ntotal = int(totals.sum())
     return out
 
 

@@ -2,10 +2,13 @@
 once; incremental add; exact search for small sets; bad input gives clear errors and never clobbers an index."""
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import subprocess
 import sys
+import weakref
 
 import faiss
 import numpy as np
@@ -269,31 +272,115 @@ def test_a_key_indexed_twice_is_refused_whatever_the_partitions(tmp_path, data, 
     assert {n: open(os.path.join(url, n), "rb").read() for n in os.listdir(url)} == before
 
 
-def test_on_disk_partials_carry_lists_not_quantizers(tmp_path, data):
-    """A partial for the on-disk merge comes back with an empty coarse quantizer (the driver keeps every partial
-    open until the merge, so a quantizer each would grow with their number) and the same inverted lists."""
+def test_on_disk_partials_carry_lists_only(tmp_path, data):
+    """A partial for the on-disk merge comes back as its inverted lists alone, in list order (no quantizer,
+    pre-transform or codebooks), holding what the whole partial index holds."""
     emb = _emb(tmp_path, data, upto=1000)
-    trained = build.make_index("IVF32,PQ4", D)
+    trained = build.make_index("OPQ4,IVF32,PQ4", D)
     trained.train(data["video"][:1000])
     blob = faiss.serialize_index(trained).tobytes()
     names = [n for n, _ in build.plan(emb)[0]]
     group = [(names[0], 500, 0), (names[1], 500, 500)]
     full, _ = build.add_task(blob, emb, group, D, "video", "off")
     lean, maps = build.add_task(blob, emb, group, D, "video", "off", lists_only=True)
-    assert len(lean) < len(full) and [m["first_id"] for m in maps] == [0, 500]
-    kept = [faiss.deserialize_index(np.frombuffer(x, np.uint8)) for x in (full, lean)]  # owners of a and b
-    a, b = (faiss.extract_index_ivf(ix) for ix in kept)
-    assert a.quantizer.ntotal == 32 and b.quantizer.ntotal == 0 and a.ntotal == b.ntotal == 1000
+    assert sorted(lean) == ["code_size", "codes", "ids", "nlist", "sizes"] and [m["first_id"] for m in maps] == [0, 500]
+    kept = faiss.deserialize_index(np.frombuffer(full, np.uint8))  # the owner of `il`
+    il = faiss.extract_index_ivf(kept).invlists
+    assert (lean["nlist"], lean["code_size"]) == (32, 4) and lean["sizes"].sum() == 1000
+    at = 0
     for j in range(32):
-        assert faiss.rev_swig_ptr(a.invlists.get_ids(j), a.invlists.list_size(j)).tolist() == \
-            faiss.rev_swig_ptr(b.invlists.get_ids(j), b.invlists.list_size(j)).tolist()
-    # and a PQ index merged on disk from such partials (their codebooks dropped once read) equals one built at once
-    for factory in ("IVF32,PQ4", "OPQ4,IVF32,PQ4"):
-        url = str(tmp_path / factory.replace(",", "_"))
-        build.build(_ivf(factory=factory, merge="ondisk"), emb, url)
+        k = il.list_size(j)
+        assert lean["sizes"][j] == k
+        assert lean["ids"][at:at + k].tolist() == faiss.rev_swig_ptr(il.get_ids(j), k).tolist()
+        assert lean["codes"][at * 4:(at + k) * 4].tobytes() == faiss.rev_swig_ptr(il.get_codes(j), k * 4).tobytes()
+        at += k
+
+
+def _merged_as_before(url: str, emb: str, upto: int, path: str) -> faiss.Index:
+    """The reference: the previous on-disk merge (every partial index open, OnDiskInvertedLists.
+    merge_from_multiple) over the index's shards [0, upto), one partial a shard, with the index's trained part."""
+    meta = store.read_meta(url)
+    trained = store.load_trained(url, meta)
+    blob = faiss.serialize_index(trained).tobytes()
+    parts, first = [], 0
+    for name, count in build.plan(emb)[0][:upto]:
+        part, _ = build.add_task(blob, emb, [(name, count, first)], D, "video", "off")
+        parts.append(faiss.deserialize_index(np.frombuffer(part, np.uint8)))
+        first += count
+    ivf = faiss.extract_index_ivf(trained)
+    ondisk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, path)
+    vec = faiss.InvertedListsPtrVector()
+    for p in parts:
+        vec.push_back(faiss.extract_index_ivf(p).invlists)
+    trained.ntotal = ivf.ntotal = ondisk.merge_from_multiple(vec.data(), vec.size(), False)
+    ivf.replace_invlists(ondisk, True)
+    ondisk.this.disown()
+    return trained
+
+
+def _triples(index: faiss.Index) -> list[tuple[int, int, int]]:
+    od = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+    assert isinstance(od, faiss.OnDiskInvertedLists)
+    return [(od.lists.at(j).size, od.lists.at(j).capacity, od.lists.at(j).offset) for j in range(od.nlist)]
+
+
+@pytest.mark.parametrize("factory", ["IVF32,Flat", "IVF16,PQ4", "OPQ4,IVF16,PQ4"])
+def test_ondisk_merge_equals_merge_from_multiple(tmp_path, data, factory):
+    """The on-disk merge writes the .ivfdata itself, one partial at a time: after a build and after an add it
+    holds, byte for byte, what merge_from_multiple over every partial at once wrote, at exactly the size of the
+    codes and ids (no growth padding), and the index searches the same."""
+    emb = str(tmp_path / "emb")
+    url = str(tmp_path / "index")
+    synthetic.write_shards(emb, {k: v[:1200] for k, v in data.items()}, 300)
+    build.build(_ivf(factory=factory, merge="ondisk"), emb, url)
+    for upto, n in ((4, 1200), (6, 1800)):
         index, meta = store.load(url)
-        assert meta.ivfdata and index.ntotal == 1000
-        _same_results(index, _at_once(url, data["video"][:1000]), data["video"][:1000:29])
+        ref = _merged_as_before(url, emb, upto, str(tmp_path / f"ref-{upto}.ivfdata"))
+        cs = faiss.extract_index_ivf(index).code_size
+        assert index.ntotal == ref.ntotal == n
+        ivfdata = open(os.path.join(url, meta.ivfdata), "rb").read()
+        assert len(ivfdata) == n * (cs + 8)
+        assert ivfdata == open(tmp_path / f"ref-{upto}.ivfdata", "rb").read()
+        assert _triples(index) == _triples(ref)
+        _same_results(index, ref, data["video"][:n:17], nprobe=4)
+        if upto == 4:  # then an add of two more shards, merged with the index's own lists
+            synthetic.write_shards(emb, {k: v[1200:1800] for k, v in data.items()}, 300, first_shard=4)
+            assert build.add(_ivf(factory=factory, merge="ondisk"), emb, url)["count"] == 1800
+
+
+def test_ondisk_merge_holds_one_partial_at_a_time(tmp_path, data, monkeypatch):
+    """The driver never holds two partials: while a partial is being made, no earlier one is alive (each went to
+    its file on arrival), and the write pass has one partial file open at a time, each once."""
+    emb = _emb(tmp_path, data, clips_per_shard=300, upto=1800)
+    alive = []  # weak references to each partial's arrays
+    held = []
+
+    def mapper(fn, args):
+        for a in args:
+            gc.collect()
+            held.append(sum(r() is not None for r in alive))
+            out = fn(*a)
+            if isinstance(out[0], dict):
+                alive.append(weakref.ref(out[0]["codes"]))
+            yield out
+            del out
+
+    opened, now, most = [], [0], [0]
+    real = build._open_partial
+
+    @contextlib.contextmanager
+    def counting(path):
+        with real(path) as arrays:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+            opened.append(os.path.basename(path))
+            yield arrays
+            now[0] -= 1
+
+    monkeypatch.setattr(build, "_open_partial", counting)
+    build.build(_ivf(merge="ondisk"), emb, str(tmp_path / "index"), mapper=mapper)
+    assert len(alive) == 6 and held[-6:] == [0] * 6   # the last six calls made the partials
+    assert opened == [f"part-{i:05d}.lists" for i in range(6)] and most[0] == 1
 
 
 def test_s3_roundtrip(tmp_path, data, s3_bucket):

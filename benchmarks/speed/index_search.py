@@ -6,6 +6,9 @@
   OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.speed.index_search --sizes 50000,100000,200000 --dim 256 --mine
       # the same measurement at each size (synthetic only), with the growth exponent of every cost (docs/scale.md)
 
+`--mine-recall CLIPS` compares the pseudo-positives mined for a sample of clips with the same mining over exact
+search (recall of the exact mining's pairs; the fraction of clips whose list is the same).
+
 `--mine` also times pseudo-positive mining (index.mining.mine: every clip searched against the index, the
 caption gate, the table) on the built index, with cluster.index's default settings (k=5, search_k=64, nprobe=16).
 
@@ -26,6 +29,7 @@ import time
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
+from common import pseudo_table  # noqa: E402
 from index import build, embshards, mining, store, synthetic  # noqa: E402
 from index.config import BuildSection  # noqa: E402
 from index.factory import ivf_lists  # noqa: E402
@@ -96,6 +100,9 @@ def main(argv=None) -> dict:
     p.add_argument("--mine", action="store_true", help="also time pseudo-positive mining on the built index")
     p.add_argument("--mine-tau", type=float, default=0.9, help="caption gate of --mine (-1: every other-video "
                    "neighbour passes, the table's largest size)")
+    p.add_argument("--mine-recall", type=int, default=0, metavar="CLIPS",
+                   help="also mine the first shards holding CLIPS query clips (cluster.index's settings, "
+                   "--mine-tau) and compare their pseudo-positives with the same mining over exact search")
     a = p.parse_args(argv)
     if not a.sizes:
         out = measure(a, a.n)
@@ -164,7 +171,8 @@ def measure(a, n_vectors: int) -> dict:
         report = build.build(cfg, emb_dir, url, seed=a.seed)
         t_build, c_build = time.perf_counter() - t, time.process_time() - c
         meta = store.read_meta(url)
-        index_bytes = sum(f["size"] for name, f in meta.files.items() if not name.startswith("trained-"))
+        index_bytes = sum(f["size"] for name, f in meta.files.items()  # the codes: not the trained part or columns
+                          if not name.startswith("trained-") and name not in meta.column_files())
         rss_built = _rss_mb()
         s = Searcher(url)
         rss_loaded = _rss_mb()
@@ -208,9 +216,44 @@ def measure(a, n_vectors: int) -> dict:
                                                  for f in os.listdir(folder)) / 2**20, 2),
                            "clips": table["counts"].get("clips", 0), "with_positives":
                            table["counts"].get("with_positives", 0), "peak_rss_mb": round(_peak_rss_mb(), 1)}
+        if a.mine_recall:
+            out["mine_recall"] = mine_recall(url, x, a.mine_recall, a.mine_tau, os.path.join(work, "recall_table"))
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def mine_recall(url: str, x: np.ndarray, clips: int, tau: float, folder: str, k: int = 5, search_k: int = 64,
+                nprobe: int = 16) -> dict:
+    """Pseudo-positives of the first shards holding `clips` query clips as `cluster.index mine` writes them (the
+    index, Ray-less), against the baseline: the same mining step (index.mining.mine_block: search_k neighbours,
+    other videos only, caption gate, best k) over exact inner-product search of the same vectors `x` (ids in
+    index order). recall = mined pairs that the exact mining also gives / the exact mining's pairs."""
+    meta = store.read_meta(url)
+    report = mining.mine(url, folder, k=k, tau=tau, search_k=search_k, clips_per_task=20000, nprobe=nprobe,
+                         max_clips=clips)
+    cols = store.columns(url, meta)
+    m = int(report["counts"]["clips"])
+    keys = cols.strings("keys", 0, meta.count)
+    pos = {key: i for i, key in enumerate(keys)}
+    mined = {pos[key]: [pos[p[0]] for p in pairs] for key, pairs in pseudo_table.Table(folder)}
+    exact = faiss.IndexFlatIP(x.shape[1])
+    exact.add(x)
+    ids = np.arange(m)
+    qtext, qcodes = cols.take("text", ids), cols.take("video_codes", ids)
+    found = same = exact_pairs = hit = 0
+    for lo in range(0, m, mining.BLOCK):
+        res, _ = mining.mine_block(exact, x[lo:min(m, lo + mining.BLOCK)], qtext[lo:lo + mining.BLOCK],
+                                   qcodes[lo:lo + mining.BLOCK], cols, k, tau, search_k)
+        for r, pairs in enumerate(res):
+            want, got = [n for n, _, _ in pairs], mined.get(lo + r, [])
+            exact_pairs += len(want)
+            found += len(got)
+            hit += len(set(want) & set(got))
+            same += want == got
+    return {"clips": m, "k": k, "search_k": search_k, "nprobe": nprobe, "tau": tau, "exact_pairs": exact_pairs,
+            "mined_pairs": found, "recall": round(hit / exact_pairs, 4) if exact_pairs else None,
+            "same_list_fraction": round(same / m, 4) if m else None}
 
 
 if __name__ == "__main__":
