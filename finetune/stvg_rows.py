@@ -46,3 +46,17 @@ def beats_zero_shot(zero_shot: dict, rows: dict) -> dict:
     """Per row and sentence type: its mean m_vIoU above the baseline zero_shot row's."""
     return {name: {qt.rstrip("_") or "all": h["mean"].get(qt + "m_vIoU", -1) > zero_shot.get(qt + "m_vIoU", 101)
                    for qt in QTYPES} for name, h in rows.items() if h["seeds_done"]}
+
+
+def span_overrides(text: str) -> tuple[str, list[str]]:
+    """`RULE[:WEIGHT][/SMOOTH]` -> (row suffix, span.* overrides)."""
+    rest, _, smooth = text.partition("/")
+    rule, _, weight = rest.partition(":")
+    if rule not in ("head", "activity", "mix"):
+        raise ValueError(f"{text!r}: the rule must be head, activity or mix")
+    try:
+        over = [f"span.rule={rule}"] + ([f"span.weight={float(weight)}"] if weight else []) + \
+               ([f"span.smooth={int(smooth)}"] if smooth else [])
+    except ValueError:
+        raise ValueError(f"{text!r}: WEIGHT must be a number and SMOOTH an integer") from None
+    return text, over

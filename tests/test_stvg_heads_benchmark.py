@@ -96,7 +96,7 @@ def test_stvg_benchmark_bad_input_is_one_error_line(stvg_inputs, case, args, nee
 
 
 def test_span_rule_rows_are_parsed_and_a_bad_one_refused(tmp_path):
-    from benchmarks.experiments.stvg_heads import span_overrides
+    from finetune.stvg_rows import span_overrides
 
     assert span_overrides("activity") == ("activity", ["span.rule=activity"])
     assert span_overrides("mix:0.5/5") == ("mix:0.5/5", ["span.rule=mix", "span.weight=0.5", "span.smooth=5"])

@@ -29,8 +29,8 @@ def test_bad_argument_is_one_error_line(tmp_path):
         out.stderr
 
 
-def test_span_by_object_splits_queries_by_the_object_their_boxes_follow():
-    from benchmarks.diagnostics.stvg_span_by_object import split_by_object
+def test_span_by_object_splits_queries_by_the_object_their_boxes_follow(tmp_path):
+    import json
 
     box = lambda x: {"bbox": [x, 0, 10, 10]}  # noqa: E731  (x, y, w, h)
     truth = {"videos": [{"video_id": "a", "original_video_id": "v", "target_id": 1, "tube_start_frame": 0,
@@ -40,7 +40,14 @@ def test_span_by_object_splits_queries_by_the_object_their_boxes_follow():
              "trajectories": {"v": {"1": {str(f): box(0) for f in range(8)}, "2": {str(f): box(50) for f in range(8)}}}}
     preds = {"a": {"sted": [0, 2], "boxes": {str(f): [0, 0, 10, 10] for f in range(2)}},     # on 1: tIoU 2/4
              "b": {"sted": [2, 6], "boxes": {str(f): [0, 0, 10, 10] for f in range(2, 6)}}}  # on 1, not 2: 4/4
-    out = split_by_object(truth, preds, 0.5)
+    (tmp_path / "test" / "truth").mkdir(parents=True)
+    (tmp_path / "test" / "truth" / "vidstg.json").write_text(json.dumps(truth))
+    (tmp_path / "p.json").write_text(json.dumps(preds))
+    run = subprocess.run([sys.executable, "-m", "benchmarks.diagnostics.stvg_span_by_object", "--corpus",
+                          str(tmp_path), f"head={tmp_path / 'p.json'}"], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)["rows"]["head"]
     assert out == {"queries": 2, "on_object_share": 0.5, "m_tIoU_on_object": 50.0, "m_tIoU_off_object": 100.0,
                    "m_tIoU": 75.0}
 

@@ -30,7 +30,7 @@ import sys
 import time
 
 from common.errors import UserError
-from finetune.stvg_rows import beats_zero_shot, input_error, summarise
+from finetune.stvg_rows import beats_zero_shot, input_error, span_overrides, summarise
 
 
 
@@ -65,20 +65,6 @@ def run_rows(rows: list[tuple[str, str, list[str]]], seeds_of, args, common: lis
     for job, summary in zip(grid, summaries):
         out.setdefault(job.row, []).append(summary)
     return out
-
-
-def span_overrides(text: str) -> tuple[str, list[str]]:
-    """`RULE[:WEIGHT][/SMOOTH]` -> (row suffix, span.* overrides)."""
-    rest, _, smooth = text.partition("/")
-    rule, _, weight = rest.partition(":")
-    if rule not in ("head", "activity", "mix"):
-        raise ValueError(f"{text!r}: the rule must be head, activity or mix")
-    try:
-        over = [f"span.rule={rule}"] + ([f"span.weight={float(weight)}"] if weight else []) + \
-               ([f"span.smooth={int(smooth)}"] if smooth else [])
-    except ValueError:
-        raise ValueError(f"{text!r}: WEIGHT must be a number and SMOOTH an integer") from None
-    return text, over
 
 
 def repredicted(run: dict, out: str, name: str, overrides: list[str]) -> dict:
