@@ -132,8 +132,9 @@ def main(argv=None) -> int:
         return 2
     heads = {name: {"config": config, "overrides": overrides, **summarise(args.seeds, runs[name])}
              for name, config, *overrides in args.head}
+    trained = list(heads.items())   # the rules' rows come from these runs only
     for (rule, overrides) in rules:
-        for name, h in list(heads.items()):
+        for name, h in trained:
             again = [repredicted(r, args.out, name, overrides) for r in h["runs"]]
             heads[f"{name}+{rule}"] = {"config": h["config"], "overrides": h["overrides"] + overrides,
                                        "repredicted_from": name, **summarise(args.seeds, again)}
