@@ -49,14 +49,16 @@ def beats_zero_shot(zero_shot: dict, rows: dict) -> dict:
 
 
 def span_overrides(text: str) -> tuple[str, list[str]]:
-    """`RULE[:WEIGHT][/SMOOTH]` -> (row suffix, span.* overrides)."""
-    rest, _, smooth = text.partition("/")
+    """`RULE[:WEIGHT][/SMOOTH][@TUBE_WEIGHT]` -> (row suffix, span.* overrides)."""
+    rest, _, tube = text.partition("@")
+    rest, _, smooth = rest.partition("/")
     rule, _, weight = rest.partition(":")
     if rule not in ("head", "activity", "mix"):
         raise ValueError(f"{text!r}: the rule must be head, activity or mix")
     try:
         over = [f"span.rule={rule}"] + ([f"span.weight={float(weight)}"] if weight else []) + \
-               ([f"span.smooth={int(smooth)}"] if smooth else [])
+               ([f"span.smooth={int(smooth)}"] if smooth else []) + \
+               ([f"span.tube_weight={float(tube)}"] if tube else [])
     except ValueError:
-        raise ValueError(f"{text!r}: WEIGHT must be a number and SMOOTH an integer") from None
+        raise ValueError(f"{text!r}: WEIGHT and TUBE_WEIGHT must be numbers, SMOOTH an integer") from None
     return text, over

@@ -100,6 +100,7 @@ def test_span_rule_rows_are_parsed_and_a_bad_one_refused(tmp_path):
 
     assert span_overrides("activity") == ("activity", ["span.rule=activity"])
     assert span_overrides("mix:0.5/5") == ("mix:0.5/5", ["span.rule=mix", "span.weight=0.5", "span.smooth=5"])
+    assert span_overrides("activity@0") == ("activity@0", ["span.rule=activity", "span.tube_weight=0.0"])
     p = subprocess.run([sys.executable, "-m", "benchmarks.experiments.stvg_heads", "--corpus", str(tmp_path),
                         "--export", str(tmp_path), "--out", str(tmp_path / "o"), "--span-rules", "mix:x",
                         "--head", "x", "configs/finetune/fsm_synthetic.yaml"], capture_output=True, text=True)

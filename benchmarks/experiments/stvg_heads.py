@@ -18,7 +18,8 @@ type with the baseline zero_shot row (Sec. 3.5 span + best word-region tube of t
 
 `--span-rules activity mix:0.5 ...`: span rules act at prediction time only (docs/stvg.md "The span rule"), so each
 head row's finished runs are also predicted under each rule (finetune/repredict.py, no training) as rows
-`NAME+RULE`; `RULE:W` sets span.weight, `RULE/K` span.smooth (e.g. `mix:0.5/5`).
+`NAME+RULE`; `RULE:W` sets span.weight, `RULE/K` span.smooth, `RULE@T` span.tube_weight (e.g. `mix:0.5/5`,
+`activity@0`).
 """
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", nargs="*", default=[], help="overrides for every row (e.g. max_steps=300)")
     p.add_argument("--cache", default="", help="feature cache (default: the finetunes' own default)")
     p.add_argument("--no-baselines", action="store_true", help="skip benchmarks/experiments/stvg_baselines.py's rows")
-    p.add_argument("--span-rules", nargs="*", default=[], metavar="RULE[:WEIGHT][/SMOOTH]",
+    p.add_argument("--span-rules", nargs="*", default=[], metavar="RULE[:WEIGHT][/SMOOTH][@TUBE_WEIGHT]",
                    help="also predict each head row's runs under these span rules (no training)")
     args = p.parse_args(argv)
     for row in args.head:
