@@ -62,9 +62,10 @@ class SpanConfig:
     rule: str = "head"               # head | activity | mix
     weight: float = 1.0              # mix: the head's frame scores' weight beside the activity
     smooth: int = 1                  # frames of a centred moving mean over the span scores (1: none)
-    tube_weight: float = 1.0         # activity / mix: the tube is chosen by the head's standardised tube scores plus
+    tube_weight: float = 0.0         # activity / mix: the tube is chosen by the head's standardised tube scores plus
                                      # this x each tube's standardised peak activity (tubes/activity.py tube_peak:
-                                     # the query's object is acted on during it); 0: the head's choice alone
+                                     # the query's object is acted on during it); 0: the head's choice alone (a
+                                     # trained WINNER chooses better alone: docs/results/stvg.md)
 
 
 SPAN_RULES = ("head", "activity", "mix")

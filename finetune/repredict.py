@@ -1,7 +1,7 @@
 """Predict a finished STVG finetune run again under another span rule, without training (span rules act at
 prediction time only: docs/stvg.md "The span rule"). Prints one JSON object with the evaluator's metrics.
 
-    python -m finetune.repredict --run RUN [--out DIR] span.rule=activity [span.smooth=5] [span.tube_weight=0]
+    python -m finetune.repredict --run RUN [--out DIR] span.rule=activity [span.smooth=5] [span.tube_weight=1]
 
 Reads RUN's config.yaml, head.json and head.pt and the run's feature cache (nothing is extracted or trained);
 writes DIR/predictions.json and DIR/eval.json (default DIR: RUN/span-<rule>), never into RUN itself.
@@ -55,7 +55,7 @@ def repredict(run: str, overrides: list[str], out: str = "") -> dict:
     head.load_state_dict(torch.load(io.BytesIO(fsio.read_bytes(fsio.join(run, "head.pt"))), map_location="cpu"))
     out = out or fsio.join(run, f"span-{cfg.span.rule}" + (f"-s{cfg.span.smooth}" if cfg.span.smooth > 1 else "")
                            + (f"-w{cfg.span.weight:g}" if cfg.span.rule == "mix" else "")
-                           + (f"-t{cfg.span.tube_weight:g}" if cfg.span.rule != "head" and cfg.span.tube_weight != 1
+                           + (f"-t{cfg.span.tube_weight:g}" if cfg.span.rule != "head" and cfg.span.tube_weight
                               else ""))
     fsio.makedirs(out)
     files = adapter.write_eval_files(fsio.join(out, "eval"), family.durations(videos))

@@ -519,7 +519,7 @@ def test_fsm_supervised_finetune_under_ray_resumes_exactly(ray_cluster, features
 # --- the span rule at prediction time on a finished run (docs/stvg.md "The span rule") -------------------------------
 def test_a_finished_run_predicted_again_under_the_activity_rule(features, export, corpus, tmp_path):
     """`python -m finetune.repredict` from a fresh process: under span.rule=head it reproduces the run's own
-    figures exactly; under activity with span.tube_weight=0 each query keeps the tube the head chose and takes that
+    figures exactly; under activity (span.tube_weight 0) each query keeps the tube the head chose and takes that
     tube's activity span (tubes/activity.py); nothing in the run folder is rewritten."""
     from finetune.train import run
     from tubes.activity import activity_span
@@ -537,10 +537,10 @@ def test_a_finished_run_predicted_again_under_the_activity_rule(features, export
     same = again("span.rule=head")
     assert same.returncode == 0, same.stderr
     assert json.loads(same.stdout)["metrics"] == summary["metrics"]
-    act = again("span.rule=activity", "span.tube_weight=0")
+    act = again("span.rule=activity")   # span.tube_weight 0: the head's own tube choice
     assert act.returncode == 0, act.stderr
     res = json.loads(act.stdout)
-    assert res["out"] == os.path.join(folder, "span-activity-t0") and res["counts"]["missing_predictions"] == 0
+    assert res["out"] == os.path.join(folder, "span-activity") and res["counts"]["missing_predictions"] == 0
     head_preds = json.load(open(os.path.join(folder, "predictions.json")))
     act_preds = json.load(open(res["predictions"]))
     queries = {q.key: q for q in SyntheticStvgAdapter(corpus).eval_queries()}

@@ -1,7 +1,7 @@
 """STVG baselines and ceilings of an export on a synthetic STVG split (docs/stvg.md section 3): random spans and
 tubes, the zero-shot span and tube (Sec. 3.5 temporal detection + best word-region tube), the zero-shot tube
 chosen over the whole video with each tube's peak activity (tubes/activity.py) and its activity's span (the
-heads' `span.rule=activity` with span.tube_weight 1), and the best linked tube given the true or the zero-shot
+heads' `span.rule=activity` with span.tube_weight=1), and the best linked tube given the true or the zero-shot
 span, scored by grounding's vidstg evaluator. Library code shared by benchmarks/experiments/stvg_baselines.py (which adds linking times) and the STVG demo (cluster/demo.py).
 """
 from __future__ import annotations
