@@ -11,8 +11,9 @@ one-hidden-layer one, standardised inputs, Adam. Every 1 in `--held-out` trainin
 is trained on). An area under the ROC curve of 0.5 on held-out videos says no head on these features can place a
 span better than the spans' length and position prior: the head's m_tIoU then comes from that prior alone.
 Beside them, untrained scores: the activity (TubeGeometry.activity, tubes/activity.py: how far a region looks from
-its linked tube's median) of the zero-shot pick's region and of the tube that follows the referred object (found with the
-truth: what the activity says when the tube is right), and the probes again with the pick's activity as an input.
+its linked tube's median) of the zero-shot pick's region and of the tube that follows the referred object (found
+with the truth: what the activity says when the tube is right), and the probes again with the pick's activity as
+an input.
 A diagnostic of the features (docs/fsm.md), never a method: it reads the train truth.
 """
 from __future__ import annotations

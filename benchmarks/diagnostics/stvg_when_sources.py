@@ -82,7 +82,8 @@ def verb_auc(feats: dict, corpus: str) -> dict:
         opt.step()
     with torch.no_grad():
         s = probe(xte).numpy()
-    return {v: round(auc(s[:, i], yte[:, i]), 4) for i, v in enumerate(verbs) if yte[:, i].any() and not yte[:, i].all()}
+    return {v: round(auc(s[:, i], yte[:, i]), 4) for i, v in enumerate(verbs)
+            if yte[:, i].any() and not yte[:, i].all()}
 
 
 def _iou(a, b):
