@@ -148,12 +148,6 @@ def evaluate(benchmark: str, files: dict[str, str], predictions: str) -> tuple[d
 
 
 # --- STVG: a head's TubeOutput -> vidstg predictions ----------------------------------------------------------------
-def _span(frame_ids: np.ndarray, a: int, b: int) -> tuple[int, int]:
-    """Native frames [start, end) covered by feature frames a..b (tubes/activity.py native_span: the convention of
-    finetune/heads/stvg.py's native_spans for one row)."""
-    return native_span(frame_ids, a, b)
-
-
 def _matching_tube(vt, frame_ids: np.ndarray, boxes: np.ndarray, sted: tuple[int, int]) -> int:
     """The linked tube whose boxes overlap a head's regressed boxes (T, 4) most over the span (mean IoU)."""
     from grounding.metrics.boxes import box_iou_aligned
@@ -175,12 +169,12 @@ def _matching_tube(vt, frame_ids: np.ndarray, boxes: np.ndarray, sted: tuple[int
 
 def _rule_span(span, vt, choice: int, frame_ids: np.ndarray, head_scores) -> tuple[int, int]:
     """The span by `span.rule` (activity or mix, finetune/config.py SpanConfig) from the chosen linked tube."""
-    from tubes.activity import moving_mean, standardise, tube_activity
+    from tubes.activity import moving_mean, standardise
 
-    s = standardise(tube_activity(vt.regions, vt.tubes[choice], frame_ids))
+    s = standardise(vt.tube_activities[choice])
     if span.rule == "mix" and head_scores is not None:
         s = s + span.weight * standardise(head_scores.float().cpu().numpy())
-    return _span(frame_ids, *best_segment(moving_mean(s, span.smooth)))
+    return native_span(frame_ids, *best_segment(moving_mean(s, span.smooth)))
 
 
 def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray, span=None):
@@ -196,7 +190,7 @@ def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray, sp
     if out.sted is not None:
         sted = tuple(int(x) for x in out.sted[row].tolist())
     else:
-        sted = _span(frame_ids, *best_segment(out.frame_scores[row].float().cpu().numpy()))
+        sted = native_span(frame_ids, *best_segment(out.frame_scores[row].float().cpu().numpy()))
     by_rule = span is not None and span.rule != "head"
     head_scores = None if out.frame_scores is None else out.frame_scores[row]
     m = len(vt.tubes)
@@ -222,8 +216,8 @@ def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray, sp
         if span.tube_weight > 0:
             from tubes.activity import choose_tube, tube_peak
 
-            peaks = [tube_peak(vt.regions, t, frame_ids) for t in vt.tubes]
-            choice = choose_tube(per_tube.numpy(), np.asarray(peaks), span.tube_weight)
+            peaks = np.asarray([tube_peak(a) for a in vt.tube_activities])
+            choice = choose_tube(per_tube.numpy(), peaks, span.tube_weight)
         sted = _rule_span(span, vt, choice, frame_ids, head_scores)
     return vt.tubes[choice].with_span(sted)
 

@@ -16,7 +16,6 @@ from finetune.heads.base import TextBatch, TrainBatch, VideoBatch
 from finetune.heads.stvg import StvgTargets, TubeGeometry
 from finetune.stvg_features import token_spans
 from finetune.batches import Batcher, subsample
-from tubes.activity import region_activity
 
 
 def tube_ids(vt) -> np.ndarray:
@@ -53,7 +52,6 @@ def video_batch(videos: list, max_frames: int = 0, tubes: int = 1) -> VideoBatch
     times = np.zeros((b, t), np.float32)
     ids = np.full((b, t, n), -1, np.int64)
     act = np.zeros((b, t, n), np.float32)
-    acts: dict[int, np.ndarray] = {}
     tmask = np.zeros((b, m), bool)
     fps = np.zeros(b, np.float32)
     size = np.zeros((b, 2), np.float32)
@@ -70,9 +68,7 @@ def video_batch(videos: list, max_frames: int = 0, tubes: int = 1) -> VideoBatch
         boxes[r, :k, :w], scores[r, :k, :w] = p.boxes[i], p.scores[i]
         frame_ids[r, :k], times[r, :k] = p.frames[i], p.frames[i] / p.fps
         ids[r, :k, :w] = np.where(p.valid[i], tube_ids(v)[i], -1)
-        if id(v) not in acts:   # prediction repeats one video per query
-            acts[id(v)] = region_activity(v.regions, v.tubes, p.frames)
-        act[r, :k, :w] = np.where(p.valid[i], acts[id(v)][i], 0.0)
+        act[r, :k, :w] = np.where(p.valid[i], v.region_activity[i], 0.0)
         tmask[r, :len(v.tubes)] = True
         fps[r], size[r] = p.fps, v.size
     T = torch.from_numpy

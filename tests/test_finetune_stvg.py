@@ -361,13 +361,14 @@ def test_vidstg_without_detections_is_one_error_line(tmp_path, export, corpus):
 
 def test_span_and_tube_pooling_on_hand_made_cases():
     from finetune.heads.stvg import tube_pool
+    from tubes.activity import native_span
 
     # the best segment of mean-centred scores; a shallow dip inside is bridged, a deep one is not
     assert P.best_segment(np.array([0, 0, 1, 1, 0.6, 1, 0, 0])) == (2, 5)
     assert P.best_segment(np.array([1, 1, -5, 0.2, 0, 0])) == (0, 1)
     # sparse feature frames (every 5th native frame): the last frame of the segment stands until the next one
     ids = np.array([0, 5, 10, 15, 20])
-    assert P._span(ids, 1, 2) == (5, 15) and P._span(ids, 3, 4) == (15, 21)
+    assert native_span(ids, 1, 2) == (5, 15) and native_span(ids, 3, 4) == (15, 21)
     # tubes average their own regions only, optionally inside a window of frames
     values = torch.tensor([[[1.0, 5.0], [3.0, 7.0], [2.0, 9.0]]])       # (B=1, T=3, N=2)
     tube_ids = torch.tensor([[[0, 1], [0, -1], [1, 0]]])
@@ -522,7 +523,7 @@ def test_a_finished_run_predicted_again_under_the_activity_rule(features, export
     figures exactly; under activity (span.tube_weight 0) each query keeps the tube the head chose and takes that
     tube's activity span (tubes/activity.py); nothing in the run folder is rewritten."""
     from finetune.train import run
-    from tubes.activity import activity_span
+    from tubes.activity import activity_span, tube_activity
 
     cfg, store, _, test = features
     folder = str(tmp_path / "run")
@@ -550,7 +551,8 @@ def test_a_finished_run_predicted_again_under_the_activity_rule(features, export
         chosen = [m for m, t in enumerate(vt.tubes)
                   if np.allclose(t.with_span(tuple(hp["sted"])).boxes,
                                  np.array([hp["boxes"][str(f)] for f in range(*hp["sted"])]), atol=0.01)]
-        spans = {activity_span(vt.regions, vt.tubes[m], vt.proposals.frames) for m in chosen}
+        spans = {activity_span(tube_activity(vt.regions, vt.tubes[m], vt.proposals.frames), vt.proposals.frames)
+                 for m in chosen}
         assert tuple(act_preds[key]["sted"]) in spans
         changed += act_preds[key]["sted"] != hp["sted"]
     assert changed > 0

@@ -3,8 +3,6 @@ on hand-made region features, each head output kind decoded under head / activit
 convention, and the config's refusals. The rule on real features and a finished run: tests/test_finetune_stvg.py."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -15,6 +13,8 @@ from finetune.config import FinetuneConfig, SpanConfig
 from finetune.heads.stvg import TubeOutput, native_spans
 from grounding.tube import Tube
 from tubes.activity import activity_span, moving_mean, native_span, tube_activity
+from tubes.pipeline import VideoTubes
+from tubes.proposals import Proposals
 
 E = np.eye(3, dtype=np.float32)
 
@@ -32,7 +32,10 @@ def _video():
     box0, box1 = np.array([0, 0, 10, 10.0]), np.array([50, 50, 60, 60.0])
     t0 = Tube(np.arange(2, 10), np.tile(box0, (8, 1)), index=np.array([0, 0, 0, 0, 0, -1, 0, 0]))
     t1 = Tube(frames, np.tile(box1, (10, 1)), index=np.ones(10, np.int64))
-    return SimpleNamespace(regions=regions, tubes=[t0, t1], proposals=SimpleNamespace(frames=frames))
+    boxes = np.tile(np.stack([box0, box1])[None], (10, 1, 1)).astype(np.float32)
+    valid = np.ones((10, 2), bool)
+    props = Proposals("v", frames, boxes, np.ones((10, 2), np.float32), valid, fps=5.0)
+    return VideoTubes("v", props, regions, np.zeros((10, 3), np.float32), [t0, t1], size=(100.0, 100.0))
 
 
 def test_activity_is_the_distance_from_the_tubes_rest_appearance():
@@ -41,8 +44,10 @@ def test_activity_is_the_distance_from_the_tubes_rest_appearance():
     # at rest 0, acted on 1 (orthogonal features); frame 7 bridged: between frame 6 (1) and frame 8 (0);
     # frames 0-1 lie before the tube: its least activity
     np.testing.assert_allclose(act, [0, 0, 0, 0, 0, 1, 1, 0.5, 0, 0], atol=1e-6)
-    assert activity_span(vt.regions, vt.tubes[0], vt.proposals.frames) == (5, 8)
-    assert activity_span(vt.regions, vt.tubes[1], vt.proposals.frames) == (1, 3)
+    assert activity_span(act, vt.proposals.frames) == (5, 8)
+    assert activity_span(tube_activity(vt.regions, vt.tubes[1], vt.proposals.frames), vt.proposals.frames) == (1, 3)
+    # what a video holds, computed once: every tube's activity
+    np.testing.assert_allclose(vt.tube_activities[0], act)
     # a tube without any region says nothing
     empty = Tube(np.arange(3), np.zeros((3, 4)), index=np.full(3, -1))
     assert not tube_activity(vt.regions, empty, vt.proposals.frames).any()
@@ -131,11 +136,6 @@ def test_an_stvg_batch_carries_each_regions_activity():
     from tubes.activity import region_activity
 
     vt = _video()
-    vt.frames = np.zeros((10, 3), np.float32)
-    vt.regions_mid = vt.pixels = None
-    vt.size = (100.0, 100.0)
-    vt.proposals = SimpleNamespace(frames=np.arange(10), valid=np.ones((10, 2), bool), boxes=np.zeros((10, 2, 4)),
-                                   scores=np.ones((10, 2)), fps=5.0)
     batch = video_batch([vt, vt], max_frames=5)
     full = region_activity(vt.regions, vt.tubes, np.arange(10))
     rows = batch.geometry.frame_ids[0].numpy()
@@ -148,9 +148,10 @@ def test_the_busier_tube_wins_where_the_words_fit_both():
     vt = _video()
     frames = vt.proposals.frames
     # tube 0 is acted on for 2.5 frames' worth, tube 1 for 2: their peaks over their top 3 frames of 10
-    assert tube_peak(vt.regions, vt.tubes[0], frames, share=0.3) == pytest.approx(2.5 / 3)
-    assert tube_peak(vt.regions, vt.tubes[1], frames, share=0.3) == pytest.approx(2 / 3)
-    assert tube_peak(vt.regions, vt.tubes[1], frames) == pytest.approx(1.0)             # top quarter: 2 frames
+    acts = [tube_activity(vt.regions, t, frames) for t in vt.tubes]
+    assert tube_peak(acts[0], share=0.3) == pytest.approx(2.5 / 3)
+    assert tube_peak(acts[1], share=0.3) == pytest.approx(2 / 3)
+    assert tube_peak(acts[1]) == pytest.approx(1.0)                                      # top quarter: 2 frames
     assert choose_tube(np.array([1.0, 1.0]), np.array([0.2, 0.9]), 1.0) == 1
     assert choose_tube(np.array([1.0, 0.0]), np.array([0.2, 0.9]), 0.0) == 0           # weight 0: the head's
     assert choose_tube(np.array([1.0, 0.0, 0.5]), np.array([0.0, 0.0, 5.0]), 1.0) == 2

@@ -14,23 +14,29 @@ from __future__ import annotations
 import numpy as np
 
 
+def _rows(tube, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions into `frames`, proposal indices) of the tube's frames that hold a region."""
+    pos = np.searchsorted(frames, tube.frames)
+    ok = (pos < len(frames)) & (tube.index >= 0)
+    ok[ok] &= frames[pos[ok]] == tube.frames[ok]
+    return pos[ok], tube.index[ok]
+
+
 def tube_activity(regions: np.ndarray, tube, frames: np.ndarray) -> np.ndarray:
     """(F,) activity of `tube` at each of the video's feature frames `frames` (F,) native ids: 1 - cos(region
     feature, the tube's L2-normalised elementwise median feature). `regions` (F, N, d) are the video's region
     features at those frames; `tube` a linked tube (grounding.tube.Tube with `index`, the proposal per tube frame).
     Frames inside the tube's extent where it bridged a miss take the value interpolated from their neighbours;
     frames outside it take the tube's least activity (the object is not followed there, so nothing says it is
-    acted on). A tube with no region anywhere gives zeros."""
+    acted on). A tube with no region anywhere gives zeros. tubes.pipeline.VideoTubes.tube_activities holds them
+    per video, computed once."""
     frames = np.asarray(frames)
     out = np.zeros(len(frames), np.float64)
     if tube.index is None or not len(tube.frames):
         return out
-    pos = np.searchsorted(frames, tube.frames)
-    ok = (pos < len(frames)) & (tube.index >= 0)
-    ok[ok] &= frames[pos[ok]] == tube.frames[ok]
-    if not ok.any():
+    p, idx = _rows(tube, frames)
+    if not len(p):
         return out
-    p, idx = pos[ok], tube.index[ok]
     r = np.asarray(regions[p, idx], np.float64)
     r /= np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
     rest = np.median(r, 0)
@@ -42,13 +48,13 @@ def tube_activity(regions: np.ndarray, tube, frames: np.ndarray) -> np.ndarray:
     return out
 
 
-def tube_peak(regions: np.ndarray, tube, frames: np.ndarray, share: float = 0.25) -> float:
-    """The mean of a tube's highest activities (the top `share` of the video's frames): how much its object is
-    acted on at its busiest. A query's object is acted on during the query, so among the tubes its words fit
-    about equally, the busier one is the likelier target (docs/stvg.md section 7, span.tube_weight)."""
-    act = tube_activity(regions, tube, frames)
-    k = max(1, int(round(share * len(act))))
-    return float(np.sort(act)[-k:].mean())
+def tube_peak(activity: np.ndarray, share: float = 0.25) -> float:
+    """The mean of a tube's highest activities (`activity` (F,), tube_activity's; the top `share` of the video's
+    frames): how much its object is acted on at its busiest. A query's object is acted on during the query, so
+    among the tubes its words fit about equally, the busier one is the likelier target (docs/stvg.md section 7,
+    span.tube_weight)."""
+    k = max(1, int(round(share * len(activity))))
+    return float(np.sort(activity)[-k:].mean())
 
 
 def choose_tube(scores: np.ndarray, peaks: np.ndarray, weight: float) -> int:
@@ -61,25 +67,21 @@ def choose_tube(scores: np.ndarray, peaks: np.ndarray, weight: float) -> int:
     return int(np.argmax(total))
 
 
-def region_activity(regions: np.ndarray, tubes, frames: np.ndarray) -> np.ndarray:
+def region_activity(regions: np.ndarray, tubes, frames: np.ndarray, activities=None) -> np.ndarray:
     """(F, N) each region's activity on the linked tube it lies on (tube_activity's value at that frame, before any
     interpolation), standardised over the video's regions on a tube; 0 for a region on no tube. What an STVG batch
-    carries (TubeGeometry.activity) for heads that learn *when* from it (fsm.activity)."""
+    carries (TubeGeometry.activity) for heads that learn *when* from it (fsm.activity). `activities`: the tubes'
+    tube_activity rows when already computed."""
     out = np.zeros(regions.shape[:2], np.float64)
     on = np.zeros(regions.shape[:2], bool)
     frames = np.asarray(frames)
-    for tube in tubes:
+    for m, tube in enumerate(tubes):
         if tube.index is None or not len(tube.frames):
             continue
-        act = tube_activity(regions, tube, frames)
-        pos = np.searchsorted(frames, tube.frames)
-        ok = (pos < len(frames)) & (tube.index >= 0)
-        ok[ok] &= frames[pos[ok]] == tube.frames[ok]
-        out[pos[ok], tube.index[ok]] = act[pos[ok]]
-        on[pos[ok], tube.index[ok]] = True
-    if on.any():
-        v = out[on]
-        out[on] = (v - v.mean()) / v.std() if v.std() > 1e-12 else 0.0
+        act = tube_activity(regions, tube, frames) if activities is None else activities[m]
+        p, idx = _rows(tube, frames)
+        out[p, idx], on[p, idx] = act[p], True
+    out[on] = standardise(out[on])
     return out.astype(np.float32)
 
 
@@ -108,9 +110,9 @@ def native_span(frame_ids: np.ndarray, a: int, b: int) -> tuple[int, int]:
     return int(ids[a]), end
 
 
-def activity_span(regions: np.ndarray, tube, frames: np.ndarray) -> tuple[int, int]:
-    """Native frames [start, end) of the best segment of a tube's standardised activity over `frames`."""
-    return native_span(frames, *best_segment(standardise(tube_activity(regions, tube, frames))))
+def activity_span(activity: np.ndarray, frames: np.ndarray) -> tuple[int, int]:
+    """Native frames [start, end) of the best segment of a tube's standardised activity (F,) over `frames`."""
+    return native_span(frames, *best_segment(standardise(activity)))
 
 
 def standardise(x: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 tubes, the zero-shot span and tube (Sec. 3.5 temporal detection + best word-region tube), the zero-shot tube
 chosen over the whole video with each tube's peak activity (tubes/activity.py) and its activity's span (the
 heads' `span.rule=activity` with span.tube_weight=1), and the best linked tube given the true or the zero-shot
-span, scored by grounding's vidstg evaluator. Library code shared by benchmarks/experiments/stvg_baselines.py (which adds linking times) and the STVG demo (cluster/demo.py).
+span, scored by grounding's vidstg evaluator. Library code shared by benchmarks/experiments/stvg_baselines.py
+(which adds linking times) and the STVG demo (cluster/demo.py).
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def _measure(corpus, split, export, cache, tubes, seed, smooth, predictions_dir,
                            cfg.alpha, cfg.max_gap, cfg.gap_discount, cfg.min_iou)
         pur_iou.append(purity(blind, pr.frames, truth["trajectories"][vid])[1])
         spans = zero_shot_spans(model, vt.frames, vt.proposals.frames, [q.sentence for q in qs], smooth)
-        peaks = [tube_peak(vt.regions, t, vt.proposals.frames) for t in vt.tubes]
+        peaks = [tube_peak(a) for a in vt.tube_activities]
         n = int(meta["frame_count"])
         for q, span in zip(qs, spans):
             s = int(rng.integers(0, n))
@@ -122,7 +123,7 @@ def _measure(corpus, split, export, cache, tubes, seed, smooth, predictions_dir,
             preds["random_true_span"][q.key] = prediction(vt, int(rng.integers(len(vt.tubes))), q.tube)
             preds["zero_shot"][q.key] = prediction(vt, int(np.argmax(tube_scores(model, vt, q.sentence, span))), span)
             whole = choose_tube(tube_scores(model, vt, q.sentence, (0, n)), peaks, 1.0)
-            preds["zero_shot_activity"][q.key] = prediction(vt, whole, activity_span(vt.regions, vt.tubes[whole],
+            preds["zero_shot_activity"][q.key] = prediction(vt, whole, activity_span(vt.tube_activities[whole],
                                                                                          vt.proposals.frames))
             preds["zero_shot_true_span"][q.key] = prediction(
                 vt, int(np.argmax(tube_scores(model, vt, q.sentence, q.tube))), q.tube)

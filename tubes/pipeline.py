@@ -5,12 +5,14 @@ needs per video.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from grounding.inference import CropGeometry
+from tubes import activity
 from tubes.config import TubeConfig
 from grounding.tube import Tube
 from tubes.linking import link_tubes
@@ -28,6 +30,19 @@ class VideoTubes:
     size: tuple[float, float] = (0.0, 0.0)   # the source video's width, height in pixels
     regions_mid: np.ndarray | None = None    # (F, N, d) the same proposals over an earlier visual block (multi-scale)
     pixels: np.ndarray | None = None         # (F, S, S, 3) uint8 crops at the proposals' frames (end to end only)
+
+    @functools.cached_property
+    def tube_activities(self) -> np.ndarray:
+        """(M, F) each linked tube's activity at every frame (tubes/activity.py), computed once per video: training
+        batches and predictions read it, never recompute it."""
+        frames = self.proposals.frames
+        return np.stack([activity.tube_activity(self.regions, t, frames) for t in self.tubes]) if self.tubes else \
+            np.zeros((0, len(frames)))
+
+    @functools.cached_property
+    def region_activity(self) -> np.ndarray:
+        """(F, N) each region's activity on its tube, standardised per video (TubeGeometry.activity)."""
+        return activity.region_activity(self.regions, self.tubes, self.proposals.frames, self.tube_activities)
 
 
 def video_pixels(vid: str, path: str, props: Proposals, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
