@@ -18,13 +18,7 @@ import numpy as np
 
 from common import cli
 from common.errors import UserError
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lo, hi = np.maximum(a[:, :2], b[:, :2]), np.minimum(a[:, 2:], b[:, 2:])
-    inter = np.clip(hi - lo, 0, None).prod(1)
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+from grounding.metrics.boxes import box_iou_aligned
 
 
 def split_by_object(truth: dict, preds: dict, iou: float) -> dict:
@@ -40,7 +34,7 @@ def split_by_object(truth: dict, preds: dict, iou: float) -> dict:
             pb = np.array([p["boxes"][f] for f in frames], float)
             tb = np.array([traj[f]["bbox"] for f in frames], float)
             tb[:, 2:] += tb[:, :2]
-            hit = float(_iou(pb, tb).mean()) >= iou
+            hit = float(box_iou_aligned(pb, tb).mean()) >= iou
         (s, e), (ts, te) = p["sted"], (q["tube_start_frame"], q["tube_end_frame"])
         t = max(0, min(e, te) - max(s, ts)) / max(max(e, te) - min(s, ts), 1)
         (on if hit else off).append(t)

@@ -75,13 +75,15 @@ def frame_rows(batch):
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, hidden: int, steps: int = 400, seed: int = 0) -> torch.nn.Module:
+    """A logistic probe (linear, or one hidden layer) on standardised inputs: y (n,) one label, (n, k) k labels."""
     torch.manual_seed(seed)
-    d = x.shape[1]
-    m = torch.nn.Linear(d, 1) if hidden == 0 else torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(),
-                                                                        torch.nn.Linear(hidden, 1))
+    d, k = x.shape[1], (1 if y.dim() == 1 else y.shape[1])
+    m = torch.nn.Linear(d, k) if hidden == 0 else torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(),
+                                                                        torch.nn.Linear(hidden, k))
     opt = torch.optim.Adam(m.parameters(), 1e-2, weight_decay=1e-3)
     for _ in range(steps):
-        loss = F.binary_cross_entropy_with_logits(m(x)[:, 0], y)
+        out = m(x)
+        loss = F.binary_cross_entropy_with_logits(out[:, 0] if y.dim() == 1 else out, y)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -24,7 +24,6 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from common import cli
 
@@ -63,6 +62,7 @@ def verb_rows(feats: dict, corpus: str, split: str, verbs: list[str]):
 
 
 def verb_auc(feats: dict, corpus: str) -> dict:
+    from benchmarks.diagnostics.stvg_when_probe import fit_probe
     from grounding.metrics.roc import auc
 
     verbs = sorted({p["verb"] for split in ("train", "test") for p in _truth(corpus, split)[1].values()})
@@ -70,32 +70,17 @@ def verb_auc(feats: dict, corpus: str) -> dict:
     xte, yte = verb_rows(feats["test"], corpus, "test", verbs)
     xtr, xte = torch.from_numpy(xtr).float(), torch.from_numpy(xte).float()
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
-    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
-    torch.manual_seed(0)
-    probe = torch.nn.Linear(xtr.shape[1], len(verbs))
-    opt = torch.optim.Adam(probe.parameters(), 1e-2, weight_decay=1e-3)
-    target = torch.from_numpy(ytr).float()
-    for _ in range(400):
-        loss = F.binary_cross_entropy_with_logits(probe(xtr), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    probe = fit_probe((xtr - mu) / sd, torch.from_numpy(ytr).float(), hidden=0)
     with torch.no_grad():
-        s = probe(xte).numpy()
+        s = probe((xte - mu) / sd).numpy()
     return {v: round(auc(s[:, i], yte[:, i]), 4) for i, v in enumerate(verbs)
             if yte[:, i].any() and not yte[:, i].all()}
 
 
-def _iou(a, b):
-    lo, hi = np.maximum(a[:, :2], b[:, :2]), np.minimum(a[:, 2:], b[:, 2:])
-    inter = np.clip(hi - lo, 0, None).prod(1)
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
-
-
 def truth_tube(feats: dict, corpus: str, model, smooth=(1, 3, 5, 9), weights=(0.0, 0.5, 1.0, 2.0, 4.0)) -> dict:
     from grounding.metrics.roc import auc
-    from tubes.activity import best_segment, choose_tube, moving_mean, native_span, tube_activity, tube_peak
+    from grounding.metrics.boxes import box_iou_aligned
+    from tubes.activity import best_segment, choose_tube, moving_mean, native_span, tube_peak
     from tubes.zero_shot import tube_scores
 
     vs, _ = _truth(corpus, "test")
@@ -111,16 +96,16 @@ def truth_tube(feats: dict, corpus: str, model, smooth=(1, 3, 5, 9), weights=(0.
         for i, t in enumerate(vt.tubes):
             pos = np.searchsorted(fr, t.frames)
             ok = ~np.isnan(t.boxes[:, 0]) & ~np.isnan(truth[pos, 0])
-            m = float(_iou(t.boxes[ok], truth[pos][ok]).mean()) if ok.any() else 0.0
+            m = float(box_iou_aligned(t.boxes[ok], truth[pos][ok]).mean()) if ok.any() else 0.0
             if m > best:
                 best, tube, which = m, t, i
         if tube is None:
             continue
         words = tube_scores(model, vt, q["caption"], (0, int(fr[-1]) + 1))
-        peaks = np.array([tube_peak(vt.regions, t, fr) for t in vt.tubes])
+        peaks = np.array([tube_peak(a) for a in vt.tube_activities])
         for w in weights:
             right[w] += choose_tube(words, peaks, w) == which
-        act = tube_activity(vt.regions, tube, fr)
+        act = vt.tube_activities[which]
         inside = (fr >= q["tube_start_frame"]) & (fr < q["tube_end_frame"])
         pooled_s.append(act)
         pooled_y.append(inside)
