@@ -100,9 +100,12 @@ class DemoConfig:
         if self.stvg_steps < 0 or self.stvg_tubes < 1:
             raise C.ConfigError(f"DemoConfig [stvg_steps/stvg_tubes]: must be >= 0 and >= 1, got {self.stvg_steps}, "
                                 f"{self.stvg_tubes}")
-        bad = [r for r in self.stvg_span_rules if r not in ("activity", "mix")]
+        from finetune.config import SPAN_RULES
+
+        bad = [r for r in self.stvg_span_rules if r not in SPAN_RULES or r == "head"]
         if bad:
-            raise C.ConfigError(f"DemoConfig [stvg_span_rules]: each must be activity or mix, got {bad}")
+            raise C.ConfigError(f"DemoConfig [stvg_span_rules]: each must be one of {SPAN_RULES[1:]} (the heads' "
+                                f"own rule is always shown), got {bad}")
         if self.calibrate_videos < 0:
             raise C.ConfigError(f"DemoConfig [calibrate_videos]: must be >= 0 (0: off), got {self.calibrate_videos}")
         if self.calibrate_videos > self.n_train:
@@ -385,8 +388,9 @@ def stvg_heads(cfg: DemoConfig, corpus_dir: str, export: str, ray) -> tuple[dict
         rows[label] = {k: round(v, 2) for k, v in job.get("metrics", {}).items()}
         files[label] = job["predictions"]
         for rule in cfg.stvg_span_rules:
-            done = os.path.join(run, f"span-{rule}", "eval.json")
-            again = json.load(open(done)) if os.path.exists(done) else repredict(run, [f"span.rule={rule}"])
+            folder = os.path.join(run, f"span-{rule}")
+            done = os.path.join(folder, "eval.json")
+            again = json.load(open(done)) if os.path.exists(done) else repredict(run, [f"span.rule={rule}"], folder)
             rows[f"{label} + {rule} span"] = {k: round(v, 2) for k, v in again["metrics"].items()}
             files[f"{label} + {rule} span"] = again["predictions"]
     return rows, files
@@ -400,12 +404,14 @@ def stvg_stages(cfg: DemoConfig, corpus_dir: str, export: str, ray, summary: dic
     timings["baselines"] = time.time() - t
     t = _step(f"5s. STVG heads ({', '.join(cfg.stvg_heads)}) as Ray finetunes, vidstg protocol")
     rows, head_files = stvg_heads(cfg, corpus_dir, export, ray)
-    # heads between the zero-shot rows and the given-the-true-span rows, as in docs/results/stvg.md
-    order = list(table)
-    table = {k: table[k] for k in order[:3]} | rows | {k: table[k] for k in order[3:]}
+    # heads between the baselines that decide their own span and those given the true span, as in
+    # docs/results/stvg.md
+    given = {label for name, label in STVG_BASELINES if name.endswith("true_span")}
+    own = [k for k in table if k not in given]
+    table = {k: table[k] for k in own} | rows | {k: table[k] for k in table if k in given}
     timings["finetune"] = time.time() - t
     t = _step("6s. pictures of predicted vs true tubes")
-    shown = {k: files[k] for k in order[1:3]} | head_files
+    shown = {k: files[k] for k in own if k != STVG_BASELINES[0][1]} | head_files   # all but random
     summary["pictures"] = tube_sheets(os.path.join(corpus_dir, "test"), shown, os.path.join(cfg.out, "pictures"),
                                       cfg.pictures)
     timings["pictures"] = time.time() - t

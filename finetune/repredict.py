@@ -41,6 +41,12 @@ def repredict(run: str, overrides: list[str], out: str = "") -> dict:
                             "head.pt)")
     cfg = C.resolve(C.load(fsio.join(run, "config.yaml"), overrides))
     C.validate(cfg)
+    out = out or fsio.join(run, f"span-{cfg.span.rule}" + (f"-s{cfg.span.smooth}" if cfg.span.smooth > 1 else "")
+                           + (f"-w{cfg.span.weight:g}" if cfg.span.rule == "mix" else "")
+                           + (f"-t{cfg.span.tube_weight:g}" if cfg.span.rule != "head" and cfg.span.tube_weight
+                              else ""))
+    if fsio.exists(fsio.join(out, "config.yaml")):
+        raise UserError(f"--out [{out}]: a finetune run folder; a re-prediction goes into a folder of its own")
     spec, family = spec_of(cfg.head), family_of(cfg)
     if family.name != "stvg":
         raise UserError(f"--run [{run}]: head {cfg.head} is not an STVG head (span rules decide tubes' spans)")
@@ -52,11 +58,12 @@ def repredict(run: str, overrides: list[str], out: str = "") -> dict:
     videos = store.load_all(adapter.videos("test"))
     meta = json.loads(fsio.read_bytes(fsio.join(run, "head.json")))
     head = spec.build(meta["dim"], cfg)
-    head.load_state_dict(torch.load(io.BytesIO(fsio.read_bytes(fsio.join(run, "head.pt"))), map_location="cpu"))
-    out = out or fsio.join(run, f"span-{cfg.span.rule}" + (f"-s{cfg.span.smooth}" if cfg.span.smooth > 1 else "")
-                           + (f"-w{cfg.span.weight:g}" if cfg.span.rule == "mix" else "")
-                           + (f"-t{cfg.span.tube_weight:g}" if cfg.span.rule != "head" and cfg.span.tube_weight
-                              else ""))
+    try:
+        state = torch.load(io.BytesIO(fsio.read_bytes(fsio.join(run, "head.pt"))), map_location="cpu")
+        head.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - a cut or foreign file is the user's, named in one line
+        raise UserError(f"--run [{fsio.join(run, 'head.pt')}]: not this run's head weights ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
     fsio.makedirs(out)
     files = adapter.write_eval_files(fsio.join(out, "eval"), family.durations(videos))
     preds = family.predict(head, spec, cfg, adapter, queries, videos, store.text)

@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from finetune.config import SPAN_RULES
+
 METRICS = ("m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5")
 QTYPES = ("", "declarative_", "interrogative_")
 
@@ -53,8 +55,8 @@ def span_overrides(text: str) -> tuple[str, list[str]]:
     rest, _, tube = text.partition("@")
     rest, _, smooth = rest.partition("/")
     rule, _, weight = rest.partition(":")
-    if rule not in ("head", "activity", "mix"):
-        raise ValueError(f"{text!r}: the rule must be head, activity or mix")
+    if rule not in SPAN_RULES:
+        raise ValueError(f"{text!r}: the rule must be one of {', '.join(SPAN_RULES)}")
     try:
         over = [f"span.rule={rule}"] + ([f"span.weight={float(weight)}"] if weight else []) + \
                ([f"span.smooth={int(smooth)}"] if smooth else []) + \

@@ -331,13 +331,14 @@ class FsmHead(GroundingHead):
         sc = size[:, None, None, :]
         out = self.box(h)
         ptr = self._pointer(video, text, h, x) if self.cfg.pointer else None
+        # what each query picks among each frame's proposals: its pointer, else its cross-attention
+        pick = torch.softmax(ptr, -1) if ptr is not None else cross[..., :n]
         if self.cfg.box_ref:
             # the reference box: the query's cross-attention (fsm.pointer: its pointer) over the frame's regions,
             # averaging their boxes (cx, cy, w, h in [0, 1]); the MLP regresses a correction in logit space
             # (DAB-/Deformable-DETR's reference boxes; here the references are the proposals the cache's region
             # tokens come from)
-            wts = torch.softmax(ptr, -1) if ptr is not None else cross[..., :n]
-            wts = wts * video.region_mask[:, None].to(wts.dtype)
+            wts = pick * video.region_mask[:, None].to(pick.dtype)
             wts = wts / wts.sum(-1, keepdim=True).clamp_min(1e-9)
             g = video.geometry.boxes / torch.cat([size, size], -1)[:, None, None].clamp_min(1.0)  # (B, T, N, 4) in [0, 1]
             cxcywh = torch.stack([(g[..., 0] + g[..., 2]) / 2, (g[..., 1] + g[..., 3]) / 2,
@@ -348,9 +349,8 @@ class FsmHead(GroundingHead):
         boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
         boxes = boxes * torch.cat([sc, sc], -1)
         if self.cfg.activity:
-            # what the start/end and relevance heads see of *when*: the activity of the proposals each query's
-            # pointer (or cross-attention) picks in each frame, i.e. whether the referred object is acted on now
-            pick = torch.softmax(ptr, -1) if ptr is not None else cross[..., :n]
+            # what the start/end and relevance heads see of *when*: the activity of the proposals each query
+            # picks in each frame, i.e. whether the referred object is acted on now
             a = torch.einsum("bqtn,btn->bqt", pick, self._activity(video))
             ht = h + self.act_time(a[..., None])   # MRCL keeps the decoder's own h
         else:
