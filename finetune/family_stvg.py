@@ -63,9 +63,9 @@ class StvgFamily(TaskFamily):
             out[vid] = dataclasses.replace(vt, regions=regions, frames=glob, regions_mid=mid[0] if mid else None)
         return out, live_text(enc)
 
-    def predict(self, head, spec, cfg, adapter, queries, videos, text_of):
+    def predict(self, head, spec, cfg, adapter, queries, videos, text_of, given=None):
         return P.predict_stvg(head, queries, videos, text_of, tokenizer_of(cfg.checkpoint),
-                              spec.text_prep(spec.section(cfg)), cfg.span)
+                              spec.text_prep(spec.section(cfg)), cfg.span, given)
 
     def other_formats(self, adapter, files, predictions, out_dir):
         """TubeDETR's two prediction dicts, so its own evaluator can score the run too (docs/evaluation.md)."""

@@ -177,17 +177,20 @@ def _rule_span(span, vt, choice: int, frame_ids: np.ndarray, head_scores) -> tup
     return native_span(frame_ids, *best_segment(moving_mean(s, span.smooth)))
 
 
-def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray, span=None):
+def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray, span=None, given=None):
     """Query `row`'s predicted tube (grounding.tube.Tube with its sted, a box on every native frame of it) from a
     head's TubeOutput over one video's frames (frame_ids (T,), tube_ids (T, N)). `span` (SpanConfig, None: the
     head's rule): with rule activity / mix, the tube is chosen by the head's tube scores (over the head's own span)
     plus span.tube_weight x each tube's peak activity, then the span is decided again from that tube's activity
     (tubes/activity.py). A head that regresses its own boxes (FSM) keeps them: its tube is the linked tube they
-    overlap most."""
+    overlap most. `given` (start, end) native frames: that span instead of any rule's (the oracle of
+    `finetune.repredict --given-span`); a head choosing among tubes chooses over it."""
     from finetune.heads.stvg import tube_pool
     from grounding.tube import Tube
 
-    if out.sted is not None:
+    if given is not None:
+        sted, span = (int(given[0]), int(given[1])), None
+    elif out.sted is not None:
         sted = tuple(int(x) for x in out.sted[row].tolist())
     else:
         sted = native_span(frame_ids, *best_segment(out.frame_scores[row].float().cpu().numpy()))
@@ -234,11 +237,12 @@ def write_tubedetr(benchmark: str, files: dict[str, str], predictions: str, out_
 
 @torch.no_grad()
 def predict_stvg(head: GroundingHead, queries: list[EvalQuery], videos: dict, text_of, tokenizer,
-                 prep=None, span=None) -> dict:
+                 prep=None, span=None, given=None) -> dict:
     """{query key: {"sted": [s, e], "boxes": {frame: box}}} (the vidstg prediction format, docs/evaluation.md) from
     a head's tube_output on each test video (all its proposal frames); queries whose video has no features are
     left out (the evaluator counts them as missing). `prep`: the head spec's text_prep (TextBatch.parsed), or None;
-    `span`: the finetune's SpanConfig (None: each head's own span rule)."""
+    `span`: the finetune's SpanConfig (None: each head's own span rule); `given`: {query key: (start, end)} spans
+    to use instead (an oracle for measuring a head's boxes alone: finetune/repredict.py --given-span)."""
     from finetune.stvg_batches import text_batch, tube_ids, video_batch
 
     was_training = head.training
@@ -253,7 +257,8 @@ def predict_stvg(head: GroundingHead, queries: list[EvalQuery], videos: dict, te
             video = video_batch([vt] * len(qs)).to(device)
             answer = head.tube_output(video, text_batch(text_of(sentences), sentences, tokenizer, prep).to(device))
             for i, q in enumerate(qs):
-                out[q.key] = stvg_tube(answer, i, vt, vt.proposals.frames, tube_ids(vt), span).to_json()
+                out[q.key] = stvg_tube(answer, i, vt, vt.proposals.frames, tube_ids(vt), span,
+                                       None if given is None else given.get(q.key)).to_json()
     finally:
         head.train(was_training)
     return out

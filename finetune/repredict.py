@@ -2,6 +2,11 @@
 prediction time only: docs/stvg.md "The span rule"). Prints one JSON object with the evaluator's metrics.
 
     python -m finetune.repredict --run RUN [--out DIR] span.rule=activity [span.smooth=5] [span.tube_weight=1]
+    python -m finetune.repredict --run RUN --given-span      # the test truth's span given: the boxes alone
+
+`--given-span` is an oracle, never a method: each query gets its true span (from the evaluator's annotation file)
+and the head decides only the boxes (a head choosing among tubes chooses over that span), so m_vIoU measures the
+head's spatial half, as the zero-shot and ceiling rows "given the true span" do (docs/results/stvg.md).
 
 Reads RUN's config.yaml, head.json and head.pt and the run's feature cache (nothing is extracted or trained);
 writes DIR/predictions.json and DIR/eval.json (default DIR: RUN/span-<rule>), never into RUN itself.
@@ -24,8 +29,9 @@ from common.errors import UserError
 SPAN_KEYS = ("span.rule", "span.weight", "span.smooth", "span.tube_weight")
 
 
-def repredict(run: str, overrides: list[str], out: str = "") -> dict:
-    """The metrics of RUN's trained head predicted with `overrides` (span.* keys only) into `out`."""
+def repredict(run: str, overrides: list[str], out: str = "", given_span: bool = False) -> dict:
+    """The metrics of RUN's trained head predicted with `overrides` (span.* keys only), or with the test truth's
+    spans given (`given_span`), into `out`."""
     from finetune import config as C
     from finetune.families import family_of
     from finetune.heads.registry import spec_of
@@ -41,10 +47,15 @@ def repredict(run: str, overrides: list[str], out: str = "") -> dict:
                             "head.pt)")
     cfg = C.resolve(C.load(fsio.join(run, "config.yaml"), overrides))
     C.validate(cfg)
-    out = out or fsio.join(run, f"span-{cfg.span.rule}" + (f"-s{cfg.span.smooth}" if cfg.span.smooth > 1 else "")
-                           + (f"-w{cfg.span.weight:g}" if cfg.span.rule == "mix" else "")
-                           + (f"-t{cfg.span.tube_weight:g}" if cfg.span.rule != "head" and cfg.span.tube_weight
-                              else ""))
+    if given_span and overrides:
+        raise UserError("--given-span decides every span itself; give it no span.* override")
+    if given_span:
+        name = "span-given"
+    else:
+        name = (f"span-{cfg.span.rule}" + (f"-s{cfg.span.smooth}" if cfg.span.smooth > 1 else "")
+                + (f"-w{cfg.span.weight:g}" if cfg.span.rule == "mix" else "")
+                + (f"-t{cfg.span.tube_weight:g}" if cfg.span.rule != "head" and cfg.span.tube_weight else ""))
+    out = out or fsio.join(run, name)
     if fsio.exists(fsio.join(out, "config.yaml")):
         raise UserError(f"--out [{out}]: a finetune run folder; a re-prediction goes into a folder of its own")
     spec, family = spec_of(cfg.head), family_of(cfg)
@@ -66,11 +77,18 @@ def repredict(run: str, overrides: list[str], out: str = "") -> dict:
                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
     fsio.makedirs(out)
     files = adapter.write_eval_files(fsio.join(out, "eval"), family.durations(videos))
-    preds = family.predict(head, spec, cfg, adapter, queries, videos, store.text)
+    given = None
+    if given_span:
+        from grounding.readers.stvg import read_hcstvg, read_vidstg
+
+        read = read_hcstvg if adapter.benchmark == "hcstvg" else read_vidstg
+        given = {q.key: q.tube for q in read(files["annotations"])}
+    preds = family.predict(head, spec, cfg, adapter, queries, videos, store.text, given)
     pred_url = fsio.join(out, "predictions.json")
     fsio.write_json_atomic(pred_url, preds)
     metrics, counts = evaluate(adapter.benchmark, files, pred_url)
-    result = {"run": run, "head": cfg.head, "span": dataclasses.asdict(cfg.span), "out": out,
+    result = {"run": run, "head": cfg.head, "span": "given" if given_span else dataclasses.asdict(cfg.span),
+              "out": out,
               "metrics": metrics, "counts": counts, "predictions": pred_url}
     fsio.write_json_atomic(fsio.join(out, "eval.json"), result)
     return result
@@ -80,9 +98,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="a finished STVG finetune run folder")
     p.add_argument("--out", default="", help="output folder (default RUN/span-<rule>)")
+    p.add_argument("--given-span", action="store_true",
+                   help="the test truth's span for every query (an oracle: the head's boxes alone)")
     p.add_argument("overrides", nargs="*", help="span.rule=..., span.weight=..., span.smooth=..., span.tube_weight=...")
     a = p.parse_args(argv)
-    print(json.dumps(repredict(os.path.abspath(a.run) if fsio.is_local(a.run) else a.run, a.overrides, a.out)))
+    print(json.dumps(repredict(os.path.abspath(a.run) if fsio.is_local(a.run) else a.run, a.overrides, a.out,
+                                a.given_span)))
     return 0
 
 

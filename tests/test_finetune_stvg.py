@@ -559,3 +559,22 @@ def test_a_finished_run_predicted_again_under_the_activity_rule(features, export
     assert before == {f: os.path.getmtime(os.path.join(folder, f)) for f in before}
     bad = again("max_steps=5")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
+    # --given-span: the oracle that measures the boxes alone; every query's span is its truth, the head still
+    # chooses the tube (over that span), and m_tIoU is 100
+    given = again("--given-span")
+    assert given.returncode == 0, given.stderr
+    res = json.loads(given.stdout)
+    assert res["out"] == os.path.join(folder, "span-given") and res["metrics"]["m_tIoU"] == 100.0
+    truth = {v["video_id"]: (v["tube_start_frame"], v["tube_end_frame"])
+             for v in json.load(open(os.path.join(corpus, "test", "truth", "vidstg.json")))["videos"]}
+    given_preds = json.load(open(res["predictions"]))
+    assert set(given_preds) == set(truth)
+    for key, gp in given_preds.items():
+        assert tuple(gp["sted"]) == truth[key]
+        boxes = np.array([gp["boxes"][str(f)] for f in range(*truth[key])])
+        vt = test[queries[key].video]
+        assert any(np.allclose(t.with_span(truth[key]).boxes, boxes, atol=0.01) for t in vt.tubes)
+    assert 0 < res["metrics"]["m_vIoU"] <= 100
+    both = again("--given-span", "span.rule=activity")
+    assert both.returncode == 2 and both.stderr.strip().startswith("error:")
+    assert before == {f: os.path.getmtime(os.path.join(folder, f)) for f in before}

@@ -296,3 +296,89 @@ def test_activity_switch_starts_as_without_it_and_learns_when_from_the_activity(
     found = {k: [tiou(s, i) for i, s in enumerate(v)] for k, v in spans.items()}
     mean = {k: sum(v) / len(v) for k, v in found.items()}
     assert min(found["activity"]) >= 0.5 and mean["activity"] > mean["plain"] + 0.2
+
+
+def test_tube_rest_delta_is_the_activity_as_a_vector():
+    """tube_rest_delta: half its squared norm is tubes.activity's 1 - cos to the tube's median (the same rest);
+    regions on no tube get 0; a tube absent from a row is no one's rest."""
+    import numpy as np
+
+    from grounding.tube import Tube
+    from finetune.heads.stvg import tube_rest_delta
+    from tubes.activity import tube_activity
+
+    g = torch.Generator().manual_seed(3)
+    regions = torch.randn(1, 7, 3, 5, generator=g, dtype=torch.float64)
+    ids = torch.tensor([[0, 1, -1]] * 7)[None].clone()
+    ids[0, 5:, 1] = -1                                     # tube 1 ends at frame 4
+    delta = tube_rest_delta(regions, ids, 3)
+    assert torch.equal(delta[0, :, 2], torch.zeros(7, 5, dtype=torch.float64))
+    assert torch.equal(delta[0, 5:, 1], torch.zeros(2, 5, dtype=torch.float64))
+    frames = np.arange(7)
+    for m, last in ((0, 7), (1, 5)):
+        tube = Tube(frames=frames[:last], boxes=np.zeros((last, 4)), index=np.full(last, m))
+        want = tube_activity(regions[0].numpy(), tube, frames)[:last]
+        got = 0.5 * (delta[0, :last, m] ** 2).sum(-1).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-9)
+
+
+def test_delta_switch_learns_which_change_the_sentence_names():
+    """fsm.delta: the true object is acted on twice in every video (two changes of its look, equally strong), and
+    the sentence names one of them; the span is that one's frames. The activity (a scalar) cannot tell them apart;
+    the delta (how the look changed) against the words can. Other weights start as the plain head's."""
+    torch.manual_seed(0)
+    plain = FsmHead(8, FsmConfig(dim=16, queries=2))
+    torch.manual_seed(0)
+    head = FsmHead(8, FsmConfig(dim=16, queries=2, delta=True))
+    ps, qs = dict(plain.named_parameters()), dict(head.named_parameters())
+    assert set(qs) - set(ps) == {"pv_delta.weight", "pv_delta.bias", "pick_time.weight", "pick_time.bias"}
+    assert all(torch.equal(ps[k], qs[k]) for k in ps)
+    torch.manual_seed(0)
+    act = FsmHead(8, FsmConfig(dim=16, queries=2, activity=True))
+    e = torch.eye(8)
+
+    def case(i, which):
+        """Row r: change A (toward e1) at frames [i, i + 2), change B (toward e2) at [i + 3, i + 5) of 8; the
+        sentence's words name A (row 0) or B (row 1) by their direction; its span is that change's frames."""
+        b = _batch(t=8)
+        r = torch.zeros(2, 8, 3, 8)
+        r[..., 0, 0] = r[..., 1, 3] = r[..., 2, 4] = 1.0            # three objects at rest, on tubes 0, 1, 2
+        b.video.geometry.tube_ids = torch.arange(3).expand(2, 8, 3).clone()
+        b.video.geometry.tube_mask = torch.ones(2, 3, dtype=torch.bool)
+        r[:, i:i + 2, 0] = (e[0] + 2 * e[1]) / 5 ** 0.5
+        r[:, i + 3:i + 5, 0] = (e[0] + 2 * e[2]) / 5 ** 0.5
+        b.video.regions = r
+        b.video.frames = r.mean(2)
+        act_ = torch.zeros(2, 8, 3)
+        act_[:, i:i + 2, 0] = act_[:, i + 3:i + 5, 0] = 3.0
+        b.video.geometry.activity = act_
+        words = torch.zeros(2, 4, 8)
+        words[0, :, 1] = words[1, :, 2] = 1.0
+        words[:, :, 0] = 0.5
+        b.text = TextBatch(words.mean(1), words, torch.ones(2, 4, dtype=torch.bool))
+        lo = torch.tensor([i, i + 3]) if which is None else torch.tensor([i if which == 0 else i + 3] * 2)
+        mask = (torch.arange(8)[None] >= lo[:, None]) & (torch.arange(8)[None] < lo[:, None] + 2)
+        b.targets.box_mask = mask
+        b.targets.boxes = torch.tensor([10.0, 5.0, 60.0, 40.0]).expand(2, 8, 4) * mask[..., None]
+        b.targets.sted = torch.stack([2 * lo, 2 * (lo + 2)], 1)
+        return b
+
+    spans = {}
+    for name, h in (("activity", act), ("delta", head)):
+        opt = torch.optim.Adam(h.parameters(), 1e-2)
+        for step in range(300):
+            out = h.loss(case(step % 4, None))
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+        h.eval()
+        with torch.no_grad():
+            spans[name] = [h.tube_output(case(i, None).video, case(i, None).text).sted.tolist() for i in range(4)]
+
+    def tiou(got, lo):
+        inter = max(0, min(got[1], 2 * lo + 4) - max(got[0], 2 * lo))
+        return inter / (max(got[1], 2 * lo + 4) - min(got[0], 2 * lo))
+
+    found = {k: [tiou(s[r], i + 3 * r) for i, s in enumerate(v) for r in (0, 1)] for k, v in spans.items()}
+    mean = {k: sum(v) / len(v) for k, v in found.items()}
+    assert mean["delta"] >= 0.6 and mean["delta"] > mean["activity"] + 0.2, (mean, spans)

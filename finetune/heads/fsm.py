@@ -24,7 +24,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 from common.config import ConfigError
 from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
 from finetune.heads.spec import STVG, HeadSpec
-from finetune.heads.stvg import TubeOutput, mean_unit_words, native_spans
+from finetune.heads.stvg import TubeOutput, mean_unit_words, native_spans, tube_rest_delta
 
 
 @dataclass
@@ -66,6 +66,9 @@ class FsmConfig:
     activity: bool = False           # each region token carries its tube's activity at that frame, and the start/end
                                      # and relevance heads the activity of the proposals the pointer picks (ours:
                                      # TubeGeometry.activity, tubes/activity.py; docs/stvg.md "The span rule")
+    delta: bool = False              # each region token carries how it differs from its tube's rest appearance (a
+                                     # vector: which change, so which verb), and the start/end and relevance heads
+                                     # the fused tokens the pointer picks (ours; docs/fsm.md, tube_rest_delta)
 
 
 def _ffn(d: int) -> nn.Module:
@@ -254,6 +257,10 @@ class FsmHead(GroundingHead):
             with torch.random.fork_rng(devices=[]):
                 self.act_token = nn.Linear(1, d)
                 self.act_time = nn.Linear(1, d)
+        if cfg.delta:
+            with torch.random.fork_rng(devices=[]):
+                self.pv_delta = nn.Linear(dim, d)
+                self.pick_time = nn.Linear(d, d)
         if cfg.pointer:   # the reference box's pointer over the frame's proposals (ours, docs/fsm.md)
             self.ptr_q, self.ptr_k = nn.Linear(d, d), nn.Linear(d, d)
             self.prior_scale = nn.Parameter(torch.tensor([float(cfg.prior_scale)]))  # 1-d: DeepSpeed broadcasts views
@@ -275,6 +282,8 @@ class FsmHead(GroundingHead):
             x = x + self.box_pos(geo.boxes / wh)
         if self.cfg.activity:
             x = x + self.act_token(self._activity(video)[..., None])
+        if self.cfg.delta:
+            x = x + self.pv_delta(tube_rest_delta(video.regions, geo.tube_ids, geo.tube_mask.shape[1]))
         y = self.pt(text.words)
         ym = text.word_mask
         k = y.shape[1]
@@ -355,6 +364,10 @@ class FsmHead(GroundingHead):
             ht = h + self.act_time(a[..., None])   # MRCL keeps the decoder's own h
         else:
             ht = h
+        if self.cfg.delta:
+            # the start/end and relevance heads also read the fused tokens each query picks in each frame: the
+            # referred object's change (its delta) against the sentence (fused by Eqs. 1-3)
+            ht = ht + self.pick_time(torch.einsum("bqtn,btnd->bqtd", pick, x))
         se = self.sted(ht)
         # each frame's ranking of its proposals: the pointer's logits, or without it the cross-attention weights
         choice = ptr if ptr is not None else cross[..., :n].masked_fill(~video.region_mask[:, None], -1.0)
