@@ -26,6 +26,7 @@ What the parse holds:
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass, field
 
 from common.errors import UserError
@@ -130,6 +131,12 @@ class Parse:
                 "action": self.action,
                 "relations": [[self.entities[r.subject].phrase, r.predicate, self.entities[r.object].phrase]
                               for r in self.relations if r.object is not None]}
+
+
+def hashed_ids(words: list[str], vocab: int) -> list[int]:
+    """Word ids of a fixed hashed vocabulary (2 .. vocab-1; 0 pad, 1 BOS): nothing to build from the training
+    sentences, the same ids on every rank and after a resume."""
+    return [2 + zlib.crc32(w.lower().encode()) % (vocab - 2) for w in words]
 
 
 def lemma(word: str) -> str:

@@ -23,6 +23,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from common.config import ConfigError
 from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
+from finetune.query_parse import hashed_ids
 from finetune.heads.spec import STVG, HeadSpec
 from finetune.heads.stvg import TubeOutput, mean_unit_words, native_spans, tube_rest_delta
 
@@ -69,6 +70,14 @@ class FsmConfig:
     delta: bool = False              # each region token carries how it differs from its tube's rest appearance (a
                                      # vector: which change, so which verb), and the start/end and relevance heads
                                      # the fused tokens the pointer picks (ours; docs/fsm.md, tube_rest_delta)
+    when: bool = False               # the span from a learnt when-score: each region's look and its change from its
+                                     # tube's rest against an embedding of the sentence's parsed verb, trained on the
+                                     # truth tube's frames; the span is its best segment along the tube the boxes
+                                     # follow, instead of Eqs. 12-13 (ours; docs/fsm.md "The when-score")
+    w_when: float = 1.0              # its loss weight
+    when_vocab: int = 1024           # hashed verb lemmas (finetune/query_parse.py hashed_ids)
+    parser: str = "rules"            # the verb's parser: rules | spacy (fsm.when only)
+    spacy_model: str = ""
 
 
 def _ffn(d: int) -> nn.Module:
@@ -261,6 +270,11 @@ class FsmHead(GroundingHead):
             with torch.random.fork_rng(devices=[]):
                 self.pv_delta = nn.Linear(dim, d)
                 self.pick_time = nn.Linear(d, d)
+        if cfg.when:
+            with torch.random.fork_rng(devices=[]):
+                self.when_vis = nn.Sequential(nn.Linear(2 * dim, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
+                self.when_verb = nn.Embedding(cfg.when_vocab, d)
+                self.when_bias = nn.Parameter(torch.zeros(1))
         if cfg.pointer:   # the reference box's pointer over the frame's proposals (ours, docs/fsm.md)
             self.ptr_q, self.ptr_k = nn.Linear(d, d), nn.Linear(d, d)
             self.prior_scale = nn.Parameter(torch.tensor([float(cfg.prior_scale)]))  # 1-d: DeepSpeed broadcasts views
@@ -306,6 +320,58 @@ class FsmHead(GroundingHead):
         if video.geometry.activity is None:
             raise ValueError("fsm.activity: the batch carries no region activity (TubeGeometry.activity)")
         return video.geometry.activity
+
+    def _when(self, video: VideoBatch, text: TextBatch) -> torch.Tensor:
+        """(B, T, N) logits that the sentence's action is being done to region n's object at frame t: an MLP of
+        the region's unit feature and its change from its tube's rest (tube_rest_delta) against the embedding of
+        the parsed verb (VerbIds). The verb's own embedding, not the pooled words: the export's contextual word
+        features hardly tell one verb from another in a sentence (docs/results/stvg.md)."""
+        if not isinstance(text.parsed, ParsedVerbs):
+            raise ValueError("fsm.when: the batch carries no parsed verbs (the fsm spec's text_prep)")
+        geo = video.geometry
+        r = F.normalize(video.regions, dim=-1)
+        v = self.when_vis(torch.cat([r, tube_rest_delta(video.regions, geo.tube_ids, geo.tube_mask.shape[1])], -1))
+        e = self.when_verb(text.parsed.ids)
+        return torch.einsum("btnd,bd->btn", v, e) / math.sqrt(v.shape[-1]) + self.when_bias
+
+    def _when_loss(self, video: VideoBatch, when: torch.Tensor, tg, i: int, inside: torch.Tensor) -> torch.Tensor:
+        """Row i's when-score loss: binary cross-entropy along the linked tube that follows the truth (the most
+        mean IoU with the true box over the span's frames), 1 on its regions inside the span, 0 outside: the
+        truth's boxes exist only inside the span, and the tube carries the object to the frames around it."""
+        geo = video.geometry
+        iou = pair_iou(geo.boxes[i], tg.boxes[i][:, None, :]) * (video.region_mask[i] & inside[:, None])
+        m = geo.tube_mask.shape[1]
+        ids = geo.tube_ids[i]
+        on = (ids[..., None] == torch.arange(m, device=ids.device)) & video.region_mask[i][..., None]  # (T, N, M)
+        per = (iou[..., None] * on).sum((0, 1)) / (on & inside[:, None, None]).sum((0, 1)).clamp_min(1)
+        if not bool((per > 0).any()):
+            return when.new_zeros(())
+        keep = on[..., int(per.argmax())] & video.mask[i][:, None]
+        label = inside[:, None].expand_as(keep)[keep].to(when.dtype)
+        return F.binary_cross_entropy_with_logits(when[i][keep], label)
+
+    def _when_span(self, video: VideoBatch, when: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
+        """(B, 2) feature-frame [first, last] of each row's span: the best segment (tubes.activity.best_segment)
+        of the standardised when-score along the linked tube the chosen query's boxes follow most (its picked
+        proposals' tubes, by count), frames where that tube is absent at its least score."""
+        from tubes.activity import best_segment, standardise
+
+        geo = video.geometry
+        out = []
+        for b in range(when.shape[0]):
+            n = int(video.mask[b].sum())
+            ids = geo.tube_ids[b, :n]
+            picked = ids.gather(1, pick[b, :n, None])[:, 0]
+            picked = picked[picked >= 0]
+            if not len(picked):
+                out.append((0, n - 1))
+                continue
+            m = int(torch.mode(picked).values)
+            on = ids == m
+            s = when[b, :n].masked_fill(~on, float("-inf")).amax(1)
+            s = torch.where(torch.isfinite(s), s, s[torch.isfinite(s)].min()).double().cpu().numpy()
+            out.append(best_segment(standardise(s)))
+        return torch.tensor(out, dtype=torch.long, device=when.device)
 
     def _time_pos(self, video: VideoBatch, d: int):
         if not self.cfg.positions:
@@ -371,7 +437,8 @@ class FsmHead(GroundingHead):
         se = self.sted(ht)
         # each frame's ranking of its proposals: the pointer's logits, or without it the cross-attention weights
         choice = ptr if ptr is not None else cross[..., :n].masked_fill(~video.region_mask[:, None], -1.0)
-        return boxes, self.prob(ht).squeeze(-1), se[..., 0], se[..., 1], h, attn, x, choice
+        when = self._when(video, text) if self.cfg.when else None
+        return boxes, self.prob(ht).squeeze(-1), se[..., 0], se[..., 1], h, attn, x, choice, when
 
     # --- the lower stream (training only) -----------------------------------------------------------------------
     def _anchor(self, video: VideoBatch, x, t_boxes, t_mask):
@@ -397,7 +464,7 @@ class FsmHead(GroundingHead):
 
     def loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         video, tg, cfg = batch.video, batch.targets, self.cfg
-        boxes, prob, ls, le, h, attn, x, ptr = self._forward(video, batch.text)
+        boxes, prob, ls, le, h, attn, x, ptr, when = self._forward(video, batch.text)
         ptr = ptr if cfg.pointer else None
         b, nq, t, _ = boxes.shape
         use_mrcl = cfg.mrcl and nq > 1
@@ -407,6 +474,8 @@ class FsmHead(GroundingHead):
         fid = video.geometry.frame_ids
         total = boxes.new_zeros(())
         parts = {"cls": 0.0, "box": 0.0, "sted": 0.0, "att": 0.0, "mrcl": 0.0, "pointer": 0.0}
+        if when is not None:
+            parts["when"] = 0.0
         if ptr is not None and cfg.w_pointer > 0:
             # the pointer's target on each truth frame: the proposal that overlaps the true box best
             iou = pair_iou(video.geometry.boxes, tg.boxes[:, :, None, :]) * video.region_mask
@@ -449,6 +518,10 @@ class FsmHead(GroundingHead):
                 r = mrcl(anchor[i], h[i, j], others, anchor_on[i], cfg.tau)
                 loss_i = loss_i + cfg.w_mrcl * r
                 parts["mrcl"] += float(r.detach()) / b
+            if when is not None and len(idx):
+                wl = self._when_loss(video, when, tg, i, inside)
+                loss_i = loss_i + cfg.w_when * wl
+                parts["when"] += float(wl.detach()) / b
             total = total + loss_i / b
             parts["cls"] += float(cls.detach()) / b
             parts["box"] += float(box.detach()) / b
@@ -461,7 +534,7 @@ class FsmHead(GroundingHead):
         return torch.sigmoid(prob).amax(1)
 
     def tube_output(self, video: VideoBatch, text: TextBatch) -> TubeOutput:
-        boxes, prob, ls, le, *_, choice = self._forward(video, text)
+        boxes, prob, ls, le, *_, choice, when = self._forward(video, text)
         if self.cfg.proposal_boxes:
             # each frame's box is the proposal the pointer (or the attention) ranks first: the detector's box, not
             # the regression
@@ -472,7 +545,10 @@ class FsmHead(GroundingHead):
         score = (torch.sigmoid(prob) * m).sum(-1) / m.sum(-1).clamp_min(1.0)  # Eq. 12
         sel = score.argmax(1)                                                  # Eq. 13
         ar = torch.arange(len(sel), device=sel.device)
-        span = decode_span(ls[ar, sel], le[ar, sel], video.mask)
+        if when is not None:   # fsm.when: the when-score's best segment on the object the boxes follow
+            span = self._when_span(video, when, choice[ar, sel].argmax(-1))
+        else:
+            span = decode_span(ls[ar, sel], le[ar, sel], video.mask)
         sted = native_spans(video.geometry.frame_ids, span[:, 0], span[:, 1], video.mask.sum(1))
         return TubeOutput(frame_scores=torch.sigmoid(prob[ar, sel]), sted=sted, boxes=boxes[ar, sel])
 
@@ -485,10 +561,13 @@ def _validate(f: FsmConfig, cfg) -> None:
                            ("max_frames", f.max_frames >= 1, ">= 1"),
                            ("sted_sigma", f.sted_sigma >= 0, ">= 0"),
                            ("pointer_queries", f.pointer_queries in ("matched", "all"), "matched or all"),
+                           ("when_vocab", f.when_vocab >= 3, ">= 3"),
+                           ("parser", f.parser in ("rules", "spacy"), "rules or spacy"),
                            ("pointer", f.box_ref or not f.pointer, "false when fsm.box_ref is false (it sets the "
                                                                     "reference box's weights)"),
                            *((w, getattr(f, w) >= 0, ">= 0") for w in ("w_cls", "w_l1", "w_giou", "w_sted", "w_att",
-                                                                        "w_mrcl", "w_pointer", "prior_scale"))):
+                                                                        "w_mrcl", "w_pointer", "prior_scale",
+                                                                        "w_when"))):
         if not ok:
             raise ConfigError(f"fsm.{name} must be {rule}")
     weights = ("w_cls", "w_l1", "w_giou", "w_sted", "w_att", "w_mrcl", "w_pointer")
@@ -496,7 +575,41 @@ def _validate(f: FsmConfig, cfg) -> None:
         raise ConfigError(f"fsm.{'/'.join(weights)} are all 0: nothing would be trained")
 
 
+@dataclass
+class ParsedVerbs:
+    """TextBatch.parsed for fsm.when: each sentence's main verb lemma as a hashed id (0: none parsed)."""
+    ids: torch.Tensor                          # (Q,) long
+
+    def to(self, device) -> "ParsedVerbs":
+        return ParsedVerbs(self.ids.to(device))
+
+
+class VerbIds:
+    """FSM's text_prep with fsm.when (HeadSpec): each distinct sentence parsed once (finetune/query_parse.py) to
+    its main verb's lemma, hashed into fsm.when_vocab ids."""
+
+    def __init__(self, cfg: FsmConfig):
+        self.cfg = cfg
+        self._parse = None
+        self._ids: dict[str, int] = {}
+
+    def __call__(self, sentences: list[str], token_spans, word_mask) -> ParsedVerbs:
+        for s in sentences:
+            if s not in self._ids:
+                if self._parse is None:
+                    from finetune.query_parse import parser_of
+
+                    self._parse = parser_of(self.cfg.parser, self.cfg.spacy_model)
+                verb = self._parse(s).action
+                self._ids[s] = hashed_ids([verb], self.cfg.when_vocab)[0] if verb else 0
+        return ParsedVerbs(torch.tensor([self._ids[s] for s in sentences], dtype=torch.long))
+
+
+def _text_prep(cfg: FsmConfig):
+    return VerbIds(cfg) if cfg.when else None
+
+
 # end to end: the only STVG head that may train the encoder (its boxes are per frame, not a tube chosen among
 # those linked once from the cached region features)
 SPEC = HeadSpec(name="fsm", head=FsmHead, config=FsmConfig, family=STVG, end_to_end=True,
-                mid_layer=lambda section: section.multiscale, validate=_validate)
+                mid_layer=lambda section: section.multiscale, validate=_validate, text_prep=_text_prep)

@@ -19,7 +19,6 @@ and relation triplets; each phrase's feature is the mean of the export's word fe
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +29,7 @@ from common.config import ConfigError, check_ranges
 from finetune.heads.base import GroundingHead, ParsedQueries, TextBatch, TrainBatch, VideoBatch
 from finetune.heads.spec import STVG, HeadSpec
 from finetune.heads.stvg import TubeOutput
+from finetune.query_parse import hashed_ids
 
 
 @dataclass
@@ -122,12 +122,6 @@ def contrastive_loss(scores: torch.Tensor, temperature: float, own: torch.Tensor
         keep = F.one_hot(own, scores.shape[1]).bool()
         logits = logits.masked_fill(same_video & ~keep, -1e9)
     return F.cross_entropy(logits, own)
-
-
-def hashed_ids(words: list[str], vocab: int) -> list[int]:
-    """Word ids of a fixed hashed vocabulary (2 .. vocab-1; 0 pad, 1 BOS): nothing to build from the training
-    sentences, the same ids on every rank and after a resume."""
-    return [2 + zlib.crc32(w.lower().encode()) % (vocab - 2) for w in words]
 
 
 def sinusoid(pos: torch.Tensor, dim: int) -> torch.Tensor:
