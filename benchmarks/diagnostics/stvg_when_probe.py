@@ -13,7 +13,8 @@ span better than the spans' length and position prior: the head's m_tIoU then co
 Beside them, untrained scores: the activity (TubeGeometry.activity, tubes/activity.py: how far a region looks from
 its linked tube's median) of the zero-shot pick's region and of the tube that follows the referred object (found
 with the truth: what the activity says when the tube is right), and the probes again with the pick's activity as
-an input.
+an input. Last, what fsm.when learns from: probes on the truth's tube's region feature, its change from the
+tube's rest and the sentence's parsed verb (one-hot), the spatial half given.
 A diagnostic of the features (docs/fsm.md), never a method: it reads the train truth.
 """
 from __future__ import annotations
@@ -33,10 +34,9 @@ from finetune.heads.stvg import mean_unit_words  # noqa: E402
 from grounding.metrics.roc import auc
 
 
-def truth_tube_activity(batch, act: torch.Tensor) -> torch.Tensor:
-    """(B, T) the activity of the linked tube that follows the referred object (the tube of the proposal that best
-    overlaps the true box, by majority over the span's frames) at every frame; a frame where that tube has no
-    region gets the video's least activity."""
+def truth_tubes(batch) -> torch.Tensor:
+    """(B,) the linked tube that follows each row's referred object (the tube of the proposal that best overlaps
+    the true box, by majority over the span's frames), -1 where none does."""
     from finetune.heads.fsm import pair_iou
 
     v, tg = batch.video, batch.targets
@@ -44,18 +44,39 @@ def truth_tube_activity(batch, act: torch.Tensor) -> torch.Tensor:
     iou = pair_iou(geo.boxes, tg.boxes[:, :, None, :]) * v.region_mask
     best = iou.argmax(-1)                                                # (B, T)
     tube = torch.gather(geo.tube_ids, 2, best[..., None])[..., 0]       # (B, T)
-    out = torch.empty(act.shape[:2])
+    out = torch.full((len(tube),), -1, dtype=torch.long)
     for i in range(len(tube)):
         ok = tg.box_mask[i] & (tube[i] >= 0)
-        m = int(torch.mode(tube[i][ok]).values) if ok.any() else -1
-        on = geo.tube_ids[i] == m
-        out[i] = torch.where(on.any(-1), (act[i] * on).sum(-1), act[i].min())
+        if ok.any():
+            out[i] = int(torch.mode(tube[i][ok]).values)
     return out
 
 
+def truth_tube_activity(batch, act: torch.Tensor) -> torch.Tensor:
+    """(B, T) the activity of the truth's tube (truth_tubes) at every frame; a frame where that tube has no
+    region gets the video's least activity."""
+    on = batch.video.geometry.tube_ids == truth_tubes(batch)[:, None, None]
+    return torch.where(on.any(-1), (act * on).sum(-1), act.flatten(1).min(1).values[:, None])
+
+
+def truth_tube_change(batch) -> torch.Tensor:
+    """(B, T, 2d) the truth's tube's region feature at every frame and its change from the tube's rest
+    (finetune/heads/stvg.py tube_rest_delta: what fsm.when reads); 0 where the tube has no region."""
+    from finetune.heads.stvg import tube_rest_delta
+
+    v = batch.video
+    geo = v.geometry
+    r = F.normalize(v.regions, dim=-1)
+    x = torch.cat([r, tube_rest_delta(v.regions, geo.tube_ids, geo.tube_mask.shape[1])], -1)
+    m = truth_tubes(batch)[:, None, None]
+    on = ((geo.tube_ids == m) & (m >= 0)).to(x.dtype)
+    return torch.einsum("btn,btnk->btk", on, x)
+
+
 def frame_rows(batch):
-    """(features (n, 6d+3), inside the span (n,), row of the batch (n,)) of a batch's valid frames: the last three
-    columns are the zero-shot score, the activity of the zero-shot pick's region and of the truth's tube."""
+    """(features (n, 6d+3), inside the span (n,), row of the batch (n,), the truth's tube's change (n, 2d)) of a
+    batch's valid frames: the last three feature columns are the zero-shot score, the activity of the zero-shot
+    pick's region and of the truth's tube."""
     v, tg = batch.video, batch.targets
     s = F.normalize(batch.text.sentence, dim=-1)
     q = mean_unit_words(batch.text.words, batch.text.word_mask)
@@ -71,7 +92,7 @@ def frame_rows(batch):
                       pick_act, truth_tube_activity(batch, act)[..., None]], -1)
     rows = torch.arange(len(fid))[:, None].expand_as(fid)
     m = v.mask
-    return feat[m].numpy(), inside[m].numpy(), rows[m].numpy()
+    return feat[m].numpy(), inside[m].numpy(), rows[m].numpy(), truth_tube_change(batch)[m].numpy()
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, hidden: int, steps: int = 400, seed: int = 0) -> torch.nn.Module:
@@ -111,14 +132,22 @@ def main(argv=None) -> int:
     batcher = StvgBatcher(cfg, adapter.train_samples(), feats, store.text_store.text, tokenizer_of(cfg.checkpoint),
                           truth=adapter.train_truth())
     held = set(sorted(feats)[::a.held_out])
-    xs, ys, hs = [], [], []
+    from finetune.query_parse import parser_of
+
+    parse = parser_of("rules")
+    verbs: dict[str, int] = {}
+    xs, ys, hs, cs, vs = [], [], [], [], []
     for step in range(a.batches):
         batch, samples, _ = batcher.batch(step)
-        x, y, r = frame_rows(batch)
+        x, y, r, c = frame_rows(batch)
         xs.append(x)
         ys.append(y)
+        cs.append(c)
         hs.append(np.array([samples[i].video in held for i in r], bool))
+        vs.append(np.array([verbs.setdefault(parse(batch.text.sentences[i]).action or "", len(verbs)) for i in r]))
     x, y, te = np.concatenate(xs), np.concatenate(ys), np.concatenate(hs)
+    # the truth's tube's region and change with the parsed verb (one-hot): the inputs fsm.when learns from
+    change = np.concatenate([np.concatenate(cs), np.eye(len(verbs), dtype=np.float32)[np.concatenate(vs)]], 1)
     tr = ~te
     xt = torch.from_numpy(x)
     mu, sd = xt[tr].mean(0), xt[tr].std(0) + 1e-6
@@ -133,6 +162,16 @@ def main(argv=None) -> int:
             sc = m(xt[:, cols])[:, 0].numpy()
         out[f"auc_{name}_held_out"] = round(auc(sc[te], y[te]), 4)
         out[f"auc_{name}_train"] = round(auc(sc[tr], y[tr]), 4)
+    ct = torch.from_numpy(change)
+    cmu, csd = ct[tr].mean(0), ct[tr].std(0) + 1e-6
+    ct = (ct - cmu) / csd
+    for name, hidden in (("truth_tube_change_verb_linear", 0), ("truth_tube_change_verb_mlp64", 64)):
+        m = fit_probe(ct[tr], yt[tr], hidden)
+        with torch.no_grad():
+            sc = m(ct)[:, 0].numpy()
+        out[f"auc_{name}_held_out"] = round(auc(sc[te], y[te]), 4)
+        out[f"auc_{name}_train"] = round(auc(sc[tr], y[tr]), 4)
+    out["verbs_parsed"] = sorted(verbs)
     d = (x.shape[1] - 3) // 6
     out["auc_frame_sentence_cosine"] = round(auc(x[te, :d].sum(1), y[te]), 4)
     out["auc_zero_shot_region_score"] = round(auc(x[te, -3], y[te]), 4)
