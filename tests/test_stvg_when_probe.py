@@ -58,3 +58,11 @@ def test_when_sources_without_a_corpus_is_one_error_line(tmp_path):
                          cwd=ROOT)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --corpus"), out.stderr
+
+
+def test_when_text_bad_argument_is_one_error_line(tmp_path):
+    for args in (["--epochs", "0"], []):
+        out = subprocess.run([sys.executable, "-m", "benchmarks.diagnostics.stvg_when_text", "--corpus", str(tmp_path),
+                              "--export", str(tmp_path), *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), out.stderr
