@@ -69,8 +69,8 @@ class DemoConfig:
                                        # export gains a row with it beside the paper's decoding; 0: off
     ray_address: str = ""
     mode: str = "instructional"        # instructional | stvg (the STVG demo: stages 4s-6s of the docstring)
-    # the STVG heads shown, each by configs/finetune/<head>_synthetic.yaml
-    stvg_heads: list[str] = field(default_factory=lambda: ["vcma", "winner", "fsm"])
+    # the STVG heads shown, each by configs/finetune/<name>_synthetic.yaml (fsm_when: FSM with its when-score)
+    stvg_heads: list[str] = field(default_factory=lambda: ["vcma", "winner", "fsm", "fsm_when"])
     stvg_steps: int = 300              # finetune steps of each STVG head
     stvg_tubes: int = 10               # linked tubes per video (M) for the heads and baselines
     # each head's trained run is also predicted under these span rules (finetune/repredict.py: prediction time
@@ -384,7 +384,9 @@ def stvg_heads(cfg: DemoConfig, corpus_dir: str, export: str, ray) -> tuple[dict
             job = run_finetunes(fcfg, ray)["jobs"][0]
             if "error" in job:
                 raise RuntimeError(f"STVG finetune {head} failed: {job['error']}")
-        label = f"{head.upper()} ({'supervised' if spec_of(head).supervised else 'weak'})"
+        kind = C.load(FinetuneConfig, stvg_head_config(head), []).head
+        label = (f"{kind.upper()}{' with ' + head.split('_', 1)[1] + '-score' if '_' in head else ''} "
+                 f"({'supervised' if spec_of(kind).supervised else 'weak'})")
         rows[label] = {k: round(v, 2) for k, v in job.get("metrics", {}).items()}
         files[label] = job["predictions"]
         for rule in cfg.stvg_span_rules:

@@ -19,7 +19,7 @@ def test_stvg_demo_config_parses_and_names_the_stvg_stages():
     from cluster.demo import DemoConfig, corpus_config, stvg_head_config
 
     cfg = C.load(DemoConfig, os.path.join(ROOT, "configs", "demo_stvg.yaml"), []).validate()
-    assert cfg.mode == "stvg" and cfg.stvg_heads == ["vcma", "winner", "fsm"]
+    assert cfg.mode == "stvg" and cfg.stvg_heads == ["vcma", "winner", "fsm", "fsm_when"]
     assert corpus_config(cfg).mode == "stvg"
     assert all(os.path.isfile(stvg_head_config(h)) for h in cfg.stvg_heads)
     with pytest.raises(C.ConfigError, match="stvg_heads"):
@@ -46,7 +46,7 @@ def test_stvg_demo_runs_end_to_end_on_a_tiny_corpus(tmp_path, ray_cluster, capsy
         assert header in log, header
     summary = json.load(open(out / "summary.json"))
     table = summary["metrics"]
-    heads = [h for head in ("VCMA (weak)", "WINNER (weak)", "FSM (supervised)")
+    heads = [h for head in ("VCMA (weak)", "WINNER (weak)", "FSM (supervised)", "FSM with when-score (supervised)")
              for h in (head, f"{head} + activity span")]
     rows = ["random span + random tube", "zero-shot (Sec. 3.5 span + best word-region tube)",
             "zero-shot tube + its activity span", *heads, "zero-shot tube given the true span",
@@ -61,8 +61,8 @@ def test_stvg_demo_runs_end_to_end_on_a_tiny_corpus(tmp_path, ray_cluster, capsy
     from PIL import Image
 
     w, h = Image.open(summary["pictures"][0]).size
-    assert h > 9 * 32   # a row per method: truth, the two zero-shot rows and the three heads under both span rules
+    assert h > 11 * 32  # a row per method: truth, the two zero-shot rows and the four heads under both span rules
     # the activity rows are the heads' runs predicted again (no training): in their own folders beside each run
-    for head in ("vcma", "winner", "fsm"):
+    for head in ("vcma", "winner", "fsm", "fsm_when"):
         again = json.load(open(out / "finetune" / head / "span-activity" / "eval.json"))
         assert again["span"]["rule"] == "activity" and again["counts"]["missing_predictions"] == 0
