@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
 from finetune.heads.fsm import FsmConfig
 from finetune.heads.base import TextBatch, TrainBatch, VideoBatch
@@ -250,17 +249,46 @@ def test_proposal_boxes_are_proposals_with_or_without_the_pointer():
     assert not bool((regressed.boxes[:, :, None, :] == props).all(-1).any(-1).all())
 
 
+def _plain_and(**switch):
+    """(the plain head, the head with `switch`), both built under seed 0 (dim 16, 2 queries)."""
+    torch.manual_seed(0)
+    plain = FsmHead(8, FsmConfig(dim=16, queries=2))
+    torch.manual_seed(0)
+    return plain, FsmHead(8, FsmConfig(dim=16, queries=2, **switch))
+
+
+def _added(plain, head) -> set:
+    """The parameters `head` has beyond `plain`'s, after checking every shared one starts equal (a switch's weights
+    come from forked generators)."""
+    ps, qs = dict(plain.named_parameters()), dict(head.named_parameters())
+    assert all(torch.equal(ps[k], qs[k]) for k in ps)
+    return set(qs) - set(ps)
+
+
+def _trained_spans(heads: dict, steps: int):
+    """Each head of {name: (head, batch_of)} trained with Adam for `steps` on batch_of(step % 4), then its predicted
+    spans [batch_of(i)'s sted rows for i = 0..3]; and each head's last loss parts."""
+    spans, last = {}, {}
+    for name, (head, batch_of) in heads.items():
+        opt = torch.optim.Adam(head.parameters(), 1e-2)
+        for step in range(steps):
+            out = head.loss(batch_of(step % 4))
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+        head.eval()
+        with torch.no_grad():
+            spans[name] = [head.tube_output(batch_of(i).video, batch_of(i).text).sted.tolist() for i in range(4)]
+        last[name] = out
+    return spans, last
+
+
 def test_activity_switch_starts_as_without_it_and_learns_when_from_the_activity():
     """fsm.activity: the other weights start as the plain head's (forked generators); the start/end heads see the
     activity of what the pointer picks, so a head trained on batches whose span is where the true object is acted
     on (and nothing else says when) places its span there; without the switch it cannot."""
-    torch.manual_seed(0)
-    plain = FsmHead(8, FsmConfig(dim=16, queries=2))
-    torch.manual_seed(0)
-    act = FsmHead(8, FsmConfig(dim=16, queries=2, activity=True))
-    ps, qs = dict(plain.named_parameters()), dict(act.named_parameters())
-    assert set(qs) - set(ps) == {"act_token.weight", "act_token.bias", "act_time.weight", "act_time.bias"}
-    assert all(torch.equal(ps[k], qs[k]) for k in ps)
+    plain, act = _plain_and(activity=True)
+    assert _added(plain, act) == {"act_token.weight", "act_token.bias", "act_time.weight", "act_time.bias"}
     batch = _batch()
     with pytest.raises(ValueError, match="no region activity"):
         act.loss(batch)
@@ -278,17 +306,9 @@ def test_activity_switch_starts_as_without_it_and_learns_when_from_the_activity(
         b.targets.sted = torch.tensor([[2 * i, 2 * (i + 2)]] * 2)
         return b
 
-    spans = {}
-    for name, head in (("plain", plain), ("activity", act)):
-        opt = torch.optim.Adam(head.parameters(), 1e-2)
-        for step in range(200):
-            out = head.loss(with_span(step % 4))
-            opt.zero_grad()
-            out["loss"].backward()
-            opt.step()
-        head.eval()
-        with torch.no_grad():
-            spans[name] = [head.tube_output(with_span(i).video, with_span(i).text).sted[0].tolist() for i in range(4)]
+    spans, _ = _trained_spans({"plain": (plain, with_span), "activity": (act, with_span)}, 200)
+    spans = {k: [s[0] for s in v] for k, v in spans.items()}
+
     def tiou(got, i):
         inter = max(0, min(got[1], 2 * i + 4) - max(got[0], 2 * i))
         return inter / (max(got[1], 2 * i + 4) - min(got[0], 2 * i))
@@ -368,27 +388,10 @@ def test_delta_switch_learns_which_change_the_sentence_names():
     """fsm.delta: the true object is acted on twice in every video (two changes of its look, equally strong), and
     the sentence names one of them; the span is that one's frames. The activity (a scalar) cannot tell them apart;
     the delta (how the look changed) against the words can. Other weights start as the plain head's."""
-    torch.manual_seed(0)
-    plain = FsmHead(8, FsmConfig(dim=16, queries=2))
-    torch.manual_seed(0)
-    head = FsmHead(8, FsmConfig(dim=16, queries=2, delta=True))
-    ps, qs = dict(plain.named_parameters()), dict(head.named_parameters())
-    assert set(qs) - set(ps) == {"pv_delta.weight", "pv_delta.bias", "pick_time.weight", "pick_time.bias"}
-    assert all(torch.equal(ps[k], qs[k]) for k in ps)
-    torch.manual_seed(0)
-    act = FsmHead(8, FsmConfig(dim=16, queries=2, activity=True))
-    spans = {}
-    for name, h in (("activity", act), ("delta", head)):
-        opt = torch.optim.Adam(h.parameters(), 1e-2)
-        for step in range(300):
-            out = h.loss(_two_changes(step % 4))
-            opt.zero_grad()
-            out["loss"].backward()
-            opt.step()
-        h.eval()
-        with torch.no_grad():
-            spans[name] = [h.tube_output(_two_changes(i).video, _two_changes(i).text).sted.tolist() for i in range(4)]
-
+    plain, head = _plain_and(delta=True)
+    assert _added(plain, head) == {"pv_delta.weight", "pv_delta.bias", "pick_time.weight", "pick_time.bias"}
+    _, act = _plain_and(activity=True)
+    spans, _ = _trained_spans({"activity": (act, _two_changes), "delta": (head, _two_changes)}, 300)
     mean = {k: _two_changes_tiou(v) for k, v in spans.items()}
     assert mean["delta"] >= 0.6 and mean["delta"] > mean["activity"] + 0.2, (mean, spans)
 
@@ -408,29 +411,14 @@ def test_when_switch_learns_the_named_change_and_decodes_its_span():
     says so in one error."""
     from finetune.heads.fsm import VerbIds
 
-    torch.manual_seed(0)
-    plain = FsmHead(8, FsmConfig(dim=16, queries=2))
-    torch.manual_seed(0)
-    cfg = FsmConfig(dim=16, queries=2, when=True)
-    head = FsmHead(8, cfg)
-    ps, qs = dict(plain.named_parameters()), dict(head.named_parameters())
-    assert {k.split(".")[0] for k in set(qs) - set(ps)} == {"when_vis", "when_verb", "when_bias"}
-    assert all(torch.equal(ps[k], qs[k]) for k in ps)
+    plain, head = _plain_and(when=True)
+    assert {k.split(".")[0] for k in _added(plain, head)} == {"when_vis", "when_verb", "when_bias"}
+    cfg = head.cfg
     with pytest.raises(ValueError, match="no parsed verbs"):
         head.loss(_two_changes(0))
     prep = VerbIds(cfg)
-    spans = {}
-    for name, h, p in (("plain", plain, None), ("when", head, prep)):
-        opt = torch.optim.Adam(h.parameters(), 1e-2)
-        for step in range(150):
-            out = h.loss(_two_changes(step % 4, p))
-            opt.zero_grad()
-            out["loss"].backward()
-            opt.step()
-        h.eval()
-        with torch.no_grad():
-            spans[name] = [h.tube_output(_two_changes(i, p).video, _two_changes(i, p).text).sted.tolist()
-                           for i in range(4)]
-    assert "when" in out and float(out["when"]) < 0.3
+    spans, last = _trained_spans({"plain": (plain, _two_changes),
+                                  "when": (head, lambda i: _two_changes(i, prep))}, 150)
+    assert float(last["when"]["when"]) < 0.3
     mean = {k: _two_changes_tiou(v) for k, v in spans.items()}
     assert mean["when"] >= 0.9 and mean["when"] > mean["plain"] + 0.3, (mean, spans)

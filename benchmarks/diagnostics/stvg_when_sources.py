@@ -46,6 +46,60 @@ def _truth(corpus: str, split: str):
     return vs, parses
 
 
+def truth_boxes(traj: dict, frames) -> np.ndarray:
+    """(F, 4) x1 y1 x2 y2 of a truth trajectory ({frame: {"bbox": [x, y, w, h]}}) at `frames`, NaN where absent."""
+    return np.array([[b[0], b[1], b[0] + b[2], b[1] + b[3]] if (b := traj.get(str(f), {}).get("bbox")) else
+                     [np.nan] * 4 for f in frames])
+
+
+def best_tube(vt, traj: dict) -> int:
+    """The linked tube of video features `vt` that follows a truth trajectory: the most mean IoU with it over the
+    frames both hold (-1 when the video has no tube)."""
+    from grounding.metrics.boxes import box_iou_aligned
+
+    fr = vt.proposals.frames
+    truth = truth_boxes(traj, fr)
+    best, which = -1.0, -1
+    for i, t in enumerate(vt.tubes):
+        pos = np.searchsorted(fr, t.frames)
+        ok = ~np.isnan(t.boxes[:, 0]) & ~np.isnan(truth[pos, 0])
+        m = float(box_iou_aligned(t.boxes[ok], truth[pos][ok]).mean()) if ok.any() else 0.0
+        if m > best:
+            best, which = m, i
+    return which
+
+
+def queries_on_truth_tubes(feats: dict, corpus: str, split: str):
+    """(query, its video's features, their frames, the truth's tube index) for each query of `split` whose video
+    has a linked tube (best_tube)."""
+    vs, _ = _truth(corpus, split)
+    for q in vs["videos"]:
+        vt = feats[q["original_video_id"]]
+        which = best_tube(vt, vs["trajectories"][q["original_video_id"]][str(q["target_id"])])
+        if which >= 0:
+            yield q, vt, vt.proposals.frames, which
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The STVG diagnostics' common arguments: --corpus, --export, --cache, --tubes."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--export", required=True)
+    p.add_argument("--cache", default="", help="region feature cache (default: the export's finetune cache)")
+    p.add_argument("--tubes", type=int, default=10)
+    return p
+
+
+def check_inputs(a, split: str = "test") -> None:
+    """One error line when the corpus has no `split` truth or the export no model config."""
+    from common.errors import UserError
+
+    for path, what in ((os.path.join(a.corpus, split, "truth", "vidstg.json"), "--corpus"),
+                       (os.path.join(a.export, "model_config.json"), "--export")):
+        if not os.path.isfile(path):
+            raise UserError(f"{what} [{os.path.dirname(path) if what == '--export' else a.corpus}]: no {path}")
+
+
 def verb_rows(feats: dict, corpus: str, split: str, verbs: list[str]):
     vs, parses = _truth(corpus, split)
     x, y = [], []
@@ -79,28 +133,12 @@ def verb_auc(feats: dict, corpus: str) -> dict:
 
 def truth_tube(feats: dict, corpus: str, model, smooth=(1, 3, 5, 9), weights=(0.0, 0.5, 1.0, 2.0, 4.0)) -> dict:
     from grounding.metrics.roc import auc
-    from grounding.metrics.boxes import box_iou_aligned
     from tubes.activity import best_segment, choose_tube, moving_mean, native_span, tube_peak
     from tubes.zero_shot import tube_scores
 
-    vs, _ = _truth(corpus, "test")
     pooled_s, pooled_y, per_query, tiou = [], [], [], {k: [] for k in smooth}
     right = {w: 0 for w in weights}
-    for q in vs["videos"]:
-        vt = feats[q["original_video_id"]]
-        fr = vt.proposals.frames
-        traj = vs["trajectories"][q["original_video_id"]][str(q["target_id"])]
-        truth = np.array([[b[0], b[1], b[0] + b[2], b[1] + b[3]] if (b := traj.get(str(f), {}).get("bbox")) else
-                          [np.nan] * 4 for f in fr])
-        best, tube, which = -1.0, None, -1
-        for i, t in enumerate(vt.tubes):
-            pos = np.searchsorted(fr, t.frames)
-            ok = ~np.isnan(t.boxes[:, 0]) & ~np.isnan(truth[pos, 0])
-            m = float(box_iou_aligned(t.boxes[ok], truth[pos][ok]).mean()) if ok.any() else 0.0
-            if m > best:
-                best, tube, which = m, t, i
-        if tube is None:
-            continue
+    for q, vt, fr, which in queries_on_truth_tubes(feats, corpus, "test"):
         words = tube_scores(model, vt, q["caption"], (0, int(fr[-1]) + 1))
         peaks = np.array([tube_peak(a) for a in vt.tube_activities])
         for w in weights:
@@ -122,18 +160,8 @@ def truth_tube(feats: dict, corpus: str, model, smooth=(1, 3, 5, 9), weights=(0.
 
 
 def main(argv=None) -> int:
-    from common.errors import UserError
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", required=True)
-    p.add_argument("--export", required=True)
-    p.add_argument("--cache", default="", help="region feature cache (default: the export's finetune cache)")
-    p.add_argument("--tubes", type=int, default=10)
-    a = p.parse_args(argv)
-    for path, what in ((os.path.join(a.corpus, "test", "truth", "vidstg.json"), "--corpus"),
-                       (os.path.join(a.export, "model_config.json"), "--export")):
-        if not os.path.isfile(path):
-            raise UserError(f"{what} [{os.path.dirname(path) if what == '--export' else a.corpus}]: no {path}")
+    a = arguments(__doc__.splitlines()[0]).parse_args(argv)
+    check_inputs(a)
     feats = _features(os.path.abspath(a.corpus), os.path.abspath(a.export), a.cache and os.path.abspath(a.cache),
                       a.tubes)
     from pretrain.export_ref import Export

@@ -16,7 +16,6 @@ it reads the truth. The figures: docs/results/stvg.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -29,29 +28,13 @@ from common import cli
 
 
 def _rows(feats, corpus: str, split: str, model, text: str, verbs: list[str]):
-    from benchmarks.diagnostics.stvg_when_sources import _truth
+    from benchmarks.diagnostics.stvg_when_sources import queries_on_truth_tubes
     from finetune.query_parse import parser_of
-    from grounding.metrics.boxes import box_iou_aligned
     from tubes.activity import _rows as tube_rows
 
     parse = parser_of("rules")
-    vs, _ = _truth(corpus, split)
     out = []
-    for q in vs["videos"]:
-        vt = feats[q["original_video_id"]]
-        fr = vt.proposals.frames
-        traj = vs["trajectories"][q["original_video_id"]][str(q["target_id"])]
-        truth = np.array([[b[0], b[1], b[0] + b[2], b[1] + b[3]] if (b := traj.get(str(f), {}).get("bbox")) else
-                          [np.nan] * 4 for f in fr])
-        best, which = -1.0, -1
-        for i, t in enumerate(vt.tubes):
-            pos = np.searchsorted(fr, t.frames)
-            ok = ~np.isnan(t.boxes[:, 0]) & ~np.isnan(truth[pos, 0])
-            m = float(box_iou_aligned(t.boxes[ok], truth[pos][ok]).mean()) if ok.any() else 0.0
-            if m > best:
-                best, which = m, i
-        if which < 0:
-            continue
+    for q, vt, fr, which in queries_on_truth_tubes(feats, corpus, split):
         p, idx = tube_rows(vt.tubes[which], fr)
         r = np.asarray(vt.regions[p, idx], np.float32)
         r /= np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
@@ -105,23 +88,16 @@ def learnt(train, test, epochs: int, seed: int = 0) -> float:
 
 
 def main(argv=None) -> int:
-    from benchmarks.diagnostics.stvg_when_sources import _features, _truth
+    from benchmarks.diagnostics.stvg_when_sources import _features, _truth, arguments, check_inputs
     from common.errors import UserError
     from pretrain.export_ref import Export
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", required=True)
-    p.add_argument("--export", required=True)
-    p.add_argument("--cache", default="", help="region feature cache (default: the export's finetune cache)")
-    p.add_argument("--tubes", type=int, default=10)
+    p = arguments(__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=30)
     a = p.parse_args(argv)
     if a.epochs < 1:
         raise UserError("--epochs must be >= 1")
-    for path, what in ((os.path.join(a.corpus, "train", "truth", "vidstg.json"), "--corpus"),
-                       (os.path.join(a.export, "model_config.json"), "--export")):
-        if not os.path.isfile(path):
-            raise UserError(f"{what}: no {path}")
+    check_inputs(a, "train")
     corpus = os.path.abspath(a.corpus)
     feats = _features(corpus, os.path.abspath(a.export), a.cache and os.path.abspath(a.cache), a.tubes)
     model = Export.of(os.path.abspath(a.export)).load_model().eval()

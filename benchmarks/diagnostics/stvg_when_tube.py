@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     from finetune.stvg_batches import text_batch, video_batch
     from finetune.stvg_features import tokenizer_of
     from finetune.train import check_dataset
-    from grounding.metrics.boxes import box_iou_aligned
+    from benchmarks.diagnostics.stvg_when_sources import best_tube
     from tubes.activity import standardise, tube_peak
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -63,23 +63,13 @@ def main(argv=None) -> int:
     with torch.no_grad():
         for vid, qs in by_video.items():
             vt = videos[vid]
-            fr = vt.proposals.frames
             sentences = [q.sentence for q in qs]
             v = video_batch([vt] * len(qs))
             boxes, prob, ls, le, *_, choice, when = head._forward(v, text_batch(store.text(sentences), sentences,
                                                                                  tok, prep))
             sel = torch.sigmoid(prob).mean(-1).argmax(1)
             for i, q in enumerate(qs):
-                tq = truth[q.key]
-                traj = vs["trajectories"][vid][str(tq["target_id"])]
-                tb = np.array([[b[0], b[1], b[0] + b[2], b[1] + b[3]] if (b := traj.get(str(f), {}).get("bbox"))
-                               else [np.nan] * 4 for f in fr])
-                iou = []
-                for tube in vt.tubes:
-                    pos = np.searchsorted(fr, tube.frames)
-                    ok = ~np.isnan(tube.boxes[:, 0]) & ~np.isnan(tb[pos, 0])
-                    iou.append(float(box_iou_aligned(tube.boxes[ok], tb[pos][ok]).mean()) if ok.any() else 0.0)
-                right = int(np.argmax(iou))
+                right = best_tube(vt, vs["trajectories"][vid][str(truth[q.key]["target_id"])])
                 ids = v.geometry.tube_ids[i]
                 picked = ids.gather(1, choice[i, sel[i]].argmax(-1)[:, None])[:, 0]
                 m = len(vt.tubes)
