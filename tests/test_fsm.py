@@ -321,8 +321,9 @@ def test_activity_switch_starts_as_without_it_and_learns_when_from_the_activity(
 def _two_changes(i, prep=None):
     """Two rows of 8 frames, three objects at rest on tubes 0-2 (their own directions e0, e3, e4); object 0 changes
     its look toward e1 ("cut") at frames [i, i + 2) and toward e2 ("stirred") at [i + 3, i + 5), equally strongly
-    (the same activity). Row 0's sentence names the cut, row 1's the stirring: by their words' direction (e1 / e2)
-    and by their verb; each row's truth is that change's frames."""
+    (the same activity). Row 0's sentence names the cut, row 1's the stirring, by their verb only: both rows' word
+    features are the same (as the export's contextual words hardly tell verbs apart), so the rows' inputs differ
+    only in the sentences' text. Each row's truth is its change's frames."""
     e = torch.eye(8)
     b = _batch(t=8)
     r = torch.zeros(2, 8, 3, 8)
@@ -337,8 +338,7 @@ def _two_changes(i, prep=None):
     act[:, i:i + 2, 0] = act[:, i + 3:i + 5, 0] = 3.0
     b.video.geometry.activity = act
     words = torch.zeros(2, 4, 8)
-    words[0, :, 1] = words[1, :, 2] = 1.0
-    words[:, :, 0] = 0.5
+    words[:, :, 0] = 1.0
     sentences = ["the red cube is cut", "the red cube is stirred"]
     b.text = TextBatch(words.mean(1), words, torch.ones(2, 4, dtype=torch.bool), sentences=sentences,
                        parsed=None if prep is None else prep(sentences, None, torch.ones(2, 4, dtype=torch.bool)))
@@ -384,16 +384,23 @@ def test_tube_rest_delta_is_the_activity_as_a_vector():
         np.testing.assert_allclose(got, want, atol=1e-9)
 
 
-def test_delta_switch_learns_which_change_the_sentence_names():
-    """fsm.delta: the true object is acted on twice in every video (two changes of its look, equally strong), and
-    the sentence names one of them; the span is that one's frames. The activity (a scalar) cannot tell them apart;
-    the delta (how the look changed) against the words can. Other weights start as the plain head's."""
-    plain, head = _plain_and(delta=True)
+def test_delta_switch_puts_the_change_from_rest_into_each_token():
+    """fsm.delta: a region token carries its change from its tube's rest, so changing the tube's other frames changes
+    the token of an untouched frame (the plain head's token of that frame stays: without the fusions a token is its
+    own region's); other weights start as the plain head's."""
+    off = dict(frame_fusion=False, video_fusion=False)
+    plain, head = _plain_and(delta=True, **off)
     assert _added(plain, head) == {"pv_delta.weight", "pv_delta.bias", "pick_time.weight", "pick_time.bias"}
-    _, act = _plain_and(activity=True)
-    spans, _ = _trained_spans({"activity": (act, _two_changes), "delta": (head, _two_changes)}, 300)
-    mean = {k: _two_changes_tiou(v) for k, v in spans.items()}
-    assert mean["delta"] >= 0.6 and mean["delta"] > mean["activity"] + 0.2, (mean, spans)
+    torch.manual_seed(0)
+    plain = FsmHead(8, FsmConfig(dim=16, queries=2, **off))
+    b = _two_changes(0)
+    with torch.no_grad():
+        before = {k: h._memory(b.video, b.text)[0][:, 0] for k, h in (("plain", plain), ("delta", head))}
+        b.video.regions[:, 3:, 0] = torch.eye(8)[5]          # the tube's other frames now rest elsewhere
+        after = {k: h._memory(b.video, b.text)[0][:, 0] for k, h in (("plain", plain), ("delta", head))}
+    assert torch.equal(before["plain"], after["plain"])
+    assert not torch.allclose(before["delta"][:, 0], after["delta"][:, 0])   # object 0's token at frame 0
+    assert torch.equal(before["delta"][:, 1:], after["delta"][:, 1:])         # the other objects' tokens
 
 
 def test_verb_ids_hash_the_parsed_lemma():
@@ -405,9 +412,9 @@ def test_verb_ids_hash_the_parsed_lemma():
 
 
 def test_when_switch_learns_the_named_change_and_decodes_its_span():
-    """fsm.when: trained on _two_changes (the object is acted on twice, the sentence's verb says which), the
-    when-score's best segment along the object's tube is the named change; the paper's start/end decoding of the
-    plain head cannot tell the two apart. Other weights start as the plain head's; without parsed verbs the head
+    """fsm.when: trained on _two_changes (the object is acted on twice, only the sentence's verb says which), the
+    when-score's best segment along the object's tube is the named change; the plain head, whose inputs are the same
+    in both rows, cannot tell the two apart. Other weights start as the plain head's; without parsed verbs the head
     says so in one error."""
     from finetune.heads.fsm import VerbIds
 
@@ -419,6 +426,7 @@ def test_when_switch_learns_the_named_change_and_decodes_its_span():
     prep = VerbIds(cfg)
     spans, last = _trained_spans({"plain": (plain, _two_changes),
                                   "when": (head, lambda i: _two_changes(i, prep))}, 150)
-    assert float(last["when"]["when"]) < 0.3
+    assert float(last["when"]["when"]) < 0.5
     mean = {k: _two_changes_tiou(v) for k, v in spans.items()}
-    assert mean["when"] >= 0.9 and mean["when"] > mean["plain"] + 0.3, (mean, spans)
+    # the plain head sees the same inputs in both rows, so one span for both: at most one of them right
+    assert mean["plain"] <= 0.5 and mean["when"] >= 0.9, (mean, spans)
