@@ -520,4 +520,23 @@ def parser_of(kind: str, model: str = ""):
     raise ValueError(f"unknown parser {kind!r}")
 
 
-__all__ = ["Entity", "Parse", "Relation", "SpacyUnavailable", "lemma", "parse", "parser_of", "spacy_parser"]
+class CachedParser:
+    """parser_of(kind, model) applied once per distinct sentence for as long as this object lives (a run's batcher
+    or predictor), the parser built on first use: a spaCy model loads only where sentences are. The heads' text
+    preps (VCMA's phrases, FSM's verbs) parse through it."""
+
+    def __init__(self, kind: str = "rules", model: str = ""):
+        self.kind, self.model = kind, model
+        self._parse = None
+        self._parses: dict[str, Parse] = {}
+
+    def __call__(self, sentence: str) -> Parse:
+        if sentence not in self._parses:
+            if self._parse is None:
+                self._parse = parser_of(self.kind, self.model)
+            self._parses[sentence] = self._parse(sentence)
+        return self._parses[sentence]
+
+
+__all__ = ["CachedParser", "Entity", "Parse", "Relation", "SpacyUnavailable", "hashed_ids", "lemma", "parse",
+           "parser_of", "spacy_parser"]

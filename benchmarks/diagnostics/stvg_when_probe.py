@@ -132,9 +132,9 @@ def main(argv=None) -> int:
     batcher = StvgBatcher(cfg, adapter.train_samples(), feats, store.text_store.text, tokenizer_of(cfg.checkpoint),
                           truth=adapter.train_truth())
     held = set(sorted(feats)[::a.held_out])
-    from finetune.query_parse import parser_of
+    from finetune.query_parse import CachedParser
 
-    parse = parser_of("rules")
+    parse = CachedParser()   # FSM's own parser: VerbIds
     verbs: dict[str, int] = {}
     xs, ys, hs, cs, vs = [], [], [], [], []
     for step in range(a.batches):

@@ -23,9 +23,9 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from common.config import ConfigError
 from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
-from finetune.query_parse import hashed_ids
 from finetune.heads.spec import STVG, HeadSpec
 from finetune.heads.stvg import TubeOutput, mean_unit_words, native_spans, tube_rest_delta
+from finetune.query_parse import CachedParser, hashed_ids
 
 
 @dataclass
@@ -589,20 +589,13 @@ class VerbIds:
     its main verb's lemma, hashed into fsm.when_vocab ids."""
 
     def __init__(self, cfg: FsmConfig):
-        self.cfg = cfg
-        self._parse = None
-        self._ids: dict[str, int] = {}
+        self.vocab = cfg.when_vocab
+        self.parsed = CachedParser(cfg.parser, cfg.spacy_model)
 
     def __call__(self, sentences: list[str], token_spans, word_mask) -> ParsedVerbs:
-        for s in sentences:
-            if s not in self._ids:
-                if self._parse is None:
-                    from finetune.query_parse import parser_of
-
-                    self._parse = parser_of(self.cfg.parser, self.cfg.spacy_model)
-                verb = self._parse(s).action
-                self._ids[s] = hashed_ids([verb], self.cfg.when_vocab)[0] if verb else 0
-        return ParsedVerbs(torch.tensor([self._ids[s] for s in sentences], dtype=torch.long))
+        verbs = [self.parsed(s).action for s in sentences]
+        return ParsedVerbs(torch.tensor([hashed_ids([v], self.vocab)[0] if v else 0 for v in verbs],
+                                        dtype=torch.long))
 
 
 def _text_prep(cfg: FsmConfig):

@@ -29,7 +29,7 @@ from common.config import ConfigError, check_ranges
 from finetune.heads.base import GroundingHead, ParsedQueries, TextBatch, TrainBatch, VideoBatch
 from finetune.heads.spec import STVG, HeadSpec
 from finetune.heads.stvg import TubeOutput
-from finetune.query_parse import hashed_ids
+from finetune.query_parse import CachedParser, hashed_ids
 
 
 @dataclass
@@ -149,17 +149,7 @@ class QueryPhrases:
 
     def __init__(self, cfg: VcmaConfig):
         self.cfg = cfg
-        self._parse = None                   # built on first use: a spaCy model loads only where sentences are
-        self._parses: dict[str, object] = {}
-
-    def parsed(self, sentence: str):
-        if sentence not in self._parses:
-            if self._parse is None:
-                from finetune.query_parse import parser_of
-
-                self._parse = parser_of(self.cfg.parser, self.cfg.spacy_model)
-            self._parses[sentence] = self._parse(sentence)
-        return self._parses[sentence]
+        self.parsed = CachedParser(cfg.parser, cfg.spacy_model)
 
     def __call__(self, sentences: list[str], token_spans: list | None, word_mask) -> ParsedQueries:
         cfg = self.cfg
