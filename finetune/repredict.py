@@ -29,41 +29,47 @@ from common.errors import UserError
 SPAN_KEYS = ("span.rule", "span.weight", "span.smooth", "span.tube_weight")
 
 
-def repredict(run: str, overrides: list[str], out: str = "", given_span: bool = False) -> dict:
-    """The metrics of RUN's trained head predicted with `overrides` (span.* keys only), or with the test truth's
-    spans given (`given_span`), into `out`."""
+@dataclasses.dataclass
+class FinishedRun:
+    """What a finished STVG finetune run predicts with: its config, head spec and family, the test queries, the
+    feature store and the test videos' features (from the run's cache), and the trained head."""
+    cfg: object
+    spec: object
+    family: object
+    adapter: object
+    queries: list
+    store: object
+    videos: dict
+    head: torch.nn.Module
+
+
+def run_config(run: str, overrides: list[str]):
+    """RUN's finetune config with `overrides`, refused in one line unless RUN is a finished STVG run whose test
+    features its cache holds (not an end-to-end one: those come from its trained encoder)."""
     from finetune import config as C
     from finetune.families import family_of
-    from finetune.heads.registry import spec_of
-    from finetune.predict import evaluate
-    from finetune.train import check_dataset
 
-    for o in overrides:
-        if o.split("=", 1)[0] not in SPAN_KEYS:
-            raise UserError(f"override [{o}]: a re-prediction may change only {', '.join(SPAN_KEYS)}")
     for name in ("config.yaml", "head.json", "head.pt"):
         if not fsio.exists(fsio.join(run, name)):
             raise UserError(f"--run [{run}]: no {name} (a finished finetune run holds config.yaml, head.json, "
                             "head.pt)")
     cfg = C.resolve(C.load(fsio.join(run, "config.yaml"), overrides))
     C.validate(cfg)
-    if given_span and overrides:
-        raise UserError("--given-span decides every span itself; give it no span.* override")
-    if given_span:
-        name = "span-given"
-    else:
-        name = (f"span-{cfg.span.rule}" + (f"-s{cfg.span.smooth}" if cfg.span.smooth > 1 else "")
-                + (f"-w{cfg.span.weight:g}" if cfg.span.rule == "mix" else "")
-                + (f"-t{cfg.span.tube_weight:g}" if cfg.span.rule != "head" and cfg.span.tube_weight else ""))
-    out = out or fsio.join(run, name)
-    if fsio.exists(fsio.join(out, "config.yaml")):
-        raise UserError(f"--out [{out}]: a finetune run folder; a re-prediction goes into a folder of its own")
-    spec, family = spec_of(cfg.head), family_of(cfg)
-    if family.name != "stvg":
+    if family_of(cfg).name != "stvg":
         raise UserError(f"--run [{run}]: head {cfg.head} is not an STVG head (span rules decide tubes' spans)")
     if cfg.features.end_to_end:
         raise UserError(f"--run [{run}]: an end-to-end run's test features come from its trained encoder; "
                         "re-run it with the span rule instead")
+    return cfg
+
+
+def load_run(run: str, cfg) -> FinishedRun:
+    """RUN (run_config's `cfg`) loaded: test features from the run's cache (nothing is extracted) and its head."""
+    from finetune.families import family_of
+    from finetune.heads.registry import spec_of
+    from finetune.train import check_dataset
+
+    spec, family = spec_of(cfg.head), family_of(cfg)
     adapter, _, queries = check_dataset(cfg)
     store = family.store(cfg, adapter)
     videos = store.load_all(adapter.videos("test"))
@@ -75,21 +81,44 @@ def repredict(run: str, overrides: list[str], out: str = "", given_span: bool = 
     except Exception as e:  # noqa: BLE001 - a cut or foreign file is the user's, named in one line
         raise UserError(f"--run [{fsio.join(run, 'head.pt')}]: not this run's head weights ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
+    return FinishedRun(cfg, spec, family, adapter, queries, store, videos, head)
+
+
+def repredict(run: str, overrides: list[str], out: str = "", given_span: bool = False) -> dict:
+    """The metrics of RUN's trained head predicted with `overrides` (span.* keys only), or with the test truth's
+    spans given (`given_span`), into `out`."""
+    from finetune.predict import evaluate
+
+    for o in overrides:
+        if o.split("=", 1)[0] not in SPAN_KEYS:
+            raise UserError(f"override [{o}]: a re-prediction may change only {', '.join(SPAN_KEYS)}")
+    if given_span and overrides:
+        raise UserError("--given-span decides every span itself; give it no span.* override")
+    cfg = run_config(run, overrides)
+    if given_span:
+        name = "span-given"
+    else:
+        name = (f"span-{cfg.span.rule}" + (f"-s{cfg.span.smooth}" if cfg.span.smooth > 1 else "")
+                + (f"-w{cfg.span.weight:g}" if cfg.span.rule == "mix" else "")
+                + (f"-t{cfg.span.tube_weight:g}" if cfg.span.rule != "head" and cfg.span.tube_weight else ""))
+    out = out or fsio.join(run, name)
+    if fsio.exists(fsio.join(out, "config.yaml")):
+        raise UserError(f"--out [{out}]: a finetune run folder; a re-prediction goes into a folder of its own")
+    r = load_run(run, cfg)
     fsio.makedirs(out)
-    files = adapter.write_eval_files(fsio.join(out, "eval"), family.durations(videos))
+    files = r.adapter.write_eval_files(fsio.join(out, "eval"), r.family.durations(r.videos))
     given = None
     if given_span:
         from grounding.readers.stvg import read_hcstvg, read_vidstg
 
-        read = read_hcstvg if adapter.benchmark == "hcstvg" else read_vidstg
+        read = read_hcstvg if r.adapter.benchmark == "hcstvg" else read_vidstg
         given = {q.key: q.tube for q in read(files["annotations"])}
-    preds = family.predict(head, spec, cfg, adapter, queries, videos, store.text, given)
+    preds = r.family.predict(r.head, r.spec, cfg, r.adapter, r.queries, r.videos, r.store.text, given)
     pred_url = fsio.join(out, "predictions.json")
     fsio.write_json_atomic(pred_url, preds)
-    metrics, counts = evaluate(adapter.benchmark, files, pred_url)
+    metrics, counts = evaluate(r.adapter.benchmark, files, pred_url)
     result = {"run": run, "head": cfg.head, "span": "given" if given_span else dataclasses.asdict(cfg.span),
-              "out": out,
-              "metrics": metrics, "counts": counts, "predictions": pred_url}
+              "out": out, "metrics": metrics, "counts": counts, "predictions": pred_url}
     fsio.write_json_atomic(fsio.join(out, "eval.json"), result)
     return result
 

@@ -12,7 +12,6 @@ test truth), never a method: docs/results/stvg.md.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -26,48 +25,34 @@ WEIGHTS = (0.5, 1.0, 2.0, 4.0)
 
 
 def main(argv=None) -> int:
+    from benchmarks.diagnostics.stvg_when_sources import best_tube
     from common.errors import UserError
-    from finetune import config as C
-    from finetune.families import family_of
-    from finetune.heads.registry import spec_of
+    from finetune.predict import _by_video
+    from finetune.repredict import load_run, run_config
     from finetune.stvg_batches import text_batch, video_batch
     from finetune.stvg_features import tokenizer_of
-    from finetune.train import check_dataset
-    from benchmarks.diagnostics.stvg_when_sources import best_tube
     from tubes.activity import standardise, tube_peak
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True)
     a = p.parse_args(argv)
-    for name in ("config.yaml", "head.json", "head.pt"):
-        if not os.path.isfile(os.path.join(a.run, name)):
-            raise UserError(f"--run [{a.run}]: no {name} (a finished finetune run)")
-    cfg = C.resolve(C.load(os.path.join(a.run, "config.yaml"), []))
+    cfg = run_config(os.path.abspath(a.run), [])
     if cfg.head != "fsm" or not cfg.fsm.when or cfg.dataset.kind != "synthetic_stvg":
         raise UserError(f"--run [{a.run}]: not an fsm run with fsm.when=true on the synthetic STVG corpus")
-    spec, family = spec_of(cfg.head), family_of(cfg)
-    adapter, _, queries = check_dataset(cfg)
-    store = family.store(cfg, adapter)
-    videos = store.load_all(adapter.videos("test"))
-    head = spec.build(json.load(open(os.path.join(a.run, "head.json")))["dim"], cfg)
-    head.load_state_dict(torch.load(io.BytesIO(open(os.path.join(a.run, "head.pt"), "rb").read()), map_location="cpu"))
-    head.eval()
-    prep, tok = spec.text_prep(spec.section(cfg)), tokenizer_of(cfg.checkpoint)
+    r = load_run(os.path.abspath(a.run), cfg)
+    head = r.head.eval()
+    prep, tok = r.spec.text_prep(r.spec.section(cfg)), tokenizer_of(cfg.checkpoint)
     vs = json.load(open(os.path.join(cfg.dataset.root, "test", "truth", "vidstg.json")))
     truth = {v["video_id"]: v for v in vs["videos"]}
-    by_video: dict[str, list] = {}
-    for q in queries:
-        by_video.setdefault(q.video, []).append(q)
     hits = {"pointer": 0, "when_peak": 0, **{f"sum_{w:g}": 0 for w in WEIGHTS}}
     n = 0
     with torch.no_grad():
-        for vid, qs in by_video.items():
-            vt = videos[vid]
+        for vid, qs in _by_video(r.queries, r.videos).items():
+            vt = r.videos[vid]
             sentences = [q.sentence for q in qs]
             v = video_batch([vt] * len(qs))
-            boxes, prob, ls, le, *_, choice, when = head._forward(v, text_batch(store.text(sentences), sentences,
-                                                                                 tok, prep))
-            sel = torch.sigmoid(prob).mean(-1).argmax(1)
+            _, prob, *_, choice, when = head._forward(v, text_batch(r.store.text(sentences), sentences, tok, prep))
+            sel = torch.sigmoid(prob).mean(-1).argmax(1)                    # Eqs. 12-13's query
             for i, q in enumerate(qs):
                 right = best_tube(vt, vs["trajectories"][vid][str(truth[q.key]["target_id"])])
                 ids = v.geometry.tube_ids[i]
