@@ -451,26 +451,27 @@ def parse(sentence: str) -> Parse:
 
 # --- spaCy, when the user has a model installed -------------------------------------------------------------------
 class SpacyUnavailable(UserError):
-    """vcma.parser=spacy without spaCy or an installed English model (one `error:` line at the entry points)."""
+    """parser=spacy (vcma.parser, fsm.parser) without spaCy or an installed English model (one `error:` line at the
+    entry points)."""
 
 
-def spacy_parser(model: str = ""):
+def spacy_parser(model: str = "", key: str = "vcma.parser"):
     """A parse function backed by an installed spaCy pipeline (`model`, or the first installed en_core_web_*);
-    SpacyUnavailable when spaCy or a model is missing (nothing is downloaded)."""
+    SpacyUnavailable, naming the setting `key`, when spaCy or a model is missing (nothing is downloaded)."""
     try:
         import spacy  # noqa: F401
         from spacy.util import get_installed_models
     except ImportError:
-        raise SpacyUnavailable("vcma.parser=spacy needs spaCy and an installed English model (pip install spacy "
-                               "and an en_core_web_* package); use vcma.parser=rules") from None
+        raise SpacyUnavailable(f"{key}=spacy needs spaCy and an installed English model (pip install spacy "
+                               f"and an en_core_web_* package); use {key}=rules") from None
     names = [model] if model else sorted(m for m in get_installed_models() if m.startswith("en_"))
     if not names:
-        raise SpacyUnavailable("vcma.parser=spacy: no English spaCy model is installed (nothing is downloaded at "
-                               "run time); install one or use vcma.parser=rules")
+        raise SpacyUnavailable(f"{key}=spacy: no English spaCy model is installed (nothing is downloaded at "
+                               f"run time); install one or use {key}=rules")
     try:
         nlp = spacy.load(names[0])
     except OSError as e:
-        raise SpacyUnavailable(f"vcma.parser=spacy: cannot load spaCy model {names[0]!r}: {e}") from None
+        raise SpacyUnavailable(f"{key}=spacy: cannot load spaCy model {names[0]!r}: {e}") from None
 
     def run(sentence: str) -> Parse:
         doc = nlp(sentence)

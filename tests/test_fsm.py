@@ -163,13 +163,16 @@ def test_loss_falls_and_tube_output_shapes():
 @pytest.mark.parametrize("override, message", [
     ("fsm.queries=0", "fsm.queries must be >= 1"), ("fsm.dim=6", "fsm.dim must be a positive multiple of fsm.heads (4)"),
     ("fsm.tau=0", "fsm.tau must be > 0"), ("fsm.w_sted=-1", "fsm.w_sted must be >= 0"),
+    ("fsm.when_vocab=1", "fsm.when_vocab must be >= 3"),
+    # no such spaCy model (or no spaCy): refused before any work, naming FSM's own setting
+    ("fsm.when=true fsm.parser=spacy fsm.spacy_model=en_no_such_model", "fsm.parser=spacy"),
 ])
 def test_impossible_fsm_values_are_one_error_line(tmp_path, override, message):
     run = tmp_path / "run"
     run.mkdir()
     (run / "keep.txt").write_text("already here")
     out = subprocess.run([sys.executable, "-m", "finetune.train", "--config", "configs/finetune/fsm_synthetic.yaml",
-                          f"checkpoint={tmp_path}/none.pt", f"run={run}", override],
+                          f"checkpoint={tmp_path}/none.pt", f"run={run}", *override.split()],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()

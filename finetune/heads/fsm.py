@@ -570,7 +570,7 @@ def _validate(f: FsmConfig, cfg) -> None:
                                                                         "w_when"))):
         if not ok:
             raise ConfigError(f"fsm.{name} must be {rule}")
-    weights = ("w_cls", "w_l1", "w_giou", "w_sted", "w_att", "w_mrcl", "w_pointer")
+    weights = ("w_cls", "w_l1", "w_giou", "w_sted", "w_att", "w_mrcl", "w_pointer") + (("w_when",) if f.when else ())
     if not any(getattr(f, w) > 0 for w in weights):
         raise ConfigError(f"fsm.{'/'.join(weights)} are all 0: nothing would be trained")
 
@@ -598,6 +598,14 @@ class VerbIds:
                                         dtype=torch.long))
 
 
+def _check_io(cfg) -> None:
+    """fsm.when with parser=spacy: the installed spaCy model, one error line before any feature work."""
+    if cfg.fsm.when and cfg.fsm.parser == "spacy":
+        from finetune.query_parse import spacy_parser
+
+        spacy_parser(cfg.fsm.spacy_model, key="fsm.parser")
+
+
 def _text_prep(cfg: FsmConfig):
     return VerbIds(cfg) if cfg.when else None
 
@@ -605,4 +613,5 @@ def _text_prep(cfg: FsmConfig):
 # end to end: the only STVG head that may train the encoder (its boxes are per frame, not a tube chosen among
 # those linked once from the cached region features)
 SPEC = HeadSpec(name="fsm", head=FsmHead, config=FsmConfig, family=STVG, end_to_end=True,
-                mid_layer=lambda section: section.multiscale, validate=_validate, text_prep=_text_prep)
+                mid_layer=lambda section: section.multiscale, validate=_validate, check_io=_check_io,
+                text_prep=_text_prep)
