@@ -164,6 +164,8 @@ def test_loss_falls_and_tube_output_shapes():
     ("fsm.queries=0", "fsm.queries must be >= 1"), ("fsm.dim=6", "fsm.dim must be a positive multiple of fsm.heads (4)"),
     ("fsm.tau=0", "fsm.tau must be > 0"), ("fsm.w_sted=-1", "fsm.w_sted must be >= 0"),
     ("fsm.when_vocab=1", "fsm.when_vocab must be >= 3"),
+    ("fsm.when=true fsm.when_scope=frame", "fsm.when_scope must be tube or video"),
+    ("fsm.when_words=target", "fsm.when_words must be verb (the default) unless fsm.when is true"),
     # no such spaCy model (or no spaCy): refused before any work, naming FSM's own setting
     ("fsm.when=true fsm.parser=spacy fsm.spacy_model=en_no_such_model", "fsm.parser=spacy"),
 ])
@@ -433,3 +435,83 @@ def test_when_switch_learns_the_named_change_and_decodes_its_span():
     mean = {k: _two_changes_tiou(v) for k, v in spans.items()}
     # the plain head sees the same inputs in both rows, so one span for both: at most one of them right
     assert mean["plain"] <= 0.5 and mean["when"] >= 0.9, (mean, spans)
+
+
+def _two_cubes(i, prep=None):
+    """Two rows of 8 frames, three objects on tubes 0-2 with their own proposals and rest looks (e0: the red cube,
+    e3: the blue cube, e4: a ball); the red cube is cut (its look toward e1) at frames [i, i + 2), the blue one at
+    [i + 3, i + 5), equally strongly. Row 0's sentence names the red cube, row 1's the blue one; both rows' word
+    features are the same (the export's contextual words), so only the parsed words tell which cube. Each row's
+    truth: its cube's proposal over its cut's frames."""
+    e = torch.eye(8)
+    b = _batch(t=8)
+    r = torch.zeros(2, 8, 3, 8)
+    r[..., 0, 0] = r[..., 1, 3] = r[..., 2, 4] = 1.0
+    r[:, i:i + 2, 0] = (e[0] + 2 * e[1]) / 5 ** 0.5
+    r[:, i + 3:i + 5, 1] = (e[3] + 2 * e[1]) / 5 ** 0.5
+    b.video.regions = r
+    b.video.frames = r.mean(2)
+    b.video.geometry.tube_ids = torch.arange(3).expand(2, 8, 3).clone()
+    b.video.geometry.tube_mask = torch.ones(2, 3, dtype=torch.bool)
+    words = torch.zeros(2, 4, 8)
+    words[:, :, 0] = 1.0
+    sentences = ["the red cube is cut", "the blue cube is cut"]
+    b.text = TextBatch(words.mean(1), words, torch.ones(2, 4, dtype=torch.bool), sentences=sentences,
+                       parsed=None if prep is None else prep(sentences, None, torch.ones(2, 4, dtype=torch.bool)))
+    lo = torch.tensor([i, i + 3])
+    mask = (torch.arange(8)[None] >= lo[:, None]) & (torch.arange(8)[None] < lo[:, None] + 2)
+    props = b.video.geometry.boxes[0, 0]
+    b.targets.box_mask = mask
+    b.targets.boxes = props[:2][:, None].expand(2, 8, 4) * mask[..., None]
+    b.targets.sted = torch.stack([2 * lo, 2 * (lo + 2)], 1)
+    return b
+
+
+def test_max_subarray_hand_numbers():
+    from finetune.heads.fsm import max_subarray
+
+    assert max_subarray([-1.0, 2.0, -0.5, 3.0, -4.0, 1.0]) == (1, 3, 4.5)
+    assert max_subarray([-3.0, -1.0, -2.0]) == (1, 1, -1.0)
+
+
+def test_target_words_are_the_grounded_entitys():
+    from finetune.heads.fsm import VerbIds, target_words
+    from finetune.query_parse import parse
+
+    assert target_words(parse("what red thing is cut?")) == ["red"]
+    assert target_words(parse("which blue cube left of the red ball is cut?")) == ["blue", "cube"]
+    assert target_words(parse("the cube left of the red ball is painted")) == ["cube"]
+    got = VerbIds(FsmConfig(when=True, when_vocab=64, when_words="target"))(
+        ["the red cube is cut", "what is cut?"], None, None)
+    assert got.words.shape == (2, 2) and (got.words[0] >= 2).all() and (got.words[1] == 0).all()
+
+
+def test_when_over_the_video_with_target_words_finds_which_object_and_when():
+    """fsm.when_scope=video with when_words=target: trained on _two_cubes (both cubes are cut, at different times;
+    only the sentence's colour word tells which), the joint (tube, segment) decoding gives each row its cube's cut and
+    that cube's boxes inside the span. With the verb alone the when-score's inputs are the same in both rows, so one
+    (tube, span) for both: at most one row right."""
+    from finetune.heads.fsm import VerbIds
+
+    heads, preps = {}, {}
+    for name, words in (("verb", "verb"), ("target", "target")):
+        torch.manual_seed(0)
+        cfg = FsmConfig(dim=16, queries=2, when=True, when_scope="video", when_words=words)
+        heads[name], preps[name] = FsmHead(8, cfg), VerbIds(cfg)
+    assert {k.split(".")[0] for k in _added(heads["verb"], heads["target"])} == {"when_target"}
+    spans, _ = _trained_spans({k: (h, lambda i, p=preps[k]: _two_cubes(i, p)) for k, h in heads.items()}, 150)
+    right = {}
+    for name, head in heads.items():
+        hits = []
+        for i in range(4):
+            b = _two_cubes(i, preps[name])
+            with torch.no_grad():
+                out = head.tube_output(b.video, b.text)
+            for row in (0, 1):
+                lo = 2 * (i + 3 * row)
+                s, e = out.sted[row].tolist()
+                tiou = max(0, min(e, lo + 4) - max(s, lo)) / (max(e, lo + 4) - min(s, lo))
+                m = b.targets.box_mask[row]
+                hits.append(tiou >= 0.5 and torch.equal(out.boxes[row, m], b.targets.boxes[row, m]))
+        right[name] = sum(hits) / len(hits)
+    assert right["verb"] <= 0.5 and right["target"] >= 0.875, (right, spans)

@@ -75,6 +75,14 @@ class FsmConfig:
                                      # truth tube's frames; the span is its best segment along the tube the boxes
                                      # follow, instead of Eqs. 12-13 (ours; docs/fsm.md "The when-score")
     w_when: float = 1.0              # its loss weight
+    when_scope: str = "tube"         # tube: the when-score trained along the truth's tube only, its span decoded on
+                                     # the tube the boxes follow | video: trained on every tube's regions (1 on the
+                                     # truth's tube inside the span, 0 on every other region and frame), so it says
+                                     # *where* as well; the (tube, span) decoded jointly as the largest sum of its
+                                     # logits, the boxes inside the span that tube's (ours; docs/fsm.md)
+    when_words: str = "verb"         # the when-score's text: verb (the parsed verb's embedding) | target (plus the
+                                     # grounded entity's parsed noun and attributes: which object, with when_scope
+                                     # video)
     when_vocab: int = 1024           # hashed verb lemmas (finetune/query_parse.py hashed_ids)
     parser: str = "rules"            # the verb's parser: rules | spacy (fsm.when only)
     spacy_model: str = ""
@@ -275,6 +283,9 @@ class FsmHead(GroundingHead):
                 self.when_vis = nn.Sequential(nn.Linear(2 * dim, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
                 self.when_verb = nn.Embedding(cfg.when_vocab, d)
                 self.when_bias = nn.Parameter(torch.zeros(1))
+                # the grounded entity's noun and attributes (when_words=target), summed into the verb's embedding
+                self.when_target = (nn.Embedding(cfg.when_vocab, d, padding_idx=0)
+                                    if cfg.when_words == "target" else None)
         if cfg.pointer:   # the reference box's pointer over the frame's proposals (ours, docs/fsm.md)
             self.ptr_q, self.ptr_k = nn.Linear(d, d), nn.Linear(d, d)
             self.prior_scale = nn.Parameter(torch.tensor([float(cfg.prior_scale)]))  # 1-d: DeepSpeed broadcasts views
@@ -332,6 +343,10 @@ class FsmHead(GroundingHead):
         r = F.normalize(video.regions, dim=-1)
         v = self.when_vis(torch.cat([r, tube_rest_delta(video.regions, geo.tube_ids, geo.tube_mask.shape[1])], -1))
         e = self.when_verb(text.parsed.ids)
+        if self.when_target is not None:
+            if text.parsed.words is None:
+                raise ValueError("fsm.when_words=target: the batch carries no parsed target words")
+            e = e + self.when_target(text.parsed.words).sum(1)
         return torch.einsum("btnd,bd->btn", v, e) / math.sqrt(v.shape[-1]) + self.when_bias
 
     def _when_loss(self, video: VideoBatch, when: torch.Tensor, tg, i: int, inside: torch.Tensor) -> torch.Tensor:
@@ -346,8 +361,13 @@ class FsmHead(GroundingHead):
         per = (iou[..., None] * on).sum((0, 1)) / (on & inside[:, None, None]).sum((0, 1)).clamp_min(1)
         if not bool((per > 0).any()):
             return when.new_zeros(())
-        keep = on[..., int(per.argmax())] & video.mask[i][:, None]
-        label = inside[:, None].expand_as(keep)[keep].to(when.dtype)
+        truth = on[..., int(per.argmax())] & video.mask[i][:, None]
+        if self.cfg.when_scope == "video":   # every tube's regions: the truth's inside the span are the positives
+            keep = (ids >= 0) & video.region_mask[i] & video.mask[i][:, None]
+            label = (truth & inside[:, None])[keep].to(when.dtype)
+        else:
+            keep = truth
+            label = inside[:, None].expand_as(keep)[keep].to(when.dtype)
         return F.binary_cross_entropy_with_logits(when[i][keep], label)
 
     def _when_span(self, video: VideoBatch, when: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
@@ -372,6 +392,36 @@ class FsmHead(GroundingHead):
             s = torch.where(torch.isfinite(s), s, s[torch.isfinite(s)].min()).double().cpu().numpy()
             out.append(best_segment(standardise(s)))
         return torch.tensor(out, dtype=torch.long, device=when.device)
+
+    def _when_tube_span(self, video: VideoBatch, when: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """when_scope=video: (B, 2) feature-frame [first, last] and (B,) tube of each row, the (tube, segment)
+        with the largest sum of the when-score's logits over the segment on the tube: with independent per-region
+        labels, the log-likelihood ratio of "the sentence is this tube over these frames, nothing else". A tube's
+        frames without a region count at the video's least logit (a missed detection may sit inside a span)."""
+        geo = video.geometry
+        spans, tubes = [], []
+        for b in range(when.shape[0]):
+            n = int(video.mask[b].sum())
+            ids = geo.tube_ids[b, :n]
+            valid = (ids >= 0) & video.region_mask[b, :n]
+            if not bool(valid.any()):
+                spans.append((0, n - 1))
+                tubes.append(-1)
+                continue
+            w = when[b, :n].double()
+            low = float(w[valid].min())
+            best = (-math.inf, 0, n - 1, -1)
+            for m in torch.unique(ids[valid]).tolist():
+                on = (ids == m) & valid
+                s = w.masked_fill(~on, -math.inf).amax(1)
+                s = torch.where(on.any(1), s, torch.full_like(s, low)).cpu().numpy()
+                a, e, total = max_subarray(s)
+                if total > best[0]:
+                    best = (total, a, e, m)
+            spans.append(best[1:3])
+            tubes.append(best[3])
+        dev = when.device
+        return torch.tensor(spans, dtype=torch.long, device=dev), torch.tensor(tubes, dtype=torch.long, device=dev)
 
     def _time_pos(self, video: VideoBatch, d: int):
         if not self.cfg.positions:
@@ -545,12 +595,32 @@ class FsmHead(GroundingHead):
         score = (torch.sigmoid(prob) * m).sum(-1) / m.sum(-1).clamp_min(1.0)  # Eq. 12
         sel = score.argmax(1)                                                  # Eq. 13
         ar = torch.arange(len(sel), device=sel.device)
-        if when is not None:   # fsm.when: the when-score's best segment on the object the boxes follow
+        if when is not None and self.cfg.when_scope == "video":
+            # the when-score's (tube, segment); inside the span the boxes are that tube's
+            span, tube = self._when_tube_span(video, when)
+            ids = video.geometry.tube_ids
+            on = (ids == tube[:, None, None]) & (tube[:, None, None] >= 0) & video.region_mask      # (B, T, N)
+            tube_box = (video.geometry.boxes * on[..., None].to(boxes.dtype)).sum(2)           # one region a frame
+            boxes = boxes.clone()
+            boxes[ar, sel] = torch.where(on.any(-1)[..., None], tube_box, boxes[ar, sel])
+        elif when is not None:   # fsm.when: the when-score's best segment on the object the boxes follow
             span = self._when_span(video, when, choice[ar, sel].argmax(-1))
         else:
             span = decode_span(ls[ar, sel], le[ar, sel], video.mask)
         sted = native_spans(video.geometry.frame_ids, span[:, 0], span[:, 1], video.mask.sum(1))
         return TubeOutput(frame_scores=torch.sigmoid(prob[ar, sel]), sted=sted, boxes=boxes[ar, sel])
+
+
+def max_subarray(x) -> tuple[int, int, float]:
+    """[a, b] positions and sum of the contiguous run of x with the largest sum (Kadane; at least one element)."""
+    best, cur, start, out = -math.inf, 0.0, 0, (0, 0)
+    for i, v in enumerate(x):
+        if cur <= 0:
+            cur, start = 0.0, i
+        cur += float(v)
+        if cur > best:
+            best, out = cur, (start, i)
+    return out[0], out[1], best
 
 
 def _validate(f: FsmConfig, cfg) -> None:
@@ -563,6 +633,10 @@ def _validate(f: FsmConfig, cfg) -> None:
                            ("pointer_queries", f.pointer_queries in ("matched", "all"), "matched or all"),
                            ("when_vocab", f.when_vocab >= 3, ">= 3"),
                            ("parser", f.parser in ("rules", "spacy"), "rules or spacy"),
+                           ("when_scope", f.when_scope in ("tube", "video"), "tube or video"),
+                           ("when_words", f.when_words in ("verb", "target"), "verb or target"),
+                           *((k, f.when or getattr(f, k) == v, f"{v} (the default) unless fsm.when is true")
+                             for k, v in (("when_scope", "tube"), ("when_words", "verb"))),
                            ("pointer", f.box_ref or not f.pointer, "false when fsm.box_ref is false (it sets the "
                                                                     "reference box's weights)"),
                            *((w, getattr(f, w) >= 0, ">= 0") for w in ("w_cls", "w_l1", "w_giou", "w_sted", "w_att",
@@ -577,11 +651,13 @@ def _validate(f: FsmConfig, cfg) -> None:
 
 @dataclass
 class ParsedVerbs:
-    """TextBatch.parsed for fsm.when: each sentence's main verb lemma as a hashed id (0: none parsed)."""
+    """TextBatch.parsed for fsm.when: each sentence's main verb lemma as a hashed id (0: none parsed), and with
+    when_words=target the grounded entity's noun and attributes (0: padding)."""
     ids: torch.Tensor                          # (Q,) long
+    words: torch.Tensor | None = None          # (Q, W) long
 
     def to(self, device) -> "ParsedVerbs":
-        return ParsedVerbs(self.ids.to(device))
+        return ParsedVerbs(self.ids.to(device), None if self.words is None else self.words.to(device))
 
 
 class VerbIds:
@@ -590,12 +666,29 @@ class VerbIds:
 
     def __init__(self, cfg: FsmConfig):
         self.vocab = cfg.when_vocab
+        self.target = cfg.when_words == "target"
         self.parsed = CachedParser(cfg.parser, cfg.spacy_model)
 
     def __call__(self, sentences: list[str], token_spans, word_mask) -> ParsedVerbs:
-        verbs = [self.parsed(s).action for s in sentences]
-        return ParsedVerbs(torch.tensor([hashed_ids([v], self.vocab)[0] if v else 0 for v in verbs],
-                                        dtype=torch.long))
+        parses = [self.parsed(s) for s in sentences]
+        ids = torch.tensor([hashed_ids([p.action], self.vocab)[0] if p.action else 0 for p in parses],
+                           dtype=torch.long)
+        if not self.target:
+            return ParsedVerbs(ids)
+        words = [target_words(p) for p in parses]
+        out = torch.zeros(len(words), max([len(w) for w in words] + [1]), dtype=torch.long)
+        for i, w in enumerate(words):
+            out[i, :len(w)] = torch.tensor(hashed_ids(w, self.vocab), dtype=torch.long)
+        return ParsedVerbs(ids, out)
+
+
+def target_words(p) -> list[str]:
+    """The grounded entity's parsed noun and attributes ("what red thing": ["red"]), lower case, without the
+    wh-word; [] when the parse found no target."""
+    if p.target is None:
+        return []
+    e = p.entities[p.target]
+    return [w.lower() for w in e.attributes + ([e.noun] if e.noun else [])]
 
 
 def _check_io(cfg) -> None:
