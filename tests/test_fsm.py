@@ -467,13 +467,6 @@ def _two_cubes(i, prep=None):
     return b
 
 
-def test_max_subarray_hand_numbers():
-    from finetune.heads.fsm import max_subarray
-
-    assert max_subarray([-1.0, 2.0, -0.5, 3.0, -4.0, 1.0]) == (1, 3, 4.5)
-    assert max_subarray([-3.0, -1.0, -2.0]) == (1, 1, -1.0)
-
-
 def test_target_words_are_the_grounded_entitys():
     from finetune.heads.fsm import VerbIds, target_words
     from finetune.query_parse import parse
@@ -488,8 +481,8 @@ def test_target_words_are_the_grounded_entitys():
 
 def test_when_over_the_video_with_target_words_finds_which_object_and_when():
     """fsm.when_scope=video with when_words=target: trained on _two_cubes (both cubes are cut, at different times;
-    only the sentence's colour word tells which), the joint (tube, segment) decoding gives each row its cube's cut and
-    that cube's boxes inside the span. With the verb alone the when-score's inputs are the same in both rows, so one
+    only the sentence's colour word tells which), the decoding (the tube where the score peaks, that tube's best
+    segment) gives each row its cube's cut and that cube's boxes. With the verb alone the when-score's inputs are the same in both rows, so one
     (tube, span) for both: at most one row right."""
     from finetune.heads.fsm import VerbIds
 

@@ -1,8 +1,7 @@
 """Does FSM's when-score choose the referred object's tube? For a trained `fsm.when` run, how often the linked tube
 the head's boxes follow most (its pointer's picks, the tube `fsm.when` takes its span on) is the truth's tube, how
-often the tube where the when-score peaks is, and their standardised sum at a few weights; with
-fsm.when_scope=video also the tube of the joint (tube, segment) decoding (its largest logit sum over a segment) and
-that sum's standardised sum with the pointer's votes. Prints one JSON object.
+often the tube where the when-score peaks is (the tube fsm.when_scope=video decodes on), and their standardised
+sum at a few weights. Prints one JSON object.
 
     python -m benchmarks.diagnostics.stvg_when_tube --run RUN
 
@@ -46,12 +45,7 @@ def main(argv=None) -> int:
     prep, tok = r.spec.text_prep(r.spec.section(cfg)), tokenizer_of(cfg.checkpoint)
     vs = json.load(open(os.path.join(cfg.dataset.root, "test", "truth", "vidstg.json")))
     truth = {v["video_id"]: v for v in vs["videos"]}
-    from finetune.heads.fsm import max_subarray
-
-    joint = cfg.fsm.when_scope == "video"
     hits = {"pointer": 0, "when_peak": 0, **{f"sum_{w:g}": 0 for w in WEIGHTS}}
-    if joint:
-        hits.update({"joint": 0, **{f"joint_pointer_{w:g}": 0 for w in WEIGHTS}})
     n = 0
     with torch.no_grad():
         for vid, qs in _by_video(r.queries, r.videos).items():
@@ -74,14 +68,6 @@ def main(argv=None) -> int:
                 hits["when_peak"] += int(np.argmax(peaks) == right)
                 for wt in WEIGHTS:
                     hits[f"sum_{wt:g}"] += int(np.argmax(standardise(votes) + wt * standardise(peaks)) == right)
-                if joint:   # each tube's best segment sum, as FsmHead._when_tube_span (absent frames: the least)
-                    low = float(w[ids >= 0].min())
-                    sums = np.array([max_subarray(w.masked_fill(ids != k, float("-inf")).amax(1).clamp_min(low)
-                                                  .double().numpy())[2] for k in range(m)])
-                    hits["joint"] += int(np.argmax(sums) == right)
-                    for wt in WEIGHTS:
-                        hits[f"joint_pointer_{wt:g}"] += int(
-                            np.argmax(standardise(sums) + wt * standardise(votes)) == right)
     print(json.dumps({"benchmark": "stvg_when_tube", "run": a.run, "queries": n,
                       "right_tube_percent": {k: round(100 * v / max(n, 1), 2) for k, v in hits.items()}}))
     return 0

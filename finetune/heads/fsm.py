@@ -78,8 +78,8 @@ class FsmConfig:
     when_scope: str = "tube"         # tube: the when-score trained along the truth's tube only, its span decoded on
                                      # the tube the boxes follow | video: trained on every tube's regions (1 on the
                                      # truth's tube inside the span, 0 on every other region and frame), so it says
-                                     # *where* as well; the (tube, span) decoded jointly as the largest sum of its
-                                     # logits, the boxes inside the span that tube's (ours; docs/fsm.md)
+                                     # *where* as well; decoded on the tube where it peaks, the boxes that tube's
+                                     # (ours; docs/fsm.md)
     when_words: str = "verb"         # the when-score's text: verb (the parsed verb's embedding) | target (plus the
                                      # grounded entity's parsed noun and attributes: which object, with when_scope
                                      # video)
@@ -371,11 +371,8 @@ class FsmHead(GroundingHead):
         return F.binary_cross_entropy_with_logits(when[i][keep], label)
 
     def _when_span(self, video: VideoBatch, when: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
-        """(B, 2) feature-frame [first, last] of each row's span: the best segment (tubes.activity.best_segment)
-        of the standardised when-score along the linked tube the chosen query's boxes follow most (its picked
-        proposals' tubes, by count), frames where that tube is absent at its least score."""
-        from tubes.activity import best_segment, standardise
-
+        """(B, 2) feature-frame [first, last] of each row's span: the best segment of the when-score along the linked
+        tube the chosen query's boxes follow most (its picked proposals' tubes, by count)."""
         geo = video.geometry
         out = []
         for b in range(when.shape[0]):
@@ -383,21 +380,15 @@ class FsmHead(GroundingHead):
             ids = geo.tube_ids[b, :n]
             picked = ids.gather(1, pick[b, :n, None])[:, 0]
             picked = picked[picked >= 0]
-            if not len(picked):
-                out.append((0, n - 1))
-                continue
-            m = int(torch.mode(picked).values)
-            on = ids == m
-            s = when[b, :n].masked_fill(~on, float("-inf")).amax(1)
-            s = torch.where(torch.isfinite(s), s, s[torch.isfinite(s)].min()).double().cpu().numpy()
-            out.append(best_segment(standardise(s)))
+            out.append(_tube_segment(when[b, :n], ids, int(torch.mode(picked).values)) if len(picked) else (0, n - 1))
         return torch.tensor(out, dtype=torch.long, device=when.device)
 
     def _when_tube_span(self, video: VideoBatch, when: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """when_scope=video: (B, 2) feature-frame [first, last] and (B,) tube of each row, the (tube, segment)
-        with the largest sum of the when-score's logits over the segment on the tube: with independent per-region
-        labels, the log-likelihood ratio of "the sentence is this tube over these frames, nothing else". A tube's
-        frames without a region count at the video's least logit (a missed detection may sit inside a span)."""
+        """when_scope=video: (B, 2) feature-frame [first, last] and (B,) tube of each row: the tube of the region
+        where the when-score peaks (which object the sentence is about, and when it is most so), the span that
+        tube's best segment of the score, as when_scope=tube decodes it. Not the joint (tube, segment) with the
+        largest logit sum: trained with one positive tube among many, the logits sit below 0 nearly everywhere and
+        that sum's best segment is a frame or two (docs/fsm.md "The when-score")."""
         geo = video.geometry
         spans, tubes = [], []
         for b in range(when.shape[0]):
@@ -408,18 +399,10 @@ class FsmHead(GroundingHead):
                 spans.append((0, n - 1))
                 tubes.append(-1)
                 continue
-            w = when[b, :n].double()
-            low = float(w[valid].min())
-            best = (-math.inf, 0, n - 1, -1)
-            for m in torch.unique(ids[valid]).tolist():
-                on = (ids == m) & valid
-                s = w.masked_fill(~on, -math.inf).amax(1)
-                s = torch.where(on.any(1), s, torch.full_like(s, low)).cpu().numpy()
-                a, e, total = max_subarray(s)
-                if total > best[0]:
-                    best = (total, a, e, m)
-            spans.append(best[1:3])
-            tubes.append(best[3])
+            w = when[b, :n]
+            m = int(ids.reshape(-1)[int(w.masked_fill(~valid, float("-inf")).argmax())])
+            spans.append(_tube_segment(w, ids, m))
+            tubes.append(m)
         dev = when.device
         return torch.tensor(spans, dtype=torch.long, device=dev), torch.tensor(tubes, dtype=torch.long, device=dev)
 
@@ -596,7 +579,7 @@ class FsmHead(GroundingHead):
         sel = score.argmax(1)                                                  # Eq. 13
         ar = torch.arange(len(sel), device=sel.device)
         if when is not None and self.cfg.when_scope == "video":
-            # the when-score's (tube, segment); inside the span the boxes are that tube's
+            # the when-score's (tube, segment); the boxes are that tube's wherever it has a region
             span, tube = self._when_tube_span(video, when)
             ids = video.geometry.tube_ids
             on = (ids == tube[:, None, None]) & (tube[:, None, None] >= 0) & video.region_mask      # (B, T, N)
@@ -611,16 +594,15 @@ class FsmHead(GroundingHead):
         return TubeOutput(frame_scores=torch.sigmoid(prob[ar, sel]), sted=sted, boxes=boxes[ar, sel])
 
 
-def max_subarray(x) -> tuple[int, int, float]:
-    """[a, b] positions and sum of the contiguous run of x with the largest sum (Kadane; at least one element)."""
-    best, cur, start, out = -math.inf, 0.0, 0, (0, 0)
-    for i, v in enumerate(x):
-        if cur <= 0:
-            cur, start = 0.0, i
-        cur += float(v)
-        if cur > best:
-            best, out = cur, (start, i)
-    return out[0], out[1], best
+def _tube_segment(w: torch.Tensor, ids: torch.Tensor, m: int) -> tuple[int, int]:
+    """[a, b] feature frames of the best segment (tubes.activity.best_segment) of the standardised score w (T, N)
+    along linked tube m, frames where the tube is absent at its least score (a missed detection may sit inside a
+    span)."""
+    from tubes.activity import best_segment, standardise
+
+    s = w.masked_fill(ids != m, float("-inf")).amax(1)
+    s = torch.where(torch.isfinite(s), s, s[torch.isfinite(s)].min()).double().cpu().numpy()
+    return best_segment(standardise(s))
 
 
 def _validate(f: FsmConfig, cfg) -> None:
