@@ -166,6 +166,7 @@ def test_loss_falls_and_tube_output_shapes():
     ("fsm.when_vocab=1", "fsm.when_vocab must be >= 3"),
     ("fsm.when=true fsm.when_scope=frame", "fsm.when_scope must be tube or video"),
     ("fsm.when_words=target", "fsm.when_words must be verb (the default) unless fsm.when is true"),
+    ("fsm.when=true fsm.when_decode=peak", "fsm.when_decode must be iou or segment"),
     # no such spaCy model (or no spaCy): refused before any work, naming FSM's own setting
     ("fsm.when=true fsm.parser=spacy fsm.spacy_model=en_no_such_model", "fsm.parser=spacy"),
 ])
@@ -435,6 +436,11 @@ def test_when_switch_learns_the_named_change_and_decodes_its_span():
     mean = {k: _two_changes_tiou(v) for k, v in spans.items()}
     # the plain head sees the same inputs in both rows, so one span for both: at most one of them right
     assert mean["plain"] <= 0.5 and mean["when"] >= 0.9, (mean, spans)
+    head.cfg.when_decode = "segment"      # the earlier decoding of the same trained score finds it too
+    with torch.no_grad():
+        seg = [head.tube_output(_two_changes(i, prep).video, _two_changes(i, prep).text).sted.tolist()
+               for i in range(4)]
+    assert _two_changes_tiou(seg) >= 0.9, seg
 
 
 def _two_cubes(i, prep=None):
@@ -465,6 +471,18 @@ def _two_cubes(i, prep=None):
     b.targets.boxes = props[:2][:, None].expand(2, 8, 4) * mask[..., None]
     b.targets.sted = torch.stack([2 * lo, 2 * (lo + 2)], 1)
     return b
+
+
+def test_expected_iou_segment_hand_numbers():
+    from tubes.activity import expected_iou_segment as seg
+
+    # sum_S p / (|S| + sum_notS p): all three 1.7 / 3 = 0.57 beats the first alone 0.9 / 1.8 = 0.5 ...
+    assert seg([0.9, 0.0, 0.8]) == (0, 2)
+    # ... but not across two empty frames (1.7 / 4 = 0.43)
+    assert seg([0.9, 0.0, 0.0, 0.8]) == (0, 0)
+    # scale-aware: no frame above 0.5, the run at 0.1 among frames at 0.01 is chosen whole (1.5 / 16.5 = 0.09)
+    assert seg([0.01] * 5 + [0.1] * 15 + [0.01] * 10) == (5, 19)
+    assert seg([0.0, 0.0]) == (0, 0) and seg([0.3]) == (0, 0)
 
 
 def test_target_words_are_the_grounded_entitys():

@@ -80,6 +80,9 @@ class FsmConfig:
                                      # truth's tube inside the span, 0 on every other region and frame), so it says
                                      # *where* as well; decoded on the tube where it peaks, the boxes that tube's
                                      # (ours; docs/fsm.md)
+    when_decode: str = "iou"         # its span along the chosen tube: iou (the run of largest expected tIoU, each
+                                     # frame inside with the score's sigmoid) | segment (the best segment of the
+                                     # standardised score: spans ~2.5x the truth's; docs/fsm.md)
     when_words: str = "verb"         # the when-score's text: verb (the parsed verb's embedding) | target (plus the
                                      # grounded entity's parsed noun and attributes: which object, with when_scope
                                      # video)
@@ -371,8 +374,8 @@ class FsmHead(GroundingHead):
         return F.binary_cross_entropy_with_logits(when[i][keep], label)
 
     def _when_span(self, video: VideoBatch, when: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
-        """(B, 2) feature-frame [first, last] of each row's span: the best segment of the when-score along the linked
-        tube the chosen query's boxes follow most (its picked proposals' tubes, by count)."""
+        """(B, 2) feature-frame [first, last] of each row's span: the when-score's span (_tube_segment) along the
+        linked tube the chosen query's boxes follow most (its picked proposals' tubes, by count)."""
         geo = video.geometry
         out = []
         for b in range(when.shape[0]):
@@ -380,14 +383,15 @@ class FsmHead(GroundingHead):
             ids = geo.tube_ids[b, :n]
             picked = ids.gather(1, pick[b, :n, None])[:, 0]
             picked = picked[picked >= 0]
-            out.append(_tube_segment(when[b, :n], ids, int(torch.mode(picked).values)) if len(picked) else (0, n - 1))
+            out.append(_tube_segment(when[b, :n], ids, int(torch.mode(picked).values), self.cfg.when_decode)
+                       if len(picked) else (0, n - 1))
         return torch.tensor(out, dtype=torch.long, device=when.device)
 
     def _when_tube_span(self, video: VideoBatch, when: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """when_scope=video: (B, 2) feature-frame [first, last] and (B,) tube of each row: the tube of the region
-        where the when-score peaks (which object the sentence is about, and when it is most so), the span that
-        tube's best segment of the score, as when_scope=tube decodes it. Not the joint (tube, segment) with the
-        largest logit sum: trained with one positive tube among many, the logits sit below 0 nearly everywhere and
+        where the when-score peaks (which object the sentence is about, and when it is most so), the span the
+        score's along that tube (_tube_segment), as when_scope=tube decodes it. Not the joint (tube, segment) with
+        the largest logit sum: trained with one positive tube among many, the logits sit below 0 nearly everywhere and
         that sum's best segment is a frame or two (docs/fsm.md "The when-score")."""
         geo = video.geometry
         spans, tubes = [], []
@@ -401,7 +405,7 @@ class FsmHead(GroundingHead):
                 continue
             w = when[b, :n]
             m = int(ids.reshape(-1)[int(w.masked_fill(~valid, float("-inf")).argmax())])
-            spans.append(_tube_segment(w, ids, m))
+            spans.append(_tube_segment(w, ids, m, self.cfg.when_decode))
             tubes.append(m)
         dev = when.device
         return torch.tensor(spans, dtype=torch.long, device=dev), torch.tensor(tubes, dtype=torch.long, device=dev)
@@ -594,15 +598,16 @@ class FsmHead(GroundingHead):
         return TubeOutput(frame_scores=torch.sigmoid(prob[ar, sel]), sted=sted, boxes=boxes[ar, sel])
 
 
-def _tube_segment(w: torch.Tensor, ids: torch.Tensor, m: int) -> tuple[int, int]:
-    """[a, b] feature frames of the best segment (tubes.activity.best_segment) of the standardised score w (T, N)
-    along linked tube m, frames where the tube is absent at its least score (a missed detection may sit inside a
-    span)."""
-    from tubes.activity import best_segment, standardise
+def _tube_segment(w: torch.Tensor, ids: torch.Tensor, m: int, decode: str) -> tuple[int, int]:
+    """[a, b] feature frames of the span of the when-score logits w (T, N) along linked tube m (frames where the
+    tube is absent at its least score: a missed detection may sit inside a span): with decode iou the run of
+    largest expected tIoU under the logits' sigmoid (tubes.activity.expected_iou_segment), with segment the best
+    segment of the standardised score (tubes.activity.best_segment)."""
+    from tubes.activity import best_segment, expected_iou_segment, standardise
 
     s = w.masked_fill(ids != m, float("-inf")).amax(1)
-    s = torch.where(torch.isfinite(s), s, s[torch.isfinite(s)].min()).double().cpu().numpy()
-    return best_segment(standardise(s))
+    s = torch.where(torch.isfinite(s), s, s[torch.isfinite(s)].min()).double().cpu()
+    return expected_iou_segment(torch.sigmoid(s).numpy()) if decode == "iou" else best_segment(standardise(s.numpy()))
 
 
 def _validate(f: FsmConfig, cfg) -> None:
@@ -617,8 +622,9 @@ def _validate(f: FsmConfig, cfg) -> None:
                            ("parser", f.parser in ("rules", "spacy"), "rules or spacy"),
                            ("when_scope", f.when_scope in ("tube", "video"), "tube or video"),
                            ("when_words", f.when_words in ("verb", "target"), "verb or target"),
+                           ("when_decode", f.when_decode in ("iou", "segment"), "iou or segment"),
                            *((k, f.when or getattr(f, k) == v, f"{v} (the default) unless fsm.when is true")
-                             for k, v in (("when_scope", "tube"), ("when_words", "verb"))),
+                             for k, v in (("when_scope", "tube"), ("when_words", "verb"), ("when_decode", "iou"))),
                            ("pointer", f.box_ref or not f.pointer, "false when fsm.box_ref is false (it sets the "
                                                                     "reference box's weights)"),
                            *((w, getattr(f, w) >= 0, ">= 0") for w in ("w_cls", "w_l1", "w_giou", "w_sted", "w_att",
