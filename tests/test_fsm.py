@@ -343,15 +343,21 @@ def _two_changes(i, prep=None):
     act = torch.zeros(2, 8, 3)
     act[:, i:i + 2, 0] = act[:, i + 3:i + 5, 0] = 3.0
     b.video.geometry.activity = act
+    return _two_rows(b, ["the red cube is cut", "the red cube is stirred"], prep, i,
+                     torch.tensor([10.0, 5.0, 60.0, 40.0]).expand(2, 8, 4))
+
+
+def _two_rows(b, sentences, prep, i, boxes):
+    """b with the two rows' sentences over equal word features (parsed by prep when given), and their truths: row
+    0 boxes[0] at frames [i, i + 2), row 1 boxes[1] at [i + 3, i + 5) (feature frames; native = 2x)."""
     words = torch.zeros(2, 4, 8)
     words[:, :, 0] = 1.0
-    sentences = ["the red cube is cut", "the red cube is stirred"]
     b.text = TextBatch(words.mean(1), words, torch.ones(2, 4, dtype=torch.bool), sentences=sentences,
                        parsed=None if prep is None else prep(sentences, None, torch.ones(2, 4, dtype=torch.bool)))
     lo = torch.tensor([i, i + 3])
     mask = (torch.arange(8)[None] >= lo[:, None]) & (torch.arange(8)[None] < lo[:, None] + 2)
     b.targets.box_mask = mask
-    b.targets.boxes = torch.tensor([10.0, 5.0, 60.0, 40.0]).expand(2, 8, 4) * mask[..., None]
+    b.targets.boxes = boxes * mask[..., None]
     b.targets.sted = torch.stack([2 * lo, 2 * (lo + 2)], 1)
     return b
 
@@ -459,18 +465,8 @@ def _two_cubes(i, prep=None):
     b.video.frames = r.mean(2)
     b.video.geometry.tube_ids = torch.arange(3).expand(2, 8, 3).clone()
     b.video.geometry.tube_mask = torch.ones(2, 3, dtype=torch.bool)
-    words = torch.zeros(2, 4, 8)
-    words[:, :, 0] = 1.0
-    sentences = ["the red cube is cut", "the blue cube is cut"]
-    b.text = TextBatch(words.mean(1), words, torch.ones(2, 4, dtype=torch.bool), sentences=sentences,
-                       parsed=None if prep is None else prep(sentences, None, torch.ones(2, 4, dtype=torch.bool)))
-    lo = torch.tensor([i, i + 3])
-    mask = (torch.arange(8)[None] >= lo[:, None]) & (torch.arange(8)[None] < lo[:, None] + 2)
-    props = b.video.geometry.boxes[0, 0]
-    b.targets.box_mask = mask
-    b.targets.boxes = props[:2][:, None].expand(2, 8, 4) * mask[..., None]
-    b.targets.sted = torch.stack([2 * lo, 2 * (lo + 2)], 1)
-    return b
+    return _two_rows(b, ["the red cube is cut", "the blue cube is cut"], prep, i,
+                     b.video.geometry.boxes[0, 0, :2][:, None].expand(2, 8, 4))
 
 
 def test_expected_iou_segment_hand_numbers():
