@@ -495,9 +495,9 @@ def test_target_words_are_the_grounded_entitys():
 
 def test_when_over_the_video_with_target_words_finds_which_object_and_when():
     """fsm.when_scope=video with when_words=target: trained on _two_cubes (both cubes are cut, at different times;
-    only the sentence's colour word tells which), the decoding (the tube where the score peaks, that tube's best
-    segment) gives each row its cube's cut and that cube's boxes. With the verb alone the when-score's inputs are the same in both rows, so one
-    (tube, span) for both: at most one row right."""
+    only the sentence's colour word tells which), the decoding (the tube where the score peaks, its span along that
+    tube) gives each row its cube's cut and that cube's boxes. With the verb alone the when-score's inputs are the
+    same in both rows, so one (tube, span) for both: at most one row right."""
     from finetune.heads.fsm import VerbIds
 
     heads, preps = {}, {}
