@@ -49,7 +49,7 @@ def test_span_by_object_splits_queries_by_the_object_their_boxes_follow(tmp_path
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)["rows"]["head"]
     assert out == {"queries": 2, "on_object_share": 0.5, "m_tIoU_on_object": 50.0, "m_tIoU_off_object": 100.0,
-                   "m_tIoU": 75.0}
+                   "m_tIoU": 75.0, "median_length_ratio": 0.75}
 
 
 def test_when_sources_without_a_corpus_is_one_error_line(tmp_path):

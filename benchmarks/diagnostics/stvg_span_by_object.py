@@ -1,7 +1,8 @@
 """Is a prediction's span wrong because its tube is on the wrong object? For each vidstg prediction file on the
 synthetic STVG test split: the share of queries whose predicted boxes follow the referred object (mean IoU with
 its box over the predicted frames >= --iou; the corpus's trajectories give every object's box in every frame), and
-m_tIoU over those queries and over the rest. Prints one JSON object.
+m_tIoU over those queries and over the rest, and the median ratio of predicted to true span length. Prints one
+JSON object.
 
     python -m benchmarks.diagnostics.stvg_span_by_object --corpus DIR NAME=PREDICTIONS.json [NAME=...]
 
@@ -22,7 +23,7 @@ from grounding.metrics.boxes import box_iou_aligned
 
 
 def split_by_object(truth: dict, preds: dict, iou: float) -> dict:
-    on, off = [], []
+    on, off, ratio = [], [], []
     for q in truth["videos"]:
         p = preds.get(q["video_id"])
         if p is None:
@@ -38,10 +39,12 @@ def split_by_object(truth: dict, preds: dict, iou: float) -> dict:
         (s, e), (ts, te) = p["sted"], (q["tube_start_frame"], q["tube_end_frame"])
         t = max(0, min(e, te) - max(s, ts)) / max(max(e, te) - min(s, ts), 1)
         (on if hit else off).append(t)
+        ratio.append((e - s) / max(te - ts, 1))
     n = len(on) + len(off)
     mean = (lambda v: round(100 * float(np.mean(v)), 2) if v else None)  # noqa: E731
     return {"queries": n, "on_object_share": round(len(on) / max(n, 1), 4), "m_tIoU_on_object": mean(on),
-            "m_tIoU_off_object": mean(off), "m_tIoU": mean(on + off)}
+            "m_tIoU_off_object": mean(off), "m_tIoU": mean(on + off),
+            "median_length_ratio": round(float(np.median(ratio)), 2) if ratio else None}
 
 
 def main(argv=None) -> int:
