@@ -1,7 +1,7 @@
 """Does FSM's when-score choose the referred object's tube? For a trained `fsm.when` run, how often the linked tube
 the head's boxes follow most (its pointer's picks, the tube `fsm.when` takes its span on) is the truth's tube, how
-often the tube where the when-score peaks is (the tube fsm.when_scope=video decodes on), and their standardised
-sum at a few weights. Prints one JSON object.
+often the tube whose when-score is highest over its busiest quarter of frames (tubes.activity.tube_peak) is, and
+their standardised sum at a few weights. Prints one JSON object.
 
     python -m benchmarks.diagnostics.stvg_when_tube --run RUN
 

@@ -82,7 +82,7 @@ class FsmConfig:
                                      # (ours; docs/fsm.md)
     when_decode: str = "iou"         # its span along the chosen tube: iou (the run of largest expected tIoU, each
                                      # frame inside with the score's sigmoid) | segment (the best segment of the
-                                     # standardised score: spans ~2.5x the truth's; docs/fsm.md)
+                                     # standardised score; docs/fsm.md)
     when_words: str = "verb"         # the when-score's text: verb (the parsed verb's embedding) | target (plus the
                                      # grounded entity's parsed noun and attributes: which object, with when_scope
                                      # video)
