@@ -85,12 +85,12 @@ def region_activity(regions: np.ndarray, tubes, frames: np.ndarray, activities=N
     return out.astype(np.float32)
 
 
-def best_segment(scores: np.ndarray) -> tuple[int, int]:
+def best_segment(scores: np.ndarray, centre: float | None = None) -> tuple[int, int]:
     """[a, b] positions of the contiguous run with the largest sum of mean-centred scores (the frames that score
     above the video's average, joined where the dips between them are shallow); parameter-free. The STVG span of
-    frame scores (finetune/predict.py) and of a tube's activity."""
+    frame scores (finetune/predict.py) and of a tube's activity. `centre`: subtract this instead of the mean."""
     x = np.asarray(scores, np.float64)
-    x = x - x.mean()
+    x = x - (x.mean() if centre is None else centre)
     best, cur, start, out = -np.inf, 0.0, 0, (0, 0)
     for i, v in enumerate(x):
         if cur <= 0:

@@ -2,14 +2,18 @@
 feature tell which verb is being done in it?) and the referred object's own tube (how far it looks from its rest
 appearance, tubes/activity.py). Prints one JSON object.
 
-    python -m benchmarks.diagnostics.stvg_when_sources --corpus DIR --export E [--cache C] [--tubes 10]
+    python -m benchmarks.diagnostics.stvg_when_sources --corpus DIR --export E [--cache C] [--tubes 10] [--split test]
 
 - `verb_auc`: per verb, the ROC area on the test split of a linear probe trained on the train split's frames to
   tell frames where that verb is done (to any object: the truth's spans and verbs) from the others; 0.5 = the frame
   features do not carry it.
 - `truth_tube`: per test query, the linked tube that overlaps the target most over the video (found with the
   truth: the spatial half given), its activity's ROC area for the query's frames (pooled and per query), and the
-  m_tIoU of the best segment of its (smoothed) activity: what the activity span rule reaches when the tube is right.
+  m_tIoU of the best segment of its (smoothed) activity: what the activity span rule reaches when the tube is right;
+  `decodes`: the same tube's span by other parameter-free cuts of its activity (`mean`: the rule, the best segment
+  above the tube's mean; `otsu` / `q75`: above Otsu's threshold / the 0.75 quantile; `eiou_minmax`: the run of
+  largest expected tIoU with the min-max scaled activity as each frame's probability), so a decode is judged on
+  the split it is chosen on (`--split train`) before the test split.
 - `tube_choice`: how often the zero-shot tube choice over the whole video (mean word-region cosine,
   tubes/zero_shot.py) is that tube, alone and with each tube's peak activity added at weights 0.5-4
   (tubes/activity.py choose_tube: span.tube_weight).
@@ -131,14 +135,49 @@ def verb_auc(feats: dict, corpus: str) -> dict:
             if yte[:, i].any() and not yte[:, i].all()}
 
 
-def truth_tube(feats: dict, corpus: str, model, smooth=(1, 3, 5, 9), weights=(0.0, 0.5, 1.0, 2.0, 4.0)) -> dict:
+def otsu_threshold(x: np.ndarray) -> float:
+    """The cut between two groups of `x` with the largest between-group variance (Otsu): the midpoint between the
+    two sorted values it falls between."""
+    xs = np.sort(np.asarray(x, np.float64))
+    n = len(xs)
+    if n < 2 or xs[0] == xs[-1]:
+        return float(xs.mean()) if n else 0.0
+    c = np.cumsum(xs)
+    i = np.arange(1, n)                                         # the first i values below the cut
+    low, high = c[:-1] / i, (c[-1] - c[:-1]) / (n - i)
+    k = int(np.argmax(i * (n - i) * (high - low) ** 2))
+    return float((xs[k] + xs[k + 1]) / 2)
+
+
+def decode_activity(act: np.ndarray, how: str) -> tuple[int, int]:
+    """[a, b] feature-frame positions of a tube's span cut from its activity (`decodes` in the module docstring)."""
+    from tubes.activity import best_segment, expected_iou_segment
+
+    if how == "mean":
+        return best_segment(act)
+    if how == "otsu":
+        return best_segment(act, otsu_threshold(act))
+    if how == "q75":
+        return best_segment(act, float(np.quantile(act, 0.75)))
+    if how == "eiou_minmax":
+        lo, hi = float(np.min(act)), float(np.max(act))
+        return expected_iou_segment((act - lo) / (hi - lo) if hi > lo else np.zeros_like(act))
+    raise ValueError(how)
+
+
+DECODES = ("mean", "otsu", "q75", "eiou_minmax")
+
+
+def truth_tube(feats: dict, corpus: str, model, smooth=(1, 3, 5, 9), weights=(0.0, 0.5, 1.0, 2.0, 4.0),
+               split: str = "test") -> dict:
     from grounding.metrics.roc import auc
     from tubes.activity import best_segment, choose_tube, moving_mean, native_span, tube_peak
     from tubes.zero_shot import tube_scores
 
     pooled_s, pooled_y, per_query, tiou = [], [], [], {k: [] for k in smooth}
+    decoded = {d: [] for d in DECODES}
     right = {w: 0 for w in weights}
-    for q, vt, fr, which in queries_on_truth_tubes(feats, corpus, "test"):
+    for q, vt, fr, which in queries_on_truth_tubes(feats, corpus, split):
         words = tube_scores(model, vt, q["caption"], (0, int(fr[-1]) + 1))
         peaks = np.array([tube_peak(a) for a in vt.tube_activities])
         for w in weights:
@@ -149,26 +188,32 @@ def truth_tube(feats: dict, corpus: str, model, smooth=(1, 3, 5, 9), weights=(0.
         pooled_y.append(inside)
         if inside.any() and not inside.all():
             per_query.append(auc(act, inside))
+        ts, te = q["tube_start_frame"], q["tube_end_frame"]
         for k in smooth:
             s, e = native_span(fr, *best_segment(moving_mean(act, k)))
-            ts, te = q["tube_start_frame"], q["tube_end_frame"]
             tiou[k].append(max(0, min(e, te) - max(s, ts)) / (max(e, te) - min(s, ts)))
+        for d in DECODES:
+            s, e = native_span(fr, *decode_activity(act, d))
+            decoded[d].append(max(0, min(e, te) - max(s, ts)) / (max(e, te) - min(s, ts)))
     return {"queries": len(pooled_s), "auc_pooled": round(auc(np.concatenate(pooled_s), np.concatenate(pooled_y)), 4),
             "auc_per_query_mean": round(float(np.mean(per_query)), 4),
             "activity_span_m_tIoU": {str(k): round(100 * float(np.mean(v)), 2) for k, v in tiou.items()},
+            "decodes_m_tIoU": {d: round(100 * float(np.mean(v)), 2) for d, v in decoded.items()},
             "tube_choice": {f"tube_weight_{w:g}": round(100 * right[w] / max(len(pooled_s), 1), 2) for w in weights}}
 
 
 def main(argv=None) -> int:
-    a = arguments(__doc__.splitlines()[0]).parse_args(argv)
-    check_inputs(a)
+    p = arguments(__doc__.splitlines()[0])
+    p.add_argument("--split", default="test", choices=("test", "train"), help="the split truth_tube reads")
+    a = p.parse_args(argv)
+    check_inputs(a, a.split)
     feats = _features(os.path.abspath(a.corpus), os.path.abspath(a.export), a.cache and os.path.abspath(a.cache),
                       a.tubes)
     from pretrain.export_ref import Export
 
     model = Export.of(os.path.abspath(a.export)).load_model().eval()
     out = {"benchmark": "stvg_when_sources", "corpus": a.corpus, "export": a.export,
-           "verb_auc": verb_auc(feats, a.corpus), "truth_tube": truth_tube(feats["test"], a.corpus, model)}
+           "verb_auc": verb_auc(feats, a.corpus), "truth_tube": truth_tube(feats[a.split], a.corpus, model, split=a.split)}
     out["verb_auc_mean"] = round(float(np.mean(list(out["verb_auc"].values()))), 4)
     print(json.dumps(out))
     return 0
