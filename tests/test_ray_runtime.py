@@ -197,15 +197,19 @@ def test_local_default_starts_its_own_beside_a_live_recorded_head(ray_tmp, tmp_p
     env = user_env(RAY_TMPDIR=ray_tmp)
     loopback = {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # the head and its check's driver on loopback only
     port = _free_port()
+    # its other listening ports free ones too: Ray's fixed defaults (client server 10001, agent 52365) may be held by
+    # a third Ray on the machine (another test session's)
+    head_log = open(tmp_path / "head.log", "w+")
     head = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head",
-                             f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                             "--include-dashboard=false", "--block"],
-                            env=loopback,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                             f"--port={port}", f"--ray-client-server-port={_free_port()}",
+                             f"--dashboard-agent-listen-port={_free_port()}", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=1", "--include-dashboard=false", "--block"],
+                            env=loopback, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         while not os.path.exists(_record(ray_tmp)) and head.poll() is None:
             time.sleep(0.2)
-        assert head.poll() is None, "the foreign head did not start"
+        head_log.seek(0)
+        assert head.poll() is None, "the foreign head did not start: " + head_log.read()[-3000:]
         with open(_record(ray_tmp)) as f:
             foreign = f.read().strip()
         assert foreign.endswith(f":{port}")
@@ -232,3 +236,4 @@ def test_local_default_starts_its_own_beside_a_live_recorded_head(ray_tmp, tmp_p
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
+        head_log.close()
