@@ -42,8 +42,11 @@ STVG_DEMO_DIR ?= runs/demo_stvg
 demo-stvg: install
 	$(BIN)/python -m cluster.demo --config configs/demo_stvg.yaml --out $(STVG_DEMO_DIR)
 
+# the suite waits on process and Ray start-ups more than it computes: two pytest workers, each with its own session
+# (one Ray, one S3 server), a test file never split between them (module fixtures are built once)
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q --durations=25 tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
