@@ -156,3 +156,17 @@ def test_the_busier_tube_wins_where_the_words_fit_both():
     assert choose_tube(np.array([1.0, 0.0]), np.array([0.2, 0.9]), 0.0) == 0           # weight 0: the head's
     assert choose_tube(np.array([1.0, 0.0, 0.5]), np.array([0.0, 0.0, 5.0]), 1.0) == 2
     assert choose_tube(np.array([1.0, -np.inf]), np.array([0.0, 9.0]), 10.0) == 0      # out of the span: out
+
+
+def test_otsu_threshold_and_a_centred_best_segment_on_hand_numbers():
+    """Another cut of one activity: best_segment above a given centre instead of the mean, at Otsu's threshold."""
+    from tubes.activity import best_segment, otsu_threshold
+
+    assert otsu_threshold([0, 0, 0, 1, 1, 10, 10, 10]) == 5.5     # two groups: {0, 0, 0, 1, 1} and {10, 10, 10}
+    assert otsu_threshold([3, 3]) == 3.0
+    act = np.array([0] * 6 + [1, 1, 0, 4, 4] + [0] * 6, float)  # mean 10/17: the 1s join the 4s over the dip
+    assert best_segment(act) == (6, 10)
+    assert otsu_threshold(act) == 2.5 and best_segment(act, otsu_threshold(act)) == (9, 10)  # the 4s alone
+    act = np.array([0, 0, 2, 2, 1, 3, 3, 0, 0, 0], float)
+    assert best_segment(act, otsu_threshold(act)) == (2, 6)     # cut at 1.5: 0.5 + 0.5 - 0.5 + 1.5 + 1.5
+    assert best_segment(act, 2.0) == (5, 6)                      # cut at 2: only the 3s are above

@@ -74,20 +74,3 @@ def test_when_tube_refuses_a_folder_that_is_no_run(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and "config.yaml" in lines[0]
 
-
-def test_activity_decodes_on_hand_numbers():
-    """stvg_when_sources' cuts of one activity: the mean (the rule), Otsu's threshold, the 0.75 quantile, the run of
-    largest expected tIoU."""
-    import numpy as np
-
-    from benchmarks.diagnostics.stvg_when_sources import decode_activity, otsu_threshold
-
-    assert otsu_threshold([0, 0, 0, 1, 1, 10, 10, 10]) == 5.5     # two groups: {0, 0, 0, 1, 1} and {10, 10, 10}
-    assert otsu_threshold([3, 3]) == 3.0
-    act = np.array([0] * 6 + [1, 1, 0, 4, 4] + [0] * 6, float)  # mean 10/17: the 1s join the 4s over the dip
-    assert decode_activity(act, "mean") == (6, 10)
-    assert otsu_threshold(act) == 2.5 and decode_activity(act, "otsu") == (9, 10)   # {0s, 1s} | {4s}: the 4s alone
-    act = np.array([0, 0, 2, 2, 1, 3, 3, 0, 0, 0], float)
-    assert decode_activity(act, "otsu") == (2, 6)                 # cut at 1.5: 0.5 + 0.5 - 0.5 + 1.5 + 1.5
-    assert decode_activity(act, "q75") == (5, 6)                  # cut at 2: only the 3s are above
-    assert decode_activity(act, "eiou_minmax") == (2, 6)          # p = act / 3: 3.67 / 5 beats the 3s' 2 / 3.67

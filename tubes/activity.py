@@ -101,6 +101,22 @@ def best_segment(scores: np.ndarray, centre: float | None = None) -> tuple[int, 
     return out
 
 
+def otsu_threshold(x: np.ndarray) -> float:
+    """The cut between two groups of `x` with the largest between-group variance (Otsu): the midpoint between the
+    two sorted values it falls between. One of the cuts of a tube's activity that
+    benchmarks/diagnostics/stvg_when_sources.py compares with the mean's (best_segment's `centre`); no span rule uses
+    it (docs/results/stvg.md: on the train split it cuts no better than the mean)."""
+    xs = np.sort(np.asarray(x, np.float64))
+    n = len(xs)
+    if n < 2 or xs[0] == xs[-1]:
+        return float(xs.mean()) if n else 0.0
+    c = np.cumsum(xs)
+    i = np.arange(1, n)                                         # the first i values below the cut
+    low, high = c[:-1] / i, (c[-1] - c[:-1]) / (n - i)
+    k = int(np.argmax(i * (n - i) * (high - low) ** 2))
+    return float((xs[k] + xs[k + 1]) / 2)
+
+
 def expected_iou_segment(probs: np.ndarray) -> tuple[int, int]:
     """[a, b] positions of the contiguous run S that maximises the expected temporal IoU with the true span when
     each frame t is inside it with probability p_t (independently): E|S & G| / E|S | G| = sum_S p / (|S| +
@@ -148,4 +164,4 @@ def moving_mean(x: np.ndarray, k: int) -> np.ndarray:
 
 
 __all__ = ["activity_span", "best_segment", "choose_tube", "expected_iou_segment", "moving_mean", "native_span",
-           "region_activity", "standardise", "tube_activity", "tube_peak"]
+           "otsu_threshold", "region_activity", "standardise", "tube_activity", "tube_peak"]

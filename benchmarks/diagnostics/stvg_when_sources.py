@@ -135,23 +135,9 @@ def verb_auc(feats: dict, corpus: str) -> dict:
             if yte[:, i].any() and not yte[:, i].all()}
 
 
-def otsu_threshold(x: np.ndarray) -> float:
-    """The cut between two groups of `x` with the largest between-group variance (Otsu): the midpoint between the
-    two sorted values it falls between."""
-    xs = np.sort(np.asarray(x, np.float64))
-    n = len(xs)
-    if n < 2 or xs[0] == xs[-1]:
-        return float(xs.mean()) if n else 0.0
-    c = np.cumsum(xs)
-    i = np.arange(1, n)                                         # the first i values below the cut
-    low, high = c[:-1] / i, (c[-1] - c[:-1]) / (n - i)
-    k = int(np.argmax(i * (n - i) * (high - low) ** 2))
-    return float((xs[k] + xs[k + 1]) / 2)
-
-
 def decode_activity(act: np.ndarray, how: str) -> tuple[int, int]:
     """[a, b] feature-frame positions of a tube's span cut from its activity (`decodes` in the module docstring)."""
-    from tubes.activity import best_segment, expected_iou_segment
+    from tubes.activity import best_segment, expected_iou_segment, otsu_threshold
 
     if how == "mean":
         return best_segment(act)
