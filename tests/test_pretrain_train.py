@@ -242,7 +242,10 @@ def cli_run(shards, tmp_path_factory):
         except Exception:  # noqa: BLE001 - already gone
             pass
     out["first_rc"] = proc.wait(timeout=60)
+    first_err = proc.stderr.read().decode(errors="replace")
     proc.stdout.close(), proc.stderr.close()
+    # a launch that ended before its first checkpoint (e.g. Ray refusing a full disk) says why, here
+    assert out["killed_at"], f"launch 1 exited ({out['first_rc']}) with no checkpoint: {first_err[-3000:]}"
     out["first_s"] = time.time() - t0
     with contextlib.ExitStack() as neighbour:
         for name, extra in (("resubmitted", ()), ("extended", (f"max_steps={STEPS}",))):
