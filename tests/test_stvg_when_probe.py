@@ -73,4 +73,3 @@ def test_when_tube_refuses_a_folder_that_is_no_run(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and "config.yaml" in lines[0]
-

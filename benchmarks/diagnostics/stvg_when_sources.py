@@ -7,13 +7,14 @@ appearance, tubes/activity.py). Prints one JSON object.
 - `verb_auc`: per verb, the ROC area on the test split of a linear probe trained on the train split's frames to
   tell frames where that verb is done (to any object: the truth's spans and verbs) from the others; 0.5 = the frame
   features do not carry it.
-- `truth_tube`: per test query, the linked tube that overlaps the target most over the video (found with the
+- `truth_tube`: per query of `--split` (test unless said), the linked tube that overlaps the target most over the video (found with the
   truth: the spatial half given), its activity's ROC area for the query's frames (pooled and per query), and the
-  m_tIoU of the best segment of its (smoothed) activity: what the activity span rule reaches when the tube is right;
-  `decodes`: the same tube's span by other parameter-free cuts of its activity (`mean`: the rule, the best segment
-  above the tube's mean; `otsu` / `q75`: above Otsu's threshold / the 0.75 quantile; `eiou_minmax`: the run of
-  largest expected tIoU with the min-max scaled activity as each frame's probability), so a decode is judged on
-  the split it is chosen on (`--split train`) before the test split.
+  m_tIoU of the best segment of its (smoothed) activity: what the activity span rule reaches when the tube is right
+  (`activity_span_m_tIoU`, key "1": the rule, the best segment above the tube's mean); `decodes_m_tIoU`: the same
+  tube's span by other parameter-free cuts of its activity (`otsu` / `q75`: the best segment above Otsu's threshold
+  / the 0.75 quantile; `eiou_minmax`: the run of largest expected tIoU with the min-max scaled activity as each
+  frame's probability), so a cut is judged on the split it would be chosen on (`--split train`) before the test
+  split.
 - `tube_choice`: how often the zero-shot tube choice over the whole video (mean word-region cosine,
   tubes/zero_shot.py) is that tube, alone and with each tube's peak activity added at weights 0.5-4
   (tubes/activity.py choose_tube: span.tube_weight).
@@ -139,8 +140,6 @@ def decode_activity(act: np.ndarray, how: str) -> tuple[int, int]:
     """[a, b] feature-frame positions of a tube's span cut from its activity (`decodes` in the module docstring)."""
     from tubes.activity import best_segment, expected_iou_segment, otsu_threshold
 
-    if how == "mean":
-        return best_segment(act)
     if how == "otsu":
         return best_segment(act, otsu_threshold(act))
     if how == "q75":
@@ -151,12 +150,13 @@ def decode_activity(act: np.ndarray, how: str) -> tuple[int, int]:
     raise ValueError(how)
 
 
-DECODES = ("mean", "otsu", "q75", "eiou_minmax")
+DECODES = ("otsu", "q75", "eiou_minmax")
 
 
 def truth_tube(feats: dict, corpus: str, model, smooth=(1, 3, 5, 9), weights=(0.0, 0.5, 1.0, 2.0, 4.0),
                split: str = "test") -> dict:
     from grounding.metrics.roc import auc
+    from grounding.metrics.stvg import temporal_iou
     from tubes.activity import best_segment, choose_tube, moving_mean, native_span, tube_peak
     from tubes.zero_shot import tube_scores
 
@@ -174,13 +174,11 @@ def truth_tube(feats: dict, corpus: str, model, smooth=(1, 3, 5, 9), weights=(0.
         pooled_y.append(inside)
         if inside.any() and not inside.all():
             per_query.append(auc(act, inside))
-        ts, te = q["tube_start_frame"], q["tube_end_frame"]
+        truth = (q["tube_start_frame"], q["tube_end_frame"])
         for k in smooth:
-            s, e = native_span(fr, *best_segment(moving_mean(act, k)))
-            tiou[k].append(max(0, min(e, te) - max(s, ts)) / (max(e, te) - min(s, ts)))
+            tiou[k].append(temporal_iou(truth, native_span(fr, *best_segment(moving_mean(act, k)))))
         for d in DECODES:
-            s, e = native_span(fr, *decode_activity(act, d))
-            decoded[d].append(max(0, min(e, te) - max(s, ts)) / (max(e, te) - min(s, ts)))
+            decoded[d].append(temporal_iou(truth, native_span(fr, *decode_activity(act, d))))
     return {"queries": len(pooled_s), "auc_pooled": round(auc(np.concatenate(pooled_s), np.concatenate(pooled_y)), 4),
             "auc_per_query_mean": round(float(np.mean(per_query)), 4),
             "activity_span_m_tIoU": {str(k): round(100 * float(np.mean(v)), 2) for k, v in tiou.items()},
@@ -199,7 +197,8 @@ def main(argv=None) -> int:
 
     model = Export.of(os.path.abspath(a.export)).load_model().eval()
     out = {"benchmark": "stvg_when_sources", "corpus": a.corpus, "export": a.export,
-           "verb_auc": verb_auc(feats, a.corpus), "truth_tube": truth_tube(feats[a.split], a.corpus, model, split=a.split)}
+           "verb_auc": verb_auc(feats, a.corpus),
+           "truth_tube": truth_tube(feats[a.split], a.corpus, model, split=a.split)}
     out["verb_auc_mean"] = round(float(np.mean(list(out["verb_auc"].values()))), 4)
     print(json.dumps(out))
     return 0
