@@ -58,17 +58,21 @@ class SpanConfig:
     """How an STVG prediction decides *when* (docs/stvg.md "The span rule"). `head`: the head's own span, its
     paper's rule. `activity`: the best segment of the head's chosen tube's activity (tubes/activity.py: how far the
     tube's object looks from its rest appearance; no text, no training, so weak heads may use it). `mix`: the
-    standardised activity plus `weight` x the head's standardised frame scores."""
-    rule: str = "head"               # head | activity | mix
+    standardised activity plus `weight` x the head's standardised frame scores. `when`: the run of largest expected
+    tIoU under the head's when-score along its chosen tube (heads/when_score.py; a head trained with one:
+    winner.when, fsm.when)."""
+    rule: str = "head"               # head | activity | mix | when
     weight: float = 1.0              # mix: the head's frame scores' weight beside the activity
     smooth: int = 1                  # frames of a centred moving mean over the span scores (1: none)
     tube_weight: float = 0.0         # activity / mix: the tube is chosen by the head's standardised tube scores plus
                                      # this x each tube's standardised peak activity (tubes/activity.py tube_peak:
                                      # the query's object is acted on during it); 0: the head's choice alone (a
-                                     # trained WINNER chooses better alone: docs/results/stvg.md)
+                                     # trained WINNER chooses better alone: docs/results/stvg.md). A head that
+                                     # answers with a when-score (winner.when): the peak is the tube's when-score's
+                                     # (the sentence's object, by its words)
 
 
-SPAN_RULES = ("head", "activity", "mix")
+SPAN_RULES = ("head", "activity", "mix", "when")
 
 
 @dataclass
@@ -194,6 +198,9 @@ def validate(cfg) -> None:
     if cfg.span.rule != "head" and family.name != "stvg":
         raise err(f"span.rule={cfg.span.rule} decides an STVG tube's span from its tube; {family.title} head "
                   "ranks moments (leave span.rule=head)")
+    if cfg.span.rule == "when" and not getattr(spec.section(cfg), "when", False):
+        raise err(f"span.rule=when decodes the head's when-score, and {cfg.head} is trained without one "
+                  f"({cfg.head}.when=true, where its section has the switch)")
     if cfg.batch_size < 2:
         raise err("batch_size must be >= 2 (the in-batch queries are the negatives)")
     if cfg.queries_per_video < 1:
@@ -248,6 +255,8 @@ def train_settings(cfg: FinetuneConfig):
     o = cfg.optim
     # end to end, the encoder (FinetuneModule.encoder) may learn at its own rate (the FSM paper's backbone 1e-5)
     groups = (("encoder.", o.encoder_lr),) if cfg.features.end_to_end and o.encoder_lr > 0 else ()
+    spec = registry.spec_of(cfg.head)
+    groups += tuple((f"head.{prefix}", lr) for prefix, lr in spec.lr_groups(spec.section(cfg)))
     return TrainSettings(run=cfg.run, name="finetune", max_steps=cfg.max_steps, micro_batch=cfg.batch_size,
                          deepspeed=cfg.deepspeed, optimizer="torch", lr=o.lr, lr_groups=groups,
                          weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps, warmup_steps=o.warmup_steps,

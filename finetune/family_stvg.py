@@ -42,7 +42,7 @@ class StvgFamily(TaskFamily):
         batcher = StvgBatcher(cfg, samples, videos, store.text_store.text, tokenizer_of(cfg.checkpoint),
                               truth=adapter.train_truth() if spec.supervised else None,
                               tokenize=None if encoder is None else encoder.tokenize,
-                              prep=spec.text_prep(spec.section(cfg)))
+                              prep=spec.text_prep(spec.section(cfg)), said=spec.said(spec.section(cfg)))
         return batcher, {}
 
     def live_features(self, module, videos, adapter, cfg):

@@ -167,22 +167,44 @@ def _matching_tube(vt, frame_ids: np.ndarray, boxes: np.ndarray, sted: tuple[int
     return choice
 
 
-def _rule_span(span, vt, choice: int, frame_ids: np.ndarray, head_scores) -> tuple[int, int]:
-    """The span by `span.rule` (activity or mix, finetune/config.py SpanConfig) from the chosen linked tube."""
+def _rule_span(span, vt, choice: int, frame_ids: np.ndarray, head_scores, when=None, ids=None) -> tuple[int, int]:
+    """The span by `span.rule` (activity, mix or when, finetune/config.py SpanConfig) from the chosen linked tube;
+    `when` (T, N) the head's when-score logits over the video's regions, `ids` (T, N) their tubes."""
     from tubes.activity import moving_mean, standardise
 
+    if span.rule == "when":
+        from finetune.heads.when_score import tube_segment
+
+        return native_span(frame_ids, *tube_segment(when, ids, choice, "iou"))
     s = standardise(vt.tube_activities[choice])
     if span.rule == "mix" and head_scores is not None:
         s = s + span.weight * standardise(head_scores.float().cpu().numpy())
     return native_span(frame_ids, *best_segment(moving_mean(s, span.smooth)))
 
 
+def _when_peaks(when: torch.Tensor, ids: torch.Tensor, m: int) -> np.ndarray:
+    """(M,) each linked tube's peak when-score: the mean of its top quarter of frames' logits (tube_peak's reading
+    of the activity, on the score that knows the sentence's words); -inf for a tube without a region."""
+    from tubes.activity import tube_peak
+
+    out = np.full(m, -np.inf)
+    for k in range(m):
+        s = when.masked_fill(ids != k, float("-inf")).amax(1)
+        s = s[torch.isfinite(s)]
+        if len(s):
+            out[k] = tube_peak(s.double().numpy())
+    ok = np.isfinite(out)
+    out[~ok] = out[ok].min() if ok.any() else 0.0   # a tube with no region: never the busier one
+    return out
+
+
 def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray, span=None, given=None):
     """Query `row`'s predicted tube (grounding.tube.Tube with its sted, a box on every native frame of it) from a
     head's TubeOutput over one video's frames (frame_ids (T,), tube_ids (T, N)). `span` (SpanConfig, None: the
-    head's rule): with rule activity / mix, the tube is chosen by the head's tube scores (over the head's own span)
-    plus span.tube_weight x each tube's peak activity, then the span is decided again from that tube's activity
-    (tubes/activity.py). A head that regresses its own boxes (FSM) keeps them: its tube is the linked tube they
+    head's rule): with rule activity / mix / when, the tube is chosen by the head's tube scores (over the head's own
+    span) plus span.tube_weight x each tube's peak activity (its peak when-score, when the head answers with one),
+    then the span is decided again from that tube's activity (tubes/activity.py), or its when-score. A head that
+    regresses its own boxes (FSM) keeps them: its tube is the linked tube they
     overlap most. `given` (start, end) native frames: that span instead of any rule's (the oracle of
     `finetune.repredict --given-span`); a head choosing among tubes chooses over it."""
     from finetune.heads.stvg import tube_pool
@@ -197,10 +219,17 @@ def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray, sp
     by_rule = span is not None and span.rule != "head"
     head_scores = None if out.frame_scores is None else out.frame_scores[row]
     m = len(vt.tubes)
+    ids_t = torch.from_numpy(tube_ids)
+    when = None   # the head's when-score, if it has one: span.rule=when's span, and span.tube_weight's peaks
+    if out.when is not None:
+        when = out.when[row, :len(frame_ids), :tube_ids.shape[1]].float().cpu()
+    elif by_rule and span.rule == "when":
+        raise ValueError("span.rule=when: the head answered without a when-score (TubeOutput.when)")
     if out.boxes is not None:
         boxes = out.boxes[row].float().cpu().numpy()
         if by_rule and m:
-            sted = _rule_span(span, vt, _matching_tube(vt, frame_ids, boxes, sted), frame_ids, head_scores)
+            sted = _rule_span(span, vt, _matching_tube(vt, frame_ids, boxes, sted), frame_ids, head_scores, when,
+                              ids_t)
         return Tube(frame_ids, boxes).with_span(sted)
     if m == 0:  # no proposal anywhere in the video: the span alone (its vIoU is 0)
         return Tube.empty(sted)
@@ -208,7 +237,7 @@ def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray, sp
         per_tube = out.tube_scores[row, :m].float().cpu()
     else:
         scores = out.region_scores[row:row + 1].float().cpu()
-        ids = torch.from_numpy(tube_ids)[None]
+        ids = ids_t[None]
         inside = torch.from_numpy((frame_ids >= sted[0]) & (frame_ids < sted[1]))[None, :, None].expand_as(ids)
         pooled, counts = tube_pool(scores, ids, m, inside)
         if not bool((counts > 0).any()):  # no tube reaches into the span: judge them over the whole video
@@ -219,9 +248,10 @@ def stvg_tube(out, row: int, vt, frame_ids: np.ndarray, tube_ids: np.ndarray, sp
         if span.tube_weight > 0:
             from tubes.activity import choose_tube, tube_peak
 
-            peaks = np.asarray([tube_peak(a) for a in vt.tube_activities])
+            peaks = (_when_peaks(when, ids_t, m) if when is not None
+                     else np.asarray([tube_peak(a) for a in vt.tube_activities]))
             choice = choose_tube(per_tube.numpy(), peaks, span.tube_weight)
-        sted = _rule_span(span, vt, choice, frame_ids, head_scores)
+        sted = _rule_span(span, vt, choice, frame_ids, head_scores, when, ids_t)
     return vt.tubes[choice].with_span(sted)
 
 

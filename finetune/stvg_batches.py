@@ -103,13 +103,15 @@ def text_batch(tf, sentences: list[str], tokenizer, prep=None) -> TextBatch:
 
 class StvgBatcher(Batcher):
     """`videos`: {vid: VideoTubes}; `truth`: {sample key: TrainTruth}, given only for a supervised head; `prep`:
-    the head spec's text_prep (TextBatch.parsed), or None."""
+    the head spec's text_prep (TextBatch.parsed), or None; `said`: also every training sentence of each batch
+    video, parsed by `prep` (TrainBatch.said; the head spec's `said`)."""
 
     def __init__(self, cfg, samples, videos: dict, text_of, tokenizer, truth: dict | None = None, tokenize=None,
-                 prep=None):
+                 prep=None, said: bool = False):
         super().__init__(cfg, samples, videos, text_of)
         self.tokenizer = tokenizer
         self.prep = prep
+        self.said = said   # the batch carries every training sentence of each of its videos (TrainBatch.said)
         self.truth = truth
         self.encoder_tokenize = tokenize   # end to end: the module encodes these token ids with the live text tower
 
@@ -128,7 +130,24 @@ class StvgBatcher(Batcher):
                 raise KeyError(f"no training truth for sample(s) {missing[:3]}")
             tg = targets([self.truth[s.key] for s in samples], batch.video.geometry.frame_ids)
         tokens = None if self.encoder_tokenize is None else self.encoder_tokenize(sentences)
-        return TrainBatch(batch.video, text, batch.positive, batch.positive_gate, batch.groups, tg), samples, tokens
+        said = self._said(samples, batch.groups) if self.said and self.prep is not None else None
+        return (TrainBatch(batch.video, text, batch.positive, batch.positive_gate, batch.groups, tg, said), samples,
+                tokens)
+
+    def _said(self, samples, groups: torch.Tensor):
+        """Every training sentence of each batch video (its weak labels: sentences, never spans or boxes), parsed
+        by the head's text_prep, with its video's group."""
+        from finetune.heads.when_score import SaidSentences
+
+        video_of = {}
+        for s, g in zip(samples, groups.tolist()):
+            video_of.setdefault(g, s.video)
+        sentences, owners = [], []
+        for g, v in video_of.items():
+            for s in self.by_video[v]:
+                sentences.append(s.sentence)
+                owners.append(g)
+        return SaidSentences(self.prep(sentences, None, None), torch.tensor(owners, dtype=torch.long))
 
 
 __all__ = ["StvgBatcher", "targets", "text_batch", "tube_ids", "video_batch"]

@@ -149,7 +149,21 @@ def test_weak_adapter_exposes_no_truth(weak_corpus, corpus, export, tmp_path):
     reachable = list(_reachable((batcher, batch, rows)))
     assert any(isinstance(o, FeatureStore) for o in reachable)                   # the walk follows bound methods
     leaked = [o for o in reachable if isinstance(o, (TrainTruth, StvgQuery, StvgAdapter))]
-    assert leaked == []
+    assert leaked == [] and batch.said is None
+    # a weak head whose spec asks for `said` (winner.when) also gets every training sentence of each batch video,
+    # parsed, with its video's group: the video-level labels, and still no truth
+    from finetune.heads.when_score import VerbIds
+    from finetune.heads.winner import WinnerConfig
+
+    prep = VerbIds(WinnerConfig(when=True))
+    with_said = StvgBatcher(cfg, samples, videos, store.text_store.text, tokenizer_of(export), prep=prep, said=True)
+    b2, rows2, _ = with_said.batch(0)
+    video_of_group = {g: r.video for g, r in zip(b2.groups.tolist(), rows2)}
+    want = [(g, s.sentence) for g, v in video_of_group.items() for s in samples if s.video == v]
+    assert len(b2.said.groups) == len(want) > len(rows2)
+    assert b2.said.groups.tolist() == [g for g, _ in want]
+    assert torch.equal(b2.said.parsed.ids, prep([x for _, x in want], None, None).ids)
+    assert [o for o in _reachable((with_said, b2, rows2)) if isinstance(o, (TrainTruth, StvgQuery))] == []
     # the same batcher for a supervised head gets the truth, and only through train_truth()
     truth = SyntheticStvgAdapter(corpus).train_truth()
     sup = StvgBatcher(cfg, samples, videos, store.text, tokenizer_of(export), truth=truth).batch(0)[0]

@@ -482,7 +482,8 @@ def test_expected_iou_segment_hand_numbers():
 
 
 def test_target_words_are_the_grounded_entitys():
-    from finetune.heads.fsm import VerbIds, target_words
+    from finetune.heads.fsm import VerbIds
+    from finetune.heads.when_score import target_words
     from finetune.query_parse import parse
 
     assert target_words(parse("what red thing is cut?")) == ["red"]

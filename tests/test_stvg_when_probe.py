@@ -73,3 +73,10 @@ def test_when_tube_refuses_a_folder_that_is_no_run(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and "config.yaml" in lines[0]
+
+
+def test_weak_when_without_a_corpus_is_one_error_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "benchmarks.diagnostics.stvg_weak_when", "--corpus", str(tmp_path),
+                          "--export", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --corpus"), out.stderr

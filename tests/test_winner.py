@@ -172,7 +172,10 @@ def test_winner_config_refuses_impossible_values():
                                           "dataset.root=y", bad])
 
 
-@pytest.mark.parametrize("variant", [[]])
+# the paper's head, and with the weak when-score (winner.when: every sentence of each batch video as its labels,
+# its own learning rate, the span decoded from it along the tube where it peaks)
+@pytest.mark.parametrize("variant", [[], ["winner.when=true", "span.rule=when", "span.tube_weight=1"]],
+                         ids=["paper", "when"])
 def test_winner_finetune_under_ray_writes_evaluator_output_and_resumes(ray_cluster, export, weak_corpus,  # noqa: F811
                                                                        tmp_path, variant):
     from cluster.finetune import run_finetunes
@@ -188,6 +191,8 @@ def test_winner_finetune_under_ray_writes_evaluator_output_and_resumes(ray_clust
     lines = [[json.loads(x) for x in open(f) if x.strip()] for f in logs]
     assert sorted([x["step"] for x in f] for f in lines) == [[1, 2], [3, 4]]      # resumed after step 2
     assert all("word_nce" in x and "phrase_hinge" in x and "clip_nce" in x for f in lines for x in f)
+    if variant:
+        assert all("when_mil" in x and "when_swap_margin" in x for f in lines for x in f)
     ev = json.load(open(os.path.join(job["run"], "eval.json")))
     assert ev["benchmark"] == "vidstg" and ev["counts"]["missing_predictions"] == 0
     preds = json.load(open(os.path.join(job["run"], "predictions.json")))
@@ -195,6 +200,7 @@ def test_winner_finetune_under_ray_writes_evaluator_output_and_resumes(ray_clust
                          for p in preds.values())
     state = torch.load(os.path.join(job["run"], "head.pt"))
     assert not torch.equal(state["word_proj"], torch.eye(state["word_proj"].shape[0]))   # it trained
+    assert any(k.startswith("when_score.") for k in state) == bool(variant)
 
 
 def test_a_video_without_tubes_neither_positive_nor_negative():

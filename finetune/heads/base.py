@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,11 +84,14 @@ class TrainBatch:
     positive_gate: torch.Tensor | None = None  # (B,) float in {0, 1}
     groups: torch.Tensor | None = None         # (B,) long: rows with equal values are queries of the same video
     targets: StvgTargets | None = None         # STVG truth of each row: supervised heads only, else None
+    said: Any = None                           # every training sentence of each batch video, parsed by the head
+                                               # spec's text_prep with its video's group (heads/when_score.py
+                                               # SaidSentences): a weak head's video-level labels, if its spec asks
 
     def to(self, device) -> "TrainBatch":
         move = (lambda x: None if x is None else x.to(device))
         return TrainBatch(self.video.to(device), self.text.to(device), move(self.positive),
-                          move(self.positive_gate), move(self.groups), move(self.targets))
+                          move(self.positive_gate), move(self.groups), move(self.targets), move(self.said))
 
 
 class GroundingHead(nn.Module, metaclass=abc.ABCMeta):

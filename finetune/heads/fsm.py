@@ -25,7 +25,7 @@ from common.config import ConfigError
 from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
 from finetune.heads.spec import STVG, HeadSpec
 from finetune.heads.stvg import TubeOutput, mean_unit_words, native_spans, tube_rest_delta
-from finetune.query_parse import CachedParser, hashed_ids
+from finetune.heads.when_score import ParsedVerbs, VerbIds, tube_segment, when_logits
 
 
 @dataclass
@@ -336,21 +336,15 @@ class FsmHead(GroundingHead):
         return video.geometry.activity
 
     def _when(self, video: VideoBatch, text: TextBatch) -> torch.Tensor:
-        """(B, T, N) logits that the sentence's action is being done to region n's object at frame t: an MLP of
-        the region's unit feature and its change from its tube's rest (tube_rest_delta) against the embedding of
-        the parsed verb (VerbIds). The verb's own embedding, not the pooled words: the export's contextual word
-        features hardly tell one verb from another in a sentence (docs/results/stvg.md)."""
+        """(B, T, N) logits that the sentence's action is being done to region n's object at frame t (heads/
+        when_score.py when_logits: the region's look and its change from its tube's rest against the parsed verb's
+        embedding). The verb's own embedding, not the pooled words: the export's contextual word features hardly
+        tell one verb from another in a sentence (docs/results/stvg.md)."""
         if not isinstance(text.parsed, ParsedVerbs):
             raise ValueError("fsm.when: the batch carries no parsed verbs (the fsm spec's text_prep)")
         geo = video.geometry
-        r = F.normalize(video.regions, dim=-1)
-        v = self.when_vis(torch.cat([r, tube_rest_delta(video.regions, geo.tube_ids, geo.tube_mask.shape[1])], -1))
-        e = self.when_verb(text.parsed.ids)
-        if self.when_target is not None:
-            if text.parsed.words is None:
-                raise ValueError("fsm.when_words=target: the batch carries no parsed target words")
-            e = e + self.when_target(text.parsed.words).sum(1)
-        return torch.einsum("btnd,bd->btn", v, e) / math.sqrt(v.shape[-1]) + self.when_bias
+        return when_logits(self.when_vis, self.when_verb, self.when_target, self.when_bias, video.regions,
+                           geo.tube_ids, geo.tube_mask.shape[1], text.parsed)
 
     def _when_loss(self, video: VideoBatch, when: torch.Tensor, tg, i: int, inside: torch.Tensor) -> torch.Tensor:
         """Row i's when-score loss: binary cross-entropy along the linked tube that follows the truth (the most
@@ -383,7 +377,7 @@ class FsmHead(GroundingHead):
             ids = geo.tube_ids[b, :n]
             picked = ids.gather(1, pick[b, :n, None])[:, 0]
             picked = picked[picked >= 0]
-            out.append(_tube_segment(when[b, :n], ids, int(torch.mode(picked).values), self.cfg.when_decode)
+            out.append(tube_segment(when[b, :n], ids, int(torch.mode(picked).values), self.cfg.when_decode)
                        if len(picked) else (0, n - 1))
         return torch.tensor(out, dtype=torch.long, device=when.device)
 
@@ -405,7 +399,7 @@ class FsmHead(GroundingHead):
                 continue
             w = when[b, :n]
             m = int(ids.reshape(-1)[int(w.masked_fill(~valid, float("-inf")).argmax())])
-            spans.append(_tube_segment(w, ids, m, self.cfg.when_decode))
+            spans.append(tube_segment(w, ids, m, self.cfg.when_decode))
             tubes.append(m)
         dev = when.device
         return torch.tensor(spans, dtype=torch.long, device=dev), torch.tensor(tubes, dtype=torch.long, device=dev)
@@ -595,19 +589,7 @@ class FsmHead(GroundingHead):
         else:
             span = decode_span(ls[ar, sel], le[ar, sel], video.mask)
         sted = native_spans(video.geometry.frame_ids, span[:, 0], span[:, 1], video.mask.sum(1))
-        return TubeOutput(frame_scores=torch.sigmoid(prob[ar, sel]), sted=sted, boxes=boxes[ar, sel])
-
-
-def _tube_segment(w: torch.Tensor, ids: torch.Tensor, m: int, decode: str) -> tuple[int, int]:
-    """[a, b] feature frames of the span of the when-score logits w (T, N) along linked tube m (frames where the
-    tube is absent at its least score: a missed detection may sit inside a span): with decode iou the run of
-    largest expected tIoU under the logits' sigmoid (tubes.activity.expected_iou_segment), with segment the best
-    segment of the standardised score (tubes.activity.best_segment)."""
-    from tubes.activity import best_segment, expected_iou_segment, standardise
-
-    s = w.masked_fill(ids != m, float("-inf")).amax(1)
-    s = torch.where(torch.isfinite(s), s, s[torch.isfinite(s)].min()).double().cpu()
-    return expected_iou_segment(torch.sigmoid(s).numpy()) if decode == "iou" else best_segment(standardise(s.numpy()))
+        return TubeOutput(frame_scores=torch.sigmoid(prob[ar, sel]), sted=sted, boxes=boxes[ar, sel], when=when)
 
 
 def _validate(f: FsmConfig, cfg) -> None:
@@ -635,48 +617,6 @@ def _validate(f: FsmConfig, cfg) -> None:
     weights = ("w_cls", "w_l1", "w_giou", "w_sted", "w_att", "w_mrcl", "w_pointer") + (("w_when",) if f.when else ())
     if not any(getattr(f, w) > 0 for w in weights):
         raise ConfigError(f"fsm.{'/'.join(weights)} are all 0: nothing would be trained")
-
-
-@dataclass
-class ParsedVerbs:
-    """TextBatch.parsed for fsm.when: each sentence's main verb lemma as a hashed id (0: none parsed), and with
-    when_words=target the grounded entity's noun and attributes (0: padding)."""
-    ids: torch.Tensor                          # (Q,) long
-    words: torch.Tensor | None = None          # (Q, W) long
-
-    def to(self, device) -> "ParsedVerbs":
-        return ParsedVerbs(self.ids.to(device), None if self.words is None else self.words.to(device))
-
-
-class VerbIds:
-    """FSM's text_prep with fsm.when (HeadSpec): each distinct sentence parsed once (finetune/query_parse.py) to
-    its main verb's lemma, hashed into fsm.when_vocab ids."""
-
-    def __init__(self, cfg: FsmConfig):
-        self.vocab = cfg.when_vocab
-        self.target = cfg.when_words == "target"
-        self.parsed = CachedParser(cfg.parser, cfg.spacy_model)
-
-    def __call__(self, sentences: list[str], token_spans, word_mask) -> ParsedVerbs:
-        parses = [self.parsed(s) for s in sentences]
-        ids = torch.tensor([hashed_ids([p.action], self.vocab)[0] if p.action else 0 for p in parses],
-                           dtype=torch.long)
-        if not self.target:
-            return ParsedVerbs(ids)
-        words = [target_words(p) for p in parses]
-        out = torch.zeros(len(words), max([len(w) for w in words] + [1]), dtype=torch.long)
-        for i, w in enumerate(words):
-            out[i, :len(w)] = torch.tensor(hashed_ids(w, self.vocab), dtype=torch.long)
-        return ParsedVerbs(ids, out)
-
-
-def target_words(p) -> list[str]:
-    """The grounded entity's parsed noun and attributes ("what red thing": ["red"]), lower case, without the
-    wh-word; [] when the parse found no target."""
-    if p.target is None:
-        return []
-    e = p.entities[p.target]
-    return [w.lower() for w in e.attributes + ([e.noun] if e.noun else [])]
 
 
 def _check_io(cfg) -> None:

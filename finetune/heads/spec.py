@@ -36,6 +36,14 @@ def _no_prep(section: Any) -> None:
     return None
 
 
+def _no_said(section: Any) -> bool:
+    return False
+
+
+def _no_lr_groups(section: Any) -> tuple:
+    return ()
+
+
 @dataclass(frozen=True)
 class HeadSpec:
     """One head, described once.
@@ -59,6 +67,13 @@ class HeadSpec:
                                                                 # token_spans, word_mask) -> TextBatch.parsed that
                                                                 # the STVG batcher and predictor call once per
                                                                 # batch (it may cache per sentence for the run)
+    said: Callable[[Any], bool] = _no_said                       # section -> a weak STVG batch also carries every
+                                                                # training sentence of each of its videos, parsed
+                                                                # by text_prep (TrainBatch.said: its video-level
+                                                                # labels); text_prep must then take (sentences,
+                                                                # None, None)
+    lr_groups: Callable[[Any], tuple] = _no_lr_groups            # section -> ((parameter name prefix inside the
+                                                                # head, lr), ...): parts that learn at their own rate
 
     @property
     def regions(self) -> bool:

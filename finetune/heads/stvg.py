@@ -58,6 +58,7 @@ class TubeOutput:
     region_scores: torch.Tensor | None = None  # (B, T, N)
     tube_scores: torch.Tensor | None = None    # (B, M)
     boxes: torch.Tensor | None = None          # (B, T, 4) x1, y1, x2, y2 source pixels at the feature frames
+    when: torch.Tensor | None = None           # (B, T, N) when-score logits (heads/when_score.py): span.rule=when
 
 
 def tube_pool(values: torch.Tensor, tube_ids: torch.Tensor, m: int, weight: torch.Tensor | None = None
@@ -76,22 +77,28 @@ def tube_pool(values: torch.Tensor, tube_ids: torch.Tensor, m: int, weight: torc
     return (sums / counts.clamp_min(1.0)).reshape(b, m, *rest), counts.reshape(b, m)
 
 
+def tube_median(values: torch.Tensor, tube_ids: torch.Tensor, m: int) -> torch.Tensor:
+    """(B, T, N, d) at each region the elementwise median of `values` (B, T, N, d) over its tube's frames in the batch
+    (detached: a reference, not a path for gradients); 0 for a region on no tube. An action covers less than half
+    of a tube, so this is how the tube's object looks at rest (tubes/activity.py's rest)."""
+    on = (tube_ids[..., None] == torch.arange(m, device=tube_ids.device)).to(values.dtype)   # (B, T, N, M)
+    per = torch.einsum("btnm,btnd->bmtd", on, values.detach())   # a tube holds at most one region of a frame
+    present = on.sum(2).transpose(1, 2) > 0                        # (B, M, T)
+    per = per.masked_fill(~present[..., None], float("nan"))
+    rest = torch.nan_to_num(per.nanmedian(2).values)               # (B, M, d); a tube that is nowhere: 0
+    b, t, n = tube_ids.shape
+    idx = tube_ids.clamp_min(0).reshape(b, t * n, 1).expand(-1, -1, rest.shape[-1])
+    return torch.gather(rest, 1, idx).reshape(b, t, n, -1) * (tube_ids >= 0).to(values.dtype)[..., None]
+
+
 def tube_rest_delta(regions: torch.Tensor, tube_ids: torch.Tensor, m: int) -> torch.Tensor:
     """(B, T, N, d) each region's unit feature minus its tube's rest appearance (the elementwise median of the unit
     features over the tube's frames in the batch, L2-normalised: tubes/activity.py's rest, as a vector); 0 for a
     region on no tube. tube_activity is 1 - cos to the same rest, a scalar; the difference keeps *how* the object
     looks changed, which tells one verb from another (docs/stvg.md section 7, fsm.delta)."""
     r = torch.nn.functional.normalize(regions, dim=-1)
-    on = (tube_ids[..., None] == torch.arange(m, device=tube_ids.device)).to(r.dtype)     # (B, T, N, M)
-    per = torch.einsum("btnm,btnd->bmtd", on, r)              # a tube holds at most one region of a frame
-    present = on.sum(2).transpose(1, 2) > 0                    # (B, M, T)
-    per = per.masked_fill(~present[..., None], float("nan"))
-    rest = torch.nan_to_num(per.detach().nanmedian(2).values)  # (B, M, d); a tube that is nowhere: 0
-    rest = torch.nn.functional.normalize(rest, dim=-1)
-    idx = tube_ids.clamp_min(0)
-    b, t, n = idx.shape
-    got = torch.gather(rest, 1, idx.reshape(b, t * n, 1).expand(-1, -1, rest.shape[-1])).reshape(b, t, n, -1)
-    return (r - got) * (tube_ids >= 0).to(r.dtype)[..., None]
+    rest = torch.nn.functional.normalize(tube_median(r, tube_ids, m), dim=-1)
+    return (r - rest) * (tube_ids >= 0).to(r.dtype)[..., None]
 
 
 def native_spans(frame_ids: torch.Tensor, first: torch.Tensor, last: torch.Tensor, valid: torch.Tensor
