@@ -217,3 +217,21 @@ def test_when_switch_starts_the_paper_weights_as_without_it():
     sp, sh = plain.state_dict(), head.state_dict()
     assert {k.split(".")[0] for k in set(sh) - set(sp)} == {"when_score"}
     assert all(torch.equal(sp[k], sh[k]) for k in sp)
+
+
+def test_the_winner_when_config_is_what_its_results_were_measured_with():
+    import os
+
+    from finetune.config import load
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load(os.path.join(root, "configs", "finetune", "winner_when_synthetic.yaml"), ["checkpoint=x"])
+    plain = load(os.path.join(root, "configs", "finetune", "winner_synthetic.yaml"), ["checkpoint=x"])
+    assert cfg.winner.when and cfg.winner.when_words == "target" and cfg.winner.when_lr > cfg.optim.lr
+    assert (cfg.span.rule, cfg.span.tube_weight, cfg.max_steps) == ("activity", 1.0, 1500)
+    # the paper's part is winner_synthetic.yaml's
+    keep = ("alpha", "beta", "gamma", "lam", "mu", "delta", "temperature", "temporal_temperature", "segments",
+            "subject")
+    assert all(getattr(cfg.winner, k) == getattr(plain.winner, k) for k in keep)
+    assert (cfg.optim.lr, cfg.batch_size, cfg.features.max_frames) == (plain.optim.lr, plain.batch_size,
+                                                                         plain.features.max_frames)
