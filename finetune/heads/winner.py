@@ -15,6 +15,8 @@ From (video, sentence) pairs only:
   a word-level NCE over videos and a phrase-level hinge weighted by node existence.
 Every sentence of a training batch is paired with every video of it (the tree is multi-modal, so it depends on
 the video it is read against); inference grounds the subject's node in its own video.
+Ours, off by default: `when`, a weak when-score beside the paper's losses (heads/when_score.py; its own weights,
+loss and learning rate), whose peak helps choose the tube and whose logits `span.rule=when` decodes.
 """
 from __future__ import annotations
 
