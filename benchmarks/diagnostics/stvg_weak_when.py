@@ -77,7 +77,7 @@ def train(feats: dict, pairs: dict, a) -> tuple[torch.nn.Module, object, dict]:
 @torch.no_grad()
 def judge(score, prep, feats: dict, corpus: str) -> dict:
     from benchmarks.diagnostics.stvg_when_sources import queries_on_truth_tubes
-    from finetune.heads.when_score import tube_segment
+    from finetune.heads.when_score import along_tube, tube_segment
     from finetune.stvg_batches import tube_ids, video_batch
     from grounding.metrics.roc import auc
     from grounding.metrics.stvg import temporal_iou
@@ -94,8 +94,7 @@ def judge(score, prep, feats: dict, corpus: str) -> dict:
         when_t.append(temporal_iou(truth, native_span(fr, *tube_segment(w, ids, which, "iou"))))
         seg_t.append(temporal_iou(truth, native_span(fr, *tube_segment(w, ids, which, "segment"))))
         act_t.append(temporal_iou(truth, activity_span(vt.tube_activities[which], fr)))
-        along = w.masked_fill(ids != which, float("-inf")).amax(1)
-        along = torch.where(torch.isfinite(along), along, along[torch.isfinite(along)].min()).numpy()
+        along = along_tube(w, ids, which).numpy()
         inside = (fr >= truth[0]) & (fr < truth[1])
         if inside.any() and not inside.all():
             when_auc.append(auc(along, inside))

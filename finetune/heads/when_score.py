@@ -246,6 +246,14 @@ def mil_loss(logits: torch.Tensor, region_ok: torch.Tensor, frame_ok: torch.Tens
     return loss, out
 
 
+def along_tube(w: torch.Tensor, ids: torch.Tensor, m: int) -> torch.Tensor:
+    """(T,) the when-score of linked tube m's region at each frame of w (T, N), the tube's least score where it has
+    no region (a missed detection may sit inside a span); -inf throughout when the tube is nowhere."""
+    s = w.masked_fill(ids != m, float("-inf")).amax(1)
+    ok = torch.isfinite(s)
+    return torch.where(ok, s, s[ok].min()) if bool(ok.any()) else s
+
+
 def tube_segment(w: torch.Tensor, ids: torch.Tensor, m: int, decode: str) -> tuple[int, int]:
     """[a, b] feature frames of the span of the when-score logits w (T, N) along linked tube m (frames where the
     tube is absent at its least score: a missed detection may sit inside a span): with decode iou the run of
@@ -253,13 +261,13 @@ def tube_segment(w: torch.Tensor, ids: torch.Tensor, m: int, decode: str) -> tup
     segment of the standardised score (tubes.activity.best_segment)."""
     from tubes.activity import best_segment, expected_iou_segment, standardise
 
-    s = w.masked_fill(ids != m, float("-inf")).amax(1)
+    s = along_tube(w, ids, m)
     if not bool(torch.isfinite(s).any()):
         return 0, len(s) - 1
-    s = torch.where(torch.isfinite(s), s, s[torch.isfinite(s)].min()).double().cpu()
+    s = s.double().cpu()
     return expected_iou_segment(torch.sigmoid(s).numpy()) if decode == "iou" else best_segment(standardise(s.numpy()))
 
 
-__all__ = ["ParsedVerbs", "SaidSentences", "VerbIds", "WhenScore", "first_row", "mil_loss", "mil_scores",
+__all__ = ["ParsedVerbs", "SaidSentences", "along_tube", "VerbIds", "WhenScore", "first_row", "mil_loss", "mil_scores",
            "region_vectors", "same_words", "sentence_keys", "swapped_verbs", "target_words", "text_vectors",
            "tube_segment", "when_logits"]
