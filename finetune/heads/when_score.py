@@ -200,9 +200,8 @@ def mil_scores(logits: torch.Tensor, region_ok: torch.Tensor, frame_ok: torch.Te
     (`region_ok` (V, T, N)) in its valid frames (`frame_ok` (V, T)), minus log k, k = `topk` x the frames with such
     a region (at least 1). When k regions sit at logit a far above the others, the score is about a: a soft mean of
     the video's best k regions, the share of the frames an action covers. Soft, not a hard top-k: every region gets
-    a gradient, so an action whose regions start below the rest is still reached (a hard max over a frame's regions
-    and a top-k mean over frames left 2 of 6 seeds of tests/test_when_score.py's world untrained). 0 for a video
-    without such a region."""
+    a gradient, so an action whose regions start below the rest is still reached (under a hard max over a frame's
+    regions and a top-k mean over frames it never is). 0 for a video without such a region."""
     ok = region_ok & frame_ok[..., None]
     x = logits.masked_fill(~ok[None], -1e4).flatten(2)    # (Q, V, T x N); finite: no NaN gradient where none is
     n = ok.any(-1).sum(-1).to(logits.dtype)                                             # (V,)
