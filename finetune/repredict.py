@@ -2,6 +2,7 @@
 prediction time only: docs/stvg.md "The span rule"). Prints one JSON object with the evaluator's metrics.
 
     python -m finetune.repredict --run RUN [--out DIR] span.rule=activity [span.smooth=5] [span.tube_weight=1]
+    python -m finetune.repredict --run RUN vcma.box=tube span.rule=activity  # a head's prediction-only keys too
     python -m finetune.repredict --run RUN --given-span      # the test truth's span given: the boxes alone
 
 `--given-span` is an oracle, never a method: each query gets its true span (from the evaluator's annotation file)
@@ -85,22 +86,26 @@ def load_run(run: str, cfg) -> FinishedRun:
 
 
 def repredict(run: str, overrides: list[str], out: str = "", given_span: bool = False) -> dict:
-    """The metrics of RUN's trained head predicted with `overrides` (span.* keys only), or with the test truth's
-    spans given (`given_span`), into `out`."""
+    """The metrics of RUN's trained head predicted with `overrides` (span.* keys and the head's prediction-only
+    keys, HeadSpec.predict_keys), or with the test truth's spans given (`given_span`), into `out`."""
+    from finetune.heads.registry import spec_of
     from finetune.predict import evaluate
 
+    head = run_config(run, []).head
+    keys = (*SPAN_KEYS, *(f"{head}.{k}" for k in spec_of(head).predict_keys))
     for o in overrides:
-        if o.split("=", 1)[0] not in SPAN_KEYS:
-            raise UserError(f"override [{o}]: a re-prediction may change only {', '.join(SPAN_KEYS)}")
-    if given_span and overrides:
+        if o.split("=", 1)[0] not in keys:
+            raise UserError(f"override [{o}]: a re-prediction may change only {', '.join(keys)}")
+    spans = [o for o in overrides if o.startswith("span.")]
+    if given_span and spans:
         raise UserError("--given-span decides every span itself; give it no span.* override")
     cfg = run_config(run, overrides)
-    if given_span:
-        name = "span-given"
-    else:
-        name = (f"span-{cfg.span.rule}" + (f"-s{cfg.span.smooth}" if cfg.span.smooth > 1 else "")
-                + (f"-w{cfg.span.weight:g}" if cfg.span.rule == "mix" else "")
-                + (f"-t{cfg.span.tube_weight:g}" if cfg.span.rule != "head" and cfg.span.tube_weight else ""))
+    sp = cfg.span
+    name = "span-given" if given_span else (f"span-{sp.rule}" + (f"-s{sp.smooth}" if sp.smooth > 1 else "")
+                                            + (f"-w{sp.weight:g}" if sp.rule == "mix" else "")
+                                            + (f"-t{sp.tube_weight:g}" if sp.rule != "head" and sp.tube_weight else ""))
+    name += "".join(f"-{o.split('=', 1)[0].split('.', 1)[1]}-{o.split('=', 1)[1]}" for o in overrides
+                    if not o.startswith("span."))
     out = out or fsio.join(run, name)
     if fsio.exists(fsio.join(out, "config.yaml")):
         raise UserError(f"--out [{out}]: a finetune run folder; a re-prediction goes into a folder of its own")
@@ -129,7 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="", help="output folder (default RUN/span-<rule>)")
     p.add_argument("--given-span", action="store_true",
                    help="the test truth's span for every query (an oracle: the head's boxes alone)")
-    p.add_argument("overrides", nargs="*", help="span.rule=..., span.weight=..., span.smooth=..., span.tube_weight=...")
+    p.add_argument("overrides", nargs="*", help="span.rule=..., span.weight=..., span.smooth=..., span.tube_weight=..., "
+                                                "and the head's prediction-only keys (vcma.box=...)")
     a = p.parse_args(argv)
     print(json.dumps(repredict(os.path.abspath(a.run) if fsio.is_local(a.run) else a.run, a.overrides, a.out,
                                 a.given_span)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 from common import config as C
+from common.errors import UserError
 from finetune import predict as P
 from finetune.config import FinetuneConfig
 from finetune.datasets_stvg import SyntheticStvgAdapter
@@ -441,7 +443,10 @@ def test_vcma_finetune_under_ray_writes_evaluator_output_and_resumes(ray_cluster
     # the module's cache; the weak corpus is a copy at another path, so its entries are its own (issue 29: a cache
     # entry names its video file), extracted by the first run and read by the second
     cache, run = features[0].features.cache, str(tmp_path / "run")
-    small = ["head=vcma", "vcma.dim=16", "vcma.blocks=1", "vcma.heads=2", "vcma.vocab=64"]
+    # with the weak when-score (vcma.when: the batcher adds every training sentence of each batch video, parsed to
+    # verbs by VCMA's own text_prep); the default head's EM is in tests/test_vcma.py and the STVG demo's test
+    small = ["head=vcma", "vcma.dim=16", "vcma.blocks=1", "vcma.heads=2", "vcma.vocab=64", "vcma.when=true",
+             "vcma.when_vocab=64", "vcma.when_dim=8"]
     first = run_finetunes(cfg_for(export, weak_corpus, cache, run, *small), ray_cluster)
     assert [j.get("error") for j in first["jobs"]] == [None] and first["features"][0]["extracted"] == 6
     second = run_finetunes(cfg_for(export, weak_corpus, cache, run, *small, "max_steps=4"), ray_cluster)
@@ -452,9 +457,21 @@ def test_vcma_finetune_under_ray_writes_evaluator_output_and_resumes(ray_cluster
     assert sorted([r["step"] for r in recs] for recs in records) == [[1, 2], [3, 4]]   # resumed after step 2
     phases = {r["step"]: r["m_step"] for recs in records for r in recs}
     assert phases == {1: 0.0, 2: 1.0, 3: 0.0, 4: 1.0}                                  # E, M, E, M across the resume
+    assert all(math.isfinite(r["when_mil"]) for recs in records for r in recs)         # trained in both phases
     ev = json.load(open(os.path.join(job["run"], "eval.json")))
     assert ev["benchmark"] == "vidstg" and {"m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5"} <= set(ev["metrics"])
     assert ev["counts"]["missing_predictions"] == 0
+    # the same trained head answered again with a linked tube per query (vcma.box, read at prediction only) chosen
+    # with the when-score's peaks, and the when-score's span; a key read in training is refused
+    from finetune.repredict import repredict
+
+    own = json.load(open(os.path.join(job["run"], "predictions.json")))
+    tube = repredict(job["run"], ["vcma.box=tube", "span.rule=when", "span.tube_weight=1"])
+    assert tube["out"] == os.path.join(job["run"], "span-when-t1-box-tube") and tube["counts"]["missing_predictions"] == 0
+    again = json.load(open(tube["predictions"]))
+    assert again.keys() == own.keys() and any(again[k] != own[k] for k in own)
+    with pytest.raises(UserError, match="may change only"):
+        repredict(job["run"], ["vcma.dim=32"])
 
 
 def test_fsm_supervised_finetune_under_ray_resumes_exactly(ray_cluster, features, export, corpus, tmp_path):

@@ -150,13 +150,16 @@ def _batch(b=4, t=8, n=4, d=8, k=10):
                       groups=torch.arange(b))
 
 
-def test_e_and_m_steps_change_only_their_own_parameters(tmp_path):
+@pytest.mark.parametrize("when", [False, True])
+def test_e_and_m_steps_change_only_their_own_parameters(tmp_path, when):
+    """EM under the engine; with vcma.when its weak when-score (its own part, on the export's regions) learns in
+    both phases and the phase's frozen network stays frozen."""
     from finetune.train import FinetuneModule
     from trainer.engine import build_engine, init_distributed
     from trainer.settings import TrainSettings
 
     torch.manual_seed(0)
-    head = V.VcmaHead(8, _tiny_cfg(e_steps=1, m_steps=1))
+    head = V.VcmaHead(8, _tiny_cfg(e_steps=1, m_steps=1, when=when, when_dim=8, when_vocab=64))
     module = FinetuneModule(head)
     init_distributed(single=True)
     s = TrainSettings(run=str(tmp_path), max_steps=3, micro_batch=4, deepspeed="configs/deepspeed/zero0.json",
@@ -165,6 +168,8 @@ def test_e_and_m_steps_change_only_their_own_parameters(tmp_path):
     batch = _batch()
     groups = {"phi": head.phi_parameters(), "theta": head.theta_parameters(),
               "encoder": list(head.encoder.parameters())}
+    if when:
+        groups["when"] = list(head.when_score.parameters())
     moved_by = {}
     for step in range(3):                       # E, M, E: the third checks phi again after theta's Adam state
         before = {k: [p.detach().clone() for p in ps] for k, ps in groups.items()}
@@ -175,9 +180,12 @@ def test_e_and_m_steps_change_only_their_own_parameters(tmp_path):
                           for k, ps in groups.items()}
         frozen = "theta" if step % 2 == 0 else "phi"
         assert all(torch.equal(a, p.detach()) for a, p in zip(before[frozen], groups[frozen])), (step, frozen)
-    assert moved_by == {0: {"phi": True, "theta": False, "encoder": True},
-                        1: {"phi": False, "theta": True, "encoder": True},
-                        2: {"phi": True, "theta": False, "encoder": True}}
+    also = {"when": True} if when else {}
+    assert moved_by == {0: {"phi": True, "theta": False, "encoder": True, **also},
+                        1: {"phi": False, "theta": True, "encoder": True, **also},
+                        2: {"phi": True, "theta": False, "encoder": True, **also}}
+    if when:
+        assert {k for k in out if k.startswith("when_")} == {"when_mil", "when_margin", "when_swap_margin"}
     assert [head.phase_of(i) for i in range(4)] == ["E", "M", "E", "M"]
     assert V.VcmaHead(8, _tiny_cfg(e_steps=2, m_steps=3)).phase_of(4) == "M"
     assert {V.VcmaHead(8, _tiny_cfg(losses=x)).phase_of(i) for x, i in

@@ -53,9 +53,11 @@ class ParsedQueries:
     predicate: torch.Tensor                    # (Q, R, L) long: its predicate's word ids, 0-padded
     target: torch.Tensor                       # (Q,) long: the entity the query grounds
     whole: torch.Tensor                        # (Q,) bool: nothing parsed, the sentence is its one entity
+    verbs: Any = None                          # a when-score's parsed verbs (heads/when_score.py ParsedVerbs)
 
     def to(self, device) -> "ParsedQueries":
-        return ParsedQueries(*(getattr(self, f.name).to(device) for f in fields(self)))
+        return ParsedQueries(*(None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                               for f in fields(self)))
 
 
 @dataclass

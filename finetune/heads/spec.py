@@ -74,6 +74,9 @@ class HeadSpec:
                                                                 # None, None)
     lr_groups: Callable[[Any], tuple] = _no_lr_groups            # section -> ((parameter name prefix inside the
                                                                 # head, lr), ...): parts that learn at their own rate
+    predict_keys: tuple = ()                                    # section keys read at prediction only (the same
+                                                                # trained head answers another way): what
+                                                                # finetune.repredict may change besides span.*
 
     @property
     def regions(self) -> bool:

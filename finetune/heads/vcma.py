@@ -15,6 +15,9 @@ and relation triplets; each phrase's feature is the mean of the export's word fe
   E-step freezes theta, the M-step phi (requires_grad off, so no gradient and no optimizer update reaches them).
 - Inference (Eq. 16): Z = beta Z_q + (1 - beta) Z_p; frame scores z^T (the span is their best segment), region
   scores z^S of the target phrase (a box per frame, or the best linked tube: `box`).
+Ours, off by default: `when`, WINNER's weak when-score beside EM (heads/when_score.py; its own weights, loss and
+learning rate, trained in both phases); with `box=tube` its peak helps choose the tube, and `span.rule=when`
+decodes the span with it (docs/vcma.md "The weak when-score").
 """
 from __future__ import annotations
 
@@ -29,13 +32,15 @@ from common.config import ConfigError, check_ranges
 from finetune.heads.base import GroundingHead, ParsedQueries, TextBatch, TrainBatch, VideoBatch
 from finetune.heads.spec import STVG, HeadSpec
 from finetune.heads.stvg import TubeOutput
+from finetune.heads.when_score import VerbIds, WeakWhenOptions, check_weak_when, weak_when_lr_groups, weak_when_score
 from finetune.query_parse import CachedParser, hashed_ids
 
 
 @dataclass
-class VcmaConfig:
+class VcmaConfig(WeakWhenOptions):
     """The weak VCMA head (finetune/heads/vcma.py, docs/vcma.md): sizes, the EM schedule and the ablation switches.
-    Defaults: the paper's D = 256, 2 blocks x 8 heads, beta = 0.3."""
+    Defaults: the paper's D = 256, 2 blocks x 8 heads, beta = 0.3. The weak when-score's switch (vcma.when, when_*)
+    is inherited from heads/when_score.py's WeakWhenOptions."""
     dim: int = 256                   # D
     blocks: int = 2                  # context encoder / temporal cross-attention / reconstruction decoder blocks
     heads: int = 8
@@ -145,13 +150,24 @@ class QueryPhrases:
     once for as long as this object lives: the whole run's batcher or predictor) into a ParsedQueries. Up to
     max_entities entities; the relations whose subject and object are among them, up to max_relations, each with its
     predicate's first max_relation_words words hashed; the target (0 when it was cut). A sentence without an entity
-    is its one entity (an empty word selection: the sentence feature)."""
+    is its one entity (an empty word selection: the sentence feature). With vcma.when also each sentence's verbs for
+    the when-score (ParsedQueries.verbs), and the verbs alone for the sentences said of a batch's videos (called
+    without word rows: TrainBatch.said, read by the when-score only)."""
 
     def __init__(self, cfg: VcmaConfig):
         self.cfg = cfg
         self.parsed = CachedParser(cfg.parser, cfg.spacy_model)
+        self.verbs = VerbIds(cfg) if cfg.when else None
 
-    def __call__(self, sentences: list[str], token_spans: list | None, word_mask) -> ParsedQueries:
+    def __call__(self, sentences: list[str], token_spans: list | None, word_mask):
+        if word_mask is None and self.verbs is not None:
+            return self.verbs(sentences, None, None)
+        pq = self._phrases(sentences, token_spans, word_mask)
+        if self.verbs is not None:
+            pq.verbs = self.verbs(sentences, token_spans, word_mask)
+        return pq
+
+    def _phrases(self, sentences: list[str], token_spans: list | None, word_mask) -> ParsedQueries:
         cfg = self.cfg
         e_max, r_max, l_max = cfg.max_entities, cfg.max_relations, cfg.max_relation_words
         valid = torch.as_tensor(word_mask).bool().cpu()
@@ -373,6 +389,8 @@ class VcmaHead(GroundingHead):
         self._prep = QueryPhrases(cfg)          # only for a batch that comes without TextBatch.parsed
         self.phase = "E"
         self.register_buffer("em_phase", torch.zeros((), dtype=torch.long))   # last phase, in head.pt (0 E, 1 M)
+        if cfg.when:   # on the export's own region features, beside both networks: EM freezes neither
+            self.when_score = weak_when_score(cfg, dim)
 
     # --- EM schedule -----------------------------------------------------------------------------------------------
     def phase_of(self, step: int) -> str:
@@ -404,14 +422,18 @@ class VcmaHead(GroundingHead):
         normalised sentence feature where none is), the target entity, the relations' subject/object and hashed
         predicate words, from the batch's ParsedQueries (parsed at batching time; parsed here only for a batch
         built without it, e.g. by hand)."""
-        pq = text.parsed
-        if pq is None:
-            pq = self._prep(text.sentences, text.token_spans, text.word_mask).to(text.words.device)
+        pq = self._queries(text)
         words = F.normalize(text.words, dim=-1)
         sentence = F.normalize(text.sentence, dim=-1)
         return {"ent": _phrase_means(words, sentence, pq.entity_words, pq.emask), "emask": pq.emask,
                 "rel": _phrase_means(words, sentence, pq.relation_words, pq.rmask), "rmask": pq.rmask,
                 "subj": pq.subj, "obj": pq.obj, "tokens": pq.predicate, "target": pq.target}
+
+    def _queries(self, text: TextBatch) -> ParsedQueries:
+        """The batch's ParsedQueries, parsed here for a batch built without them (e.g. by hand)."""
+        pq = text.parsed
+        return pq if pq is not None else self._prep(text.sentences, text.token_spans, text.word_mask).to(
+            text.words.device)
 
     def _language(self, ph: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q's entity tokens (B, E, D), p's entity tokens conditioned on relations (B, E, D), p's entity+relation
@@ -536,6 +558,12 @@ class VcmaHead(GroundingHead):
                 z = self._pseudo_ce(a["p"], a["q"], emask, video.mask)
                 total = total + cfg.w_assign * z
                 logs["assign_theta"] = z.detach()
+        if cfg.when:   # every step, E or M: the score is its own part, trained from the weak labels alone
+            l_when, parts = self.when_score.weak_loss(video, self._queries(batch.text), batch.groups, cfg.when_topk,
+                                                      batch.said)
+            total = total + cfg.w_when * l_when
+            logs["when_mil"] = l_when.detach()
+            logs.update({f"when_{k}": x for k, x in parts.items()})
         return {"loss": total, "m_step": torch.tensor(float(self.phase == "M")), **logs}
 
     # --- inference (Eq. 16) -----------------------------------------------------------------------------------------
@@ -560,13 +588,14 @@ class VcmaHead(GroundingHead):
     def tube_output(self, video: VideoBatch, text: TextBatch) -> TubeOutput:
         zt, region = self._combined(video, text)
         zt = zt.masked_fill(~video.mask, 0.0)
+        when = self.when_score.on_video(video, self._queries(text)) if self.cfg.when else None
         if self.cfg.box == "tube":
-            return TubeOutput(frame_scores=zt, region_scores=region.masked_fill(~video.region_mask, 0.0))
+            return TubeOutput(frame_scores=zt, region_scores=region.masked_fill(~video.region_mask, 0.0), when=when)
         # Eq. 16 as written: each frame's best region of the target phrase (NaN where a frame has none)
         best = region.masked_fill(~video.region_mask, -1.0).argmax(-1)                 # (B, T)
         boxes = torch.gather(video.geometry.boxes, 2, best[..., None, None].expand(-1, -1, 1, 4))[:, :, 0]
         boxes = boxes.masked_fill(~video.region_mask.any(-1)[..., None], float("nan"))
-        return TubeOutput(frame_scores=zt, boxes=boxes)
+        return TubeOutput(frame_scores=zt, boxes=boxes, when=when)
 
 
 def _pad_gather(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -615,6 +644,7 @@ def _validate(v: VcmaConfig, cfg) -> None:
         ("vcma.max_relation_words", v.max_relation_words, 1 <= v.max_relation_words <= 16, "in 1..16"),
         ("vcma.vocab", v.vocab, v.vocab >= 16, ">= 16"),
     ])
+    check_weak_when(v, "vcma")
     # the weights vcma.losses puts in the loss: all 0 would "train" on a constant (issue 29)
     used = {"both": ("w_contra", "w_assign", "w_rec"), "contrastive": ("w_contra",),
             "reconstruction": ("w_rec",)}[v.losses]
@@ -643,4 +673,5 @@ def _check_io(cfg) -> None:
 
 
 SPEC = HeadSpec(name="vcma", head=VcmaHead, config=VcmaConfig, family=STVG, validate=_validate, check_io=_check_io,
-                text_prep=QueryPhrases)
+                text_prep=QueryPhrases, said=lambda v: v.when, lr_groups=weak_when_lr_groups,
+                predict_keys=("box",))

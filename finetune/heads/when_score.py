@@ -31,6 +31,58 @@ class ParsedVerbs:
         return ParsedVerbs(self.ids.to(device), None if self.words is None else self.words.to(device))
 
 
+def as_verbs(parsed) -> ParsedVerbs:
+    """The parsed verbs a batch's `parsed` carries: itself, or its `verbs` (a head whose text_prep parses more than
+    the verbs, e.g. VCMA's phrases, attaches them there)."""
+    return parsed if isinstance(parsed, ParsedVerbs) or parsed is None else getattr(parsed, "verbs", parsed)
+
+
+@dataclass
+class WeakWhenOptions:
+    """A weak head's when-score switch (winner.when, vcma.when; ours, off by default): a config section's fields,
+    inherited by the head's config dataclass. docs/winner.md "The weak when-score" says how it is trained and why."""
+    when: bool = False               # a weak when-score beside the paper's losses (ours, heads/when_score.py): per
+                                     # region, is the sentence's verb being done to it now, learnt by multiple-
+                                     # instance contrast across the batch's videos; span.rule=when decodes the span
+                                     # along the chosen tube with it, span.tube_weight chooses the tube with its peak
+    w_when: float = 1.0              # its loss weight
+    when_words: str = "target"       # its text: verb (the parsed verb) | target (plus the grounded entity's words)
+    when_vocab: int = 1024           # hashed lemmas (finetune/query_parse.py hashed_ids)
+    when_dim: int = 64               # its hidden width
+    when_topk: float = 0.125         # the share of a video's frames its multiple-instance score pools (soft top-k)
+    when_prior: float = 0.0          # each region's activity (TubeGeometry.activity) x this added to its logit
+    when_lr: float = 0.003           # its learning rate (0: optim.lr): it learns from scratch, the head's own parts
+                                     # at the head's rate
+
+
+def check_weak_when(section: WeakWhenOptions, head: str) -> None:
+    """The switch's ranges, one ConfigError naming `head`.key."""
+    from common.config import ConfigError
+
+    for name, ok, rule in (("w_when", section.w_when >= 0, ">= 0"),
+                           ("when_words", section.when_words in ("verb", "target"), "verb or target"),
+                           ("when_vocab", section.when_vocab >= 3, ">= 3"),
+                           ("when_dim", section.when_dim >= 1, ">= 1"),
+                           ("when_topk", 0 < section.when_topk <= 1, "in (0, 1]"),
+                           ("when_prior", section.when_prior >= 0, ">= 0"),
+                           ("when_lr", section.when_lr >= 0, ">= 0")):
+        if not ok:
+            raise ConfigError(f"{head}.{name} must be {rule}, not {getattr(section, name)!r}")
+
+
+def weak_when_lr_groups(section: WeakWhenOptions) -> tuple:
+    """HeadSpec.lr_groups of a head with the switch: the score at its own rate."""
+    return (("when_score.", section.when_lr),) if section.when and section.when_lr > 0 else ()
+
+
+def weak_when_score(section: WeakWhenOptions, dim: int) -> "WhenScore":
+    """The switch's score over `dim`-wide regions, its weights from a forked generator: every other weight of the
+    head starts as it would without the switch."""
+    with torch.random.fork_rng(devices=[]):
+        return WhenScore(dim, section.when_dim, section.when_vocab, section.when_words == "target",
+                         section.when_prior)
+
+
 class VerbIds:
     """A head spec's text_prep for a when-score: each distinct sentence parsed once (finetune/query_parse.py) to
     its main verb's lemma, hashed into `when_vocab` ids; with when_words=target also the grounded entity's words.
@@ -120,6 +172,21 @@ class WhenScore(nn.Module):
         if activity is None:
             raise ValueError("the when-score's activity prior: the batch carries no region activity")
         return self.prior * activity
+
+    def on_video(self, video, parsed) -> torch.Tensor:
+        """(B, T, N) logits of each row's sentence over its own video (a VideoBatch with its geometry)."""
+        geo = video.geometry
+        return self(video.regions, geo.tube_ids, geo.tube_mask.shape[1], as_verbs(parsed), activity=geo.activity)
+
+    def weak_loss(self, video, parsed, groups, topk: float, said: "SaidSentences | None" = None
+                  ) -> tuple[torch.Tensor, dict]:
+        """mil_loss over a VideoBatch: its regions on a linked tube in its valid frames."""
+        geo = video.geometry
+        region_ok = (geo.tube_ids >= 0) & video.region_mask & video.mask[..., None]
+        if said is not None:
+            said = SaidSentences(as_verbs(said.parsed), said.groups)
+        return self.mil_loss(video.regions, geo.tube_ids, geo.tube_mask.shape[1], region_ok, video.mask, groups,
+                             as_verbs(parsed), topk, geo.activity, said)
 
     def mil_loss(self, regions, tube_ids, m: int, region_ok, frame_ok, groups, parsed: ParsedVerbs, topk: float,
                  activity: torch.Tensor | None = None, said: "SaidSentences | None" = None
@@ -267,6 +334,7 @@ def tube_segment(w: torch.Tensor, ids: torch.Tensor, m: int, decode: str) -> tup
     return expected_iou_segment(torch.sigmoid(s).numpy()) if decode == "iou" else best_segment(standardise(s.numpy()))
 
 
-__all__ = ["ParsedVerbs", "SaidSentences", "along_tube", "VerbIds", "WhenScore", "first_row", "mil_loss", "mil_scores",
+__all__ = ["ParsedVerbs", "SaidSentences", "WeakWhenOptions", "along_tube", "as_verbs", "check_weak_when", "VerbIds",
+           "WhenScore", "weak_when_lr_groups", "weak_when_score", "first_row", "mil_loss", "mil_scores",
            "region_vectors", "same_words", "sentence_keys", "swapped_verbs", "target_words", "text_vectors",
            "tube_segment", "when_logits"]

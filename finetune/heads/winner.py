@@ -32,12 +32,13 @@ from common.config import ConfigError
 from finetune.heads.base import GroundingHead, TextBatch, TrainBatch, VideoBatch
 from finetune.heads.spec import STVG, HeadSpec
 from finetune.heads.stvg import TubeOutput, native_spans, tube_pool
-from finetune.heads.when_score import VerbIds, WhenScore
+from finetune.heads.when_score import (VerbIds, WeakWhenOptions, check_weak_when, weak_when_lr_groups,
+                                         weak_when_score)
 from finetune.losses_wsra import masked_softmax
 
 
 @dataclass
-class WinnerConfig:
+class WinnerConfig(WeakWhenOptions):
     """The weakly supervised WINNER head (finetune/heads/winner.py, docs/winner.md): Eq. 8/10/20/21 weights at the
     paper's values (Sec. 4.1), the interfering-node threshold delta, and switches for Table 3 and our choices."""
     alpha: float = 1.0               # Eq. 8: weight of the node's own tube correlation (learnable, starts here)
@@ -58,20 +59,10 @@ class WinnerConfig:
     subject: str = "noun"            # node grounded at inference: noun (first noun's leaf) | phrase | root
     existence: str = "marginal"      # Eq. 19 weight: marginal = exp(cB + cU - cB_root) <= 1 | product (as printed)
     hidden: int = 64                 # width of the merge MLPs (Eqs. 1, 11)
-    when: bool = False               # a weak when-score beside the paper's losses (ours, heads/when_score.py): per
-                                     # region, is the sentence's verb being done to it now, learnt by multiple-
-                                     # instance contrast across the batch's videos; span.rule=when decodes the span
-                                     # along the chosen tube with it (docs/winner.md "The weak when-score")
-    w_when: float = 1.0              # its loss weight
-    when_words: str = "target"       # its text: verb (the parsed verb) | target (plus the grounded entity's words)
-    when_vocab: int = 1024           # hashed lemmas (finetune/query_parse.py hashed_ids)
-    when_dim: int = 64               # its hidden width
-    when_topk: float = 0.125         # the share of a video's frames its multiple-instance score pools (soft top-k)
-    when_prior: float = 0.0          # each region's activity (TubeGeometry.activity) x this added to its logit
-    when_lr: float = 0.003           # its learning rate (0: optim.lr): it learns from scratch, the rest from
-                                     # identity maps at the paper's rate
+
 
 NEG = -1e4   # a score that never wins (finite, so 0 x NEG stays 0 in sums)
+
 
 def token_words(sentence: str, spans) -> list[str]:
     return [sentence[a:b].lower() for a, b in spans]
@@ -321,10 +312,8 @@ class WinnerHead(GroundingHead):
         seg = cfg.segments
         self.clips = [(a, b) for a in range(seg) for b in range(a, seg)]
         self._charts: dict = {}
-        if cfg.when:   # from a forked generator: every other weight starts as without the switch
-            with torch.random.fork_rng(devices=[]):
-                self.when_score = WhenScore(dim, cfg.when_dim, cfg.when_vocab, cfg.when_words == "target",
-                                            cfg.when_prior)
+        if cfg.when:
+            self.when_score = weak_when_score(cfg, dim)
 
     # --- pieces -------------------------------------------------------------------------------------------------
     def chart(self, k: int, device) -> Chart:
@@ -501,11 +490,7 @@ class WinnerHead(GroundingHead):
             loss = loss + cfg.temporal * l_tmp
             out["clip_nce"] = l_tmp.detach()
         if cfg.when:
-            geo = video.geometry
-            region_ok = (geo.tube_ids >= 0) & video.region_mask & video.mask[..., None]
-            l_when, parts = self.when_score.mil_loss(video.regions, geo.tube_ids, geo.tube_mask.shape[1], region_ok,
-                                                     video.mask, groups, text.parsed, cfg.when_topk,
-                                                     geo.activity, batch.said)
+            l_when, parts = self.when_score.weak_loss(video, text.parsed, groups, cfg.when_topk, batch.said)
             loss = loss + cfg.w_when * l_when
             out["when_mil"] = l_when.detach()
             out.update({f"when_{k}": x for k, x in parts.items()})
@@ -585,10 +570,9 @@ class WinnerHead(GroundingHead):
         a = torch.tensor([c[0] for c in self.clips], device=seg.device)[best]
         z = torch.tensor([c[1] for c in self.clips], device=seg.device)[best]
         inside_clip = (seg >= a[:, None]) & (seg <= z[:, None])                  # (B, T)
-        geo = video.geometry
-        when = (self.when_score(video.regions, geo.tube_ids, geo.tube_mask.shape[1], text.parsed,
-                                activity=geo.activity) if self.cfg.when else None)
-        return TubeOutput(sted=_sted(inside_clip, video.mask, geo.frame_ids), tube_scores=scores, when=when)
+        when = self.when_score.on_video(video, text.parsed) if self.cfg.when else None
+        return TubeOutput(sted=_sted(inside_clip, video.mask, video.geometry.frame_ids), tube_scores=scores,
+                          when=when)
 
     def frame_scores(self, video: VideoBatch, text: TextBatch) -> torch.Tensor:
         """(B, T): each frame's score under the clip query (tube_output's span is the best clip of them)."""
@@ -645,14 +629,10 @@ def _validate(wn: WinnerConfig, cfg) -> None:
                            ("temporal_temperature", wn.temporal_temperature > 0, "> 0"),
                            ("segments", 1 <= wn.segments <= 64, "in [1, 64]"), ("hidden", wn.hidden >= 1, ">= 1"),
                            ("subject", wn.subject in ("noun", "phrase", "root"), "noun, phrase or root"),
-                           ("existence", wn.existence in ("marginal", "product"), "marginal or product"),
-                           ("w_when", wn.w_when >= 0, ">= 0"),
-                           ("when_words", wn.when_words in ("verb", "target"), "verb or target"),
-                           ("when_vocab", wn.when_vocab >= 3, ">= 3"), ("when_dim", wn.when_dim >= 1, ">= 1"),
-                           ("when_topk", 0 < wn.when_topk <= 1, "in (0, 1]"),
-                           ("when_prior", wn.when_prior >= 0, ">= 0"), ("when_lr", wn.when_lr >= 0, ">= 0")):
+                           ("existence", wn.existence in ("marginal", "product"), "marginal or product")):
         if not ok:
             raise ConfigError(f"winner.{name} must be {rule}, not {getattr(wn, name)!r}")
+    check_weak_when(wn, "winner")
     # the loss: mu * word NCE + the phrase hinge (dsa) + recon (svhu) + temporal + w_when * the when-score's MIL
     if (wn.mu == 0 and not wn.dsa and (not wn.svhu or wn.recon == 0) and wn.temporal == 0
             and not (wn.when and wn.w_when > 0)):
@@ -666,4 +646,4 @@ def _text_prep(wn: WinnerConfig):
 
 SPEC = HeadSpec(name="winner", head=WinnerHead, config=WinnerConfig, family=STVG, validate=_validate,
                 text_prep=_text_prep, said=lambda wn: wn.when,
-                lr_groups=lambda wn: (("when_score.", wn.when_lr),) if wn.when and wn.when_lr > 0 else ())
+                lr_groups=weak_when_lr_groups)
