@@ -149,14 +149,17 @@ def _folder_digest(folder: str) -> dict[str, str]:
 def test_another_export_under_the_same_tag_is_refused_or_reembedded(embedded, export, ray_cluster, tmp_path):
     """Stale embeddings: another export under a used tag is refused before anything is written (not mixed, config
     untouched); embed.overwrite=true re-embeds every shard with it; the index built from the old ones is then
-    refused by add/mine/search until rebuilt."""
+    refused by add/mine/search until rebuilt. On a copy of the fixture's shard set and embeddings, so the tests that
+    follow read the fixture's as they were."""
     from cluster.index import run_build, run_embed, run_mine, run_search
     from index.errors import StaleEmbeddings
     from pretrain.export_key import export_key
     from pretrain.model import build_model, save_export
     from pretrain.model_config import ModelConfig
 
-    shards, cfg, _ = embedded
+    shards = str(tmp_path / "shards")
+    shutil.copytree(embedded[0], shards)
+    cfg = _cfg(shards, export)
     emb = cfg.embeddings_url()
     torch.manual_seed(1)
     other = str(tmp_path / "other-export")
@@ -178,9 +181,6 @@ def test_another_export_under_the_same_tag_is_refused_or_reembedded(embedded, ex
             stale()
     rebuilt = run_build(_cfg(shards, other, "build.rebuild=true"), incremental=False, ray=ray_cluster)
     assert rebuilt["version"] == built["version"] + 1
-    # back to the fixture's export for the tests that follow
-    run_embed(_cfg(shards, export, "embed.overwrite=true"), ray=ray_cluster)
-    run_build(_cfg(shards, export, "build.rebuild=true"), incremental=False, ray=ray_cluster)
 
 
 def test_build_mine_search_on_embeddings(embedded, ray_cluster):

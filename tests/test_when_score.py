@@ -254,6 +254,23 @@ def test_when_switch_starts_and_trains_the_paper_weights_as_without_it(kind):
     assert any(not torch.equal(s0[k], plain[k]) for k in s0)                    # they did train
 
 
+def test_the_vcma_when_config_is_what_its_results_were_measured_with():
+    import os
+
+    from finetune.config import load
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load(os.path.join(root, "configs", "finetune", "vcma_when_synthetic.yaml"), ["checkpoint=x"])
+    plain = load(os.path.join(root, "configs", "finetune", "vcma_synthetic.yaml"), ["checkpoint=x"])
+    assert cfg.vcma.when and cfg.vcma.box == "tube" and cfg.vcma.when_lr > cfg.optim.lr
+    assert (cfg.span.rule, cfg.span.tube_weight, cfg.max_steps) == ("activity", 1.0, 1500)
+    # the paper's part is vcma_synthetic.yaml's (vcma.box is read at prediction only)
+    assert {k: v for k, v in vars(cfg.vcma).items() if not k.startswith("when") and k != "box"} == \
+        {k: v for k, v in vars(plain.vcma).items() if not k.startswith("when") and k != "box"}
+    assert (cfg.optim.lr, cfg.batch_size, cfg.features.max_frames, cfg.tubes.tubes) == (
+        plain.optim.lr, plain.batch_size, plain.features.max_frames, plain.tubes.tubes)
+
+
 def test_the_winner_when_config_is_what_its_results_were_measured_with():
     import os
 
