@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from grounding.metrics.roc import auc
@@ -21,12 +22,13 @@ def test_auc_hand_numbers():
     assert np.isnan(auc(np.array([0.1, 0.2]), np.array([1, 1])))
 
 
-def test_bad_argument_is_one_error_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "benchmarks.diagnostics.stvg_when_probe", "--batches", "0",
+@pytest.mark.parametrize("args", [["--batches", "0"], ["--held-out", "5", "--fold", "5"]])
+def test_bad_argument_is_one_error_line(tmp_path, args):
+    out = subprocess.run([sys.executable, "-m", "benchmarks.diagnostics.stvg_when_probe", *args,
                           f"checkpoint={tmp_path}/none", f"dataset.root={tmp_path}"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     lines = out.stderr.strip().splitlines()
-    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and "--batches" in lines[0], \
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and args[-2] in lines[0], \
         out.stderr
 
 

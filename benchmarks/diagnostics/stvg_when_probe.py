@@ -2,14 +2,15 @@
 the referred span from one outside, scored on held-out train videos. Prints one JSON object.
 
     python -m benchmarks.diagnostics.stvg_when_probe --config configs/finetune/fsm_synthetic.yaml \
-        checkpoint=RUN/export dataset.root=DIR [--batches 150] [--held-out 5] [key=value ...]
+        checkpoint=RUN/export dataset.root=DIR [--batches 150] [--held-out 5] [--fold 0] [key=value ...]
 
 The rows are the FSM finetune's own batches (StvgBatcher over the region-feature cache, frames subsampled as in
 training). Each frame's probe input: the frame's global feature, the proposal the pretrained word-region cosine
 ranks first (the zero-shot pick) and their products with the sentence / the mean word; a linear probe and a
-one-hidden-layer one, standardised inputs, Adam. Every 1 in `--held-out` training videos is held out (no row of it
-is trained on). An area under the ROC curve of 0.5 on held-out videos says no head on these features can place a
-span better than the spans' length and position prior: the head's m_tIoU then comes from that prior alone.
+one-hidden-layer one, standardised inputs, Adam. Every 1 in `--held-out` training videos (by sorted id, from the
+`--fold`-th) is held out (no row of it is trained on). An area under the ROC curve of 0.5 on held-out videos says no
+head on these features can place a span better than the spans' length and position prior: the head's m_tIoU then
+comes from that prior alone.
 Beside them, untrained scores: the activity (TubeGeometry.activity, tubes/activity.py: how far a region looks from
 its linked tube's median) of the zero-shot pick's region and of the tube that follows the referred object (found
 with the truth: what the activity says when the tube is right), and the probes again with the pick's activity as
@@ -219,18 +220,20 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="configs/finetune/fsm_synthetic.yaml")
     p.add_argument("--batches", type=int, default=150)
     p.add_argument("--held-out", type=int, default=5, help="hold out every n-th training video")
+    p.add_argument("--fold", type=int, default=0, help="which videos are held out: the sorted ids fold, fold + n, ...")
     p.add_argument("--when-steps", type=int, default=1500, help="AdamW steps of the learnt when-score probe (0: none)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
-    if a.batches < 1 or a.held_out < 2 or a.when_steps < 0:
-        raise cfglib.ConfigError("--batches must be >= 1, --held-out >= 2 and --when-steps >= 0")
+    if a.batches < 1 or a.held_out < 2 or a.when_steps < 0 or not 0 <= a.fold < a.held_out:
+        raise cfglib.ConfigError("--batches must be >= 1, --held-out >= 2, --when-steps >= 0 and --fold in "
+                                 "[0, --held-out)")
     cfg = resolve(load(a.config, ["head=fsm", *a.overrides]))
     adapter = build_adapter(cfg.dataset)
     store = feature_store(cfg, prepare(cfg, adapter)["model_key"])
     feats = store.load_all(train_videos(cfg, adapter))
     batcher = StvgBatcher(cfg, adapter.train_samples(), feats, store.text_store.text, tokenizer_of(cfg.checkpoint),
                           truth=adapter.train_truth())
-    held = set(sorted(feats)[::a.held_out])
+    held = set(sorted(feats)[a.fold::a.held_out])
     from finetune.heads.when_score import VerbIds
     from finetune.query_parse import CachedParser
 
@@ -256,7 +259,7 @@ def main(argv=None) -> int:
     xt = torch.from_numpy(x)
     mu, sd = xt[tr].mean(0), xt[tr].std(0) + 1e-6
     xt, yt = (xt - mu) / sd, torch.from_numpy(y).float()
-    out = {"benchmark": "stvg_when_probe", "frames": int(len(y)), "held_out_frames": int(te.sum()),
+    out = {"benchmark": "stvg_when_probe", "frames": int(len(y)), "fold": a.fold, "held_out_frames": int(te.sum()),
            "inside_share": round(float(y.mean()), 4)}
     # the probes see what a head sees (not the truth's tube, the last column)
     for name, hidden, cols in (("linear", 0, slice(0, -2)), ("mlp64", 64, slice(0, -2)),
