@@ -117,7 +117,7 @@ def test_learnt_when_score_probe_finds_the_asked_action_on_held_out_rows():
     """The learnt when-score probe (the spatial half not given) trains on held-in rows only and scores held-out
     ones: on rows where the asked verb's look sits on one tube inside the span and another verb's on another tube
     outside it, it tells the span's frames (ROC area near 1), pooled and per query; untrained, it does not."""
-    from benchmarks.diagnostics.stvg_when_probe import learnt_when_probe
+    from finetune.when_probe import learnt_when_probe
 
     rows = _when_rows(0)
     held = [torch.arange(len(r["inside"])) % 4 == 0 for r in rows]
@@ -133,7 +133,7 @@ def test_learnt_when_score_probe_finds_the_asked_action_on_held_out_rows():
 def test_learnt_when_score_probe_never_trains_on_held_out_rows():
     """Every row held out: no step trains, so the probe scores as its untrained start (the held-out rows are
     never a target)."""
-    from benchmarks.diagnostics.stvg_when_probe import learnt_when_probe
+    from finetune.when_probe import learnt_when_probe
 
     rows = _when_rows(1, batches=4)
     every = [torch.ones(len(r["inside"]), dtype=torch.bool) for r in rows]
