@@ -35,21 +35,18 @@ def fit_when_score(rows: list[dict], held: list[torch.Tensor], target: bool, ste
 
 def when_score_frames(score, r: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) each frame's best region's logit, and the logit along the tube where the row's score peaks (a frame
-    where that tube has no region: its least); a frame without a scorable region gets the row's least."""
+    where that tube has no scorable region: its least); a frame without a scorable region gets the row's least."""
     with torch.no_grad():
         w = score(r["regions"], r["tube_ids"], r["m"], r["parsed"]).masked_fill(~r["ok"], float("-inf"))
+    ids = r["tube_ids"].masked_fill(~r["ok"], -1)          # along_tube then sees the scorable regions only
     best = w.amax(-1)
     floor = best.masked_fill(~torch.isfinite(best), float("inf")).amin(-1, keepdim=True)
     best = torch.where(torch.isfinite(best), best, floor)
-    tube = torch.empty_like(best)
+    tube = best.clone()
     for b in range(len(w)):
-        flat = w[b].argmax()
-        if not bool(torch.isfinite(w[b].flatten()[flat])):
-            tube[b] = best[b]
-            continue
-        m = int(r["tube_ids"][b].flatten()[flat])
-        t = along_tube(w[b].masked_fill(~torch.isfinite(w[b]), -1e4), r["tube_ids"][b], m)
-        tube[b] = t
+        flat = int(w[b].argmax())
+        if bool(torch.isfinite(w[b].flatten()[flat])):
+            tube[b] = along_tube(w[b], ids[b], int(ids[b].flatten()[flat]))
     return best, tube
 
 
@@ -70,10 +67,11 @@ def learnt_when_probe(rows: list[dict], held: list[torch.Tensor], steps: int) ->
     out = {}
     for words in ("verb", "target"):
         score = fit_when_score(rows, held, words == "target", steps)
+        scored = [when_score_frames(score, r) for r in rows]
         for i, name in enumerate(("best_region", "peak_tube")):
             sc, lab, part, per_q = [], [], [], []
-            for r, h in zip(rows, held):
-                s = when_score_frames(score, r)[i]
+            for r, h, both in zip(rows, held, scored):
+                s = both[i]
                 m = r["frames"]
                 sc.append(s[m].numpy())
                 lab.append(r["inside"][m].numpy())
